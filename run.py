@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Start scoreserver: `python run.py [flags]` is `scoreserver serve [flags]`."""
+
+import sys
+
+from scoreserver.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["serve", *sys.argv[1:]]))

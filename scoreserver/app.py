@@ -1,0 +1,227 @@
+"""Wiring: one root nursery runs the store writer, the rooms, the game socket and HTTP.
+
+Start-up (synchronous, before anything listens): open or create the database, check its
+integrity and schema version, void sessions a crash left running, create the `demo` game if
+there are no games, load the signing keys. Then the servers start; `serve` reports the bound
+ports through `task_status`, so tests and `run.py` both use port 0 safely.
+
+Shutdown (SIGINT, SIGTERM, or `Server.stop()`): no new games; running sessions end with
+`end_game` reason `server_shutdown` (committed first); sockets close with 1001; HTTP stops;
+the store commits what is queued and closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from trio_websocket import serve_websocket
+
+from . import store as db
+from .clock import ServerClock
+from .http import create_app
+from .rooms import Rooms
+from .rules import GameSettings
+from .service import DEMO_GAME, DEMO_SETTINGS, PasswordPolicy, Service
+from .tokens import KeyRing
+from .ws import GameSocket, Limits
+
+logger = logging.getLogger(__name__)
+
+HOUSEKEEPING_INTERVAL_S = 60.0
+
+
+@dataclass(slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    ws_port: int = 8765
+    http_port: int = 8080
+    db_path: Path = Path("scoreserver.db")
+    key_path: Path = Path("scoreserver.key")
+    limits: Limits = field(default_factory=Limits)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    password_policy: PasswordPolicy = field(default_factory=PasswordPolicy)
+    # Tests under autojump_clock turn these off: no writer thread, no wall-clock re-anchor,
+    # no process signal handlers.
+    threaded_store: bool = True
+    reanchor_clock: bool = True
+    handle_signals: bool = True
+    announce: bool = True
+
+
+@dataclass(slots=True)
+class Server:
+    """A running server, as `serve` hands it to whoever started it."""
+
+    config: Config
+    service: Service
+    rooms: Rooms
+    socket: GameSocket
+    ws_port: int
+    http_port: int
+    _stop: trio.Event
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown."""
+        self._stop.set()
+
+    @property
+    def ws_url(self) -> str:
+        scheme = "wss" if self.config.tls_cert else "ws"
+        return f"{scheme}://{_url_host(self.config.host)}:{self.ws_port}/"
+
+    @property
+    def http_url(self) -> str:
+        scheme = "https" if self.config.tls_cert else "http"
+        return f"{scheme}://{_url_host(self.config.host)}:{self.http_port}"
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def prepare_database(config: Config, now: int) -> tuple[Service, db.Store]:
+    """The synchronous start-up work, before any socket listens."""
+    conn = db.open_database(config.db_path)
+    try:
+        db.check_integrity(conn)
+        with db.transaction(conn):
+            voided = db.void_running_sessions(conn, now)
+            if not db.list_games(conn):
+                db.insert_game(conn, DEMO_GAME, DEMO_SETTINGS, now)
+                logger.info("created the demo game (%d s)", DEMO_SETTINGS.duration_ms // 1000)
+        if voided:
+            logger.warning("voided %d sessions cut off by a previous crash", voided)
+        with db.transaction(conn):
+            keys = Service.load_keyring(conn, config.key_path, now)
+        games = db.list_games(conn)
+    finally:
+        conn.close()
+    store = db.Store(config.db_path, threaded=config.threaded_store)
+    service = Service(
+        store=store,
+        clock=ServerClock(),
+        keys=keys,
+        password_policy=config.password_policy,
+        games=games,
+        key_path=config.key_path,
+    )
+    return service, store
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(config.tls_cert), str(config.tls_key) if config.tls_key else None)
+    return context
+
+
+async def serve(
+    config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the server until it is stopped (a signal, or `Server.stop()`)."""
+    service, store = prepare_database(config, int(time.time() * 1000))
+    rooms = Rooms(service)
+    service.rooms = rooms
+    socket = GameSocket(service, rooms, config.limits)
+    app = create_app(service, allowed_origins=config.limits.allowed_origins)
+    stop = trio.Event()
+
+    hconfig = HypercornConfig()
+    hconfig.bind = [f"{_bind_host(config.host)}:{config.http_port}"]
+    hconfig.accesslog = None
+    hconfig.errorlog = logging.getLogger("hypercorn.error")
+    hconfig.graceful_timeout = 2.0
+    if config.tls_cert is not None:
+        hconfig.certfile = str(config.tls_cert)
+        hconfig.keyfile = str(config.tls_key) if config.tls_key else None
+
+    async with trio.open_nursery() as root:
+        await root.start(store.run)
+        async with trio.open_nursery() as servers:
+            await servers.start(rooms.run)
+            ws_server = await servers.start(
+                partial(
+                    serve_websocket,
+                    socket.handle,
+                    config.host,
+                    config.ws_port,
+                    _ssl_context(config),
+                    max_message_size=config.limits.max_message_bytes,
+                    connect_timeout=config.limits.handshake_timeout_s,
+                    disconnect_timeout=2.0,
+                )
+            )
+            binds = await servers.start(
+                partial(hypercorn_serve, app, hconfig, shutdown_trigger=stop.wait)
+            )
+            http_port = int(binds[0].rsplit(":", 1)[1])
+            server = Server(config, service, rooms, socket, ws_server.port, http_port, stop)
+            servers.start_soon(_housekeeping, service, config.reanchor_clock)
+            if config.handle_signals:
+                servers.start_soon(_signals, server)
+            if config.announce:
+                print(
+                    f"scoreserver: game socket {server.ws_url}  HTTP {server.http_url}/"
+                    f"  database {config.db_path}",
+                    flush=True,
+                )
+            logger.info("listening: socket %s, HTTP %s", server.ws_url, server.http_url)
+            task_status.started(server)
+            await stop.wait()
+            logger.info("shutting down")
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await rooms.shutdown_sessions()
+                await socket.close_all()
+            servers.cancel_scope.cancel()
+        root.cancel_scope.cancel()
+    logger.info("stopped")
+
+
+def _bind_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def _housekeeping(service: Service, reanchor: bool) -> None:
+    while True:
+        await trio.sleep(HOUSEKEEPING_INTERVAL_S)
+        if reanchor:
+            service.clock.reanchor()
+        service.forget_expired_sessions(service.clock.now_ms())
+
+
+async def _signals(server: Server) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                await reload(server.service)
+            else:
+                logger.info("signal %s: stopping", signal.Signals(signum).name)
+                server.stop()
+
+
+async def reload(service: Service) -> None:
+    """Pick up changed game settings and a rotated key (what SIGHUP does)."""
+    now = service.clock.now_ms()
+
+    def load() -> tuple[dict[str, GameSettings], KeyRing]:
+        conn = db.connect(service.store.path)
+        try:
+            return service.load_settings(conn, now)
+        finally:
+            conn.close()
+
+    games, keys = await trio.to_thread.run_sync(load)
+    service.apply_settings(games, keys)

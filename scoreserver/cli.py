@@ -1,0 +1,598 @@
+"""The `scoreserver` command: serve, and the operator's commands on the database.
+
+Every command takes `--db PATH`. Commands that change something an admin decides (flags,
+bans, hidden scores, game settings, keys, the admin password) are recorded in the audit
+table with the OS user who ran them and the command line's note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import store as db
+from .errors import ConflictError, NotFoundError, ScoreServerError, StoreError
+from .rules import GameSettings
+from .service import PasswordPolicy, validate_credentials
+
+DEFAULT_DB = Path("scoreserver.db")
+DEFAULT_KEY = Path("scoreserver.key")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def fmt_time(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def actor() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database entry (containers)
+        return f"uid {os.getuid()}"
+
+
+class CliError(Exception):
+    """A command that cannot be carried out; printed without a traceback, exit 1."""
+
+
+# --- argument parsing -----------------------------------------------------------------------
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for a LAN)")
+    parser.add_argument("--ws-port", type=int, default=8765, help="game socket port (0: any)")
+    parser.add_argument("--http-port", type=int, default=8080, help="HTTP port (0: any)")
+    parser.add_argument("--key", type=Path, default=DEFAULT_KEY, help="signing key file")
+    parser.add_argument(
+        "--max-msg-rate", type=float, default=60.0,
+        help="messages per second per connection (0: no limit)",
+    )
+    parser.add_argument(
+        "--max-conns-per-addr", type=int, default=256,
+        help="connections per client address (0: no limit)",
+    )
+    parser.add_argument(
+        "--allow-origin", action="append", default=[], metavar="ORIGIN",
+        help="a web origin allowed besides same-host ones (repeatable; '*' for any)",
+    )
+    parser.add_argument("--tls-cert", type=Path, help="serve both ports over TLS with this cert")
+    parser.add_argument("--tls-key", type=Path, help="the TLS certificate's private key")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+
+
+def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--duration", type=float, required=required, help="seconds (fractions allowed)")
+    parser.add_argument("--burst-window-ms", type=int)
+    parser.add_argument("--burst-threshold", type=int)
+    parser.add_argument("--burst-limit", type=int)
+    parser.add_argument("--burst-period-ms", type=int)
+    parser.add_argument("--latency-ms", type=int)
+    parser.add_argument("--submission-window-s", type=float)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", type=Path, default=DEFAULT_DB, help="database file")
+    parser = argparse.ArgumentParser(
+        prog="scoreserver", description="Server-authoritative scores for web games."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the server")
+    _add_serve_flags(serve)
+
+    users = sub.add_parser("users", help="accounts").add_subparsers(dest="action", required=True)
+    add = users.add_parser("add", parents=[common], help="create an account")
+    add.add_argument("name")
+    add.add_argument("--password-stdin", action="store_true", required=True)
+    users.add_parser("list", parents=[common], help="list accounts")
+    ban = users.add_parser("ban", parents=[common], help="ban an account")
+    ban.add_argument("name")
+    ban.add_argument("--days", type=float, help="ban length (default: until unbanned)")
+    ban.add_argument("--note", default="")
+    unban = users.add_parser("unban", parents=[common], help="lift a ban")
+    unban.add_argument("name")
+
+    games = sub.add_parser("games", help="games and their rules").add_subparsers(
+        dest="action", required=True
+    )
+    gadd = games.add_parser("add", parents=[common], help="create a game")
+    gadd.add_argument("game_id")
+    _game_options(gadd, required=True)
+    gset = games.add_parser("set", parents=[common], help="change a game's rules")
+    gset.add_argument("game_id")
+    _game_options(gset, required=False)
+    games.add_parser("list", parents=[common], help="list games")
+    gshow = games.add_parser("show", parents=[common], help="show a game's rules")
+    gshow.add_argument("game_id", nargs="?")
+
+    flags = sub.add_parser("flags", help="accounts flagged for review").add_subparsers(
+        dest="action", required=True
+    )
+    flist = flags.add_parser("list", parents=[common], help="list flags")
+    flist.add_argument("--open", action="store_true", help="only open flags")
+    flist.add_argument("--game")
+    flist.add_argument("--user")
+    flist.add_argument("--json", action="store_true")
+    fshow = flags.add_parser("show", parents=[common], help="a flag with its evidence")
+    fshow.add_argument("flag_id", type=int)
+    fshow.add_argument("--json", action="store_true")
+    fres = flags.add_parser("resolve", parents=[common], help="decide a flag")
+    fres.add_argument("flag_id", type=int)
+    how = fres.add_mutually_exclusive_group(required=True)
+    how.add_argument("--clear", action="store_true", help="no cheating: restore the scores")
+    how.add_argument("--ban", action="store_true", help="cheating: ban the account")
+    fres.add_argument("--days", type=float, help="with --ban: its length")
+    fres.add_argument("--note", required=True)
+
+    scores = sub.add_parser("scores", help="single scores").add_subparsers(
+        dest="action", required=True
+    )
+    for name, text in (("hide", "hide a session's score"), ("restore", "show it again")):
+        p = scores.add_parser(name, parents=[common], help=text)
+        p.add_argument("session_id")
+        p.add_argument("--note", default="")
+
+    keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="action", required=True)
+    keys.add_parser("list", parents=[common], help="list signing keys")
+    rot = keys.add_parser("rotate", parents=[common], help="make a new signing key")
+    rot.add_argument("--key", type=Path, default=DEFAULT_KEY)
+
+    sub.add_parser("audit", parents=[common], help="the admin actions taken")
+
+    board = sub.add_parser("leaderboard", parents=[common], help="a game's leaderboard")
+    board.add_argument("game_id")
+    board.add_argument("--limit", type=int, default=10)
+    board.add_argument("--json", action="store_true")
+
+    admin = sub.add_parser("admin", help="the admin page").add_subparsers(
+        dest="action", required=True
+    )
+    setpw = admin.add_parser("set-password", parents=[common], help="set the /admin password")
+    setpw.add_argument("--password-stdin", action="store_true")
+    return parser
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise CliError(f"no database at {path} (start the server once, or pass --db)")
+    return db.open_database(path)
+
+
+def _open_or_create(path: Path) -> sqlite3.Connection:
+    return db.open_database(path)
+
+
+def _audit(conn: sqlite3.Connection, command: str, target: str | None, note: str | None) -> None:
+    db.insert_audit(conn, actor(), command, target, note, now_ms())
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise CliError("the passwords differ")
+    return password
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import Config, serve
+    from .ws import Limits
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CliError("--tls-cert and --tls-key go together")
+    config = Config(
+        host=args.host,
+        ws_port=args.ws_port,
+        http_port=args.http_port,
+        db_path=args.db,
+        key_path=args.key,
+        limits=Limits(
+            max_msg_rate=args.max_msg_rate,
+            max_conns_per_addr=args.max_conns_per_addr,
+            allowed_origins=tuple(args.allow_origin),
+        ),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    trio.run(serve, config)
+    return 0
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    if args.action == "add":
+        password = _read_password(True)
+        try:
+            name, password = validate_credentials(args.name, password)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        encoded = PasswordPolicy().hash(password)
+        conn = _open_or_create(args.db)
+        with db.transaction(conn):
+            user_id = db.insert_user(conn, name, encoded, now_ms())
+        print(f"user {name} created (id {user_id})")
+    elif args.action == "list":
+        conn = _open(args.db)
+        now = now_ms()
+        rows = db.list_users(conn)
+        _table(
+            ["id", "name", "created", "scores", "open flags", "banned until"],
+            [
+                [
+                    r["id"], r["name"], fmt_time(r["created_at"]), r["scores"], r["open_flags"],
+                    _ban_text(r["banned_until"], now),
+                ]
+                for r in rows
+            ],
+        )
+    elif args.action == "ban":
+        conn = _open(args.db)
+        until = db.FOREVER if args.days is None else now_ms() + int(args.days * 86_400_000)
+        with db.transaction(conn):
+            db.set_ban(conn, args.name, until, args.note)
+            _audit(conn, "users ban", args.name, _days_note(args.days, args.note))
+        print(f"{args.name} banned {_ban_text(until, now_ms())}")
+    elif args.action == "unban":
+        conn = _open(args.db)
+        with db.transaction(conn):
+            db.set_ban(conn, args.name, None, None)
+            _audit(conn, "users unban", args.name, None)
+        print(f"{args.name} unbanned")
+    return 0
+
+
+def _ban_text(until: int | None, now: int) -> str:
+    if until is None or until <= now:
+        return "-"
+    return "until unbanned" if until >= db.FOREVER else f"until {fmt_time(until)}"
+
+
+def _days_note(days: float | None, note: str | None) -> str:
+    length = "indefinitely" if days is None else f"for {days:g} days"
+    return f"{length}; {note}" if note else length
+
+
+def _game_changes(args: argparse.Namespace) -> dict[str, int]:
+    changes: dict[str, int] = {}
+    if args.duration is not None:
+        changes["duration_ms"] = round(args.duration * 1000)
+    for name in ("burst_window_ms", "burst_threshold", "burst_limit", "burst_period_ms", "latency_ms"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
+    if args.submission_window_s is not None:
+        changes["submission_window_ms"] = round(args.submission_window_s * 1000)
+    return changes
+
+
+def cmd_games(args: argparse.Namespace) -> int:
+    if args.action == "add":
+        conn = _open_or_create(args.db)
+        try:
+            settings = GameSettings(**_game_changes(args))
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        with db.transaction(conn):
+            db.insert_game(conn, args.game_id, settings, now_ms())
+            _audit(conn, "games add", args.game_id, json.dumps(asdict(settings)))
+        print(f"game {args.game_id} created; a running server uses it after SIGHUP")
+        _print_game(args.game_id, settings)
+    elif args.action == "set":
+        conn = _open(args.db)
+        changes = _game_changes(args)
+        if not changes:
+            raise CliError("nothing to change: give at least one option")
+        try:
+            with db.transaction(conn):
+                settings = db.update_game(conn, args.game_id, changes, now_ms())
+                _audit(conn, "games set", args.game_id, json.dumps(changes))
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        print(f"game {args.game_id} changed; new sessions use it after SIGHUP")
+        _print_game(args.game_id, settings)
+    elif args.action == "list":
+        conn = _open(args.db)
+        games = db.list_games(conn)
+        _table(
+            ["game", "duration s", "burst window ms", "threshold", "limit", "period ms",
+             "latency ms", "submit window s"],
+            [
+                [g, s.duration_ms / 1000, s.burst_window_ms, s.burst_threshold, s.burst_limit,
+                 s.burst_period_ms, s.latency_ms, s.submission_window_ms / 1000]
+                for g, s in games.items()
+            ],
+        )
+    elif args.action == "show":
+        conn = _open(args.db)
+        games = db.list_games(conn)
+        if args.game_id is not None:
+            if args.game_id not in games:
+                raise CliError(f"no game {args.game_id!r}")
+            games = {args.game_id: games[args.game_id]}
+        for game_id, settings in games.items():
+            _print_game(game_id, settings)
+    return 0
+
+
+def _print_game(game_id: str, s: GameSettings) -> None:
+    print(f"{game_id}:")
+    print(f"  duration            {s.duration_ms / 1000:g} s")
+    print(f"  burst               more than {s.burst_threshold} points in {s.burst_window_ms} ms")
+    print(f"  burst limit         more than {s.burst_limit} bursts in {s.burst_period_ms} ms ends the game")
+    print(f"  latency allowance   {s.latency_ms} ms")
+    print(f"  submission window   {s.submission_window_ms / 1000:g} s")
+
+
+def cmd_flags(args: argparse.Namespace) -> int:
+    conn = _open(args.db)
+    if args.action == "list":
+        flags = db.list_flags(conn, open_only=args.open, game_id=args.game, user_name=args.user)
+        if args.json:
+            print(json.dumps(flags, indent=2))
+            return 0
+        _table(
+            ["id", "when", "status", "reason", "game", "who", "session"],
+            [
+                [f["id"], fmt_time(f["created_at"]), f["status"], f["reason"], f["game_id"] or "-",
+                 _who(f), (f["session_id"] or "-")[:12]]
+                for f in flags
+            ],
+        )
+    elif args.action == "show":
+        flag = db.get_flag(conn, args.flag_id)
+        if args.json:
+            print(json.dumps(flag, indent=2))
+        else:
+            print(render_flag(flag))
+    elif args.action == "resolve":
+        if args.days is not None and not args.ban:
+            raise CliError("--days goes with --ban")
+        with db.transaction(conn):
+            flag = db.resolve_flag(
+                conn, args.flag_id, "banned" if args.ban else "cleared", args.note, now_ms()
+            )
+            if args.ban:
+                if flag["user_id"] is None:
+                    raise CliError("a guest's flag cannot ban an account; use --clear")
+                until = db.FOREVER if args.days is None else now_ms() + int(args.days * 86_400_000)
+                name = flag["user_name"]
+                db.set_ban(conn, name, until, args.note)
+            _audit(
+                conn, "flags resolve", f"flag {args.flag_id}",
+                f"{'ban ' + _days_note(args.days, None) if args.ban else 'clear'}; {args.note}",
+            )
+        print(f"flag {args.flag_id} {'resolved: banned' if args.ban else 'cleared'}")
+    return 0
+
+
+def _who(flag: dict[str, Any]) -> str:
+    if flag.get("user_id") is not None:
+        return f"{flag.get('user_name')} (#{flag['user_id']})"
+    return f"guest {flag.get('guest_addr') or '?'}"
+
+
+def render_flag(flag: dict[str, Any]) -> str:
+    """A flag as a reviewer reads it: who, why, and the session's timeline."""
+    lines = [
+        f"flag {flag['id']}: {flag['reason']}  [{flag['status']}]",
+        f"  when        {fmt_time(flag['created_at'])}",
+        f"  who         {_who(flag)}",
+        f"  user agent  {flag.get('user_agent') or '-'}",
+        f"  game        {flag.get('game_id') or '-'}",
+        f"  session     {flag.get('session_id') or '-'}",
+    ]
+    if flag.get("resolved_at"):
+        lines.append(f"  resolved    {fmt_time(flag['resolved_at'])}: {flag.get('resolution_note')}")
+    for key, value in (flag.get("detail") or {}).items():
+        lines.append(f"  {key:<11} {value}")
+    evidence = flag.get("evidence")
+    if evidence and evidence.get("session"):
+        session = evidence["session"]
+        start = session["started_at"]
+        lines.append("")
+        lines.append(
+            f"  session: started {fmt_time(start)}, ended {fmt_time(session['ended_at'])}"
+            f" ({session['end_reason'] or 'running'}), state {session['state']}"
+        )
+        points = evidence["points"]
+        lines.append(
+            f"  {len(points)} points issued, {len(evidence['rejected'])} rejected,"
+            f" {len(evidence['bursts'])} bursts"
+        )
+        lines.append("")
+        lines.extend(_timeline(start, session.get("ended_at"), points, evidence))
+    return "\n".join(lines)
+
+
+def _timeline(start: int, end: int | None, points: list[dict[str, Any]], evidence: dict[str, Any]) -> list[str]:
+    """Points per second, as a bar per second of the game, with rejections and bursts."""
+    last = max(
+        [end or start]
+        + [p["server_ts"] for p in points]
+        + [r["server_ts"] for r in evidence["rejected"]]
+    )
+    seconds = max(1, (last - start) // 1000 + 1)
+    accepted = [0] * seconds
+    rejected = [0] * seconds
+    bursts = [0] * seconds
+    for p in points:
+        accepted[min(seconds - 1, max(0, (p["server_ts"] - start) // 1000))] += 1
+    for r in evidence["rejected"]:
+        rejected[min(seconds - 1, max(0, (r["server_ts"] - start) // 1000))] += 1
+    for b in evidence["bursts"]:
+        bursts[min(seconds - 1, max(0, (b - start) // 1000))] += 1
+    out = ["  second  accepted  rejected  (# accepted, x rejected, ! burst)"]
+    for second in range(min(seconds, 600)):
+        bar = "#" * min(accepted[second], 40) + "x" * min(rejected[second], 20)
+        mark = " !" * min(bursts[second], 5)
+        out.append(f"  {second:>6}  {accepted[second]:>8}  {rejected[second]:>8}  {bar}{mark}")
+    offsets = [p["server_ts"] - p["client_ts"] for p in points]
+    if offsets:
+        out.append("")
+        out.append(
+            f"  clock offset (server - client) over points: min {min(offsets)} ms,"
+            f" max {max(offsets)} ms, spread {max(offsets) - min(offsets)} ms"
+        )
+    return out
+
+
+def cmd_scores(args: argparse.Namespace) -> int:
+    conn = _open(args.db)
+    hide = args.action == "hide"
+    with db.transaction(conn):
+        db.set_score_hidden(conn, args.session_id, hide)
+        _audit(conn, f"scores {args.action}", args.session_id, args.note or None)
+    print(f"score of session {args.session_id} {'hidden' if hide else 'restored'}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .tokens import key_id, raw_public, write_key
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    conn = _open_or_create(args.db)
+    if args.action == "list":
+        now = now_ms()
+        window = db.max_submission_window(conn)
+        rows = db.list_signing_keys(conn)
+        _table(
+            ["kid", "created", "retired", "verifies until"],
+            [
+                [
+                    r["kid"], fmt_time(r["created_at"]), fmt_time(r["retired_at"]),
+                    "current (signing)" if r["retired_at"] is None
+                    else _verifies_until(r["retired_at"] + window + _longest(conn), now),
+                ]
+                for r in rows
+            ],
+        )
+    elif args.action == "rotate":
+        key = Ed25519PrivateKey.generate()
+        kid = key_id(key.public_key()).hex()
+        now = now_ms()
+        with db.transaction(conn):
+            db.record_signing_key(conn, kid, raw_public(key.public_key()), now)
+            db.retire_other_keys(conn, kid, now)
+            _audit(conn, "keys rotate", kid, str(args.key))
+        if args.key.exists():
+            backup = args.key.with_name(f"{args.key.name}.{now}.old")
+            os.replace(args.key, backup)
+            os.chmod(backup, 0o600)
+        write_key(args.key, key)
+        print(f"new signing key {kid} in {args.key}; send the server SIGHUP to sign with it")
+    return 0
+
+
+def _longest(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT MAX(duration_ms) FROM games").fetchone()
+    return int(row[0] or 0)
+
+
+def _verifies_until(until: int, now: int) -> str:
+    return fmt_time(until) if until > now else f"expired {fmt_time(until)}"
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    conn = _open(args.db)
+    _table(
+        ["id", "when", "who", "command", "target", "note"],
+        [[a["id"], fmt_time(a["at"]), a["actor"], a["command"], a["target"] or "-", a["note"] or ""]
+         for a in db.list_audit(conn)],
+    )
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    conn = _open(args.db)
+    if db.get_game(conn, args.game_id) is None:
+        raise CliError(f"no game {args.game_id!r}")
+    entries = db.leaderboard(conn, args.game_id, now_ms(), limit=args.limit)
+    if args.json:
+        print(json.dumps({"game_id": args.game_id, "entries": entries}, indent=2))
+    else:
+        _table(["rank", "player", "score"], [[e["rank"], e["name"], e["score"]] for e in entries])
+    return 0
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from .admin import ADMIN_PASSWORD_SETTING
+
+    password = _read_password(args.password_stdin)
+    if len(password) < 12:
+        raise CliError("the admin password must have at least 12 characters")
+    conn = _open_or_create(args.db)
+    encoded = PasswordPolicy().hash(password)
+    with db.transaction(conn):
+        db.set_setting(conn, ADMIN_PASSWORD_SETTING, encoded)
+        _audit(conn, "admin set-password", None, None)
+    print("admin password set; /admin is open to it")
+    return 0
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": cmd_serve,
+    "users": cmd_users,
+    "games": cmd_games,
+    "flags": cmd_flags,
+    "scores": cmd_scores,
+    "keys": cmd_keys,
+    "audit": cmd_audit,
+    "leaderboard": cmd_leaderboard,
+    "admin": cmd_admin,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except (CliError, ScoreServerError, ValueError) as exc:
+        kind = {ConflictError: "conflict", NotFoundError: "not found", StoreError: "database"}.get(
+            type(exc), "error"
+        )
+        print(f"scoreserver: {kind}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

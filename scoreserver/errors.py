@@ -1,0 +1,50 @@
+"""The errors scoreserver raises inside itself, one base and a shallow tree::
+
+    ScoreServerError
+    ├── ProtocolError      a client message that cannot be acted on (carries a wire code)
+    ├── TokenError         a token that is malformed, mis-signed or of the wrong purpose
+    ├── AuthError          a name/password or login token that does not hold
+    ├── ConflictError      a name already taken, a game that already exists
+    ├── NotFoundError      an unknown game, user, flag, session
+    └── StoreError         the database refused (integrity, schema version)
+
+Lower-level errors (msgspec, sqlite3, cryptography) are mapped to these at the boundary with
+``raise ... from None``. Only a bug raises anything else out of a handler; the connection that
+hit it is closed, the server goes on.
+"""
+
+from __future__ import annotations
+
+
+class ScoreServerError(Exception):
+    """Base of every error scoreserver raises on purpose."""
+
+
+class ProtocolError(ScoreServerError):
+    """A client message the server could not act on; `code` is the contract's error code."""
+
+    def __init__(self, code: str, message: str, request_id: str | int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class TokenError(ScoreServerError):
+    """A token that does not verify."""
+
+
+class AuthError(ScoreServerError):
+    """Credentials or a login token that do not hold."""
+
+
+class ConflictError(ScoreServerError):
+    """Something that must be unique already exists."""
+
+
+class NotFoundError(ScoreServerError):
+    """A named thing does not exist."""
+
+
+class StoreError(ScoreServerError):
+    """The database is not in a state the server can use."""

@@ -1,0 +1,237 @@
+"""The HTTP side: a Starlette app served by hypercorn's trio worker in the server's process.
+
+Routes: login and registration, result submission, leaderboards, the public keys, health,
+and the pages (the demo, the client module, the big-screen board, the admin console).
+Every error is JSON: `{"error": CODE, "message": TEXT}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from . import protocol as wire
+from . import store as db
+from .errors import AuthError, ConflictError
+from .rules import SubmittedPoint
+from .service import Peer, Service
+from .tokens import b64encode, raw_public
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+MAX_BODY_BYTES = 256 * 1024
+WINDOWS_MS = {"day": 86_400_000, "week": 7 * 86_400_000}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+class ResultBody(msgspec.Struct, frozen=True):
+    start_token: wire.Token
+    end_token: wire.Token
+    points: list[wire.PointClaim]
+
+
+class Credentials(msgspec.Struct, frozen=True):
+    name: str
+    password: str
+
+
+async def read_json(request: Request, kind: type[Any]) -> Any:
+    """The request body decoded as `kind`; 413 past the size limit, 400 if malformed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HttpError(413, "too_large", f"the body is limited to {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise HttpError(413, "too_large", f"the body is limited to {MAX_BODY_BYTES} bytes")
+    try:
+        return msgspec.json.decode(bytes(body), type=kind)
+    except msgspec.DecodeError as exc:
+        raise HttpError(400, "bad_request", str(exc)) from None
+
+
+def peer_of(request: Request) -> Peer:
+    client = request.client
+    return Peer(
+        address=client.host if client else None,
+        user_agent=request.headers.get("user-agent", "")[:200],
+    )
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _json_errors(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except HttpError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+def _int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HttpError(400, "bad_request", f"`{name}` must be an integer") from None
+    if not low <= value <= high:
+        raise HttpError(400, "bad_request", f"`{name}` must be between {low} and {high}")
+    return value
+
+
+def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> Starlette:
+    """The HTTP application for `service`."""
+
+    @_json_errors
+    async def register(request: Request) -> Response:
+        body = await read_json(request, Credentials)
+        try:
+            token, user = await service.register(body.name, body.password)
+        except ValueError as exc:
+            raise HttpError(400, "bad_request", str(exc)) from None
+        except ConflictError:
+            raise HttpError(409, "name_taken", "that name is taken") from None
+        return JSONResponse({"token": token, "user_id": user.id, "name": user.name}, 201)
+
+    @_json_errors
+    async def login(request: Request) -> Response:
+        body = await read_json(request, Credentials)
+        try:
+            token, user = await service.login(body.name, body.password)
+        except AuthError as exc:
+            raise HttpError(401, "auth_failed", str(exc)) from None
+        return JSONResponse({"token": token, "user_id": user.id, "name": user.name})
+
+    @_json_errors
+    async def results(request: Request) -> Response:
+        body = await read_json(request, ResultBody)
+        points = [SubmittedPoint(p.token, p.client_ts) for p in body.points]
+        outcome = await service.submit(body.start_token, body.end_token, points, peer_of(request))
+        answer: dict[str, Any] = {"type": "result", "accepted": outcome.accepted}
+        if outcome.accepted:
+            answer.update(score=outcome.score, saved=outcome.saved)
+        else:
+            answer["reason"] = outcome.reason
+        return JSONResponse(answer)
+
+    @_json_errors
+    async def leaderboard(request: Request) -> Response:
+        game_id = request.path_params["game_id"]
+        if game_id not in service.games:
+            raise HttpError(404, "unknown_game", f"no game {game_id!r}")
+        limit = _int_param(request, "limit", 10, 1, 100)
+        offset = _int_param(request, "offset", 0, 0, 10**9)
+        around = _int_param(request, "around", None, 0, 2**62)
+        window = request.query_params.get("window", "all")
+        if window not in ("day", "week", "all"):
+            raise HttpError(400, "bad_request", "`window` is day, week or all")
+        now = service.clock.now_ms()
+        since = now - WINDOWS_MS[window] if window in WINDOWS_MS else 0
+        entries = await service.store.read(
+            db.leaderboard, game_id, now, limit=limit, offset=offset, around=around, since=since
+        )
+        return JSONResponse({"game_id": game_id, "entries": entries})
+
+    async def keys(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "keys": [
+                    {
+                        "kid": k.kid.hex(),
+                        "alg": "Ed25519",
+                        "public_key": b64encode(raw_public(k.public_key)),
+                    }
+                    for k in service.keys.verify_keys
+                ]
+            }
+        )
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def games(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "games": [
+                    {"game_id": game_id, "duration_ms": settings.duration_ms}
+                    for game_id, settings in sorted(service.games.items())
+                ]
+            }
+        )
+
+    def page(name: str) -> Handler:
+        async def serve_page(request: Request) -> Response:
+            path = STATIC_DIR / name
+            if not path.exists():
+                return error_response(404, "not_found", f"{name} is not installed")
+            return FileResponse(path, headers={"cache-control": "no-cache"})
+
+        return serve_page
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(404, "not_found", "no such resource")
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return error_response(405, "method_not_allowed", "method not allowed")
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        logger.exception("HTTP handler failed", exc_info=exc)
+        return error_response(500, "internal_error", "internal error")
+
+    routes = [
+        Route("/api/register", register, methods=["POST"]),
+        Route("/api/login", login, methods=["POST"]),
+        Route("/api/results", results, methods=["POST"]),
+        Route("/api/games", games, methods=["GET"]),
+        Route("/api/games/{game_id}/leaderboard", leaderboard, methods=["GET"]),
+        Route("/api/keys", keys, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/", page("index.html"), methods=["GET"]),
+        Route("/board/{game_id}", page("board.html"), methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+    ]
+    middleware = []
+    if allowed_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(allowed_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["content-type", "authorization"],
+            )
+        )
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
+    )

@@ -1,0 +1,212 @@
+"""The wire messages of `docs/protocol.md` as typed structs, their decoding and encoding.
+
+Client messages are a tagged union on `type`, decoded by msgspec in one pass. When that pass
+fails, a slower diagnosis tells the contract's codes apart (`bad_json`, `bad_message`,
+`unknown_type`) and recovers the request `id` so that even an error reply carries it.
+Server messages are encoded from frozen structs; `id` is left out when there is none.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+from .errors import ProtocolError
+
+RequestId = Annotated[str, Meta(max_length=64)] | int | None
+GameId = Annotated[str, Meta(min_length=1, max_length=64)]
+Token = Annotated[str, Meta(max_length=400)]
+
+# --- error codes ----------------------------------------------------------------------------
+
+BAD_JSON = "bad_json"
+BAD_MESSAGE = "bad_message"
+UNKNOWN_TYPE = "unknown_type"
+AUTH_FAILED = "auth_failed"
+UNKNOWN_GAME = "unknown_game"
+IDENTITY_MISMATCH = "identity_mismatch"
+NOT_IN_ROOM = "not_in_room"
+SESSION_ACTIVE = "session_active"
+UNKNOWN_SESSION = "unknown_session"
+RATE_LIMITED = "rate_limited"
+
+# --- client to server -----------------------------------------------------------------------
+
+
+class ClientMessage(Struct, frozen=True, tag_field="type", kw_only=True):
+    id: RequestId = None
+
+
+class Auth(ClientMessage, tag="auth"):
+    """Log the connection in with a token from `/api/login` or `/api/register`."""
+
+    token: Annotated[str, Meta(max_length=200)]
+
+
+class WhoAmI(ClientMessage, tag="whoami"):
+    """Ask who the connection is."""
+
+
+class EnterGameRoom(ClientMessage, tag="enter_game_room"):
+    """Join a game's room as `user_id` (null for a guest)."""
+
+    game_id: GameId
+    user_id: int | None
+
+
+class GameStart(ClientMessage, tag="game_start"):
+    """Start a game session in the current room."""
+
+    client_ts: int
+
+
+class Point(ClientMessage, tag="point"):
+    """The player scored, at `client_ts` by the player's clock."""
+
+    client_ts: int
+
+
+class PointClaim(Struct, frozen=True):
+    """One point of a submission: its token and the player's timestamp."""
+
+    token: Token
+    client_ts: int
+
+
+class SubmitResult(ClientMessage, tag="submit_result"):
+    """Submit a finished game for scoring."""
+
+    start_token: Token
+    end_token: Token
+    points: Annotated[list[PointClaim], Meta(max_length=100_000)]
+
+
+class Resume(ClientMessage, tag="resume"):
+    """Re-attach this connection to a session of the same identity."""
+
+    start_token: Token
+
+
+AnyClientMessage = Auth | WhoAmI | EnterGameRoom | GameStart | Point | SubmitResult | Resume
+CLIENT_TYPES = frozenset(
+    t.__struct_config__.tag
+    for t in AnyClientMessage.__args__  # type: ignore[attr-defined]
+)
+
+_client_decoder = msgspec.json.Decoder(AnyClientMessage)
+_generic_decoder = msgspec.json.Decoder()
+
+
+def decode_client(data: str | bytes) -> AnyClientMessage:
+    """Decode one client frame, or raise `ProtocolError` with the contract's code."""
+    try:
+        return _client_decoder.decode(data)
+    except msgspec.DecodeError:
+        raise _diagnose(data) from None
+
+
+def _diagnose(data: str | bytes) -> ProtocolError:
+    try:
+        obj = _generic_decoder.decode(data)
+    except msgspec.DecodeError:
+        return ProtocolError(BAD_JSON, "the frame is not valid JSON")
+    if not isinstance(obj, dict):
+        return ProtocolError(BAD_MESSAGE, "a message must be a JSON object")
+    request_id = _request_id(obj)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        return ProtocolError(BAD_MESSAGE, "a message needs a string `type`", request_id)
+    if kind not in CLIENT_TYPES:
+        return ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}", request_id)
+    try:
+        msgspec.convert(obj, AnyClientMessage)
+    except msgspec.ValidationError as exc:
+        return ProtocolError(BAD_MESSAGE, str(exc), request_id)
+    return ProtocolError(BAD_MESSAGE, "malformed message", request_id)  # pragma: no cover
+
+
+def _request_id(obj: dict[str, Any]) -> str | int | None:
+    value = obj.get("id")
+    try:
+        return msgspec.convert(value, RequestId)  # type: ignore[no-any-return]
+    except msgspec.ValidationError:
+        return None
+
+
+# --- server to client -----------------------------------------------------------------------
+
+
+class ServerMessage(Struct, frozen=True, tag_field="type", omit_defaults=True, kw_only=True):
+    id: str | int | None = None
+
+
+class Identity(ServerMessage, tag="identity"):
+    user_id: int | None
+    name: str | None
+
+
+class RoomEntered(ServerMessage, tag="room_entered"):
+    game_id: str
+    duration_ms: int
+
+
+class GameStarted(ServerMessage, tag="game_started"):
+    session_id: str
+    start_token: str
+    duration_ms: int
+    server_ts: int
+    # Extensions: where a resumed session stands.
+    remaining_ms: int | None = None
+    seq: int | None = None
+
+
+class PointAccepted(ServerMessage, tag="point_accepted"):
+    token: str
+    server_ts: int
+    seq: int
+
+
+class PointRejected(ServerMessage, tag="point_rejected"):
+    reason: str
+    server_ts: int | None = None
+
+
+class EndGame(ServerMessage, tag="end_game"):
+    reason: str
+    server_ts: int
+    end_token: str | None = None
+    session_id: str | None = None
+
+
+class Result(ServerMessage, tag="result"):
+    accepted: bool
+    score: int | None = None
+    saved: bool | None = None
+    reason: str | None = None
+
+
+class LeaderboardEntry(Struct, frozen=True):
+    rank: int
+    user_id: int
+    name: str
+    score: int
+
+
+class Leaderboard(ServerMessage, tag="leaderboard"):
+    game_id: str
+    entries: list[LeaderboardEntry]
+
+
+class Error(ServerMessage, tag="error"):
+    code: str
+    message: str
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(message: ServerMessage) -> str:
+    """One server message as the text of a frame."""
+    return _encoder.encode(message).decode("utf-8")

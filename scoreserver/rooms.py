@@ -1,0 +1,444 @@
+"""trio: one nursery per game room, one task per game session.
+
+A session task owns its session from `game_started` to `end_game`:
+
+* the timer, as `trio.move_on_after` around its receive loop;
+* the point inbox, a small bounded memory channel the connection handler sends into;
+* the answers to the player, sent through `LiveSession.player` (re-pointed on `resume`);
+* the end: when the task's loop is over, the session is over. It commits the session's end,
+  clears the player's "running session" record, then sends `end_game`. No other code path
+  ends a session; the server's shutdown asks the task to end (`request_shutdown`).
+
+The rules themselves are in `rules.py`; this module only carries out the actions they return.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from . import protocol as wire
+from . import store as db
+from .rules import (
+    AccountFlagged,
+    Action,
+    BurstRecorded,
+    GameEnded,
+    GameSession,
+    GameSettings,
+    IssuedPoint,
+    PointAccepted,
+    PointRejected,
+    SessionRecord,
+    SessionState,
+)
+from .tokens import Purpose
+
+if TYPE_CHECKING:
+    from .service import Peer, Service
+
+logger = logging.getLogger(__name__)
+
+INBOX_SIZE = 32
+LEADERBOARD_PUSH_SIZE = 10
+
+
+class Player(Protocol):
+    """The sending side of a player's connection."""
+
+    async def send(self, text: str) -> bool:
+        """Send one frame; False if the connection is gone. Never raises for a dead peer."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PointIn:
+    client_ts: int
+    received_at: int
+    request_id: str | int | None
+
+
+@dataclass(eq=False, slots=True)
+class LiveSession:
+    """A session in this process: its rules, its tokens, its player, its inbox."""
+
+    session_id: str
+    game_id: str
+    peer: Peer
+    rules: GameSession
+    start_token: str
+    player: Player | None
+    request_id: str | int | None = None
+    end_token: str | None = None
+    points: dict[int, IssuedPoint] = field(default_factory=dict)
+    submitted: bool = False
+    inbox_send: trio.MemorySendChannel[PointIn] | None = None
+    inbox_receive: trio.MemoryReceiveChannel[PointIn] | None = None
+    scope: trio.CancelScope | None = None
+    shutting_down: bool = False
+    finished: trio.Event = field(default_factory=trio.Event)
+    end_frame: str | None = None
+
+    @property
+    def user_id(self) -> int | None:
+        return self.peer.user_id
+
+    @property
+    def running(self) -> bool:
+        return self.rules.state is SessionState.RUNNING
+
+    def record(self) -> SessionRecord:
+        return SessionRecord(
+            session_id=self.session_id,
+            game_id=self.game_id,
+            user_id=self.peer.user_id,
+            settings=self.rules.settings,
+            started_at=self.rules.started_at,
+            offset_ms=self.rules.offset_ms,
+            start_token=self.start_token,
+            end_token=self.end_token,
+            ended_at=self.rules.ended_at,
+            end_reason=self.rules.end_reason,
+            points=self.points,
+            submitted=self.submitted,
+        )
+
+    def request_shutdown(self) -> None:
+        self.shutting_down = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def send(self, text: str) -> None:
+        if self.player is not None:
+            await self.player.send(text)
+
+
+class Member(Protocol):
+    """A connection in a room, as the room sees it."""
+
+    async def send(self, text: str) -> bool: ...
+
+
+@dataclass(eq=False, slots=True)
+class Room:
+    game_id: str
+    nursery: trio.Nursery
+    members: set[Member] = field(default_factory=set)
+    last_top: list[wire.LeaderboardEntry] | None = None
+    push_pending: bool = False
+
+
+class Rooms:
+    """The game rooms of the process and the sessions they run."""
+
+    def __init__(self, service: Service):
+        self.service = service
+        self._rooms: dict[str, Room] = {}
+        self._nursery: trio.Nursery | None = None
+        self.closing = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def room(self, game_id: str) -> Room:
+        room = self._rooms.get(game_id)
+        if room is None:
+            assert self._nursery is not None, "Rooms.run is not running"
+            room = await self._nursery.start(self._run_room, game_id)
+        return room
+
+    async def _run_room(self, game_id: str, *, task_status: trio.TaskStatus[Room]) -> None:
+        async with trio.open_nursery() as nursery:
+            room = self._rooms.setdefault(game_id, Room(game_id, nursery))
+            task_status.started(room)
+            if room.nursery is nursery:
+                await trio.sleep_forever()
+
+    def rooms(self) -> list[Room]:
+        return list(self._rooms.values())
+
+    # -- sessions --
+
+    async def start_session(
+        self,
+        room: Room,
+        peer: Peer,
+        player: Player,
+        settings: GameSettings,
+        client_ts: int,
+        request_id: str | int | None,
+    ) -> LiveSession:
+        """Create a session and start its task; returns once `game_started` is sent."""
+        service = self.service
+        now = service.clock.now_ms()
+        session_bytes = os.urandom(16)
+        session_id = session_bytes.hex()
+        start_token = service.keys.sign(
+            Purpose.START, session_bytes, peer.user_id, room.game_id, now
+        )
+        session = LiveSession(
+            session_id=session_id,
+            game_id=room.game_id,
+            peer=peer,
+            rules=GameSession(settings, now, client_ts),
+            start_token=start_token,
+            player=player,
+            request_id=request_id,
+        )
+        session.inbox_send, session.inbox_receive = trio.open_memory_channel[PointIn](INBOX_SIZE)
+        service.store.write_soon(
+            db.insert_session,
+            session_id,
+            room.game_id,
+            peer.user_id,
+            peer.address if peer.user_id is None else None,
+            peer.user_agent,
+            settings,
+            now,
+            client_ts,
+            start_token,
+        )
+        service.sessions[session_id] = session
+        if peer.user_id is not None:
+            service.running_by_user[(peer.user_id, room.game_id)] = session
+        await room.nursery.start(self._run_session, session, session_bytes)
+        return session
+
+    async def _run_session(
+        self,
+        session: LiveSession,
+        session_bytes: bytes,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await self._session_life(session, session_bytes, task_status)
+        except Exception:
+            # A bug: this session is lost (voided at the next start), the room goes on.
+            logger.exception("session %s failed", session.session_id)
+
+    async def _session_life(
+        self, session: LiveSession, session_bytes: bytes, task_status: trio.TaskStatus[None]
+    ) -> None:
+        service = self.service
+        rules = session.rules
+        assert session.inbox_receive is not None
+        started = False
+        try:
+            await session.send(
+                wire.encode(
+                    wire.GameStarted(
+                        id=session.request_id,
+                        session_id=session.session_id,
+                        start_token=session.start_token,
+                        duration_ms=rules.settings.duration_ms,
+                        server_ts=rules.started_at,
+                    )
+                )
+            )
+            task_status.started()
+            started = True
+            logger.debug("session %s started in %s", session.session_id, session.game_id)
+            remaining_s = rules.remaining_ms(service.clock.now_ms()) / 1000
+            with trio.CancelScope() as scope:
+                session.scope = scope
+                with trio.move_on_after(remaining_s):
+                    async for point in session.inbox_receive:
+                        actions = rules.receive_point(point.client_ts, point.received_at)
+                        await self._carry_out(session, session_bytes, actions, point.request_id)
+                        if not session.running:
+                            break
+            now = service.clock.now_ms()
+            if session.running:
+                if session.shutting_down:
+                    actions = rules.shutdown(now)
+                else:
+                    # The timer is the authority: it fired, so the time is up.
+                    actions = rules.expire(max(now, rules.ends_at))
+                await self._carry_out(session, session_bytes, actions, None)
+        finally:
+            session.scope = None
+            with trio.CancelScope(shield=True):
+                await self._drain_inbox(session)
+            if session.running:
+                # Only reached if the task failed or was cancelled from outside (a bug or a
+                # forced stop): make sure nobody stays locked out of a new game.
+                self._release(session)
+                self.service.sessions.pop(session.session_id, None)
+            session.finished.set()
+            if not started:
+                task_status.started()
+
+    async def _carry_out(
+        self,
+        session: LiveSession,
+        session_bytes: bytes,
+        actions: tuple[Action, ...],
+        request_id: str | int | None,
+    ) -> None:
+        service = self.service
+        store = service.store
+        for action in actions:
+            if isinstance(action, PointAccepted):
+                token = service.keys.sign(
+                    Purpose.POINT,
+                    session_bytes,
+                    session.user_id,
+                    session.game_id,
+                    action.server_ts,
+                    action.seq,
+                )
+                session.points[action.seq] = IssuedPoint(action.seq, action.server_ts, token)
+                store.write_soon(
+                    db.insert_point,
+                    session.session_id,
+                    action.seq,
+                    action.server_ts,
+                    action.client_ts,
+                    token,
+                )
+                await session.send(
+                    wire.encode(
+                        wire.PointAccepted(
+                            id=request_id, token=token, server_ts=action.server_ts, seq=action.seq
+                        )
+                    )
+                )
+            elif isinstance(action, PointRejected):
+                store.write_soon(
+                    db.insert_rejected_point,
+                    session.session_id,
+                    action.server_ts,
+                    action.client_ts,
+                    str(action.reason),
+                )
+                await session.send(
+                    wire.encode(
+                        wire.PointRejected(
+                            id=request_id, reason=str(action.reason), server_ts=action.server_ts
+                        )
+                    )
+                )
+            elif isinstance(action, BurstRecorded):
+                store.write_soon(db.insert_burst, session.session_id, action.at_ms)
+            elif isinstance(action, AccountFlagged):
+                with trio.CancelScope(shield=True):
+                    await service.flag(
+                        action.reason,
+                        peer=session.peer,
+                        game_id=session.game_id,
+                        session_id=session.session_id,
+                        detail=dict(action.detail),
+                    )
+            elif isinstance(action, GameEnded):
+                with trio.CancelScope(shield=True):
+                    await self._end(session, session_bytes, action)
+
+    async def _end(self, session: LiveSession, session_bytes: bytes, ended: GameEnded) -> None:
+        service = self.service
+        end_token = None
+        if ended.reason == "time_up":
+            end_token = service.keys.sign(
+                Purpose.END, session_bytes, session.user_id, session.game_id, ended.at_ms
+            )
+        session.end_token = end_token
+        await service.store.write(
+            db.end_session, session.session_id, end_token, ended.at_ms, str(ended.reason)
+        )
+        self._release(session)
+        if ended.reason != "time_up":
+            service.sessions.pop(session.session_id, None)
+        session.end_frame = wire.encode(
+            wire.EndGame(
+                reason=str(ended.reason),
+                server_ts=ended.at_ms,
+                end_token=end_token,
+                session_id=session.session_id,
+            )
+        )
+        logger.info("session %s ended: %s", session.session_id, ended.reason)
+        with trio.move_on_after(5):
+            await session.send(session.end_frame)
+
+    def _release(self, session: LiveSession) -> None:
+        if session.user_id is not None:
+            key = (session.user_id, session.game_id)
+            if self.service.running_by_user.get(key) is session:
+                del self.service.running_by_user[key]
+        if session.inbox_send is not None:
+            session.inbox_send.close()
+
+    async def _drain_inbox(self, session: LiveSession) -> None:
+        """Answer points that were queued when the session ended, then close the inbox."""
+        receive = session.inbox_receive
+        if receive is None:
+            return
+        while True:
+            try:
+                point = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            with trio.move_on_after(1):
+                await session.send(
+                    wire.encode(
+                        wire.PointRejected(
+                            id=point.request_id, reason="game_over", server_ts=point.received_at
+                        )
+                    )
+                )
+        receive.close()
+
+    async def shutdown_sessions(self, timeout_s: float = 5.0) -> None:
+        """End every running session with `server_shutdown` and wait for their tasks."""
+        self.closing = True
+        live = [s for s in self.service.sessions.values() if s.running]
+        for session in live:
+            session.request_shutdown()
+        with trio.move_on_after(timeout_s):
+            for session in live:
+                await session.finished.wait()
+
+    # -- leaderboards --
+
+    def score_saved(self, game_id: str) -> None:
+        """A score was saved for `game_id`: push the room's top entries if they changed."""
+        room = self._rooms.get(game_id)
+        if room is None or not room.members or room.push_pending:
+            return
+        room.push_pending = True
+        room.nursery.start_soon(self._push_leaderboard, room)
+
+    async def _push_leaderboard(self, room: Room) -> None:
+        try:
+            now = self.service.clock.now_ms()
+            rows = await self.service.store.read(
+                db.leaderboard, room.game_id, now, limit=LEADERBOARD_PUSH_SIZE
+            )
+        except Exception:
+            logger.exception("leaderboard push for %s failed", room.game_id)
+            return
+        finally:
+            room.push_pending = False
+        entries = [wire.LeaderboardEntry(**row) for row in rows]
+        if entries == room.last_top:
+            return
+        room.last_top = entries
+        frame = wire.encode(wire.Leaderboard(game_id=room.game_id, entries=entries))
+        await _broadcast(list(room.members), frame)
+
+
+async def _broadcast(members: list[Member], frame: str) -> None:
+    async def one(member: Member) -> None:
+        with trio.move_on_after(5):
+            await member.send(frame)
+
+    async with trio.open_nursery() as nursery:
+        for member in members:
+            nursery.start_soon(one, member)

@@ -1,0 +1,345 @@
+"""The session rules: everything that decides whether a point counts lives in this file.
+
+Sans-I/O, in the manner of h11 and wsproto: a `GameSession` is fed events with the current
+server time (epoch milliseconds) as an argument and answers with a tuple of actions for the
+shell to carry out. It never reads a clock, sleeps, or touches a socket or the database, so it
+is tested by pushing events in, with no event loop.
+
+States and transitions, as a table::
+
+    state     event                                  actions                         next
+    -------   ------------------------------------   -----------------------------   -------
+    RUNNING   point, inside window, clock ok,        PointAccepted(seq, server_ts)   RUNNING
+              burst deque below threshold
+    RUNNING   point, clock off by > latency_ms       PointRejected(clock)            RUNNING
+    RUNNING   point at/after the end by server time  PointRejected(game_over)        RUNNING
+    RUNNING   point over burst_threshold             PointRejected(burst),           RUNNING
+                                                     BurstRecorded(at)
+    RUNNING   ... and bursts in period > limit       + AccountFlagged(burst_limit),  ENDED
+                                                     GameEnded(burst_limit)
+    RUNNING   expire(now >= ends_at)                 GameEnded(time_up)              ENDED
+    RUNNING   shutdown                               GameEnded(server_shutdown)      ENDED
+    ENDED     point                                  PointRejected(game_over)        ENDED
+    ENDED     expire / shutdown                      (nothing)                       ENDED
+
+The submission check (`check_submission`) is a pure function over a `SessionRecord`, the
+frozen facts the server kept about a session: the same code serves the socket and HTTP.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+# --- settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GameSettings:
+    """A game's rules, fixed for a session when it starts."""
+
+    duration_ms: int
+    burst_window_ms: int = 1000
+    burst_threshold: int = 12
+    burst_limit: int = 3
+    burst_period_ms: int = 10_000
+    latency_ms: int = 1000
+    submission_window_ms: int = 300_000
+
+    def __post_init__(self) -> None:
+        if self.duration_ms <= 0:
+            raise ValueError("duration must be positive")
+        for name in ("burst_window_ms", "burst_threshold", "burst_period_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("burst_limit", "latency_ms", "submission_window_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+
+# --- actions the rules ask the shell to carry out -------------------------------------------
+
+
+class EndReason(enum.StrEnum):
+    TIME_UP = "time_up"
+    BURST_LIMIT = "burst_limit"
+    SERVER_SHUTDOWN = "server_shutdown"
+
+
+class RejectReason(enum.StrEnum):
+    NO_SESSION = "no_session"
+    GAME_OVER = "game_over"
+    BURST = "burst"
+    CLOCK = "clock"
+
+
+@dataclass(frozen=True, slots=True)
+class PointAccepted:
+    """The point counts: the shell signs a point token for `seq` issued at `server_ts`."""
+
+    seq: int
+    server_ts: int
+    client_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PointRejected:
+    """The point counts for nothing."""
+
+    reason: RejectReason
+    server_ts: int
+    client_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class BurstRecorded:
+    """A point was refused for exceeding the burst threshold: one burst, at `at_ms`."""
+
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class GameEnded:
+    """The session is over; the shell persists it, then tells the player."""
+
+    reason: EndReason
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountFlagged:
+    """The account behind the session goes to review."""
+
+    reason: str
+    detail: Mapping[str, object]
+
+
+Action = PointAccepted | PointRejected | BurstRecorded | GameEnded | AccountFlagged
+
+
+class SessionState(enum.Enum):
+    RUNNING = "running"
+    ENDED = "ended"
+
+
+# --- the session state machine --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class GameSession:
+    """One game's rules state. Times are server epoch milliseconds.
+
+    `offset_ms` relates the player's clock to the server's, fixed at `game_start`:
+    a point sent at `client_ts` is expected at server time `client_ts + offset_ms`.
+    """
+
+    settings: GameSettings
+    started_at: int
+    client_start_ts: int
+    state: SessionState = SessionState.RUNNING
+    end_reason: EndReason | None = None
+    ended_at: int | None = None
+    seq: int = 0
+    # Server times of accepted points still inside the burst window.
+    _window: deque[int] = field(default_factory=deque)
+    # Server times of bursts still inside the burst period.
+    _bursts: deque[int] = field(default_factory=deque)
+    burst_times: list[int] = field(default_factory=list)
+
+    @property
+    def offset_ms(self) -> int:
+        return self.started_at - self.client_start_ts
+
+    @property
+    def ends_at(self) -> int:
+        return self.started_at + self.settings.duration_ms
+
+    def remaining_ms(self, now: int) -> int:
+        return max(0, self.ends_at - now)
+
+    def receive_point(self, client_ts: int, now: int) -> tuple[Action, ...]:
+        """A point arrived at server time `now`, stamped `client_ts` by the player."""
+        if self.state is SessionState.ENDED or now >= self.ends_at or now < self.started_at:
+            return (PointRejected(RejectReason.GAME_OVER, now, client_ts),)
+        expected = client_ts + self.offset_ms
+        if abs(now - expected) > self.settings.latency_ms:
+            return (PointRejected(RejectReason.CLOCK, now, client_ts),)
+        window_start = now - self.settings.burst_window_ms
+        while self._window and self._window[0] <= window_start:
+            self._window.popleft()
+        if len(self._window) >= self.settings.burst_threshold:
+            return self._burst(now, client_ts)
+        self._window.append(now)
+        self.seq += 1
+        return (PointAccepted(self.seq, now, client_ts),)
+
+    def _burst(self, now: int, client_ts: int) -> tuple[Action, ...]:
+        period_start = now - self.settings.burst_period_ms
+        while self._bursts and self._bursts[0] <= period_start:
+            self._bursts.popleft()
+        self._bursts.append(now)
+        self.burst_times.append(now)
+        actions: list[Action] = [
+            PointRejected(RejectReason.BURST, now, client_ts),
+            BurstRecorded(now),
+        ]
+        if len(self._bursts) > self.settings.burst_limit:
+            # The flag comes first: it is committed before the `end_game` that reveals it.
+            actions.append(
+                AccountFlagged(
+                    "burst_limit",
+                    {
+                        "bursts_in_period": len(self._bursts),
+                        "burst_limit": self.settings.burst_limit,
+                        "burst_period_ms": self.settings.burst_period_ms,
+                        "burst_times": list(self._bursts),
+                    },
+                )
+            )
+            actions.extend(self._end(EndReason.BURST_LIMIT, now))
+        return tuple(actions)
+
+    def expire(self, now: int) -> tuple[Action, ...]:
+        """The timer fired. Ends the game if its time is up; otherwise nothing happens."""
+        if self.state is SessionState.ENDED or now < self.ends_at:
+            return ()
+        return self._end(EndReason.TIME_UP, now)
+
+    def shutdown(self, now: int) -> tuple[Action, ...]:
+        """The server is stopping: the game ends without an end token and can't be submitted."""
+        if self.state is SessionState.ENDED:
+            return ()
+        return self._end(EndReason.SERVER_SHUTDOWN, now)
+
+    def _end(self, reason: EndReason, now: int) -> tuple[Action, ...]:
+        self.state = SessionState.ENDED
+        self.end_reason = reason
+        self.ended_at = now
+        return (GameEnded(reason, now),)
+
+
+# --- the submission check -------------------------------------------------------------------
+
+
+class ResultReason(enum.StrEnum):
+    BAD_START_TOKEN = "bad_start_token"
+    BAD_END_TOKEN = "bad_end_token"
+    BAD_POINT_TOKEN = "bad_point_token"
+    DUPLICATE_POINT = "duplicate_point"
+    TIMING_MISMATCH = "timing_mismatch"
+    UNKNOWN_SESSION = "unknown_session"
+    SESSION_VOIDED = "session_voided"
+    ALREADY_SUBMITTED = "already_submitted"
+    EXPIRED = "expired"
+
+    @property
+    def flags_account(self) -> bool:
+        return self not in (ResultReason.ALREADY_SUBMITTED, ResultReason.EXPIRED)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedPoint:
+    seq: int
+    server_ts: int
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """What the server kept about a session, enough to judge a submission of it."""
+
+    session_id: str
+    game_id: str
+    user_id: int | None
+    settings: GameSettings
+    started_at: int
+    offset_ms: int
+    start_token: str
+    end_token: str | None
+    ended_at: int | None
+    end_reason: EndReason | None
+    points: Mapping[int, IssuedPoint]  # by seq
+    submitted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedPoint:
+    token: str
+    client_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionAccepted:
+    score: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionRejected:
+    reason: ResultReason
+    detail: Mapping[str, object]
+
+
+SubmissionVerdict = SubmissionAccepted | SubmissionRejected
+
+
+def _same(a: str | None, b: str) -> bool:
+    """Constant-time equality of two tokens."""
+    if a is None:
+        return False
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def check_submission(
+    record: SessionRecord,
+    start_token: str,
+    end_token: str,
+    points: Sequence[SubmittedPoint],
+    point_seq: Callable[[str], int | None],
+    now: int,
+) -> SubmissionVerdict:
+    """Judge a submission of `record`'s session.
+
+    `point_seq` reads the sequence number a point token claims (without trusting it: the
+    token is then compared in constant time with the one issued under that number).
+    """
+    if not _same(record.start_token, start_token):
+        return SubmissionRejected(ResultReason.BAD_START_TOKEN, {})
+    if record.submitted:
+        return SubmissionRejected(ResultReason.ALREADY_SUBMITTED, {})
+    if record.end_reason in (EndReason.BURST_LIMIT, EndReason.SERVER_SHUTDOWN):
+        return SubmissionRejected(
+            ResultReason.SESSION_VOIDED, {"end_reason": str(record.end_reason)}
+        )
+    if record.end_token is None or record.ended_at is None:
+        return SubmissionRejected(ResultReason.BAD_END_TOKEN, {"detail": "session not ended"})
+    if now > record.ended_at + record.settings.submission_window_ms:
+        return SubmissionRejected(ResultReason.EXPIRED, {"ended_at": record.ended_at})
+    if not _same(record.end_token, end_token):
+        return SubmissionRejected(ResultReason.BAD_END_TOKEN, {})
+    seen: set[int] = set()
+    latency = record.settings.latency_ms
+    for index, point in enumerate(points):
+        seq = point_seq(point.token)
+        issued = record.points.get(seq) if seq is not None else None
+        if issued is None or not _same(issued.token, point.token):
+            return SubmissionRejected(ResultReason.BAD_POINT_TOKEN, {"index": index})
+        if seq in seen:
+            return SubmissionRejected(ResultReason.DUPLICATE_POINT, {"index": index, "seq": seq})
+        seen.add(issued.seq)
+        expected = point.client_ts + record.offset_ms
+        if abs(expected - issued.server_ts) > latency:
+            return SubmissionRejected(
+                ResultReason.TIMING_MISMATCH,
+                {
+                    "index": index,
+                    "seq": issued.seq,
+                    "client_ts": point.client_ts,
+                    "issued_server_ts": issued.server_ts,
+                    "expected_server_ts": expected,
+                    "latency_ms": latency,
+                },
+            )
+    return SubmissionAccepted(len(points))

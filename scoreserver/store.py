@@ -1,0 +1,843 @@
+"""SQLite storage: one writer thread that owns the writing connection, readers, and queries.
+
+Every named operation below is a plain function of a `sqlite3.Connection`, so that the server,
+the command line and the tests run the same SQL. The server runs writes through `Store`:
+
+* `await store.write(op, ...)` returns once the unit's transaction has COMMITted; the server
+  acknowledges scores, reveals flags and sends `end_game` only after such a write.
+* `store.write_soon(op, ...)` queues a unit without waiting (issued points, rejected points,
+  bursts). The writer thread takes whatever is queued, up to `BATCH_LIMIT` units, and runs them
+  in one `BEGIN IMMEDIATE ... COMMIT`, each in a savepoint so that one failing unit does not
+  undo the others (group commit). Units are committed in the order they were queued, so a
+  session's `end` is never committed before its points.
+* `await store.read(op, ...)` runs a query on a reader connection in a worker thread.
+
+`Store(..., threaded=False)` runs the same units inline on the event loop's thread: the
+autojump-clock tests use it, because time would otherwise jump while a task waits on a thread.
+
+The database runs in WAL mode with synchronous=NORMAL: a COMMIT survives the process being
+killed (SIGKILL); only a power cut may lose the last commits before a checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from .errors import ConflictError, NotFoundError, StoreError
+from .rules import EndReason, GameSettings, IssuedPoint, SessionRecord
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("schema.sql")
+BATCH_LIMIT = 1000
+FOREVER = 2**62  # banned_until of a ban without an end
+
+T = TypeVar("T")
+Op = Callable[..., T]
+
+
+# --- connections and the schema -------------------------------------------------------------
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A connection with the pragmas every part of scoreserver relies on."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the schema in a new database; refuse one of another version."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version != 0:
+        raise StoreError(
+            f"database schema version {version}, this scoreserver knows {SCHEMA_VERSION}"
+        )
+    script = SCHEMA_PATH.read_text(encoding="utf-8")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # executescript would COMMIT first; run the statements inside our transaction.
+        for statement in _split_sql(script):
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _split_sql(script: str) -> Iterator[str]:
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                yield buffer
+            buffer = ""
+    if buffer.strip():
+        yield buffer
+
+
+def check_integrity(conn: sqlite3.Connection) -> None:
+    result = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    if result != "ok":
+        raise StoreError(f"database integrity check failed: {result}")
+
+
+def open_database(path: str | Path) -> sqlite3.Connection:
+    conn = connect(path)
+    ensure_schema(conn)
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+# --- the store as the server uses it --------------------------------------------------------
+
+
+class _Job:
+    __slots__ = ("op", "args", "event", "result", "error")
+
+    def __init__(self, op: Op[Any], args: tuple[Any, ...], event: trio.Event | None):
+        self.op = op
+        self.args = args
+        self.event = event
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+_STOP = object()
+
+
+class Store:
+    """The server's door to SQLite. See the module docstring."""
+
+    def __init__(self, path: str | Path, *, threaded: bool = True):
+        self.path = Path(path)
+        self.threaded = threaded
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._local = threading.local()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._running = False
+        self.commits = 0  # transactions committed by the writer (for tests and benchmarks)
+
+    # -- life --
+
+    def open(self) -> None:
+        """Create or check the schema. Safe to call before the event loop runs."""
+        conn = open_database(self.path)
+        if self.threaded:
+            conn.close()
+        else:
+            self._writer = conn
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the writer until cancelled; then commit what is queued and stop."""
+        self.open()
+        if not self.threaded:
+            self._running = True
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._running = False
+                self._close_readers()
+                if self._writer is not None:
+                    self._writer.close()
+                    self._writer = None
+            return
+        self._token = trio.lowlevel.current_trio_token()
+        thread = threading.Thread(target=self._writer_loop, name="scoreserver-writer", daemon=True)
+        thread.start()
+        self._running = True
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._running = False
+            self._queue.put(_STOP)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(thread.join)
+            self._close_readers()
+
+    def _close_readers(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._local = threading.local()
+
+    # -- writes --
+
+    async def write(self, op: Op[T], *args: Any, **kwargs: Any) -> T:
+        """Run `op(conn, *args)` in a transaction; return once it is committed."""
+        if kwargs:
+            op = functools.partial(op, **kwargs)
+        if not self.threaded:
+            return self._write_inline(op, args)
+        job = _Job(op, args, trio.Event())
+        self._queue.put(job)
+        assert job.event is not None
+        await job.event.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[no-any-return]
+
+    def write_soon(self, op: Op[Any], *args: Any) -> None:
+        """Queue `op(conn, *args)` for the next group commit, without waiting for it."""
+        if not self.threaded:
+            self._write_inline(op, args)
+            return
+        self._queue.put(_Job(op, args, None))
+
+    def _write_inline(self, op: Op[T], args: tuple[Any, ...]) -> T:
+        if self._writer is None:
+            raise StoreError("store is not running")
+        with transaction(self._writer) as conn:
+            return op(conn, *args)
+
+    def _writer_loop(self) -> None:
+        conn = connect(self.path)
+        try:
+            stopping = False
+            while not stopping:
+                batch: list[_Job] = []
+                item = self._queue.get()
+                while True:
+                    if item is _STOP:
+                        stopping = True
+                    else:
+                        batch.append(item)
+                    if len(batch) >= BATCH_LIMIT:
+                        break
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                if batch:
+                    self._run_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT unit")
+                try:
+                    job.result = job.op(conn, *job.args)
+                except Exception as exc:  # the unit's own failure, reported to its caller
+                    conn.execute("ROLLBACK TO unit")
+                    job.error = exc
+                    if job.event is None:
+                        logger.error("queued write %r failed: %r", job.op, exc)
+                conn.execute("RELEASE unit")
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            logger.exception("write transaction failed")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for job in batch:
+                job.error = StoreError(f"write failed: {exc}")
+        events = [job.event for job in batch if job.event is not None]
+        if events and self._token is not None:
+            try:
+                self._token.run_sync_soon(_set_all, events)
+            except trio.RunFinishedError:
+                pass
+
+    # -- reads --
+
+    async def read(self, op: Op[T], *args: Any, **kwargs: Any) -> T:
+        """Run the query `op(conn, *args, **kwargs)` on a reader connection."""
+        if kwargs:
+            op = functools.partial(op, **kwargs)
+        if not self.threaded:
+            if self._writer is None:
+                raise StoreError("store is not running")
+            return op(self._writer, *args)
+        return await trio.to_thread.run_sync(self._read_sync, op, args)
+
+    def _read_sync(self, op: Op[T], args: tuple[Any, ...]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return op(conn, *args)
+
+
+def _set_all(events: Iterable[trio.Event]) -> None:
+    for event in events:
+        event.set()
+
+
+# --- named operations: users and login tokens -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    name: str
+    password_hash: str
+    banned_until: int | None
+
+    def banned(self, now: int) -> bool:
+        return self.banned_until is not None and self.banned_until > now
+
+
+def _user(row: sqlite3.Row | None) -> User | None:
+    if row is None:
+        return None
+    return User(row["id"], row["name"], row["password_hash"], row["banned_until"])
+
+
+def insert_user(conn: sqlite3.Connection, name: str, password_hash: str, now: int) -> int:
+    try:
+        cur = conn.execute(
+            "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)",
+            (name, password_hash, now),
+        )
+    except sqlite3.IntegrityError:
+        raise ConflictError(f"the name {name!r} is taken") from None
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def user_by_name(conn: sqlite3.Connection, name: str) -> User | None:
+    return _user(conn.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone())
+
+
+def user_by_id(conn: sqlite3.Connection, user_id: int) -> User | None:
+    return _user(conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone())
+
+
+def insert_login_token(
+    conn: sqlite3.Connection, token_hash: bytes, user_id: int, now: int, expires_at: int
+) -> None:
+    conn.execute(
+        "INSERT INTO login_tokens (token_hash, user_id, created_at, expires_at)"
+        " VALUES (?, ?, ?, ?)",
+        (token_hash, user_id, now, expires_at),
+    )
+    conn.execute("DELETE FROM login_tokens WHERE expires_at <= ?", (now,))
+
+
+def user_by_login_token(conn: sqlite3.Connection, token_hash: bytes, now: int) -> User | None:
+    return _user(
+        conn.execute(
+            "SELECT u.* FROM login_tokens t JOIN users u ON u.id = t.user_id"
+            " WHERE t.token_hash = ? AND t.expires_at > ?",
+            (token_hash, now),
+        ).fetchone()
+    )
+
+
+def list_users(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT u.id, u.name, u.created_at, u.banned_until, u.ban_note,"
+        " (SELECT COUNT(*) FROM flags f WHERE f.user_id = u.id AND f.status = 'open')"
+        "   AS open_flags,"
+        " (SELECT COUNT(*) FROM scores s WHERE s.user_id = u.id) AS scores"
+        " FROM users u ORDER BY u.id"
+    ).fetchall()
+    return [dict(row) for row in rows]
+
+
+def set_ban(conn: sqlite3.Connection, name: str, banned_until: int | None, note: str | None) -> int:
+    user = user_by_name(conn, name)
+    if user is None:
+        raise NotFoundError(f"no user named {name!r}")
+    conn.execute(
+        "UPDATE users SET banned_until = ?, ban_note = ? WHERE id = ?",
+        (banned_until, note, user.id),
+    )
+    if banned_until is not None:
+        conn.execute("DELETE FROM login_tokens WHERE user_id = ?", (user.id,))
+    return user.id
+
+
+# --- games ----------------------------------------------------------------------------------
+
+GAME_FIELDS = (
+    "duration_ms",
+    "burst_window_ms",
+    "burst_threshold",
+    "burst_limit",
+    "burst_period_ms",
+    "latency_ms",
+    "submission_window_ms",
+)
+
+
+def insert_game(conn: sqlite3.Connection, game_id: str, settings: GameSettings, now: int) -> None:
+    values = asdict(settings)
+    try:
+        conn.execute(
+            f"INSERT INTO games (id, {', '.join(GAME_FIELDS)}, created_at, updated_at)"
+            f" VALUES (?, {', '.join('?' for _ in GAME_FIELDS)}, ?, ?)",
+            (game_id, *(values[f] for f in GAME_FIELDS), now, now),
+        )
+    except sqlite3.IntegrityError:
+        raise ConflictError(f"game {game_id!r} exists (use `games set`)") from None
+
+
+def update_game(
+    conn: sqlite3.Connection, game_id: str, changes: Mapping[str, int], now: int
+) -> GameSettings:
+    current = get_game(conn, game_id)
+    if current is None:
+        raise NotFoundError(f"no game {game_id!r}")
+    merged = GameSettings(**{**asdict(current), **changes})  # validates
+    values = asdict(merged)
+    conn.execute(
+        f"UPDATE games SET {', '.join(f'{f} = ?' for f in GAME_FIELDS)}, updated_at = ?"
+        " WHERE id = ?",
+        (*(values[f] for f in GAME_FIELDS), now, game_id),
+    )
+    return merged
+
+
+def _settings(row: sqlite3.Row) -> GameSettings:
+    return GameSettings(**{f: row[f] for f in GAME_FIELDS})
+
+
+def get_game(conn: sqlite3.Connection, game_id: str) -> GameSettings | None:
+    row = conn.execute("SELECT * FROM games WHERE id = ?", (game_id,)).fetchone()
+    return None if row is None else _settings(row)
+
+
+def list_games(conn: sqlite3.Connection) -> dict[str, GameSettings]:
+    return {row["id"]: _settings(row) for row in conn.execute("SELECT * FROM games ORDER BY id")}
+
+
+# --- game sessions --------------------------------------------------------------------------
+
+
+def insert_session(
+    conn: sqlite3.Connection,
+    session_id: str,
+    game_id: str,
+    user_id: int | None,
+    guest_addr: str | None,
+    user_agent: str | None,
+    settings: GameSettings,
+    started_at: int,
+    client_start_ts: int,
+    start_token: str,
+) -> None:
+    conn.execute(
+        "INSERT INTO game_sessions (id, game_id, user_id, guest_addr, user_agent,"
+        " settings_json, started_at, client_start_ts, start_token)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            session_id,
+            game_id,
+            user_id,
+            guest_addr,
+            user_agent,
+            json.dumps(asdict(settings)),
+            started_at,
+            client_start_ts,
+            start_token,
+        ),
+    )
+
+
+def insert_point(
+    conn: sqlite3.Connection, session_id: str, seq: int, server_ts: int, client_ts: int, token: str
+) -> None:
+    conn.execute(
+        "INSERT INTO issued_points (session_id, seq, server_ts, client_ts, token)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (session_id, seq, server_ts, client_ts, token),
+    )
+
+
+def insert_rejected_point(
+    conn: sqlite3.Connection, session_id: str, server_ts: int, client_ts: int, reason: str
+) -> None:
+    conn.execute(
+        "INSERT INTO rejected_points (session_id, server_ts, client_ts, reason)"
+        " VALUES (?, ?, ?, ?)",
+        (session_id, server_ts, client_ts, reason),
+    )
+
+
+def insert_burst(conn: sqlite3.Connection, session_id: str, at_ms: int) -> None:
+    conn.execute("INSERT INTO bursts (session_id, at_ms) VALUES (?, ?)", (session_id, at_ms))
+
+
+def end_session(
+    conn: sqlite3.Connection,
+    session_id: str,
+    end_token: str | None,
+    ended_at: int,
+    reason: str,
+) -> None:
+    state = "ended" if reason == EndReason.TIME_UP else "voided"
+    conn.execute(
+        "UPDATE game_sessions SET end_token = ?, ended_at = ?, end_reason = ?, state = ?"
+        " WHERE id = ? AND state = 'running'",
+        (end_token, ended_at, reason, state, session_id),
+    )
+
+
+def void_running_sessions(conn: sqlite3.Connection, now: int) -> int:
+    """Sessions left running by a crash are void: nobody can submit them. No flag."""
+    cur = conn.execute(
+        "UPDATE game_sessions SET state = 'voided', end_reason = 'crashed', ended_at = ?"
+        " WHERE state = 'running'",
+        (now,),
+    )
+    return cur.rowcount
+
+
+def load_session(conn: sqlite3.Connection, session_id: str) -> SessionRecord | None:
+    row = conn.execute("SELECT * FROM game_sessions WHERE id = ?", (session_id,)).fetchone()
+    if row is None:
+        return None
+    points = {
+        p["seq"]: IssuedPoint(p["seq"], p["server_ts"], p["token"])
+        for p in conn.execute(
+            "SELECT seq, server_ts, token FROM issued_points WHERE session_id = ?",
+            (session_id,),
+        )
+    }
+    reason = row["end_reason"]
+    end_reason = EndReason(reason) if reason in EndReason.__members__.values() else None
+    if reason == "crashed":
+        end_reason = EndReason.SERVER_SHUTDOWN
+    return SessionRecord(
+        session_id=row["id"],
+        game_id=row["game_id"],
+        user_id=row["user_id"],
+        settings=GameSettings(**json.loads(row["settings_json"])),
+        started_at=row["started_at"],
+        offset_ms=row["started_at"] - row["client_start_ts"],
+        start_token=row["start_token"],
+        end_token=row["end_token"],
+        ended_at=row["ended_at"],
+        end_reason=end_reason,
+        points=points,
+        submitted=row["state"] == "submitted",
+    )
+
+
+def session_owner(conn: sqlite3.Connection, session_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT user_id, guest_addr, user_agent, game_id FROM game_sessions WHERE id = ?",
+        (session_id,),
+    ).fetchone()
+    return None if row is None else dict(row)
+
+
+def save_result(
+    conn: sqlite3.Connection,
+    session_id: str,
+    game_id: str,
+    user_id: int | None,
+    score: int,
+    now: int,
+) -> bool:
+    """Close the session with its accepted result; keep the score of a logged-in player.
+
+    Returns whether the score was saved. Raises ConflictError if the session was closed.
+    """
+    cur = conn.execute(
+        "UPDATE game_sessions SET state = 'submitted' WHERE id = ? AND state = 'ended'",
+        (session_id,),
+    )
+    if cur.rowcount != 1:
+        raise ConflictError("session already submitted")
+    if user_id is None:
+        return False
+    conn.execute(
+        "INSERT INTO scores (session_id, game_id, user_id, score, created_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (session_id, game_id, user_id, score, now),
+    )
+    return True
+
+
+def set_score_hidden(conn: sqlite3.Connection, session_id: str, hidden: bool) -> None:
+    cur = conn.execute(
+        "UPDATE scores SET hidden = ? WHERE session_id = ?", (int(hidden), session_id)
+    )
+    if cur.rowcount != 1:
+        raise NotFoundError(f"no saved score for session {session_id!r}")
+
+
+# --- flags ----------------------------------------------------------------------------------
+
+
+def insert_flag(
+    conn: sqlite3.Connection,
+    reason: str,
+    now: int,
+    *,
+    game_id: str | None = None,
+    session_id: str | None = None,
+    user_id: int | None = None,
+    guest_addr: str | None = None,
+    user_agent: str | None = None,
+    detail: Mapping[str, object] | None = None,
+) -> int:
+    cur = conn.execute(
+        "INSERT INTO flags (created_at, reason, game_id, session_id, user_id, guest_addr,"
+        " user_agent, detail_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            now,
+            reason,
+            game_id,
+            session_id,
+            user_id,
+            None if user_id is not None else guest_addr,
+            user_agent,
+            json.dumps(dict(detail or {}), default=str),
+        ),
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def list_flags(
+    conn: sqlite3.Connection,
+    *,
+    open_only: bool = False,
+    game_id: str | None = None,
+    user_name: str | None = None,
+) -> list[dict[str, Any]]:
+    sql = (
+        "SELECT f.*, u.name AS user_name FROM flags f LEFT JOIN users u ON u.id = f.user_id"
+        " WHERE 1 = 1"
+    )
+    params: list[Any] = []
+    if open_only:
+        sql += " AND f.status = 'open'"
+    if game_id is not None:
+        sql += " AND f.game_id = ?"
+        params.append(game_id)
+    if user_name is not None:
+        sql += " AND u.name = ?"
+        params.append(user_name)
+    sql += " ORDER BY f.id"
+    return [_flag_dict(row) for row in conn.execute(sql, params)]
+
+
+def _flag_dict(row: sqlite3.Row) -> dict[str, Any]:
+    flag = dict(row)
+    flag["detail"] = json.loads(flag.pop("detail_json"))
+    return flag
+
+
+def get_flag(conn: sqlite3.Connection, flag_id: int) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT f.*, u.name AS user_name FROM flags f LEFT JOIN users u ON u.id = f.user_id"
+        " WHERE f.id = ?",
+        (flag_id,),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no flag {flag_id}")
+    flag = _flag_dict(row)
+    if flag["session_id"]:
+        flag["evidence"] = session_evidence(conn, flag["session_id"])
+    return flag
+
+
+def session_evidence(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
+    """A session's timeline for a reviewer: points, rejections, bursts."""
+    session = conn.execute(
+        "SELECT id, game_id, user_id, guest_addr, user_agent, started_at, client_start_ts,"
+        " ended_at, end_reason, state, settings_json FROM game_sessions WHERE id = ?",
+        (session_id,),
+    ).fetchone()
+    if session is None:
+        return {}
+    info = dict(session)
+    info["settings"] = json.loads(info.pop("settings_json"))
+    return {
+        "session": info,
+        "points": [
+            dict(r)
+            for r in conn.execute(
+                "SELECT seq, server_ts, client_ts FROM issued_points WHERE session_id = ?"
+                " ORDER BY seq",
+                (session_id,),
+            )
+        ],
+        "rejected": [
+            dict(r)
+            for r in conn.execute(
+                "SELECT server_ts, client_ts, reason FROM rejected_points WHERE session_id = ?"
+                " ORDER BY rowid",
+                (session_id,),
+            )
+        ],
+        "bursts": [
+            r[0]
+            for r in conn.execute(
+                "SELECT at_ms FROM bursts WHERE session_id = ? ORDER BY rowid", (session_id,)
+            )
+        ],
+    }
+
+
+def resolve_flag(
+    conn: sqlite3.Connection, flag_id: int, status: str, note: str, now: int
+) -> dict[str, Any]:
+    flag = get_flag(conn, flag_id)
+    if flag["status"] != "open":
+        raise ConflictError(f"flag {flag_id} is already resolved ({flag['status']})")
+    conn.execute(
+        "UPDATE flags SET status = ?, resolved_at = ?, resolution_note = ? WHERE id = ?",
+        (status, now, note, flag_id),
+    )
+    return flag
+
+
+# --- the leaderboard ------------------------------------------------------------------------
+
+_BOARD_SQL = """
+WITH eligible AS (
+    SELECT s.user_id, s.score, s.created_at, s.id,
+           ROW_NUMBER() OVER (
+               PARTITION BY s.user_id ORDER BY s.score DESC, s.created_at, s.id
+           ) AS nth
+    FROM scores s JOIN users u ON u.id = s.user_id
+    WHERE s.game_id = :game_id AND s.hidden = 0 AND s.created_at >= :since
+      AND (u.banned_until IS NULL OR u.banned_until <= :now)
+      AND NOT EXISTS (
+          SELECT 1 FROM flags f WHERE f.user_id = s.user_id AND f.status = 'open'
+      )
+), ranked AS (
+    SELECT user_id, score,
+           RANK() OVER (ORDER BY score DESC) AS rank,
+           ROW_NUMBER() OVER (ORDER BY score DESC, created_at, id) AS position
+    FROM eligible WHERE nth = 1
+)
+"""
+
+
+def leaderboard(
+    conn: sqlite3.Connection,
+    game_id: str,
+    now: int,
+    *,
+    limit: int = 10,
+    offset: int = 0,
+    around: int | None = None,
+    since: int = 0,
+) -> list[dict[str, Any]]:
+    """Best score per player, highest first, ranks shared by equal scores (1, 2, 2, 4).
+
+    With `around`, the page is centred on that player's position (empty if not ranked).
+    """
+    params: dict[str, Any] = {"game_id": game_id, "since": since, "now": now}
+    if around is not None:
+        row = conn.execute(
+            _BOARD_SQL + "SELECT position FROM ranked WHERE user_id = :user_id",
+            {**params, "user_id": around},
+        ).fetchone()
+        if row is None:
+            return []
+        offset = max(0, row[0] - 1 - limit // 2)
+    rows = conn.execute(
+        _BOARD_SQL + "SELECT r.rank, r.user_id, u.name, r.score FROM ranked r"
+        " JOIN users u ON u.id = r.user_id ORDER BY r.position LIMIT :limit OFFSET :offset",
+        {**params, "limit": limit, "offset": offset},
+    ).fetchall()
+    return [dict(row) for row in rows]
+
+
+# --- keys, audit, settings ------------------------------------------------------------------
+
+
+def record_signing_key(conn: sqlite3.Connection, kid: str, public_key: bytes, now: int) -> None:
+    conn.execute(
+        "INSERT INTO signing_keys (kid, public_key, created_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (kid) DO NOTHING",
+        (kid, public_key, now),
+    )
+
+
+def retire_other_keys(conn: sqlite3.Connection, current_kid: str, now: int) -> None:
+    conn.execute(
+        "UPDATE signing_keys SET retired_at = ? WHERE kid != ? AND retired_at IS NULL",
+        (now, current_kid),
+    )
+
+
+def list_signing_keys(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute("SELECT * FROM signing_keys ORDER BY created_at")]
+
+
+def max_submission_window(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT MAX(submission_window_ms) FROM games").fetchone()
+    return int(row[0] or 0)
+
+
+def insert_audit(
+    conn: sqlite3.Connection,
+    actor: str,
+    command: str,
+    target: str | None,
+    note: str | None,
+    now: int,
+) -> None:
+    conn.execute(
+        "INSERT INTO audit (at, actor, command, target, note) VALUES (?, ?, ?, ?, ?)",
+        (now, actor, command, target, note),
+    )
+
+
+def list_audit(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute("SELECT * FROM audit ORDER BY id")]
+
+
+def get_setting(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_setting(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO settings (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )

@@ -1,0 +1,428 @@
+"""trio-websocket handler: a connection's life and the dispatch of its messages.
+
+Each connection is one task (trio-websocket gives each its own). It reads frames one at a time,
+decodes them with `protocol.decode_client`, and answers directly; points are handed to the
+running session's task through its inbox, and that task answers them. Decode failures and
+refused requests become `error` frames and the connection stays open; a bug in a handler is
+logged and closes that one connection (1011), never the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+
+from . import protocol as wire
+from . import store as db
+from .errors import AuthError, ProtocolError, TokenError
+from .rooms import LiveSession, PointIn, Room, Rooms
+from .rules import SubmittedPoint
+from .service import Peer, Service
+from .tokens import Purpose
+
+logger = logging.getLogger(__name__)
+
+SEND_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True)
+class Limits:
+    """Per-connection and per-process limits; 0 turns a limit off."""
+
+    max_msg_rate: float = 60.0  # messages per second, sustained
+    msg_burst: int = 120  # the token bucket's depth
+    rate_strikes: int = 120  # rate-limited messages in a row before closing with 1008
+    max_conns_per_addr: int = 256
+    max_conns: int = 20_000
+    max_message_bytes: int = 256 * 1024
+    handshake_timeout_s: float = 10.0
+    allowed_origins: tuple[str, ...] = ()  # besides same-host origins
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up; time is trio's clock."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = trio.current_time()
+
+    def take(self) -> bool:
+        now = trio.current_time()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@dataclass(eq=False, slots=True)
+class Connection:
+    """One player's socket and what it has done so far."""
+
+    ws: WebSocketConnection
+    peer: Peer
+    room: Room | None = None
+    session: LiveSession | None = None
+    bucket: TokenBucket | None = None
+    strikes: int = 0
+    closed: bool = False
+    frames_in: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+    async def send(self, text: str) -> bool:
+        if self.closed:
+            return False
+        try:
+            with trio.move_on_after(SEND_TIMEOUT_S) as scope:
+                await self.ws.send_message(text)
+        except ConnectionClosed:
+            self.closed = True
+            return False
+        if scope.cancelled_caught:
+            # The peer does not read: it must not hold up its session or anyone else.
+            logger.info("closing connection from %s: not reading", self.peer.address)
+            self.closed = True
+            await _abort(self.ws)
+            return False
+        return True
+
+
+async def _abort(ws: WebSocketConnection) -> None:
+    with trio.move_on_after(1):
+        await ws.aclose(1008, "not reading")
+
+
+class GameSocket:
+    """The game socket: every connection's handler, and the registry of connections."""
+
+    def __init__(self, service: Service, rooms: Rooms, limits: Limits):
+        self.service = service
+        self.rooms = rooms
+        self.limits = limits
+        self.connections: set[Connection] = set()
+        self._per_address: Counter[str] = Counter()
+
+    # -- a connection's life --
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        remote = request.remote
+        address = str(getattr(remote, "address", remote))
+        limits = self.limits
+        if (limits.max_conns and len(self.connections) >= limits.max_conns) or (
+            limits.max_conns_per_addr and self._per_address[address] >= limits.max_conns_per_addr
+        ):
+            await request.reject(429, body=b"too many connections")
+            return
+        if not self._origin_allowed(request):
+            await request.reject(403, body=b"origin not allowed")
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+        ws = await request.accept()
+        conn = Connection(ws, Peer(address=address, user_agent=headers.get("user-agent", "")[:200]))
+        if limits.max_msg_rate:
+            conn.bucket = TokenBucket(limits.max_msg_rate, limits.msg_burst)
+        self.connections.add(conn)
+        self._per_address[address] += 1
+        try:
+            await self._serve(conn)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            logger.exception("connection from %s failed; closing it", address)
+            with trio.move_on_after(1):
+                await ws.aclose(1011, "internal error")
+        finally:
+            conn.closed = True
+            self.connections.discard(conn)
+            self._per_address[address] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
+            self._leave_room(conn)
+            if conn.session is not None and conn.session.player is conn:
+                conn.session.player = None
+
+    def _origin_allowed(self, request: WebSocketRequest) -> bool:
+        origin = None
+        host = None
+        for key, value in request.headers:
+            name = key.lower()
+            if name == b"origin":
+                origin = value.decode("latin-1")
+            elif name == b"host":
+                host = value.decode("latin-1")
+        if origin is None:
+            return True  # not a browser: no origin to check
+        return origin_allowed(origin, host, self.limits.allowed_origins)
+
+    async def _serve(self, conn: Connection) -> None:
+        while True:
+            frame = await conn.ws.get_message()
+            conn.frames_in += 1
+            if conn.bucket is not None and not conn.bucket.take():
+                conn.strikes += 1
+                if conn.strikes > self.limits.rate_strikes:
+                    await conn.ws.aclose(1008, "message rate limit")
+                    return
+                await self._reply_error(
+                    conn, ProtocolError(wire.RATE_LIMITED, "too many messages; slow down")
+                )
+                continue
+            conn.strikes = 0
+            try:
+                message = wire.decode_client(frame)
+                await self._dispatch(conn, message)
+            except ProtocolError as exc:
+                await self._reply_error(conn, exc)
+
+    async def _reply_error(self, conn: Connection, exc: ProtocolError) -> None:
+        conn.errors[exc.code] += 1
+        await conn.send(
+            wire.encode(wire.Error(id=exc.request_id, code=exc.code, message=exc.message))
+        )
+
+    async def _dispatch(self, conn: Connection, message: wire.AnyClientMessage) -> None:
+        if isinstance(message, wire.Point):
+            await self._point(conn, message)
+        elif isinstance(message, wire.GameStart):
+            await self._game_start(conn, message)
+        elif isinstance(message, wire.SubmitResult):
+            await self._submit(conn, message)
+        elif isinstance(message, wire.EnterGameRoom):
+            await self._enter_room(conn, message)
+        elif isinstance(message, wire.Auth):
+            await self._auth(conn, message)
+        elif isinstance(message, wire.WhoAmI):
+            await self._identity(conn, message.id)
+        elif isinstance(message, wire.Resume):
+            await self._resume(conn, message)
+        else:  # pragma: no cover - the decoder knows no other types
+            raise ProtocolError(wire.UNKNOWN_TYPE, "unknown message type", message.id)
+
+    # -- identity and rooms --
+
+    async def _identity(self, conn: Connection, request_id: str | int | None) -> None:
+        await conn.send(
+            wire.encode(
+                wire.Identity(id=request_id, user_id=conn.peer.user_id, name=conn.peer.name)
+            )
+        )
+
+    async def _auth(self, conn: Connection, message: wire.Auth) -> None:
+        if conn.session is not None and conn.session.running:
+            raise ProtocolError(
+                wire.SESSION_ACTIVE, "cannot change identity during a game", message.id
+            )
+        try:
+            user = await self.service.identify(message.token)
+        except AuthError as exc:
+            raise ProtocolError(wire.AUTH_FAILED, str(exc), message.id) from None
+        if user.id != conn.peer.user_id:
+            self._leave_room(conn)  # a room is entered as an identity
+        conn.peer.user_id = user.id
+        conn.peer.name = user.name
+        await self._identity(conn, message.id)
+
+    async def _enter_room(self, conn: Connection, message: wire.EnterGameRoom) -> None:
+        settings = self.service.games.get(message.game_id)
+        if settings is None:
+            raise ProtocolError(wire.UNKNOWN_GAME, f"no game {message.game_id!r}", message.id)
+        if message.user_id != conn.peer.user_id:
+            await self.service.flag(
+                "identity_mismatch",
+                peer=conn.peer,
+                game_id=message.game_id,
+                detail={"claimed_user_id": message.user_id, "actual_user_id": conn.peer.user_id},
+            )
+            raise ProtocolError(
+                wire.IDENTITY_MISMATCH,
+                "user_id is not this connection's identity (log in with `auth` first)",
+                message.id,
+            )
+        if (
+            conn.session is not None
+            and conn.session.running
+            and conn.session.game_id != message.game_id
+        ):
+            raise ProtocolError(
+                wire.SESSION_ACTIVE, "a game is running in another room", message.id
+            )
+        room = await self.rooms.room(message.game_id)
+        if conn.room is not room:
+            self._leave_room(conn)
+            room.members.add(conn)
+            conn.room = room
+        await conn.send(
+            wire.encode(
+                wire.RoomEntered(
+                    id=message.id, game_id=message.game_id, duration_ms=settings.duration_ms
+                )
+            )
+        )
+
+    def _leave_room(self, conn: Connection) -> None:
+        if conn.room is not None:
+            conn.room.members.discard(conn)
+            conn.room = None
+
+    # -- play --
+
+    async def _game_start(self, conn: Connection, message: wire.GameStart) -> None:
+        if self.rooms.closing:
+            raise ProtocolError("server_shutdown", "the server is shutting down", message.id)
+        room = conn.room
+        if room is None:
+            raise ProtocolError(wire.NOT_IN_ROOM, "enter a game room first", message.id)
+        if conn.session is not None and conn.session.running:
+            raise ProtocolError(
+                wire.SESSION_ACTIVE, "a game is already running on this connection", message.id
+            )
+        user_id = conn.peer.user_id
+        if user_id is not None and (user_id, room.game_id) in self.service.running_by_user:
+            raise ProtocolError(
+                wire.SESSION_ACTIVE, "you already have a game of this kind running", message.id
+            )
+        settings = self.service.games[room.game_id]
+        conn.session = await self.rooms.start_session(
+            room, dataclasses.replace(conn.peer), conn, settings, message.client_ts, message.id
+        )
+
+    async def _point(self, conn: Connection, message: wire.Point) -> None:
+        received_at = self.service.clock.now_ms()
+        session = conn.session
+        reason = None
+        if session is None:
+            reason = "no_session"
+        elif not session.running or session.inbox_send is None:
+            reason = "game_over"
+        else:
+            try:
+                await session.inbox_send.send(PointIn(message.client_ts, received_at, message.id))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                reason = "game_over"
+        if reason is not None:
+            await conn.send(
+                wire.encode(wire.PointRejected(id=message.id, reason=reason, server_ts=received_at))
+            )
+
+    async def _submit(self, conn: Connection, message: wire.SubmitResult) -> None:
+        points = [SubmittedPoint(p.token, p.client_ts) for p in message.points]
+        outcome = await self.service.submit(
+            message.start_token, message.end_token, points, conn.peer
+        )
+        await conn.send(
+            wire.encode(
+                wire.Result(
+                    id=message.id,
+                    accepted=outcome.accepted,
+                    score=outcome.score,
+                    saved=outcome.saved,
+                    reason=outcome.reason,
+                )
+            )
+        )
+
+    async def _resume(self, conn: Connection, message: wire.Resume) -> None:
+        service = self.service
+        unknown = ProtocolError(
+            wire.UNKNOWN_SESSION, "no such session for this identity", message.id
+        )
+        try:
+            claims = service.keys.verify(message.start_token, Purpose.START, service.clock.now_ms())
+        except TokenError:
+            raise unknown from None
+        if claims.user_id != conn.peer.user_id:
+            raise unknown
+        live = service.sessions.get(claims.session_hex)
+        if live is None or live.start_token != message.start_token:
+            await self._resume_from_store(conn, claims.session_hex, message, unknown)
+            return
+        if live.running:
+            if conn.session is not None and conn.session is not live and conn.session.running:
+                raise ProtocolError(
+                    wire.SESSION_ACTIVE, "a game is already running on this connection", message.id
+                )
+            old = live.player
+            live.player = conn
+            conn.session = live
+            if isinstance(old, Connection) and old is not conn and old.session is live:
+                old.session = None
+            now = service.clock.now_ms()
+            await conn.send(
+                wire.encode(
+                    wire.GameStarted(
+                        id=message.id,
+                        session_id=live.session_id,
+                        start_token=live.start_token,
+                        duration_ms=live.rules.settings.duration_ms,
+                        server_ts=live.rules.started_at,
+                        remaining_ms=live.rules.remaining_ms(now),
+                        seq=live.rules.seq,
+                    )
+                )
+            )
+        else:
+            await live.finished.wait()
+            if live.end_frame is not None:
+                await conn.send(live.end_frame)
+
+    async def _resume_from_store(
+        self, conn: Connection, session_id: str, message: wire.Resume, unknown: ProtocolError
+    ) -> None:
+        record = await self.service.store.read(db.load_session, session_id)
+        if (
+            record is None
+            or record.user_id != conn.peer.user_id
+            or record.start_token != message.start_token
+            or record.ended_at is None
+            or record.end_reason is None
+        ):
+            raise unknown
+        await conn.send(
+            wire.encode(
+                wire.EndGame(
+                    reason=str(record.end_reason),
+                    server_ts=record.ended_at,
+                    end_token=record.end_token,
+                    session_id=record.session_id,
+                )
+            )
+        )
+
+    # -- shutdown --
+
+    async def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        async def close(conn: Connection) -> None:
+            with trio.move_on_after(2):
+                await conn.ws.aclose(code, reason)
+
+        async with trio.open_nursery() as nursery:
+            for conn in list(self.connections):
+                nursery.start_soon(close, conn)
+
+
+def origin_allowed(origin: str, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """Same-host origins are allowed, and any listed one ('*' allows all)."""
+    if "*" in allowed or origin in allowed:
+        return True
+    if host is None:
+        return False
+    from urllib.parse import urlsplit
+
+    try:
+        origin_host = urlsplit(origin).hostname
+    except ValueError:
+        return False
+    request_host = (
+        host.rsplit(":", 1)[0].strip("[]") if not host.startswith("[") else host[1:].split("]")[0]
+    )
+    return origin_host is not None and origin_host.lower() == request_host.lower()

@@ -1,0 +1,143 @@
+"""Shared fixtures: a real server on 127.0.0.1 port 0, and a small game-socket client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from scoreserver import store as db
+from scoreserver.app import Config, Server, serve
+from scoreserver.rules import GameSettings
+from scoreserver.service import PasswordPolicy
+from scoreserver.ws import Limits
+
+# Cheap Argon2id for tests that create many accounts; production uses OWASP's parameters,
+# and test_accounts checks those.
+FAST_PASSWORDS = PasswordPolicy(memory_kib=1024, iterations=1, lanes=1)
+
+
+def make_config(tmp_path: Path, *, inline: bool = False, **limits: Any) -> Config:
+    return Config(
+        host="127.0.0.1",
+        ws_port=0,
+        http_port=0,
+        db_path=tmp_path / "test.db",
+        key_path=tmp_path / "test.key",
+        limits=Limits(**limits),
+        password_policy=FAST_PASSWORDS,
+        threaded_store=not inline,
+        reanchor_clock=False,
+        handle_signals=False,
+        announce=False,
+    )
+
+
+def add_game(path: Path, game_id: str, **settings: int) -> None:
+    """Create a game in the database before the server starts."""
+    conn = db.open_database(path)
+    with db.transaction(conn):
+        db.insert_game(conn, game_id, GameSettings(**{"duration_ms": 30_000, **settings}), 0)
+    conn.close()
+
+
+@asynccontextmanager
+async def running_server(config: Config) -> AsyncIterator[Server]:
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(serve, config)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    """A real server with its writer thread; real time."""
+    add_game(tmp_path / "test.db", "quick", duration_ms=2000, submission_window_ms=60_000)
+    async with running_server(make_config(tmp_path)) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def inline_server(tmp_path: Path) -> AsyncIterator[Server]:
+    """A real server whose store runs inline: for tests under autojump_clock."""
+    add_game(tmp_path / "test.db", "demo", duration_ms=30_000)
+    add_game(
+        tmp_path / "test.db", "strict",
+        duration_ms=30_000, burst_threshold=3, burst_limit=2, burst_period_ms=10_000,
+    )
+    async with running_server(make_config(tmp_path, inline=True)) as srv:
+        yield srv
+
+
+class Client:
+    """A game-socket client for tests: send a message, read the replies."""
+
+    def __init__(self, ws: WebSocketConnection):
+        self.ws = ws
+        self.seen: list[dict[str, Any]] = []
+
+    async def send(self, **message: Any) -> None:
+        await self.ws.send_message(json.dumps(message))
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        await self.ws.send_message(frame)
+
+    async def recv(self) -> dict[str, Any]:
+        message = json.loads(await self.ws.get_message())
+        self.seen.append(message)
+        return message  # type: ignore[no-any-return]
+
+    async def recv_type(self, kind: str) -> dict[str, Any]:
+        """Read until a message of `kind` (others, such as leaderboard pushes, are kept)."""
+        while True:
+            message = await self.recv()
+            if message["type"] == kind:
+                return message
+
+    async def call(self, **message: Any) -> dict[str, Any]:
+        """Send and return the next message that is not an unsolicited push."""
+        await self.send(**message)
+        while True:
+            reply = await self.recv()
+            if reply["type"] != "leaderboard":
+                return reply
+
+    async def enter(self, game_id: str = "demo", user_id: int | None = None) -> dict[str, Any]:
+        reply = await self.call(type="enter_game_room", game_id=game_id, user_id=user_id)
+        assert reply["type"] == "room_entered", reply
+        return reply
+
+    async def start(self, client_ts: int) -> dict[str, Any]:
+        reply = await self.call(type="game_start", client_ts=client_ts)
+        assert reply["type"] == "game_started", reply
+        return reply
+
+
+@asynccontextmanager
+async def connect(server: Server) -> AsyncIterator[Client]:
+    async with open_websocket_url(server.ws_url) as ws:
+        yield Client(ws)
+
+
+@asynccontextmanager
+async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as client:
+        yield client
+
+
+async def register(server: Server, name: str, password: str = "correct horse") -> dict[str, Any]:
+    """An account made through the service (no HTTP), with a login token."""
+    token, user = await server.service.register(name, password)
+    return {"token": token, "user_id": user.id, "name": user.name}
+
+
+Clock = Callable[[], int]

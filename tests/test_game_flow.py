@@ -1,0 +1,210 @@
+"""The trio layer under autojump_clock: whole games over real sockets in milliseconds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+
+from scoreserver import store as db
+from scoreserver.app import Server
+
+from .conftest import Client, connect, register
+
+PLAYER_LAG_MS = 10_000  # the player's clock runs 10 s behind the server's
+
+
+def player_clock(server: Server) -> Any:
+    return lambda: server.service.clock.now_ms() - PLAYER_LAG_MS
+
+
+async def play(
+    client: Client, server: Server, n_points: int, every_s: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    now = player_clock(server)
+    started = await client.start(now())
+    points = []
+    for _ in range(n_points):
+        await trio.sleep(every_s)
+        ts = now()
+        reply = await client.call(type="point", client_ts=ts)
+        assert reply["type"] == "point_accepted", reply
+        points.append({"token": reply["token"], "client_ts": ts})
+    return started, points
+
+
+async def test_a_full_30_second_game(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(300):
+        alice = await register(inline_server, "alice")
+        async with connect(inline_server) as client:
+            identity = await client.call(type="auth", token=alice["token"], id="a1")
+            assert identity == {"type": "identity", "user_id": alice["user_id"], "name": "alice", "id": "a1"}
+            room = await client.enter("demo", alice["user_id"])
+            assert room["duration_ms"] == 30_000
+            t_start = trio.current_time()
+            started, points = await play(client, inline_server, 25, 1.0)
+            assert [p["token"] for p in points] == list(dict.fromkeys(p["token"] for p in points))
+            end = await client.recv_type("end_game")
+            assert end["reason"] == "time_up"
+            assert end["server_ts"] - started["server_ts"] == 30_000
+            assert trio.current_time() - t_start >= 30.0
+            late = await client.call(type="point", client_ts=player_clock(inline_server)())
+            assert late["type"] == "point_rejected" and late["reason"] == "game_over"
+            result = await client.call(
+                type="submit_result", id=9,
+                start_token=started["start_token"], end_token=end["end_token"], points=points,
+            )
+            assert result == {"type": "result", "id": 9, "accepted": True, "score": 25, "saved": True}
+        board = await inline_server.service.store.read(
+            db.leaderboard, "demo", inline_server.service.clock.now_ms()
+        )
+        assert board == [{"rank": 1, "user_id": alice["user_id"], "name": "alice", "score": 25}]
+
+
+async def test_points_carry_consecutive_seq_and_server_time(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(60):
+        async with connect(inline_server) as client:
+            await client.enter("demo", None)
+            started, _ = await play(client, inline_server, 0, 0)
+            now = player_clock(inline_server)
+            seqs = []
+            for _ in range(5):
+                await trio.sleep(0.5)
+                reply = await client.call(type="point", client_ts=now())
+                seqs.append(reply["seq"])
+                assert reply["server_ts"] == now() + PLAYER_LAG_MS
+            assert seqs == [1, 2, 3, 4, 5]
+
+
+async def test_a_guest_plays_but_nothing_is_saved(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(60):
+        async with connect(inline_server) as client:
+            assert await client.call(type="whoami") == {"type": "identity", "user_id": None, "name": None}
+            await client.enter("demo", None)
+            started, points = await play(client, inline_server, 3, 2.0)
+            end = await client.recv_type("end_game")
+            result = await client.call(
+                type="submit_result",
+                start_token=started["start_token"], end_token=end["end_token"], points=points,
+            )
+            assert result == {"type": "result", "accepted": True, "score": 3, "saved": False}
+        conn = inline_server.service.store
+        rows = await conn.read(lambda c: c.execute("SELECT COUNT(*) FROM scores").fetchone()[0])
+        assert rows == 0
+
+
+async def test_the_burst_limit_ends_the_game_and_flags_first(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(60):
+        mallory = await register(inline_server, "mallory")
+        async with connect(inline_server) as client:
+            await client.call(type="auth", token=mallory["token"])
+            await client.enter("strict", mallory["user_id"])
+            now = player_clock(inline_server)
+            started = await client.start(now())
+            replies = []
+            for _ in range(6):  # all at the same instant: 3 accepted, then bursts
+                replies.append(await client.call(type="point", client_ts=now()))
+            kinds = [(r["type"], r.get("reason")) for r in replies]
+            assert kinds == [("point_accepted", None)] * 3 + [("point_rejected", "burst")] * 3
+            end = await client.recv_type("end_game")
+            assert end["reason"] == "burst_limit" and "end_token" not in end
+            # The flag was committed before end_game revealed it.
+            flags = await inline_server.service.store.read(db.list_flags)
+            assert [(f["reason"], f["user_id"]) for f in flags] == [("burst_limit", mallory["user_id"])]
+            assert len(flags[0]["detail"]["burst_times"]) == 3
+            after = await client.call(type="point", client_ts=now())
+            assert after["reason"] == "game_over"
+            # The voided game cannot be submitted (and the attempt is flagged too).
+            result = await client.call(
+                type="submit_result", start_token=started["start_token"],
+                end_token=started["start_token"], points=[],
+            )
+            assert result == {"type": "result", "accepted": False, "reason": "session_voided"}
+            # A new game may start at once: the running-session record was cleared first.
+            again = await client.call(type="game_start", client_ts=now())
+            assert again["type"] == "game_started"
+
+
+async def test_many_sessions_in_one_room_at_once(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    players = 40
+    results: list[dict[str, Any]] = []
+
+    async def one_player(n: int) -> None:
+        account = await register(inline_server, f"player{n}")
+        async with connect(inline_server) as client:
+            await client.call(type="auth", token=account["token"])
+            await client.enter("demo", account["user_id"])
+            await trio.sleep(n * 0.05)  # players start at slightly different times
+            started, points = await play(client, inline_server, n % 7 + 1, 1.5)
+            end = await client.recv_type("end_game")
+            assert end["reason"] == "time_up"
+            results.append(
+                await client.call(
+                    type="submit_result",
+                    start_token=started["start_token"], end_token=end["end_token"], points=points,
+                )
+            )
+
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            for n in range(players):
+                nursery.start_soon(one_player, n)
+    assert sorted(r["score"] for r in results) == sorted(n % 7 + 1 for n in range(players))
+    assert all(r["accepted"] and r["saved"] for r in results)
+    room = await inline_server.rooms.room("demo")
+    assert not room.members  # everyone left when their socket closed
+    assert not inline_server.service.running_by_user
+
+
+async def test_a_dropped_connection_does_not_stop_the_timer(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(120):
+        bob = await register(inline_server, "bob")
+        async with connect(inline_server) as client:
+            await client.call(type="auth", token=bob["token"])
+            await client.enter("demo", bob["user_id"])
+            started, points = await play(client, inline_server, 2, 1.0)
+        session = inline_server.service.sessions[started["session_id"]]
+        assert session.running and session.player is None
+        await session.finished.wait()
+        assert session.end_token is not None
+        # The ended session is in the database and can be submitted over a new connection.
+        async with connect(inline_server) as client:
+            result = await client.call(
+                type="submit_result", start_token=started["start_token"],
+                end_token=session.end_token, points=points,
+            )
+            assert result["accepted"] and result["score"] == 2
+        assert not inline_server.service.running_by_user
+
+
+async def test_one_running_game_per_user_and_game(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(60):
+        carol = await register(inline_server, "carol")
+        async with connect(inline_server) as first, connect(inline_server) as second:
+            for client in (first, second):
+                await client.call(type="auth", token=carol["token"])
+                await client.enter("demo", carol["user_id"])
+            now = player_clock(inline_server)
+            await first.start(now())
+            refused = await second.call(type="game_start", client_ts=now(), id="x")
+            assert refused["type"] == "error" and refused["code"] == "session_active"
+            assert refused["id"] == "x"
+            again = await first.call(type="game_start", client_ts=now())
+            assert again["code"] == "session_active"
+            await first.recv_type("end_game")
+            assert (await second.start(now()))["type"] == "game_started"

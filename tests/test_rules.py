@@ -1,0 +1,301 @@
+"""The rules core, synchronously: push events with explicit times, check the actions."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from scoreserver.rules import (
+    AccountFlagged,
+    BurstRecorded,
+    EndReason,
+    GameEnded,
+    GameSession,
+    GameSettings,
+    IssuedPoint,
+    PointAccepted,
+    PointRejected,
+    RejectReason,
+    ResultReason,
+    SessionRecord,
+    SessionState,
+    SubmissionAccepted,
+    SubmissionRejected,
+    SubmittedPoint,
+    check_submission,
+)
+
+T0 = 1_700_000_000_000  # server time of game_start
+CLIENT_T0 = 1_699_999_990_000  # the player's clock is 10 s behind
+
+
+def make(**overrides: int) -> GameSession:
+    settings = GameSettings(**{"duration_ms": 30_000, **overrides})
+    return GameSession(settings, T0, CLIENT_T0)
+
+
+def point_at(session: GameSession, server_ms: int, skew: int = 0) -> tuple[object, ...]:
+    """A point sent at server time `server_ms` by a player whose clock agrees (plus `skew`)."""
+    return session.receive_point(server_ms - session.offset_ms + skew, server_ms)
+
+
+class TestPoints:
+    def test_valid_points_get_consecutive_seq_and_server_time(self) -> None:
+        session = make()
+        first = point_at(session, T0 + 100)
+        second = point_at(session, T0 + 600)
+        assert first == (PointAccepted(1, T0 + 100, T0 + 100 - session.offset_ms),)
+        assert second == (PointAccepted(2, T0 + 600, T0 + 600 - session.offset_ms),)
+
+    def test_offset_relates_the_clocks(self) -> None:
+        assert make().offset_ms == T0 - CLIENT_T0
+
+    def test_point_at_or_after_the_end_is_game_over(self) -> None:
+        session = make()
+        (at_end,) = point_at(session, T0 + 30_000)
+        assert isinstance(at_end, PointRejected) and at_end.reason is RejectReason.GAME_OVER
+        (last_ms,) = point_at(session, T0 + 29_999)
+        assert isinstance(last_ms, PointAccepted)
+
+    def test_point_before_the_start_is_game_over(self) -> None:
+        session = make()
+        (early,) = session.receive_point(CLIENT_T0, T0 - 1)
+        assert isinstance(early, PointRejected) and early.reason is RejectReason.GAME_OVER
+
+    @pytest.mark.parametrize("skew", [1001, -1001, 60_000])
+    def test_clock_off_by_more_than_latency_is_rejected(self, skew: int) -> None:
+        session = make(latency_ms=1000)
+        (action,) = point_at(session, T0 + 5000, skew=skew)
+        assert isinstance(action, PointRejected) and action.reason is RejectReason.CLOCK
+        assert session.seq == 0
+
+    @pytest.mark.parametrize("skew", [1000, -1000, 0, 999])
+    def test_clock_within_latency_is_accepted(self, skew: int) -> None:
+        session = make(latency_ms=1000)
+        (action,) = point_at(session, T0 + 5000, skew=skew)
+        assert isinstance(action, PointAccepted)
+
+    def test_points_after_the_game_ended_are_game_over(self) -> None:
+        session = make()
+        assert session.expire(T0 + 30_000) == (GameEnded(EndReason.TIME_UP, T0 + 30_000),)
+        (action,) = point_at(session, T0 + 1000)
+        assert isinstance(action, PointRejected) and action.reason is RejectReason.GAME_OVER
+
+
+class TestBursts:
+    def test_threshold_points_fit_in_a_window_the_next_is_a_burst(self) -> None:
+        session = make(burst_threshold=3, burst_window_ms=1000, burst_limit=5)
+        for n in range(3):
+            assert isinstance(point_at(session, T0 + 100 + n)[0], PointAccepted)
+        actions = point_at(session, T0 + 200)
+        assert actions == (
+            PointRejected(RejectReason.BURST, T0 + 200, T0 + 200 - session.offset_ms),
+            BurstRecorded(T0 + 200),
+        )
+        assert session.seq == 3
+
+    def test_the_window_slides(self) -> None:
+        session = make(burst_threshold=2, burst_window_ms=1000, burst_limit=5)
+        point_at(session, T0 + 100)
+        point_at(session, T0 + 200)
+        assert point_at(session, T0 + 1099)[0].reason is RejectReason.BURST  # type: ignore[union-attr]
+        # At +1100 the point at +100 has left the window (window is (now-1000, now]).
+        assert isinstance(point_at(session, T0 + 1100)[0], PointAccepted)
+
+    def test_rejected_points_do_not_fill_the_window(self) -> None:
+        session = make(burst_threshold=2, burst_window_ms=1000, burst_limit=10)
+        point_at(session, T0 + 100)
+        point_at(session, T0 + 200)
+        for n in range(5):
+            point_at(session, T0 + 300 + n)
+        assert isinstance(point_at(session, T0 + 1150)[0], PointAccepted)
+
+    def test_more_bursts_than_the_limit_in_the_period_end_the_game_and_flag(self) -> None:
+        session = make(
+            burst_threshold=1, burst_window_ms=1000, burst_limit=2, burst_period_ms=10_000
+        )
+        point_at(session, T0 + 100)
+        assert len(point_at(session, T0 + 110)) == 2  # burst 1
+        assert len(point_at(session, T0 + 120)) == 2  # burst 2: at the limit, not over it
+        actions = point_at(session, T0 + 130)  # burst 3: over the limit
+        kinds = [type(a) for a in actions]
+        assert kinds == [PointRejected, BurstRecorded, AccountFlagged, GameEnded]
+        flagged = actions[2]
+        assert isinstance(flagged, AccountFlagged) and flagged.reason == "burst_limit"
+        assert flagged.detail["burst_times"] == [T0 + 110, T0 + 120, T0 + 130]
+        assert actions[3] == GameEnded(EndReason.BURST_LIMIT, T0 + 130)
+        assert session.state is SessionState.ENDED
+        assert session.burst_times == [T0 + 110, T0 + 120, T0 + 130]
+
+    def test_bursts_spread_beyond_the_period_do_not_end_the_game(self) -> None:
+        session = make(
+            burst_threshold=1, burst_window_ms=100, burst_limit=1, burst_period_ms=1000
+        )
+        for second in range(5):
+            base = T0 + second * 1500
+            point_at(session, base)
+            assert len(point_at(session, base + 10)) == 2  # one burst each 1.5 s
+        assert session.state is SessionState.RUNNING
+        assert len(session.burst_times) == 5
+
+    def test_burst_limit_zero_ends_the_game_on_the_first_burst(self) -> None:
+        session = make(burst_threshold=1, burst_limit=0)
+        point_at(session, T0 + 10)
+        actions = point_at(session, T0 + 20)
+        assert GameEnded(EndReason.BURST_LIMIT, T0 + 20) in actions
+
+
+class TestEnding:
+    def test_expire_before_the_end_does_nothing(self) -> None:
+        session = make()
+        assert session.expire(T0 + 29_999) == ()
+        assert session.state is SessionState.RUNNING
+
+    def test_game_ends_once(self) -> None:
+        session = make()
+        assert len(session.expire(T0 + 30_000)) == 1
+        assert session.expire(T0 + 40_000) == ()
+        assert session.shutdown(T0 + 40_000) == ()
+
+    def test_shutdown_ends_a_running_game(self) -> None:
+        session = make()
+        assert session.shutdown(T0 + 5) == (GameEnded(EndReason.SERVER_SHUTDOWN, T0 + 5),)
+        assert session.end_reason is EndReason.SERVER_SHUTDOWN
+
+    @pytest.mark.parametrize(
+        "bad", [{"duration_ms": 0}, {"burst_threshold": 0}, {"latency_ms": -1}, {"burst_window_ms": 0}]
+    )
+    def test_settings_are_validated(self, bad: dict[str, int]) -> None:
+        with pytest.raises(ValueError):  # noqa: PT011
+            GameSettings(**{"duration_ms": 1000, **bad})
+
+
+# --- submission ---------------------------------------------------------------------------
+
+OFFSET = 10_000
+
+
+def record(**overrides: object) -> SessionRecord:
+    points = {
+        seq: IssuedPoint(seq, T0 + seq * 1000, f"point-{seq}") for seq in range(1, 6)
+    }
+    values: dict[str, object] = {
+        "session_id": "s1",
+        "game_id": "demo",
+        "user_id": 7,
+        "settings": GameSettings(duration_ms=30_000, latency_ms=1000, submission_window_ms=60_000),
+        "started_at": T0,
+        "offset_ms": OFFSET,
+        "start_token": "start",
+        "end_token": "end",
+        "ended_at": T0 + 30_000,
+        "end_reason": EndReason.TIME_UP,
+        "points": points,
+    }
+    values.update(overrides)
+    return SessionRecord(**values)  # type: ignore[arg-type]
+
+
+def seq_of(token: str) -> int | None:
+    """Like tokens.peek_seq: the seq a token claims, trusted for lookup only."""
+    digits = re.match(r"point-(\d+)", token)
+    return int(digits.group(1)) if digits else None
+
+
+def honest(seqs: range = range(1, 6)) -> list[SubmittedPoint]:
+    return [SubmittedPoint(f"point-{s}", T0 + s * 1000 - OFFSET) for s in seqs]
+
+
+def judge(rec: SessionRecord, points: list[SubmittedPoint], *, start: str = "start",
+          end: str = "end", now: int = T0 + 31_000) -> object:
+    return check_submission(rec, start, end, points, seq_of, now)
+
+
+class TestSubmission:
+    def test_an_honest_submission_scores_its_points(self) -> None:
+        assert judge(record(), honest()) == SubmissionAccepted(5)
+
+    def test_a_subset_scores_less(self) -> None:
+        assert judge(record(), honest(range(1, 3))) == SubmissionAccepted(2)
+
+    def test_an_empty_game_scores_zero(self) -> None:
+        assert judge(record(points={}), []) == SubmissionAccepted(0)
+
+    def test_order_of_points_does_not_matter(self) -> None:
+        assert judge(record(), list(reversed(honest()))) == SubmissionAccepted(5)
+
+    def reason(self, verdict: object) -> ResultReason:
+        assert isinstance(verdict, SubmissionRejected)
+        return verdict.reason
+
+    def test_wrong_start_token(self) -> None:
+        assert self.reason(judge(record(), honest(), start="other")) is ResultReason.BAD_START_TOKEN
+
+    def test_wrong_end_token(self) -> None:
+        assert self.reason(judge(record(), honest(), end="other")) is ResultReason.BAD_END_TOKEN
+
+    def test_point_token_as_end_token(self) -> None:
+        assert self.reason(judge(record(), honest(), end="point-1")) is ResultReason.BAD_END_TOKEN
+
+    def test_session_not_ended_is_bad_end_token(self) -> None:
+        rec = record(end_token=None, ended_at=None, end_reason=None)
+        assert self.reason(judge(rec, honest(), end="")) is ResultReason.BAD_END_TOKEN
+
+    @pytest.mark.parametrize("end_reason", [EndReason.BURST_LIMIT, EndReason.SERVER_SHUTDOWN])
+    def test_voided_sessions(self, end_reason: EndReason) -> None:
+        rec = record(end_token=None, end_reason=end_reason)
+        assert self.reason(judge(rec, honest())) is ResultReason.SESSION_VOIDED
+
+    def test_already_submitted(self) -> None:
+        assert self.reason(judge(record(submitted=True), honest())) is ResultReason.ALREADY_SUBMITTED
+
+    def test_expired(self) -> None:
+        verdict = judge(record(), honest(), now=T0 + 30_000 + 60_001)
+        assert self.reason(verdict) is ResultReason.EXPIRED
+        assert judge(record(), honest(), now=T0 + 30_000 + 60_000) == SubmissionAccepted(5)
+
+    def test_forged_point_token(self) -> None:
+        points = honest()
+        points[2] = SubmittedPoint("point-3x", points[2].client_ts)
+        assert self.reason(judge(record(), points)) is ResultReason.BAD_POINT_TOKEN
+
+    def test_point_token_of_unissued_seq(self) -> None:
+        points = [*honest(), SubmittedPoint("point-9", T0 + 9000 - OFFSET)]
+        assert self.reason(judge(record(), points)) is ResultReason.BAD_POINT_TOKEN
+
+    def test_non_point_token(self) -> None:
+        points = [SubmittedPoint("start", T0)]
+        assert self.reason(judge(record(), points)) is ResultReason.BAD_POINT_TOKEN
+
+    def test_duplicated_point(self) -> None:
+        points = [*honest(), honest()[0]]
+        assert self.reason(judge(record(), points)) is ResultReason.DUPLICATE_POINT
+
+    def test_shifted_timestamp(self) -> None:
+        points = honest()
+        points[1] = SubmittedPoint(points[1].token, points[1].client_ts + 1001)
+        verdict = judge(record(), points)
+        assert self.reason(verdict) is ResultReason.TIMING_MISMATCH
+        assert isinstance(verdict, SubmissionRejected) and verdict.detail["seq"] == 2
+
+    def test_swapped_timestamps(self) -> None:
+        points = honest()
+        points[0], points[4] = (
+            SubmittedPoint(points[0].token, points[4].client_ts),
+            SubmittedPoint(points[4].token, points[0].client_ts),
+        )
+        assert self.reason(judge(record(), points)) is ResultReason.TIMING_MISMATCH
+
+    def test_timestamp_within_latency_is_fine(self) -> None:
+        points = [SubmittedPoint(p.token, p.client_ts + 999) for p in honest()]
+        assert judge(record(), points) == SubmissionAccepted(5)
+
+    def test_flagging_reasons(self) -> None:
+        assert not ResultReason.ALREADY_SUBMITTED.flags_account
+        assert not ResultReason.EXPIRED.flags_account
+        assert all(
+            r.flags_account
+            for r in ResultReason
+            if r not in (ResultReason.ALREADY_SUBMITTED, ResultReason.EXPIRED)
+        )
