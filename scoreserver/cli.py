@@ -57,20 +57,29 @@ class CliError(Exception):
 
 
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for a LAN)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for a LAN)"
+    )
     parser.add_argument("--ws-port", type=int, default=8765, help="game socket port (0: any)")
     parser.add_argument("--http-port", type=int, default=8080, help="HTTP port (0: any)")
     parser.add_argument("--key", type=Path, default=DEFAULT_KEY, help="signing key file")
     parser.add_argument(
-        "--max-msg-rate", type=float, default=60.0,
+        "--max-msg-rate",
+        type=float,
+        default=60.0,
         help="messages per second per connection (0: no limit)",
     )
     parser.add_argument(
-        "--max-conns-per-addr", type=int, default=256,
+        "--max-conns-per-addr",
+        type=int,
+        default=256,
         help="connections per client address (0: no limit)",
     )
     parser.add_argument(
-        "--allow-origin", action="append", default=[], metavar="ORIGIN",
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
         help="a web origin allowed besides same-host ones (repeatable; '*' for any)",
     )
     parser.add_argument("--tls-cert", type=Path, help="serve both ports over TLS with this cert")
@@ -79,7 +88,9 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument("--duration", type=float, required=required, help="seconds (fractions allowed)")
+    parser.add_argument(
+        "--duration", type=float, required=required, help="seconds (fractions allowed)"
+    )
     parser.add_argument("--burst-window-ms", type=int)
     parser.add_argument("--burst-threshold", type=int)
     parser.add_argument("--burst-limit", type=int)
@@ -245,7 +256,11 @@ def cmd_users(args: argparse.Namespace) -> int:
             ["id", "name", "created", "scores", "open flags", "banned until"],
             [
                 [
-                    r["id"], r["name"], fmt_time(r["created_at"]), r["scores"], r["open_flags"],
+                    r["id"],
+                    r["name"],
+                    fmt_time(r["created_at"]),
+                    r["scores"],
+                    r["open_flags"],
                     _ban_text(r["banned_until"], now),
                 ]
                 for r in rows
@@ -282,7 +297,13 @@ def _game_changes(args: argparse.Namespace) -> dict[str, int]:
     changes: dict[str, int] = {}
     if args.duration is not None:
         changes["duration_ms"] = round(args.duration * 1000)
-    for name in ("burst_window_ms", "burst_threshold", "burst_limit", "burst_period_ms", "latency_ms"):
+    for name in (
+        "burst_window_ms",
+        "burst_threshold",
+        "burst_limit",
+        "burst_period_ms",
+        "latency_ms",
+    ):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
@@ -320,11 +341,27 @@ def cmd_games(args: argparse.Namespace) -> int:
         conn = _open(args.db)
         games = db.list_games(conn)
         _table(
-            ["game", "duration s", "burst window ms", "threshold", "limit", "period ms",
-             "latency ms", "submit window s"],
             [
-                [g, s.duration_ms / 1000, s.burst_window_ms, s.burst_threshold, s.burst_limit,
-                 s.burst_period_ms, s.latency_ms, s.submission_window_ms / 1000]
+                "game",
+                "duration s",
+                "burst window ms",
+                "threshold",
+                "limit",
+                "period ms",
+                "latency ms",
+                "submit window s",
+            ],
+            [
+                [
+                    g,
+                    s.duration_ms / 1000,
+                    s.burst_window_ms,
+                    s.burst_threshold,
+                    s.burst_limit,
+                    s.burst_period_ms,
+                    s.latency_ms,
+                    s.submission_window_ms / 1000,
+                ]
                 for g, s in games.items()
             ],
         )
@@ -344,7 +381,9 @@ def _print_game(game_id: str, s: GameSettings) -> None:
     print(f"{game_id}:")
     print(f"  duration            {s.duration_ms / 1000:g} s")
     print(f"  burst               more than {s.burst_threshold} points in {s.burst_window_ms} ms")
-    print(f"  burst limit         more than {s.burst_limit} bursts in {s.burst_period_ms} ms ends the game")
+    print(
+        f"  burst limit         more than {s.burst_limit} bursts in {s.burst_period_ms} ms ends the game"
+    )
     print(f"  latency allowance   {s.latency_ms} ms")
     print(f"  submission window   {s.submission_window_ms / 1000:g} s")
 
@@ -359,8 +398,15 @@ def cmd_flags(args: argparse.Namespace) -> int:
         _table(
             ["id", "when", "status", "reason", "game", "who", "session"],
             [
-                [f["id"], fmt_time(f["created_at"]), f["status"], f["reason"], f["game_id"] or "-",
-                 _who(f), (f["session_id"] or "-")[:12]]
+                [
+                    f["id"],
+                    fmt_time(f["created_at"]),
+                    f["status"],
+                    f["reason"],
+                    f["game_id"] or "-",
+                    _who(f),
+                    (f["session_id"] or "-")[:12],
+                ]
                 for f in flags
             ],
         )
@@ -384,7 +430,9 @@ def cmd_flags(args: argparse.Namespace) -> int:
                 name = flag["user_name"]
                 db.set_ban(conn, name, until, args.note)
             _audit(
-                conn, "flags resolve", f"flag {args.flag_id}",
+                conn,
+                "flags resolve",
+                f"flag {args.flag_id}",
                 f"{'ban ' + _days_note(args.days, None) if args.ban else 'clear'}; {args.note}",
             )
         print(f"flag {args.flag_id} {'resolved: banned' if args.ban else 'cleared'}")
@@ -408,7 +456,9 @@ def render_flag(flag: dict[str, Any]) -> str:
         f"  session     {flag.get('session_id') or '-'}",
     ]
     if flag.get("resolved_at"):
-        lines.append(f"  resolved    {fmt_time(flag['resolved_at'])}: {flag.get('resolution_note')}")
+        lines.append(
+            f"  resolved    {fmt_time(flag['resolved_at'])}: {flag.get('resolution_note')}"
+        )
     for key, value in (flag.get("detail") or {}).items():
         lines.append(f"  {key:<11} {value}")
     evidence = flag.get("evidence")
@@ -430,7 +480,9 @@ def render_flag(flag: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _timeline(start: int, end: int | None, points: list[dict[str, Any]], evidence: dict[str, Any]) -> list[str]:
+def _timeline(
+    start: int, end: int | None, points: list[dict[str, Any]], evidence: dict[str, Any]
+) -> list[str]:
     """Points per second, as a bar per second of the game, with rejections and bursts."""
     last = max(
         [end or start]
@@ -485,8 +537,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
             ["kid", "created", "retired", "verifies until"],
             [
                 [
-                    r["kid"], fmt_time(r["created_at"]), fmt_time(r["retired_at"]),
-                    "current (signing)" if r["retired_at"] is None
+                    r["kid"],
+                    fmt_time(r["created_at"]),
+                    fmt_time(r["retired_at"]),
+                    "current (signing)"
+                    if r["retired_at"] is None
                     else _verifies_until(r["retired_at"] + window + _longest(conn), now),
                 ]
                 for r in rows
@@ -522,8 +577,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
     conn = _open(args.db)
     _table(
         ["id", "when", "who", "command", "target", "note"],
-        [[a["id"], fmt_time(a["at"]), a["actor"], a["command"], a["target"] or "-", a["note"] or ""]
-         for a in db.list_audit(conn)],
+        [
+            [
+                a["id"],
+                fmt_time(a["at"]),
+                a["actor"],
+                a["command"],
+                a["target"] or "-",
+                a["note"] or "",
+            ]
+            for a in db.list_audit(conn)
+        ],
     )
     return 0
 

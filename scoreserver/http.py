@@ -90,7 +90,11 @@ def _json_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except HttpError as exc:
-            return error_response(exc.status, exc.code, exc.message)
+            response = error_response(exc.status, exc.code, exc.message)
+            if exc.status == 413:
+                # The rest of the body was not read: this connection cannot be reused.
+                response.headers["connection"] = "close"
+            return response
 
     wrapped.__name__ = handler.__name__
     return wrapped

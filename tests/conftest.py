@@ -61,7 +61,7 @@ async def running_server(config: Config) -> AsyncIterator[Server]:
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     """A real server with its writer thread; real time."""
-    add_game(tmp_path / "test.db", "quick", duration_ms=2000, submission_window_ms=60_000)
+    add_game(tmp_path / "test.db", "quick", duration_ms=1000, submission_window_ms=60_000)
     async with running_server(make_config(tmp_path)) as srv:
         yield srv
 
@@ -71,8 +71,12 @@ async def inline_server(tmp_path: Path) -> AsyncIterator[Server]:
     """A real server whose store runs inline: for tests under autojump_clock."""
     add_game(tmp_path / "test.db", "demo", duration_ms=30_000)
     add_game(
-        tmp_path / "test.db", "strict",
-        duration_ms=30_000, burst_threshold=3, burst_limit=2, burst_period_ms=10_000,
+        tmp_path / "test.db",
+        "strict",
+        duration_ms=30_000,
+        burst_threshold=3,
+        burst_limit=2,
+        burst_period_ms=10_000,
     )
     async with running_server(make_config(tmp_path, inline=True)) as srv:
         yield srv
@@ -125,7 +129,13 @@ class Client:
 @asynccontextmanager
 async def connect(server: Server) -> AsyncIterator[Client]:
     async with open_websocket_url(server.ws_url) as ws:
-        yield Client(ws)
+        try:
+            yield Client(ws)
+        finally:
+            # trio-websocket's client leaves its TCP stream open when the server closed the
+            # connection first (seen with 0.12.2); close it so no socket outlives the test.
+            with trio.CancelScope(shield=True):
+                await ws._stream.aclose()
 
 
 @asynccontextmanager

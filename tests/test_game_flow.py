@@ -41,7 +41,12 @@ async def test_a_full_30_second_game(
         alice = await register(inline_server, "alice")
         async with connect(inline_server) as client:
             identity = await client.call(type="auth", token=alice["token"], id="a1")
-            assert identity == {"type": "identity", "user_id": alice["user_id"], "name": "alice", "id": "a1"}
+            assert identity == {
+                "type": "identity",
+                "user_id": alice["user_id"],
+                "name": "alice",
+                "id": "a1",
+            }
             room = await client.enter("demo", alice["user_id"])
             assert room["duration_ms"] == 30_000
             t_start = trio.current_time()
@@ -54,10 +59,19 @@ async def test_a_full_30_second_game(
             late = await client.call(type="point", client_ts=player_clock(inline_server)())
             assert late["type"] == "point_rejected" and late["reason"] == "game_over"
             result = await client.call(
-                type="submit_result", id=9,
-                start_token=started["start_token"], end_token=end["end_token"], points=points,
+                type="submit_result",
+                id=9,
+                start_token=started["start_token"],
+                end_token=end["end_token"],
+                points=points,
             )
-            assert result == {"type": "result", "id": 9, "accepted": True, "score": 25, "saved": True}
+            assert result == {
+                "type": "result",
+                "id": 9,
+                "accepted": True,
+                "score": 25,
+                "saved": True,
+            }
         board = await inline_server.service.store.read(
             db.leaderboard, "demo", inline_server.service.clock.now_ms()
         )
@@ -86,13 +100,19 @@ async def test_a_guest_plays_but_nothing_is_saved(
 ) -> None:
     with trio.fail_after(60):
         async with connect(inline_server) as client:
-            assert await client.call(type="whoami") == {"type": "identity", "user_id": None, "name": None}
+            assert await client.call(type="whoami") == {
+                "type": "identity",
+                "user_id": None,
+                "name": None,
+            }
             await client.enter("demo", None)
             started, points = await play(client, inline_server, 3, 2.0)
             end = await client.recv_type("end_game")
             result = await client.call(
                 type="submit_result",
-                start_token=started["start_token"], end_token=end["end_token"], points=points,
+                start_token=started["start_token"],
+                end_token=end["end_token"],
+                points=points,
             )
             assert result == {"type": "result", "accepted": True, "score": 3, "saved": False}
         conn = inline_server.service.store
@@ -119,14 +139,18 @@ async def test_the_burst_limit_ends_the_game_and_flags_first(
             assert end["reason"] == "burst_limit" and "end_token" not in end
             # The flag was committed before end_game revealed it.
             flags = await inline_server.service.store.read(db.list_flags)
-            assert [(f["reason"], f["user_id"]) for f in flags] == [("burst_limit", mallory["user_id"])]
+            assert [(f["reason"], f["user_id"]) for f in flags] == [
+                ("burst_limit", mallory["user_id"])
+            ]
             assert len(flags[0]["detail"]["burst_times"]) == 3
             after = await client.call(type="point", client_ts=now())
             assert after["reason"] == "game_over"
             # The voided game cannot be submitted (and the attempt is flagged too).
             result = await client.call(
-                type="submit_result", start_token=started["start_token"],
-                end_token=started["start_token"], points=[],
+                type="submit_result",
+                start_token=started["start_token"],
+                end_token=started["start_token"],
+                points=[],
             )
             assert result == {"type": "result", "accepted": False, "reason": "session_voided"}
             # A new game may start at once: the running-session record was cleared first.
@@ -152,7 +176,9 @@ async def test_many_sessions_in_one_room_at_once(
             results.append(
                 await client.call(
                     type="submit_result",
-                    start_token=started["start_token"], end_token=end["end_token"], points=points,
+                    start_token=started["start_token"],
+                    end_token=end["end_token"],
+                    points=points,
                 )
             )
 
@@ -183,8 +209,10 @@ async def test_a_dropped_connection_does_not_stop_the_timer(
         # The ended session is in the database and can be submitted over a new connection.
         async with connect(inline_server) as client:
             result = await client.call(
-                type="submit_result", start_token=started["start_token"],
-                end_token=session.end_token, points=points,
+                type="submit_result",
+                start_token=started["start_token"],
+                end_token=session.end_token,
+                points=points,
             )
             assert result["accepted"] and result["score"] == 2
         assert not inline_server.service.running_by_user

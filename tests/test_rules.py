@@ -129,9 +129,7 @@ class TestBursts:
         assert session.burst_times == [T0 + 110, T0 + 120, T0 + 130]
 
     def test_bursts_spread_beyond_the_period_do_not_end_the_game(self) -> None:
-        session = make(
-            burst_threshold=1, burst_window_ms=100, burst_limit=1, burst_period_ms=1000
-        )
+        session = make(burst_threshold=1, burst_window_ms=100, burst_limit=1, burst_period_ms=1000)
         for second in range(5):
             base = T0 + second * 1500
             point_at(session, base)
@@ -164,7 +162,8 @@ class TestEnding:
         assert session.end_reason is EndReason.SERVER_SHUTDOWN
 
     @pytest.mark.parametrize(
-        "bad", [{"duration_ms": 0}, {"burst_threshold": 0}, {"latency_ms": -1}, {"burst_window_ms": 0}]
+        "bad",
+        [{"duration_ms": 0}, {"burst_threshold": 0}, {"latency_ms": -1}, {"burst_window_ms": 0}],
     )
     def test_settings_are_validated(self, bad: dict[str, int]) -> None:
         with pytest.raises(ValueError):  # noqa: PT011
@@ -177,9 +176,7 @@ OFFSET = 10_000
 
 
 def record(**overrides: object) -> SessionRecord:
-    points = {
-        seq: IssuedPoint(seq, T0 + seq * 1000, f"point-{seq}") for seq in range(1, 6)
-    }
+    points = {seq: IssuedPoint(seq, T0 + seq * 1000, f"point-{seq}") for seq in range(1, 6)}
     values: dict[str, object] = {
         "session_id": "s1",
         "game_id": "demo",
@@ -207,8 +204,14 @@ def honest(seqs: range = range(1, 6)) -> list[SubmittedPoint]:
     return [SubmittedPoint(f"point-{s}", T0 + s * 1000 - OFFSET) for s in seqs]
 
 
-def judge(rec: SessionRecord, points: list[SubmittedPoint], *, start: str = "start",
-          end: str = "end", now: int = T0 + 31_000) -> object:
+def judge(
+    rec: SessionRecord,
+    points: list[SubmittedPoint],
+    *,
+    start: str = "start",
+    end: str = "end",
+    now: int = T0 + 31_000,
+) -> object:
     return check_submission(rec, start, end, points, seq_of, now)
 
 
@@ -248,7 +251,9 @@ class TestSubmission:
         assert self.reason(judge(rec, honest())) is ResultReason.SESSION_VOIDED
 
     def test_already_submitted(self) -> None:
-        assert self.reason(judge(record(submitted=True), honest())) is ResultReason.ALREADY_SUBMITTED
+        assert (
+            self.reason(judge(record(submitted=True), honest())) is ResultReason.ALREADY_SUBMITTED
+        )
 
     def test_expired(self) -> None:
         verdict = judge(record(), honest(), now=T0 + 30_000 + 60_001)

@@ -32,7 +32,11 @@ def test_round_trip_carries_every_claim(ring: KeyRing) -> None:
     token = ring.sign(Purpose.POINT, SESSION, 42, "demo", NOW, seq=7)
     claims = ring.verify(token, Purpose.POINT, NOW)
     assert (claims.session_id, claims.user_id, claims.game_id, claims.seq, claims.issued_at) == (
-        SESSION, 42, "demo", 7, NOW,
+        SESSION,
+        42,
+        "demo",
+        7,
+        NOW,
     )
     assert claims.kid == ring.kid
 

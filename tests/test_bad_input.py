@@ -1,0 +1,173 @@
+"""Every bad input gets its contract code; the connection and the server keep serving."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from trio_websocket import ConnectionClosed
+
+from scoreserver import store as db
+from scoreserver.app import Server
+
+from .conftest import Client, connect, register
+
+
+async def still_serving(server: Server, client: Client) -> None:
+    """The same connection answers, and a fresh player can play a point."""
+    assert (await client.call(type="whoami", id="ping"))["id"] == "ping"
+    async with connect(server) as other:
+        await other.enter("demo", None)
+        started = await other.start(server.service.clock.now_ms())
+        reply = await other.call(type="point", client_ts=server.service.clock.now_ms())
+        assert reply["type"] == "point_accepted" and started["session_id"]
+
+
+FRAMES: list[tuple[str, str, Any]] = [
+    ("not json", "bad_json", None),
+    ('{"type": "whoami"', "bad_json", None),
+    ("", "bad_json", None),
+    ("[1, 2]", "bad_message", None),
+    ('"whoami"', "bad_message", None),
+    ("{}", "bad_message", None),
+    ('{"type": 5}', "bad_message", None),
+    ('{"type": null, "id": "n"}', "bad_message", "n"),
+    ('{"type": "dance", "id": "d1"}', "unknown_type", "d1"),
+    ('{"type": "DANCE", "id": 12}', "unknown_type", 12),
+    ('{"type": "point", "id": "p"}', "bad_message", "p"),
+    ('{"type": "point", "client_ts": "soon", "id": "p2"}', "bad_message", "p2"),
+    ('{"type": "point", "client_ts": 1.5}', "bad_message", None),
+    ('{"type": "point", "client_ts": true}', "bad_message", None),
+    ('{"type": "game_start"}', "bad_message", None),
+    ('{"type": "enter_game_room", "game_id": "demo"}', "bad_message", None),
+    ('{"type": "enter_game_room", "game_id": 7, "user_id": null}', "bad_message", None),
+    ('{"type": "enter_game_room", "game_id": "", "user_id": null}', "bad_message", None),
+    ('{"type": "submit_result", "start_token": "a", "end_token": "b"}', "bad_message", None),
+    (
+        '{"type": "submit_result", "start_token": "a", "end_token": "b", "points": [1]}',
+        "bad_message",
+        None,
+    ),
+    ('{"type": "auth"}', "bad_message", None),
+    ('{"type": "auth", "token": 5}', "bad_message", None),
+    ('{"type": "resume"}', "bad_message", None),
+    ('{"type": "whoami", "id": {"x": 1}}', "bad_message", None),
+    (json.dumps({"type": "whoami", "id": "x" * 65}), "bad_message", None),
+]
+
+
+@pytest.mark.parametrize(("frame", "code", "request_id"), FRAMES)
+async def test_malformed_frames(
+    inline_server: Server,
+    autojump_clock: trio.testing.MockClock,
+    frame: str,
+    code: str,
+    request_id: Any,
+) -> None:
+    with trio.fail_after(30):
+        async with connect(inline_server) as client:
+            await client.send_raw(frame)
+            reply = await client.recv()
+            assert reply["type"] == "error" and reply["code"] == code, reply
+            assert reply.get("id") == request_id
+            assert reply["message"]
+            await still_serving(inline_server, client)
+
+
+async def test_unknown_fields_are_ignored(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(10):
+        async with connect(inline_server) as client:
+            reply = await client.call(type="whoami", colour="blue", nested={"a": [1]})
+            assert reply["type"] == "identity"
+
+
+async def test_a_binary_frame_is_read_as_json(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(10):
+        async with connect(inline_server) as client:
+            await client.send_raw(b'{"type": "whoami", "id": 1}')
+            assert (await client.recv())["type"] == "identity"
+            await client.send_raw(b"\xff\xfe")
+            assert (await client.recv())["code"] == "bad_json"
+
+
+async def test_messages_out_of_order(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(30):
+        async with connect(inline_server) as client:
+            now = inline_server.service.clock.now_ms
+            early = await client.call(type="point", client_ts=now(), id="p0")
+            assert early == {
+                "type": "point_rejected",
+                "id": "p0",
+                "reason": "no_session",
+                "server_ts": now(),
+            }
+            outside = await client.call(type="game_start", client_ts=now(), id="s0")
+            assert outside["type"] == "error" and outside["code"] == "not_in_room"
+            assert outside["id"] == "s0"
+            unknown = await client.call(type="enter_game_room", game_id="chess", user_id=None)
+            assert unknown["code"] == "unknown_game"
+            await client.enter("demo", None)
+            await client.start(now())
+            second = await client.call(type="game_start", client_ts=now())
+            assert second["code"] == "session_active"
+            other_room = await client.call(type="enter_game_room", game_id="strict", user_id=None)
+            assert other_room["code"] == "session_active"
+            again = await client.call(type="enter_game_room", game_id="demo", user_id=None)
+            assert again["type"] == "room_entered"
+            resume = await client.call(type="resume", start_token="garbage")
+            assert resume["code"] == "unknown_session"
+            await still_serving(inline_server, client)
+
+
+async def test_identity_mismatch_is_refused_and_flagged(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(30):
+        dan = await register(inline_server, "dan")
+        async with connect(inline_server) as guest:
+            claim = await guest.call(type="enter_game_room", game_id="demo", user_id=dan["user_id"])
+            assert claim["type"] == "error" and claim["code"] == "identity_mismatch"
+            refused = await guest.call(type="game_start", client_ts=0)
+            assert refused["code"] == "not_in_room"  # the room was not entered
+        async with connect(inline_server) as client:
+            await client.call(type="auth", token=dan["token"])
+            as_guest = await client.call(type="enter_game_room", game_id="demo", user_id=None)
+            assert as_guest["code"] == "identity_mismatch"
+            other = await client.call(
+                type="enter_game_room", game_id="demo", user_id=dan["user_id"] + 1
+            )
+            assert other["code"] == "identity_mismatch"
+            await still_serving(inline_server, client)
+        flags = await inline_server.service.store.read(db.list_flags)
+        assert [(f["reason"], f["user_id"], f["guest_addr"]) for f in flags] == [
+            ("identity_mismatch", None, "127.0.0.1"),
+            ("identity_mismatch", dan["user_id"], None),
+            ("identity_mismatch", dan["user_id"], None),
+        ]
+        assert flags[0]["detail"]["claimed_user_id"] == dan["user_id"]
+
+
+async def test_a_handler_bug_closes_one_connection_not_the_server(
+    inline_server: Server, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: object, conn: object, request_id: object) -> None:
+        raise RuntimeError("a bug")
+
+    with trio.fail_after(30):
+        async with connect(inline_server) as victim, connect(inline_server) as bystander:
+            monkeypatch.setattr(type(inline_server.socket), "_identity", broken)
+            await victim.send(type="whoami")
+            with pytest.raises(ConnectionClosed) as closed:
+                await victim.recv()
+            assert closed.value.reason.code == 1011
+            monkeypatch.undo()
+            await still_serving(inline_server, bystander)
