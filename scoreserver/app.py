@@ -168,6 +168,7 @@ async def serve(
                 partial(hypercorn_serve, app, hconfig, shutdown_trigger=stop.wait)
             )
             http_port = int(binds[0].rsplit(":", 1)[1])
+            app.state.ws_port = ws_server.port
             server = Server(config, service, rooms, socket, ws_server.port, http_port, stop)
             servers.start_soon(_housekeeping, service, config.reanchor_clock)
             if config.handle_signals:

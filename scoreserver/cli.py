@@ -525,8 +525,9 @@ def cmd_scores(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .tokens import key_id, raw_public, write_key
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from .tokens import key_id, raw_public, write_key
 
     conn = _open_or_create(args.db)
     if args.action == "list":

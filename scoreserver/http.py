@@ -14,12 +14,13 @@ from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import protocol as wire
 from . import store as db
@@ -27,6 +28,7 @@ from .errors import AuthError, ConflictError
 from .rules import SubmittedPoint
 from .service import Peer, Service
 from .tokens import b64encode, raw_public
+from .ws import origin_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +185,10 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def config(request: Request) -> Response:
+        # Where the game socket listens: the client module asks, so pages need no settings.
+        return JSONResponse({"ws_port": request.app.state.ws_port})
+
     async def games(request: Request) -> Response:
         return JSONResponse(
             {
@@ -220,22 +226,61 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         Route("/api/games/{game_id}/leaderboard", leaderboard, methods=["GET"]),
         Route("/api/keys", keys, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/api/config", config, methods=["GET"]),
         Route("/", page("index.html"), methods=["GET"]),
         Route("/board/{game_id}", page("board.html"), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
-    middleware = []
-    if allowed_origins:
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(allowed_origins),
-                allow_methods=["GET", "POST"],
-                allow_headers=["content-type", "authorization"],
-            )
-        )
-    return Starlette(
+    middleware = [Middleware(SameHostCORS, allowed_origins=allowed_origins)]
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
     )
+    app.state.ws_port = None
+    return app
+
+
+class SameHostCORS:
+    """CORS for the API and the client module: same-host origins (any port) and the listed ones.
+
+    A game served from another origin may call the HTTP API and import scoreclient.js when its
+    origin is allowed; `*` in the list allows every origin. Credentials are never involved
+    (login tokens travel in bodies), so no cookie is ever exposed.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...] = ()):
+        self.app = app
+        self.allowed_origins = allowed_origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        if origin is None or not origin_allowed(origin, headers.get("host"), self.allowed_origins):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            preflight = Response(
+                status_code=204,
+                headers={
+                    "access-control-allow-origin": origin,
+                    "access-control-allow-methods": "GET, POST",
+                    "access-control-allow-headers": "content-type",
+                    "access-control-max-age": "600",
+                    "vary": "origin",
+                },
+            )
+            await preflight(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response_headers = MutableHeaders(scope=message)
+                response_headers["access-control-allow-origin"] = origin
+                response_headers.add_vary_header("origin")
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)

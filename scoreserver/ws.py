@@ -13,6 +13,7 @@ import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
@@ -153,15 +154,15 @@ class GameSocket:
 
     def _origin_allowed(self, request: WebSocketRequest) -> bool:
         origin = None
-        host = None
         for key, value in request.headers:
-            name = key.lower()
-            if name == b"origin":
+            if key.lower() == b"origin":
                 origin = value.decode("latin-1")
-            elif name == b"host":
-                host = value.decode("latin-1")
         if origin is None:
-            return True  # not a browser: no origin to check
+            return True  # not a browser: there is no origin to check
+        # trio-websocket passes Host on wsproto's request event, not among `headers`.
+        host = getattr(getattr(request, "_event", None), "host", None)
+        if host is None:
+            host = str(getattr(request.local, "address", ""))
         return origin_allowed(origin, host, self.limits.allowed_origins)
 
     async def _serve(self, conn: Connection) -> None:
@@ -411,18 +412,14 @@ class GameSocket:
 
 
 def origin_allowed(origin: str, host: str | None, allowed: tuple[str, ...]) -> bool:
-    """Same-host origins are allowed, and any listed one ('*' allows all)."""
+    """Same-host origins (any port or scheme) are allowed, and any listed one ('*': all)."""
     if "*" in allowed or origin in allowed:
         return True
     if host is None:
         return False
-    from urllib.parse import urlsplit
-
     try:
         origin_host = urlsplit(origin).hostname
+        request_host = urlsplit(f"//{host}").hostname
     except ValueError:
         return False
-    request_host = (
-        host.rsplit(":", 1)[0].strip("[]") if not host.startswith("[") else host[1:].split("]")[0]
-    )
-    return origin_host is not None and origin_host.lower() == request_host.lower()
+    return origin_host is not None and origin_host == request_host

@@ -1,0 +1,383 @@
+// scoreclient.js: the browser side of scoreserver. One ES module, no dependencies, no build.
+//
+//   import { ScoreClient } from "http://HOST:8080/static/scoreclient.js";
+//   const scores = new ScoreClient({ gameId: "demo" });
+//   await scores.enter();                   // who am I, join the room, learn the duration
+//   const game = await scores.start();      // the server's timer starts now
+//   game.point();                           // on every point the player scores
+//   const result = await game.result;       // after end_game: submitted, judged, maybe saved
+//
+// The server is the authority on time: a game ends when `end_game` arrives, not when a page
+// timer says so. Events (ScoreClient is an EventTarget; event.detail carries the data):
+//   identity, room, start, point, reject, end, result, leaderboard, disconnect, reconnect,
+//   error. A lost socket is always reported ("disconnect"); mid-game the client reconnects and
+//   resumes by itself, and submits over HTTP if the socket cannot be had.
+
+const TOKEN_KEY = "scoreserver.login";
+const REQUEST_TIMEOUT_MS = 15000;
+
+export class ScoreError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.name = "ScoreError";
+    this.code = code;
+  }
+}
+
+function serverOrigin() {
+  // This module is served by the scoreserver's HTTP side: its own URL says where that is.
+  try {
+    return new URL(import.meta.url).origin;
+  } catch {
+    return globalThis.location ? globalThis.location.origin : "http://127.0.0.1:8080";
+  }
+}
+
+export class ScoreClient extends EventTarget {
+  /**
+   * @param {object} options
+   * @param {string} options.gameId        the game to play
+   * @param {string} [options.httpBase]    scoreserver's HTTP origin (default: where this module came from)
+   * @param {string} [options.socketUrl]   the game socket (default: asked from /api/config)
+   * @param {boolean} [options.autoSubmit] submit when the game ends (default true)
+   * @param {Storage|null} [options.storage] where the login token is kept (default localStorage)
+   */
+  constructor(options = {}) {
+    super();
+    if (!options.gameId) throw new TypeError("ScoreClient needs a gameId");
+    this.gameId = options.gameId;
+    this.httpBase = (options.httpBase || serverOrigin()).replace(/\/$/, "");
+    this.socketUrl = options.socketUrl || null;
+    this.autoSubmit = options.autoSubmit !== false;
+    this.storage = options.storage === undefined ? globalThis.localStorage || null : options.storage;
+    this.identity = { user_id: null, name: null };
+    this.durationMs = null;
+    this.game = null;
+    this._ws = null;
+    this._opening = null;
+    this._nextId = 1;
+    this._pending = new Map();
+    this._closedByUs = false;
+  }
+
+  get loggedIn() {
+    return this.identity.user_id !== null;
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  // --- accounts, over HTTP -----------------------------------------------------------------
+
+  async _post(path, body) {
+    const response = await fetch(this.httpBase + path, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    let data = null;
+    try {
+      data = await response.json();
+    } catch {
+      throw new ScoreError("bad_response", `HTTP ${response.status} without JSON`);
+    }
+    if (!response.ok) throw new ScoreError(data.error || `http_${response.status}`, data.message);
+    return data;
+  }
+
+  async register(name, password) {
+    return this._useLogin(await this._post("/api/register", { name, password }));
+  }
+
+  async login(name, password) {
+    return this._useLogin(await this._post("/api/login", { name, password }));
+  }
+
+  async _useLogin(data) {
+    if (this.storage) this.storage.setItem(TOKEN_KEY, data.token);
+    if (this._ws) await this._auth(data.token);
+    return this.whoami();
+  }
+
+  /** Forget the login; the connection continues as a guest. */
+  async logout() {
+    if (this.storage) this.storage.removeItem(TOKEN_KEY);
+    this._closeSocket();
+    this.identity = { user_id: null, name: null };
+    return this.whoami();
+  }
+
+  // --- the socket --------------------------------------------------------------------------
+
+  async _resolveSocketUrl() {
+    if (this.socketUrl) return this.socketUrl;
+    const response = await fetch(this.httpBase + "/api/config");
+    if (!response.ok) throw new ScoreError("no_config", "cannot find the game socket");
+    const config = await response.json();
+    const http = new URL(this.httpBase);
+    const scheme = http.protocol === "https:" ? "wss:" : "ws:";
+    this.socketUrl = `${scheme}//${http.hostname}:${config.ws_port}/`;
+    return this.socketUrl;
+  }
+
+  /** Open the socket (and log in with a kept token). Called by every method that needs it. */
+  async connect() {
+    if (this._ws && this._ws.readyState === WebSocket.OPEN) return;
+    if (!this._opening) {
+      this._opening = this._open().finally(() => {
+        this._opening = null;
+      });
+    }
+    return this._opening;
+  }
+
+  async _open() {
+    const url = await this._resolveSocketUrl();
+    const ws = new WebSocket(url);
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = () => reject(new ScoreError("connect_failed", `cannot reach ${url}`));
+    });
+    this._ws = ws;
+    this._closedByUs = false;
+    ws.onmessage = (event) => this._onMessage(event.data);
+    ws.onclose = (event) => this._onClose(ws, event);
+    ws.onerror = null;
+    const token = this.storage ? this.storage.getItem(TOKEN_KEY) : null;
+    if (token) {
+      try {
+        await this._auth(token);
+      } catch (error) {
+        if (error.code !== "auth_failed") throw error;
+        this.storage.removeItem(TOKEN_KEY); // expired or banned: play as a guest
+      }
+    }
+  }
+
+  async _auth(token) {
+    const identity = await this._request({ type: "auth", token });
+    this._setIdentity(identity);
+  }
+
+  _closeSocket() {
+    if (this._ws) {
+      this._closedByUs = true;
+      this._ws.close(1000);
+      this._ws = null;
+    }
+  }
+
+  /** Close the connection for good. */
+  close() {
+    this._closeSocket();
+  }
+
+  _request(message) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) {
+      return Promise.reject(new ScoreError("disconnected", "the game socket is not open"));
+    }
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new ScoreError("timeout", `no answer to ${message.type}`));
+      }, REQUEST_TIMEOUT_MS);
+      this._pending.set(id, { resolve, reject, timer });
+      ws.send(JSON.stringify({ ...message, id }));
+    });
+  }
+
+  _onMessage(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      this._emit("error", new ScoreError("bad_json", "the server sent something unreadable"));
+      return;
+    }
+    const waiting = message.id !== undefined ? this._pending.get(message.id) : undefined;
+    if (waiting) {
+      this._pending.delete(message.id);
+      clearTimeout(waiting.timer);
+      if (message.type === "error") waiting.reject(new ScoreError(message.code, message.message));
+      else waiting.resolve(message);
+      return;
+    }
+    if (message.type === "end_game") {
+      if (this.game) this.game._ended(message);
+    } else if (message.type === "leaderboard") {
+      this._emit("leaderboard", message);
+    } else if (message.type === "error") {
+      this._emit("error", new ScoreError(message.code, message.message));
+    }
+  }
+
+  _onClose(ws, event) {
+    if (ws !== this._ws) return;
+    this._ws = null;
+    for (const [, waiting] of this._pending) {
+      clearTimeout(waiting.timer);
+      waiting.reject(new ScoreError("disconnected", "the game socket closed"));
+    }
+    this._pending.clear();
+    if (this._closedByUs) return;
+    this._emit("disconnect", { code: event.code, reason: event.reason });
+    if (this.game && this.game.running) this._reconnect();
+  }
+
+  async _reconnect() {
+    const game = this.game;
+    for (let attempt = 0; attempt < 8 && game.running; attempt++) {
+      await new Promise((r) => setTimeout(r, Math.min(4000, 250 * 2 ** attempt)));
+      try {
+        await this.connect();
+        const resumed = await this._request({ type: "resume", start_token: game.startToken });
+        if (resumed.type === "game_started") game._resumed(resumed);
+        else if (resumed.type === "end_game") game._ended(resumed);
+        this._emit("reconnect", { attempt: attempt + 1 });
+        return;
+      } catch (error) {
+        if (error.code === "unknown_session") break;
+      }
+    }
+  }
+
+  _setIdentity(identity) {
+    this.identity = { user_id: identity.user_id, name: identity.name };
+    this._emit("identity", this.identity);
+  }
+
+  // --- the game flow -----------------------------------------------------------------------
+
+  /** Who the server thinks the player is: {user_id, name}; nulls for a guest. */
+  async whoami() {
+    await this.connect();
+    this._setIdentity(await this._request({ type: "whoami" }));
+    return this.identity;
+  }
+
+  /** Ask who the player is and enter the game's room. Returns {game_id, duration_ms}. */
+  async enter() {
+    await this.whoami();
+    const room = await this._request({
+      type: "enter_game_room",
+      game_id: this.gameId,
+      user_id: this.identity.user_id,
+    });
+    this.durationMs = room.duration_ms;
+    this._emit("room", room);
+    return room;
+  }
+
+  /** Start a game: resolves to a Game once the server's timer runs. */
+  async start() {
+    await this.connect();
+    if (this.durationMs === null) await this.enter();
+    const clientTs = Date.now();
+    const started = await this._request({ type: "game_start", client_ts: clientTs });
+    this.game = new Game(this, started);
+    this._emit("start", started);
+    return this.game;
+  }
+
+  /** Submit a finished game: over the socket, or over HTTP if the socket is gone. */
+  async submit(game = this.game) {
+    if (!game) throw new ScoreError("no_game", "no game to submit");
+    const body = game.submission();
+    let result;
+    try {
+      await this.connect();
+      result = await this._request({ type: "submit_result", ...body });
+    } catch (error) {
+      if (error instanceof ScoreError && error.code.startsWith("bad_")) throw error;
+      result = await this._post("/api/results", body);
+    }
+    this._emit("result", result);
+    return result;
+  }
+
+  /** The game's leaderboard over HTTP: {game_id, entries}. */
+  async leaderboard({ limit = 10, offset = 0, around = null, window = "all" } = {}) {
+    const query = new URLSearchParams({ limit, offset, window });
+    if (around !== null) query.set("around", around);
+    const response = await fetch(`${this.httpBase}/api/games/${encodeURIComponent(this.gameId)}/leaderboard?${query}`);
+    const data = await response.json();
+    if (!response.ok) throw new ScoreError(data.error, data.message);
+    return data;
+  }
+}
+
+/** One game session, from game_started to its result. */
+export class Game {
+  constructor(client, started) {
+    this.client = client;
+    this.sessionId = started.session_id;
+    this.startToken = started.start_token;
+    this.durationMs = started.duration_ms;
+    this.serverStart = started.server_ts;
+    this.clientStart = Date.now();
+    this.points = []; // {token, client_ts} of every accepted point
+    this.endToken = null;
+    this.endReason = null;
+    this.running = true;
+    this.ended = new Promise((resolve) => {
+      this._resolveEnded = resolve;
+    });
+    this.result = this.ended.then((end) =>
+      end.reason === "time_up" && client.autoSubmit
+        ? client.submit(this)
+        : { type: "result", accepted: false, reason: end.reason === "time_up" ? "not_submitted" : "session_voided" },
+    );
+    this.result.catch(() => {}); // a page that never awaits it must not see an unhandled rejection
+  }
+
+  /** Milliseconds left by the server's clock, as far as this page can tell. */
+  get remainingMs() {
+    if (!this.running) return 0;
+    return Math.max(0, this.durationMs - (Date.now() - this.clientStart));
+  }
+
+  /** Send a point. Resolves to {accepted: true, seq} or {accepted: false, reason}. */
+  async point() {
+    const clientTs = Date.now();
+    let reply;
+    try {
+      reply = await this.client._request({ type: "point", client_ts: clientTs });
+    } catch (error) {
+      const rejected = { accepted: false, reason: error.code || "disconnected" };
+      this.client._emit("reject", rejected);
+      return rejected;
+    }
+    if (reply.type === "point_accepted") {
+      this.points.push({ token: reply.token, client_ts: clientTs });
+      const accepted = { accepted: true, seq: reply.seq, score: this.points.length };
+      this.client._emit("point", accepted);
+      return accepted;
+    }
+    const rejected = { accepted: false, reason: reply.reason };
+    this.client._emit("reject", rejected);
+    return rejected;
+  }
+
+  /** The body of submit_result / POST /api/results. */
+  submission() {
+    return { start_token: this.startToken, end_token: this.endToken || "", points: this.points };
+  }
+
+  _resumed(started) {
+    if (typeof started.remaining_ms === "number") {
+      this.clientStart = Date.now() - (this.durationMs - started.remaining_ms);
+    }
+  }
+
+  _ended(end) {
+    if (!this.running) return;
+    this.running = false;
+    this.endToken = end.end_token || null;
+    this.endReason = end.reason;
+    this.client._emit("end", end);
+    this._resolveEnded(end);
+  }
+}

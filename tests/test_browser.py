@@ -1,0 +1,214 @@
+"""The browser side in real headless Chromium (Debian's), driven by Playwright.
+
+A server process is started with a 4-second demo game. Screenshots go to tests/artifacts/.
+Without /usr/bin/chromium these tests skip, unless SCORESERVER_REQUIRE_BROWSER is set (CI).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+BANNER = re.compile(r"game socket ws://127\.0\.0\.1:(\d+)/\s+HTTP http://127\.0\.0\.1:(\d+)/")
+
+pytestmark = pytest.mark.browser
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("SCORESERVER_REQUIRE_BROWSER"):
+        raise RuntimeError(f"{CHROMIUM} is required (SCORESERVER_REQUIRE_BROWSER is set)")
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real server process with a 4 s demo game; yields its HTTP base URL."""
+    folder = tmp_path_factory.mktemp("browser")
+    db = str(folder / "b.db")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scoreserver.cli",
+            "games",
+            "add",
+            "demo",
+            "--duration",
+            "4",
+            "--db",
+            db,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "scoreserver.cli",
+            "serve",
+            "--ws-port",
+            "0",
+            "--http-port",
+            "0",
+            "--db",
+            db,
+            "--key",
+            str(folder / "b.key"),
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = BANNER.search(line)
+        assert match, f"no banner: {line!r}"
+        yield f"http://127.0.0.1:{match.group(2)}"
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        if process.stdout:
+            process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: object) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1200, "height": 800})  # type: ignore[attr-defined]
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert errors == [], f"JavaScript errors: {errors}"
+
+
+def shot(page: object, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))  # type: ignore[attr-defined]
+
+
+def hit_targets(page: object, times: int) -> None:
+    """Click the moving target like a person: one hit every 150 ms."""
+    for _ in range(times):
+        page.locator("#target").click()  # type: ignore[attr-defined]
+        page.wait_for_timeout(150)  # type: ignore[attr-defined]
+
+
+def test_a_guest_is_warned_and_plays_a_short_game(server_url: str, page: object) -> None:
+    page.goto(server_url + "/")  # type: ignore[attr-defined]
+    warning = page.locator("#guest-warning")  # type: ignore[attr-defined]
+    sync_api.expect(warning).to_be_visible()
+    sync_api.expect(warning).to_contain_text("scores won't be saved unless you log in")
+    sync_api.expect(page.locator("#time")).to_have_text("4.0")  # type: ignore[attr-defined]
+    shot(page, "demo-guest-start")
+    page.locator("#start").click()  # type: ignore[attr-defined]
+    hit_targets(page, 5)
+    sync_api.expect(page.locator("#score")).to_have_text("5")  # type: ignore[attr-defined]
+    shot(page, "demo-playing")
+    result = page.locator("#result")  # type: ignore[attr-defined]
+    sync_api.expect(result).to_have_text(
+        "Accepted: 5 points (not saved: guests' scores are not kept).", timeout=15_000
+    )
+    shot(page, "demo-guest-result")
+
+
+def test_a_player_registers_plays_and_the_board_updates_live(
+    server_url: str, browser: object, page: object
+) -> None:
+    board_context = browser.new_context(viewport={"width": 1280, "height": 720})  # type: ignore[attr-defined]
+    board = board_context.new_page()
+    board.goto(server_url + "/board/demo")
+    sync_api.expect(board.locator("#status")).to_have_text("live", timeout=10_000)
+
+    page.goto(server_url + "/")  # type: ignore[attr-defined]
+    page.fill("#name", "Rosa")  # type: ignore[attr-defined]
+    page.fill("#password", "correct horse battery")  # type: ignore[attr-defined]
+    page.locator("#register").click()  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#who")).to_have_text("logged in: Rosa")  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#guest-warning")).to_be_hidden()  # type: ignore[attr-defined]
+    page.locator("#start").click()  # type: ignore[attr-defined]
+    hit_targets(page, 7)
+    sync_api.expect(page.locator("#result")).to_have_text(  # type: ignore[attr-defined]
+        "Accepted: 7 points, saved.", timeout=15_000
+    )
+    shot(page, "demo-saved")
+    # The board, another browser page, shows the score arrive without a reload.
+    row = board.locator("tr", has_text="Rosa")
+    sync_api.expect(row).to_contain_text("7", timeout=10_000)
+    shot(board, "board-live")
+    board_context.close()
+    reply = httpx.get(server_url + "/api/games/demo/leaderboard").json()
+    assert {"name": "Rosa", "score": 7} in [
+        {"name": e["name"], "score": e["score"]} for e in reply["entries"]
+    ]
+
+
+def test_a_scripted_cheat_is_stopped_and_the_page_says_why(server_url: str, page: object) -> None:
+    page.goto(server_url + "/")  # type: ignore[attr-defined]
+    page.fill("#name", "Speedy")  # type: ignore[attr-defined]
+    page.fill("#password", "correct horse battery")  # type: ignore[attr-defined]
+    page.locator("#register").click()  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#who")).to_have_text("logged in: Speedy")  # type: ignore[attr-defined]
+    page.locator("#start").click()  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#target")).to_be_visible()  # type: ignore[attr-defined]
+    # What a cheater types in the console: points fired in a tight loop.
+    outcomes = page.evaluate(  # type: ignore[attr-defined]
+        """async () => {
+            const game = window.scoreClient.game;
+            const replies = await Promise.all(Array.from({ length: 80 }, () => game.point()));
+            return replies.map((r) => r.accepted ? "ok" : r.reason);
+        }"""
+    )
+    assert outcomes.count("ok") == 12  # the default burst threshold, then nothing counts
+    assert "burst" in outcomes
+    message = page.locator("#message")  # type: ignore[attr-defined]
+    sync_api.expect(message).to_contain_text("burst limit", timeout=10_000)
+    sync_api.expect(page.locator("#log")).to_contain_text("point rejected: burst")  # type: ignore[attr-defined]
+    shot(page, "demo-cheat-stopped")
+
+
+def test_the_client_module_is_served_as_javascript(server_url: str) -> None:
+    reply = httpx.get(server_url + "/static/scoreclient.js")
+    assert reply.status_code == 200
+    assert "javascript" in reply.headers["content-type"]
+    assert "export class ScoreClient" in reply.text
+    config = httpx.get(server_url + "/api/config").json()
+    assert isinstance(config["ws_port"], int) and config["ws_port"] > 0
+    started = time.monotonic()
+    assert httpx.get(server_url + "/board/demo").status_code == 200
+    assert time.monotonic() - started < 10
