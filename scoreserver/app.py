@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -106,6 +107,7 @@ def prepare_database(config: Config, now: int) -> tuple[Service, db.Store]:
         with db.transaction(conn):
             keys = Service.load_keyring(conn, config.key_path, now)
         games = db.list_games(conn)
+        fingerprint = _settings_fingerprint(conn)
     finally:
         conn.close()
     store = db.Store(config.db_path, threaded=config.threaded_store)
@@ -116,6 +118,7 @@ def prepare_database(config: Config, now: int) -> tuple[Service, db.Store]:
         password_policy=config.password_policy,
         games=games,
         key_path=config.key_path,
+        settings_fingerprint=fingerprint,
     )
     return service, store
 
@@ -171,6 +174,8 @@ async def serve(
             app.state.ws_port = ws_server.port
             server = Server(config, service, rooms, socket, ws_server.port, http_port, stop)
             servers.start_soon(_housekeeping, service, config.reanchor_clock)
+            if config.threaded_store:
+                servers.start_soon(_watch_settings, service)
             if config.handle_signals:
                 servers.start_soon(_signals, server)
             if config.announce:
@@ -201,6 +206,30 @@ async def _housekeeping(service: Service, reanchor: bool) -> None:
         if reanchor:
             service.clock.reanchor()
         service.forget_expired_sessions(service.clock.now_ms())
+
+
+SETTINGS_POLL_S = 2.0
+
+
+def _settings_fingerprint(conn: sqlite3.Connection) -> tuple[object, ...]:
+    games = conn.execute("SELECT COUNT(*), MAX(updated_at) FROM games").fetchone()
+    keys = conn.execute("SELECT COUNT(*), MAX(created_at) FROM signing_keys").fetchone()
+    return (*games, *keys)
+
+
+async def _watch_settings(service: Service) -> None:
+    """Notice `games add|set` and `keys rotate` by themselves, without waiting for SIGHUP."""
+    # The baseline is what start-up loaded, so a change made since is not missed.
+    seen = service.settings_fingerprint
+    while True:
+        await trio.sleep(SETTINGS_POLL_S)
+        try:
+            now = await service.store.read(_settings_fingerprint)
+            if now != seen:
+                seen = now
+                await reload(service)
+        except Exception:
+            logger.exception("reading settings failed; keeping the current ones")
 
 
 async def _signals(server: Server) -> None:

@@ -16,13 +16,13 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from . import moderation
 from . import store as db
 from .errors import ConflictError, NotFoundError, ScoreServerError, StoreError
 from .rules import GameSettings
@@ -196,7 +196,11 @@ def _open_or_create(path: Path) -> sqlite3.Connection:
 
 
 def _audit(conn: sqlite3.Connection, command: str, target: str | None, note: str | None) -> None:
-    db.insert_audit(conn, actor(), command, target, note, now_ms())
+    db.insert_audit(conn, str(CLI_ACTOR()), command, target, note, now_ms())
+
+
+def CLI_ACTOR() -> moderation.Actor:  # noqa: N802 - reads as the constant it nearly is
+    return moderation.Actor(actor(), "cli")
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -268,16 +272,13 @@ def cmd_users(args: argparse.Namespace) -> int:
         )
     elif args.action == "ban":
         conn = _open(args.db)
-        until = db.FOREVER if args.days is None else now_ms() + int(args.days * 86_400_000)
-        with db.transaction(conn):
-            db.set_ban(conn, args.name, until, args.note)
-            _audit(conn, "users ban", args.name, _days_note(args.days, args.note))
+        until = moderation.ban_user(
+            conn, args.name, actor=CLI_ACTOR(), days=args.days, note=args.note
+        )
         print(f"{args.name} banned {_ban_text(until, now_ms())}")
     elif args.action == "unban":
         conn = _open(args.db)
-        with db.transaction(conn):
-            db.set_ban(conn, args.name, None, None)
-            _audit(conn, "users unban", args.name, None)
+        moderation.unban_user(conn, args.name, actor=CLI_ACTOR())
         print(f"{args.name} unbanned")
     return 0
 
@@ -286,11 +287,6 @@ def _ban_text(until: int | None, now: int) -> str:
     if until is None or until <= now:
         return "-"
     return "until unbanned" if until >= db.FOREVER else f"until {fmt_time(until)}"
-
-
-def _days_note(days: float | None, note: str | None) -> str:
-    length = "indefinitely" if days is None else f"for {days:g} days"
-    return f"{length}; {note}" if note else length
 
 
 def _game_changes(args: argparse.Namespace) -> dict[str, int]:
@@ -315,27 +311,17 @@ def _game_changes(args: argparse.Namespace) -> dict[str, int]:
 def cmd_games(args: argparse.Namespace) -> int:
     if args.action == "add":
         conn = _open_or_create(args.db)
-        try:
-            settings = GameSettings(**_game_changes(args))
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
-        with db.transaction(conn):
-            db.insert_game(conn, args.game_id, settings, now_ms())
-            _audit(conn, "games add", args.game_id, json.dumps(asdict(settings)))
-        print(f"game {args.game_id} created; a running server uses it after SIGHUP")
+        settings = GameSettings(**_game_changes(args))
+        moderation.add_game(conn, args.game_id, settings, actor=CLI_ACTOR())
+        print(f"game {args.game_id} created; a running server picks it up within seconds")
         _print_game(args.game_id, settings)
     elif args.action == "set":
         conn = _open(args.db)
         changes = _game_changes(args)
         if not changes:
             raise CliError("nothing to change: give at least one option")
-        try:
-            with db.transaction(conn):
-                settings = db.update_game(conn, args.game_id, changes, now_ms())
-                _audit(conn, "games set", args.game_id, json.dumps(changes))
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
-        print(f"game {args.game_id} changed; new sessions use it after SIGHUP")
+        settings = moderation.set_game(conn, args.game_id, changes, actor=CLI_ACTOR())
+        print(f"game {args.game_id} changed; new sessions use it (running ones keep theirs)")
         _print_game(args.game_id, settings)
     elif args.action == "list":
         conn = _open(args.db)
@@ -417,24 +403,9 @@ def cmd_flags(args: argparse.Namespace) -> int:
         else:
             print(render_flag(flag))
     elif args.action == "resolve":
-        if args.days is not None and not args.ban:
-            raise CliError("--days goes with --ban")
-        with db.transaction(conn):
-            flag = db.resolve_flag(
-                conn, args.flag_id, "banned" if args.ban else "cleared", args.note, now_ms()
-            )
-            if args.ban:
-                if flag["user_id"] is None:
-                    raise CliError("a guest's flag cannot ban an account; use --clear")
-                until = db.FOREVER if args.days is None else now_ms() + int(args.days * 86_400_000)
-                name = flag["user_name"]
-                db.set_ban(conn, name, until, args.note)
-            _audit(
-                conn,
-                "flags resolve",
-                f"flag {args.flag_id}",
-                f"{'ban ' + _days_note(args.days, None) if args.ban else 'clear'}; {args.note}",
-            )
+        moderation.resolve_flag(
+            conn, args.flag_id, ban=args.ban, days=args.days, note=args.note, actor=CLI_ACTOR()
+        )
         print(f"flag {args.flag_id} {'resolved: banned' if args.ban else 'cleared'}")
     return 0
 
@@ -517,9 +488,7 @@ def _timeline(
 def cmd_scores(args: argparse.Namespace) -> int:
     conn = _open(args.db)
     hide = args.action == "hide"
-    with db.transaction(conn):
-        db.set_score_hidden(conn, args.session_id, hide)
-        _audit(conn, f"scores {args.action}", args.session_id, args.note or None)
+    moderation.set_score_hidden(conn, args.session_id, hide, actor=CLI_ACTOR(), note=args.note)
     print(f"score of session {args.session_id} {'hidden' if hide else 'restored'}")
     return 0
 

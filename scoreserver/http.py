@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import protocol as wire
 from . import store as db
+from .admin import AdminConsole
 from .errors import AuthError, ConflictError
 from .rules import SubmittedPoint
 from .service import Peer, Service
@@ -218,7 +219,20 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         logger.exception("HTTP handler failed", exc_info=exc)
         return error_response(500, "internal_error", "internal error")
 
+    admin = AdminConsole(service.store.path, service.password_policy)
+
+    async def admin_page(request: Request) -> Response:
+        if await admin._password_hash() is None:
+            return error_response(
+                403,
+                "admin_disabled",
+                "the review console is off until an admin password is set:"
+                " scoreserver admin set-password",
+            )
+        return await page("admin.html")(request)
+
     routes = [
+        *admin.routes(admin_page),
         Route("/api/register", register, methods=["POST"]),
         Route("/api/login", login, methods=["POST"]),
         Route("/api/results", results, methods=["POST"]),

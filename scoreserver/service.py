@@ -149,6 +149,7 @@ class Service:
     running_by_user: dict[tuple[int, str], LiveSession] = field(default_factory=dict)
     rooms: Rooms | None = None
     key_path: Path | None = None
+    settings_fingerprint: tuple[object, ...] = ()
     _submitting: set[str] = field(default_factory=set)
 
     # -- start-up and reload --

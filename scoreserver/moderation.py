@@ -1,0 +1,141 @@
+"""Admin decisions: resolve flags, ban and unban, hide and restore scores, change games.
+
+The command line and the /admin page both call these, so a decision has one meaning whichever
+door it came through. Each runs in one transaction together with its audit row: there is no
+decision without its record, and no record of a decision that did not happen.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import store as db
+from .errors import ConflictError, NotFoundError
+from .rules import GameSettings
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who decided, and through which door ('cli' or 'admin page')."""
+
+    name: str
+    via: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.via})"
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _ban_until(days: float | None, now: int) -> int:
+    if days is None:
+        return db.FOREVER
+    if days <= 0:
+        raise ValueError("--days must be positive")
+    return now + int(days * DAY_MS)
+
+
+def _length(days: float | None) -> str:
+    return "indefinitely" if days is None else f"for {days:g} days"
+
+
+def resolve_flag(
+    conn: sqlite3.Connection,
+    flag_id: int,
+    *,
+    ban: bool,
+    note: str,
+    actor: Actor,
+    days: float | None = None,
+) -> dict[str, Any]:
+    """Clear a flag (the account's scores show again) or ban its account."""
+    if not note.strip():
+        raise ValueError("a decision needs a note")
+    if days is not None and not ban:
+        raise ValueError("days go with a ban")
+    now = _now()
+    with db.transaction(conn):
+        flag = db.resolve_flag(conn, flag_id, "banned" if ban else "cleared", note, now)
+        if ban:
+            if flag["user_id"] is None:
+                raise ConflictError("a guest's flag has no account to ban; clear it instead")
+            db.set_ban(conn, flag["user_name"], _ban_until(days, now), note)
+        decision = f"ban {_length(days)}" if ban else "clear"
+        db.insert_audit(
+            conn, str(actor), "flags resolve", f"flag {flag_id}", f"{decision}; {note}", now
+        )
+    return flag
+
+
+def ban_user(
+    conn: sqlite3.Connection, name: str, *, actor: Actor, days: float | None = None, note: str = ""
+) -> int:
+    now = _now()
+    with db.transaction(conn):
+        until = _ban_until(days, now)
+        db.set_ban(conn, name, until, note or None)
+        db.insert_audit(
+            conn, str(actor), "users ban", name, f"{_length(days)}; {note}".rstrip("; "), now
+        )
+    return until
+
+
+def unban_user(conn: sqlite3.Connection, name: str, *, actor: Actor, note: str = "") -> None:
+    now = _now()
+    with db.transaction(conn):
+        db.set_ban(conn, name, None, None)
+        db.insert_audit(conn, str(actor), "users unban", name, note or None, now)
+
+
+def set_score_hidden(
+    conn: sqlite3.Connection, session_id: str, hidden: bool, *, actor: Actor, note: str = ""
+) -> None:
+    now = _now()
+    with db.transaction(conn):
+        db.set_score_hidden(conn, session_id, hidden)
+        db.insert_audit(
+            conn,
+            str(actor),
+            "scores hide" if hidden else "scores restore",
+            session_id,
+            note or None,
+            now,
+        )
+
+
+def add_game(
+    conn: sqlite3.Connection, game_id: str, settings: GameSettings, *, actor: Actor
+) -> None:
+    if not 1 <= len(game_id.encode()) <= 64 or not game_id.isprintable():
+        raise ValueError("a game id is 1 to 64 bytes of printable text")
+    now = _now()
+    with db.transaction(conn):
+        db.insert_game(conn, game_id, settings, now)
+        db.insert_audit(conn, str(actor), "games add", game_id, json.dumps(asdict(settings)), now)
+
+
+def set_game(
+    conn: sqlite3.Connection, game_id: str, changes: dict[str, int], *, actor: Actor
+) -> GameSettings:
+    if not changes:
+        raise ValueError("nothing to change")
+    now = _now()
+    with db.transaction(conn):
+        settings = db.update_game(conn, game_id, changes, now)
+        db.insert_audit(conn, str(actor), "games set", game_id, json.dumps(changes), now)
+    return settings
+
+
+def user_name(conn: sqlite3.Connection, name: str) -> str:
+    user = db.user_by_name(conn, name)
+    if user is None:
+        raise NotFoundError(f"no user named {name!r}")
+    return user.name

@@ -1,0 +1,322 @@
+"""Review and moderation: the CLI's commands and the admin page, and each decision's effect."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from scoreserver import cli
+from scoreserver import store as db
+from scoreserver.app import Server, reload
+
+from .conftest import connect, http
+from .test_end_to_end import login_socket, new_player, play_quick, submit_http
+
+
+def run_cli(
+    server: Server,
+    *args: str,
+    stdin: str | None = None,
+    monkeypatch: pytest.MonkeyPatch | None = None,
+) -> tuple[int, str, str]:
+    """Run `scoreserver ARGS --db <the server's db>` in-process; (exit code, stdout, stderr)."""
+    import contextlib
+
+    out, err = io.StringIO(), io.StringIO()
+    if stdin is not None:
+        assert monkeypatch is not None
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([*args, "--db", str(server.config.db_path)])
+    return code, out.getvalue(), err.getvalue()
+
+
+async def board(server: Server, game: str = "quick") -> list[tuple[str, int]]:
+    async with http(server) as api:
+        entries = (await api.get(f"/api/games/{game}/leaderboard")).json()["entries"]
+    return [(e["name"], e["score"]) for e in entries]
+
+
+async def scored_player(server: Server, name: str, points: int) -> dict[str, Any]:
+    player = await new_player(server, name)
+    async with connect(server) as client:
+        await login_socket(client, player["token"])
+        game = await play_quick(client, points, player["user_id"])
+    result = await submit_http(server, {k: game[k] for k in ("start_token", "end_token", "points")})
+    assert result["saved"]
+    return {**player, "session_id": game["session_id"]}
+
+
+async def cheat(server: Server, player: dict[str, Any]) -> int:
+    """A tampered submission by `player`: rejected and flagged. Returns the flag id."""
+    async with connect(server) as client:
+        await login_socket(client, player["token"])
+        game = await play_quick(client, 2, player["user_id"])
+    game["points"][0]["client_ts"] += 9000
+    body = {k: game[k] for k in ("start_token", "end_token", "points")}
+    assert (await submit_http(server, body))["reason"] == "timing_mismatch"
+    flags = await server.service.store.read(db.list_flags)
+    return int(flags[-1]["id"])
+
+
+async def test_flag_hold_clear_and_ban(server: Server) -> None:
+    with trio.fail_after(60):
+        ada = await scored_player(server, "ada", 4)
+        bo = await scored_player(server, "bo", 2)
+        assert await board(server) == [("ada", 4), ("bo", 2)]
+        flag_id = await cheat(server, ada)
+        # An open flag holds ada's scores off the board; ranks close up.
+        assert await board(server) == [("bo", 2)]
+        code, out, _ = run_cli(server, "flags", "list", "--open")
+        assert code == 0 and "submission:timing_mismatch" in out and "ada" in out
+        code, out, _ = run_cli(server, "flags", "show", str(flag_id))
+        assert code == 0
+        assert "timing_mismatch" in out and "second  accepted" in out and "points issued" in out
+        code, out, _ = run_cli(server, "flags", "show", str(flag_id), "--json")
+        shown = json.loads(out)
+        assert shown["detail"]["client_ts"] and len(shown["evidence"]["points"]) == 2
+        # Clearing restores the scores.
+        code, _, _ = run_cli(server, "flags", "resolve", str(flag_id), "--clear", "--note", "lag")
+        assert code == 0
+        assert await board(server) == [("ada", 4), ("bo", 2)]
+        code, _, err = run_cli(server, "flags", "resolve", str(flag_id), "--clear", "--note", "x")
+        assert code == 1 and "already resolved" in err
+        # A ban hides the scores and refuses logins and submissions.
+        second = await cheat(server, bo)
+        code, _, _ = run_cli(
+            server,
+            "flags",
+            "resolve",
+            str(second),
+            "--ban",
+            "--days",
+            "2",
+            "--note",
+            "shifted timestamps",
+        )
+        assert code == 0
+        assert await board(server) == [("ada", 4)]
+        async with http(server) as api:
+            refused = await api.post(
+                "/api/login", json={"name": "bo", "password": "hunter2hunter2"}
+            )
+            assert refused.status_code == 401
+        async with connect(server) as client:  # the old login token no longer works either
+            assert (await client.call(type="auth", token=bo["token"]))["code"] == "auth_failed"
+        code, out, _ = run_cli(server, "users", "list")
+        assert "bo" in out and "until" in out
+        code, _, _ = run_cli(server, "users", "unban", "bo")
+        assert await board(server) == [("ada", 4), ("bo", 2)]
+
+
+async def test_a_banned_players_pending_submission_is_refused(server: Server) -> None:
+    with trio.fail_after(60):
+        cy = await new_player(server, "cy")
+        async with connect(server) as client:
+            await login_socket(client, cy["token"])
+            game = await play_quick(client, 2, cy["user_id"])
+        assert run_cli(server, "users", "ban", "cy", "--note", "known cheater")[0] == 0
+        result = await submit_http(
+            server, {k: game[k] for k in ("start_token", "end_token", "points")}
+        )
+        assert result == {"type": "result", "accepted": False, "reason": "account_banned"}
+
+
+async def test_guest_flags_are_listed_but_hold_nothing(server: Server) -> None:
+    with trio.fail_after(30):
+        async with connect(server) as client:
+            game = await play_quick(client, 1, None)
+        game["points"][0]["client_ts"] -= 5000
+        await submit_http(server, {k: game[k] for k in ("start_token", "end_token", "points")})
+        code, out, _ = run_cli(server, "flags", "list", "--json")
+        flags = json.loads(out)
+        assert flags[0]["user_id"] is None and flags[0]["guest_addr"] == "127.0.0.1"
+        code, _, err = run_cli(
+            server, "flags", "resolve", str(flags[0]["id"]), "--ban", "--note", "x"
+        )
+        assert code == 1 and "guest" in err
+
+
+async def test_hide_and_restore_one_score(server: Server) -> None:
+    with trio.fail_after(60):
+        dee = await scored_player(server, "dee", 5)
+        await scored_player(server, "eli", 3)
+        assert run_cli(server, "scores", "hide", dee["session_id"], "--note", "test run")[0] == 0
+        assert await board(server) == [("eli", 3)]
+        assert run_cli(server, "scores", "restore", dee["session_id"])[0] == 0
+        assert await board(server) == [("dee", 5), ("eli", 3)]
+        code, _, err = run_cli(server, "scores", "hide", "nope")
+        assert code == 1 and "no saved score" in err
+
+
+async def test_games_commands_and_live_settings(server: Server) -> None:
+    with trio.fail_after(30):
+        code, out, _ = run_cli(
+            server, "games", "add", "blitz", "--duration", "0.5", "--burst-threshold", "5"
+        )
+        assert code == 0 and "blitz" in out
+        code, _, err = run_cli(server, "games", "add", "blitz", "--duration", "9")
+        assert code == 1 and "exists" in err
+        code, _, err = run_cli(server, "games", "add", "bad", "--duration", "0")
+        assert code == 1
+        code, out, _ = run_cli(server, "games", "set", "blitz", "--latency-ms", "250")
+        assert code == 0 and "250 ms" in out
+        code, out, _ = run_cli(server, "games", "show", "blitz")
+        assert "0.5 s" in out and "more than 5 points" in out and "250 ms" in out
+        assert "blitz" in run_cli(server, "games", "list")[1]
+        await reload(server.service)  # what SIGHUP (or the settings watcher) does
+        async with connect(server) as client:
+            room = await client.enter("blitz", None)
+            assert room["duration_ms"] == 500
+            started = await client.start(int(time.time() * 1000))
+            run_cli(server, "games", "set", "blitz", "--duration", "5")
+            await reload(server.service)
+            end = await client.recv_type("end_game")  # the running game kept its 0.5 s
+            assert 500 <= end["server_ts"] - started["server_ts"] < 1500
+            assert (await client.enter("blitz", None))["duration_ms"] == 5000
+
+
+async def test_the_settings_watcher_notices_changes_by_itself(server: Server) -> None:
+    with trio.fail_after(30):
+        run_cli(server, "games", "add", "watched", "--duration", "3")
+        while "watched" not in server.service.games:  # polled every 2 s
+            await trio.sleep(0.1)
+        assert server.service.games["watched"].duration_ms == 3000
+
+
+async def test_key_rotation_keeps_older_sessions_valid(server: Server) -> None:
+    with trio.fail_after(60):
+        fay = await new_player(server, "fay")
+        async with connect(server) as client:
+            await login_socket(client, fay["token"])
+            old_game = await play_quick(client, 2, fay["user_id"])
+        old_kid = server.service.keys.kid.hex()
+        code, out, _ = run_cli(server, "keys", "rotate", "--key", str(server.config.key_path))
+        assert code == 0 and "new signing key" in out
+        await reload(server.service)
+        assert server.service.keys.kid.hex() != old_kid
+        async with http(server) as api:
+            kids = {k["kid"] for k in (await api.get("/api/keys")).json()["keys"]}
+        assert kids == {old_kid, server.service.keys.kid.hex()}
+        result = await submit_http(
+            server, {k: old_game[k] for k in ("start_token", "end_token", "points")}
+        )
+        assert result["accepted"] and result["score"] == 2
+        code, out, _ = run_cli(server, "keys", "list")
+        assert old_kid in out and "current (signing)" in out
+        assert Path(str(server.config.key_path)).stat().st_mode & 0o777 == 0o600
+
+
+async def test_audit_lists_every_action(server: Server) -> None:
+    with trio.fail_after(30):
+        await new_player(server, "gus")
+        run_cli(server, "users", "ban", "gus", "--days", "1", "--note", "spam")
+        run_cli(server, "users", "unban", "gus")
+        run_cli(server, "games", "add", "g2", "--duration", "10")
+        run_cli(server, "games", "set", "g2", "--burst-limit", "1")
+        code, out, _ = run_cli(server, "audit")
+        assert code == 0
+        for command in ("users ban", "users unban", "games add", "games set"):
+            assert command in out
+        assert "(cli)" in out and "spam" in out
+
+
+async def test_users_add_from_stdin(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    with trio.fail_after(30):
+        code, out, _ = run_cli(
+            server,
+            "users",
+            "add",
+            "hal",
+            "--password-stdin",
+            stdin="long enough pw\n",
+            monkeypatch=monkeypatch,
+        )
+        assert code == 0 and "hal" in out
+        token, user = await server.service.login("hal", "long enough pw")
+        assert user.name == "hal" and token
+        code, _, err = run_cli(
+            server,
+            "users",
+            "add",
+            "hal",
+            "--password-stdin",
+            stdin="long enough pw\n",
+            monkeypatch=monkeypatch,
+        )
+        assert code == 1 and "taken" in err
+
+
+async def test_admin_page(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    with trio.fail_after(60):
+        async with http(server) as api:
+            refused = await api.get("/admin")
+            assert refused.status_code == 403 and refused.json()["error"] == "admin_disabled"
+            assert (await api.post("/api/admin/login", json={"password": "x"})).status_code == 403
+        run_cli(
+            server,
+            "admin",
+            "set-password",
+            "--password-stdin",
+            stdin="a long admin secret\n",
+            monkeypatch=monkeypatch,
+        )
+        ivy = await scored_player(server, "ivy", 3)
+        flag_id = await cheat(server, ivy)
+        async with http(server) as api:
+            page = await api.get("/admin")
+            assert page.status_code == 200 and "review console" in page.text
+            assert (await api.get("/api/admin/flags")).status_code == 401
+            bad = await api.get("/api/admin/flags", headers={"authorization": "Bearer forged"})
+            assert bad.status_code == 401
+            wrong = await api.post("/api/admin/login", json={"password": "guess"})
+            assert wrong.status_code == 401
+            login = await api.post("/api/admin/login", json={"password": "a long admin secret"})
+            assert login.status_code == 200
+            auth = {"authorization": f"Bearer {login.json()['token']}"}
+            flags = (await api.get("/api/admin/flags", headers=auth)).json()["flags"]
+            assert [f["id"] for f in flags] == [flag_id]
+            detail = (await api.get(f"/api/admin/flags/{flag_id}", headers=auth)).json()
+            assert "timing_mismatch" in detail["text"] and detail["flag"]["evidence"]["points"]
+            no_note = await api.post(
+                f"/api/admin/flags/{flag_id}/resolve",
+                headers=auth,
+                json={"action": "clear", "note": " "},
+            )
+            assert no_note.status_code == 400
+            cleared = await api.post(
+                f"/api/admin/flags/{flag_id}/resolve",
+                headers=auth,
+                json={"action": "clear", "note": "network lag"},
+            )
+            assert cleared.json()["status"] == "cleared"
+            assert await board(server) == [("ivy", 3)]
+            hidden = await api.post(
+                f"/api/admin/scores/{ivy['session_id']}/hide",
+                headers=auth,
+                json={"note": "duplicate account"},
+            )
+            assert hidden.status_code == 200 and await board(server) == []
+            banned = await api.post("/api/admin/users/ivy/ban", headers=auth, json={"note": "alt"})
+            assert banned.status_code == 200
+            missing = await api.post("/api/admin/users/nobody/ban", headers=auth, json={})
+            assert missing.status_code == 404
+            users = (await api.get("/api/admin/users", headers=auth)).json()["users"]
+            assert any(u["name"] == "ivy" and u["banned_until"] for u in users)
+            audit = (await api.get("/api/admin/audit", headers=auth)).json()["audit"]
+            assert [a["command"] for a in audit][-3:] == [
+                "flags resolve",
+                "scores hide",
+                "users ban",
+            ]
+            assert all("admin page" in a["actor"] for a in audit[-3:])
+            for _ in range(5):
+                await api.post("/api/admin/login", json={"password": "guess"})
+            limited = await api.post("/api/admin/login", json={"password": "a long admin secret"})
+            assert limited.status_code == 429
