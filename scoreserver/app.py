@@ -155,6 +155,7 @@ async def serve(
         await root.start(store.run)
         async with trio.open_nursery() as servers:
             await servers.start(rooms.run)
+            await servers.start(socket.run_keepalive)
             ws_server = await servers.start(
                 partial(
                     serve_websocket,

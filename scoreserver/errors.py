@@ -4,6 +4,7 @@
     ├── ProtocolError      a client message that cannot be acted on (carries a wire code)
     ├── TokenError         a token that is malformed, mis-signed or of the wrong purpose
     ├── AuthError          a name/password or login token that does not hold
+    │   └── RateLimitedError   too many login attempts for now
     ├── ConflictError      a name already taken, a game that already exists
     ├── NotFoundError      an unknown game, user, flag, session
     └── StoreError         the database refused (integrity, schema version)
@@ -36,6 +37,10 @@ class TokenError(ScoreServerError):
 
 class AuthError(ScoreServerError):
     """Credentials or a login token that do not hold."""
+
+
+class RateLimitedError(AuthError):
+    """Too many login attempts for this account or from this address, for now."""
 
 
 class ConflictError(ScoreServerError):

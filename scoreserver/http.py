@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import protocol as wire
 from . import store as db
 from .admin import AdminConsole
-from .errors import AuthError, ConflictError
+from .errors import AuthError, ConflictError, RateLimitedError
 from .rules import SubmittedPoint
 from .service import Peer, Service
 from .tokens import b64encode, raw_public
@@ -134,7 +134,9 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
     async def login(request: Request) -> Response:
         body = await read_json(request, Credentials)
         try:
-            token, user = await service.login(body.name, body.password)
+            token, user = await service.login(body.name, body.password, peer_of(request).address)
+        except RateLimitedError as exc:
+            raise HttpError(429, "rate_limited", str(exc)) from None
         except AuthError as exc:
             raise HttpError(401, "auth_failed", str(exc)) from None
         return JSONResponse({"token": token, "user_id": user.id, "name": user.name})

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import secrets
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from . import store as db
 from .clock import ServerClock
-from .errors import AuthError, ConflictError, TokenError
+from .errors import AuthError, ConflictError, RateLimitedError, TokenError
 from .rules import (
     GameSettings,
     ResultReason,
@@ -114,6 +115,39 @@ def hash_login_token(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
+class LoginLimiter:
+    """Failed logins per account, and attempts per address, within a sliding minute."""
+
+    def __init__(self, per_account: int = 10, per_address: int = 30, window_s: float = 60.0):
+        self.per_account = per_account
+        self.per_address = per_address
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = {}
+        self._attempts: dict[str, deque[float]] = {}
+
+    def _recent(self, table: dict[str, deque[float]], key: str, now: float) -> deque[float]:
+        times = table.setdefault(key, deque())
+        while times and now - times[0] > self.window_s:
+            times.popleft()
+        return times
+
+    def check(self, account: str, address: str | None, now: float) -> None:
+        """Raise RateLimitedError if this attempt is over a limit; count it otherwise."""
+        if self.per_account and len(self._recent(self._failures, account, now)) >= self.per_account:
+            raise RateLimitedError("too many failed logins for this account; wait a minute")
+        if address is not None and self.per_address:
+            attempts = self._recent(self._attempts, address, now)
+            if len(attempts) >= self.per_address:
+                raise RateLimitedError("too many logins from this address; wait a minute")
+            attempts.append(now)
+        if len(self._failures) + len(self._attempts) > 100_000:
+            self._failures.clear()  # bounded memory under a spray of names
+            self._attempts.clear()
+
+    def failed(self, account: str, now: float) -> None:
+        self._recent(self._failures, account, now).append(now)
+
+
 # --- who is on the other end ----------------------------------------------------------------
 
 
@@ -150,6 +184,7 @@ class Service:
     rooms: Rooms | None = None
     key_path: Path | None = None
     settings_fingerprint: tuple[object, ...] = ()
+    login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
     _submitting: set[str] = field(default_factory=set)
 
     # -- start-up and reload --
@@ -203,15 +238,20 @@ class Service:
         token = await self._issue_login_token(user_id, now)
         return token, db.User(user_id, name, encoded, None)
 
-    async def login(self, name: object, password: object) -> tuple[str, db.User]:
+    async def login(
+        self, name: object, password: object, address: str | None = None
+    ) -> tuple[str, db.User]:
         if not isinstance(name, str) or not isinstance(password, str):
             raise AuthError("name and password must be strings")
+        account = name.strip().casefold()
+        self.login_limiter.check(account, address, trio.current_time())
         if len(password) > PASSWORD_MAX:
             raise AuthError("wrong name or password")
         user = await self.store.read(db.user_by_name, name.strip())
         encoded = user.password_hash if user is not None else _dummy_hash(self.password_policy)
         ok = await self._cpu(self.password_policy.verify, password, encoded)
         if user is None or not ok:
+            self.login_limiter.failed(account, trio.current_time())
             raise AuthError("wrong name or password")
         now = self.clock.now_ms()
         if user.banned(now):

@@ -42,6 +42,8 @@ class Limits:
     max_conns: int = 20_000
     max_message_bytes: int = 256 * 1024
     handshake_timeout_s: float = 10.0
+    keepalive_interval_s: float = 20.0  # 0: no pings
+    keepalive_timeout_s: float = 20.0
     allowed_origins: tuple[str, ...] = ()  # besides same-host origins
 
 
@@ -398,6 +400,40 @@ class GameSocket:
                 )
             )
         )
+
+    # -- keepalive --
+
+    async def run_keepalive(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Ping every connection now and then; close those whose pong does not come back.
+
+        One sweeper for all connections, rather than a task each: an idle connection then
+        costs no task of its own between sweeps.
+        """
+        task_status.started()
+        interval = self.limits.keepalive_interval_s
+        if not interval:
+            return
+        while True:
+            await trio.sleep(interval)
+            async with trio.open_nursery() as nursery:
+                for conn in list(self.connections):
+                    nursery.start_soon(self._ping, conn)
+
+    async def _ping(self, conn: Connection) -> None:
+        with trio.move_on_after(self.limits.keepalive_timeout_s) as scope:
+            try:
+                await conn.ws.ping()
+            except (ConnectionClosed, ValueError):
+                return
+        if scope.cancelled_caught:
+            logger.info("closing connection from %s: no pong", conn.peer.address)
+            conn.closed = True
+            with trio.move_on_after(2):
+                await conn.ws.aclose(1001, "keepalive timeout")
+            # A peer that answers nothing will not complete the close handshake either.
+            await conn.ws._stream.aclose()
 
     # -- shutdown --
 

@@ -1,0 +1,201 @@
+"""Limits, each with a test: message size and rate, connections per address, handshake and
+keepalive timeouts, logins, and peers that never read. A normal player is served throughout."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from scoreserver.app import Server
+
+from .conftest import add_game, connect, http, make_config, running_server
+from .rawws import RawSocket, close_code
+
+
+@asynccontextmanager
+async def limited(tmp_path: Path, **limits: Any) -> AsyncIterator[Server]:
+    add_game(tmp_path / "test.db", "demo", duration_ms=30_000)
+    async with running_server(make_config(tmp_path, inline=True, **limits)) as server:
+        yield server
+
+
+async def normal_game(server: Server, points: int = 10) -> None:
+    """A well-behaved player's whole game: every point accepted, the end on time."""
+    now = server.service.clock.now_ms
+    async with connect(server) as player:
+        await player.enter("demo", None)
+        started = await player.start(now())
+        for _ in range(points):
+            await trio.sleep(1)
+            reply = await player.call(type="point", client_ts=now())
+            assert reply["type"] == "point_accepted", reply
+        end = await player.recv_type("end_game")
+        assert end["server_ts"] - started["server_ts"] == 30_000
+
+
+async def test_an_oversized_message_closes_with_1009(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(30):
+        async with limited(tmp_path) as server:
+            raw, head = await RawSocket.open(server.ws_port)
+            assert b" 101 " in head
+            await raw.send_frame(b'{"type": "whoami", "pad": "' + b"x" * (256 * 1024) + b'"}')
+            frame = await raw.read_frame()
+            assert frame is not None and frame[0] == 0x8 and close_code(frame[1]) == 1009
+            await raw.aclose()
+            async with connect(server) as client:  # just under the limit is fine
+                await client.send(type="whoami", pad="x" * (255 * 1024))
+                assert (await client.recv())["type"] == "identity"
+
+
+async def test_message_rate_limit_then_1008(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(60):
+        async with limited(tmp_path, max_msg_rate=10, msg_burst=20, rate_strikes=5) as server:
+            async with connect(server) as client:
+                for n in range(20):  # the bucket's depth
+                    assert (await client.call(type="whoami", id=n))["type"] == "identity"
+                refused = await client.call(type="whoami", id="over")
+                assert refused["type"] == "error" and refused["code"] == "rate_limited"
+                await trio.sleep(1.0)  # 10 tokens come back
+                for _ in range(10):
+                    assert (await client.call(type="whoami"))["type"] == "identity"
+                for _ in range(5):
+                    assert (await client.call(type="whoami"))["code"] == "rate_limited"
+                await client.send(type="whoami")
+                with pytest.raises(Exception) as closed:  # noqa: PT011 - trio-websocket's own
+                    await client.recv()
+                assert closed.value.reason.code == 1008  # type: ignore[attr-defined]
+            await normal_game(server, 3)
+
+
+async def test_rate_limit_zero_turns_it_off(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(60):
+        async with limited(tmp_path, max_msg_rate=0) as server, connect(server) as client:
+            for _ in range(500):
+                await client.send(type="whoami")
+            replies = [await client.recv() for _ in range(500)]
+            assert all(r["type"] == "identity" for r in replies)
+
+
+async def test_connections_per_address(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(30):
+        async with limited(tmp_path, max_conns_per_addr=3) as server:
+            open_ones = [await RawSocket.open(server.ws_port) for _ in range(3)]
+            assert all(b" 101 " in head for _, head in open_ones)
+            refused, head = await RawSocket.open(server.ws_port)
+            assert b" 429 " in head
+            await refused.aclose()
+            await open_ones[0][0].aclose()
+            while len(server.socket.connections) > 2:
+                await trio.sleep(0.01)
+            again, head = await RawSocket.open(server.ws_port)
+            assert b" 101 " in head
+            for raw in [again, *(r for r, _ in open_ones[1:])]:
+                await raw.aclose()
+
+
+async def test_no_permessage_deflate(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(30):
+        async with limited(tmp_path) as server:
+            raw, head = await RawSocket.open(
+                server.ws_port,
+                ["Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"],
+            )
+            assert b" 101 " in head and b"sec-websocket-extensions" not in head.lower()
+            await raw.aclose()
+
+
+async def test_half_open_handshakes_are_dropped_and_play_goes_on(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(120):
+        async with limited(tmp_path, max_conns_per_addr=0, handshake_timeout_s=10) as server:
+            stalled = [await trio.open_tcp_stream("127.0.0.1", server.ws_port) for _ in range(200)]
+            for stream in stalled[:100]:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            await normal_game(server)  # 30 s: well past the handshake timeout
+            for stream in stalled:
+                assert await stream.receive_some() == b""  # the server hung up
+                await stream.aclose()
+
+
+async def test_a_peer_that_stops_answering_pings_is_closed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(120):
+        async with limited(tmp_path, keepalive_interval_s=5, keepalive_timeout_s=5) as server:
+            raw, _ = await RawSocket.open(server.ws_port)
+            frame = await raw.read_frame()
+            assert frame is not None and frame[0] == 0x9  # a ping, which we ignore
+            while (frame := await raw.read_frame()) is not None:
+                assert frame[0] in (0x8, 0x9)  # then a close, then the end of the stream
+            assert not server.socket.connections
+            await raw.aclose()
+            async with connect(server) as client:  # a client that answers pings stays
+                await trio.sleep(30)
+                assert (await client.call(type="whoami"))["type"] == "identity"
+
+
+async def test_a_peer_that_never_reads_stalls_nobody(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(300):
+        async with limited(tmp_path, max_msg_rate=0, keepalive_interval_s=0) as server:
+            raw, _ = await RawSocket.open(server.ws_port)
+            request = json.dumps({"type": "whoami", "id": "i" * 64}).encode()
+            batch = b"".join(raw.frame(request) for _ in range(1000))
+
+            async def flood() -> None:
+                # Requests whose replies it never reads, until the server gives up on it.
+                try:
+                    for _ in range(1000):
+                        await raw.stream.send_all(batch)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(flood)
+                await normal_game(server)  # on time, while the flooder's replies back up
+                while server.socket.connections:
+                    await trio.sleep(1)  # the server drops the peer that does not read
+            await raw.aclose()
+
+
+async def test_logins_are_limited_per_account_and_address(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with running_server(make_config(tmp_path)) as server, http(server) as api:
+            await api.post("/api/register", json={"name": "target", "password": "right password"})
+            for _ in range(10):
+                wrong = await api.post(
+                    "/api/login", json={"name": "target", "password": "wrong guess"}
+                )
+                assert wrong.status_code == 401
+            locked = await api.post(
+                "/api/login", json={"name": "target", "password": "right password"}
+            )
+            assert locked.status_code == 429 and locked.json()["error"] == "rate_limited"
+            # Another account from the same address still works, until the address limit.
+            await api.post("/api/register", json={"name": "other", "password": "right password"})
+            statuses = []
+            for _ in range(25):
+                reply = await api.post(
+                    "/api/login", json={"name": "other", "password": "right password"}
+                )
+                statuses.append(reply.status_code)
+            assert statuses[:19] == [200] * 19 and statuses[-1] == 429
