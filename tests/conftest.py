@@ -127,15 +127,24 @@ class Client:
 
 
 @asynccontextmanager
-async def connect(server: Server) -> AsyncIterator[Client]:
-    async with open_websocket_url(server.ws_url) as ws:
+async def open_client(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
+    """`open_websocket_url` that never leaves its TCP stream open.
+
+    trio-websocket's client (seen with 0.12.2) leaves its stream open when the server closed
+    the connection first or died; close it so no socket outlives the test.
+    """
+    async with open_websocket_url(url, **kwargs) as ws:
         try:
-            yield Client(ws)
+            yield ws
         finally:
-            # trio-websocket's client leaves its TCP stream open when the server closed the
-            # connection first (seen with 0.12.2); close it so no socket outlives the test.
             with trio.CancelScope(shield=True):
                 await ws._stream.aclose()
+
+
+@asynccontextmanager
+async def connect(server: Server) -> AsyncIterator[Client]:
+    async with open_client(server.ws_url) as ws:
+        yield Client(ws)
 
 
 @asynccontextmanager

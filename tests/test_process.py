@@ -16,7 +16,9 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed
+
+from .conftest import open_client
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +120,7 @@ async def test_acknowledged_results_survive_sigkill(tmp_path: Path) -> None:
                 user = (
                     await api.post("/api/register", json={"name": "kim", "password": "p" * 10})
                 ).json()
-            async with open_websocket_url(proc.ws) as ws:
+            async with open_client(proc.ws) as ws:
                 game = await play(ws, user["token"], user["user_id"], 4)
                 end = json.loads(await ws.get_message())
                 assert end["type"] == "end_game" and end["reason"] == "time_up"
@@ -179,7 +181,7 @@ async def test_sigterm_ends_running_games_and_exits(tmp_path: Path) -> None:
                 user = (
                     await api.post("/api/register", json={"name": "lou", "password": "p" * 10})
                 ).json()
-            async with open_websocket_url(proc.ws) as ws:
+            async with open_client(proc.ws) as ws:
                 await play(ws, user["token"], user["user_id"], 1, game="demo")
                 proc.process.send_signal(signal.SIGTERM)
                 end = json.loads(await ws.get_message())
@@ -188,9 +190,163 @@ async def test_sigterm_ends_running_games_and_exits(tmp_path: Path) -> None:
                 with pytest.raises(ConnectionClosed) as closed:
                     await ws.get_message()
                 assert closed.value.reason.code == 1001
-                await ws._stream.aclose()
             started = trio.current_time()
             assert await proc.process.wait() == 0
             assert trio.current_time() - started < 5
     listed = cli(tmp_path, "flags", "list", "--json")
     assert json.loads(listed.stdout) == []  # a shutdown flags nobody
+
+
+async def test_twenty_sigkills_under_load_lose_no_acknowledged_result(tmp_path: Path) -> None:
+    """Players play and submit 0.3 s games in a loop; the server dies by SIGKILL at a random
+    moment, 20 times. After each restart every acknowledged result is there, intact."""
+    import random
+    import sqlite3
+
+    rng = random.Random(20)
+    assert cli(tmp_path, "games", "add", "flash", "--duration", "0.3").returncode == 0
+    acknowledged: set[str] = set()
+    accounts: list[dict[str, Any]] = []
+
+    async def player(proc: Proc, account: dict[str, Any]) -> None:
+        try:
+            async with open_client(proc.ws) as ws:
+                while True:
+                    game = await play(ws, account["token"], account["user_id"], 2, game="flash")
+                    while (end := json.loads(await ws.get_message()))["type"] != "end_game":
+                        pass
+                    result = await call(
+                        ws,
+                        type="submit_result",
+                        start_token=game["started"]["start_token"],
+                        end_token=end["end_token"],
+                        points=game["points"],
+                    )
+                    if result.get("accepted"):
+                        acknowledged.add(game["started"]["session_id"])
+        except (ConnectionClosed, trio.BrokenResourceError, OSError, AssertionError, KeyError):
+            return  # the server died under us
+
+    with trio.fail_after(400):
+        for round_ in range(20):
+            async with server_process(tmp_path) as proc:
+                if not accounts:
+                    async with httpx.AsyncClient(base_url=proc.http) as api:
+                        for n in range(6):
+                            accounts.append(
+                                (
+                                    await api.post(
+                                        "/api/register",
+                                        json={"name": f"p{n}", "password": "p" * 10},
+                                    )
+                                ).json()
+                            )
+                async with trio.open_nursery() as nursery:
+                    for account in accounts:
+                        nursery.start_soon(player, proc, account)
+                    await trio.sleep(rng.uniform(0.3, 1.5))
+                    proc.process.send_signal(signal.SIGKILL)
+            conn = sqlite3.connect(tmp_path / "s.db")
+            try:
+                assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+                saved = {row[0] for row in conn.execute("SELECT session_id FROM scores")}
+                missing = acknowledged - saved
+                assert not missing, f"round {round_}: acknowledged but lost: {missing}"
+                partial = conn.execute(
+                    "SELECT COUNT(*) FROM scores s JOIN game_sessions g ON g.id = s.session_id"
+                    " WHERE g.state != 'submitted'"
+                ).fetchone()[0]
+                assert partial == 0
+                orphans = conn.execute(
+                    "SELECT COUNT(*) FROM issued_points p LEFT JOIN game_sessions g"
+                    " ON g.id = p.session_id WHERE g.id IS NULL"
+                ).fetchone()[0]
+                assert orphans == 0
+            finally:
+                conn.close()
+    assert len(acknowledged) >= 20  # the load was real
+
+
+async def test_a_damaged_or_foreign_database_is_refused_at_start(tmp_path: Path) -> None:
+    import sqlite3
+
+    foreign = tmp_path / "s.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    refused = cli(
+        tmp_path, "serve", "--ws-port", "0", "--http-port", "0", "--key", str(tmp_path / "k")
+    )
+    assert refused.returncode == 1 and "schema version 99" in refused.stderr
+    foreign.write_bytes(b"SQLite format 3\x00" + b"\x00" * 84 + b"garbage" * 1000)
+    damaged = cli(
+        tmp_path, "serve", "--ws-port", "0", "--http-port", "0", "--key", str(tmp_path / "k")
+    )
+    assert damaged.returncode == 1 and "database" in damaged.stderr
+
+
+async def test_tls_serves_both_ports(tmp_path: Path) -> None:
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from scoreserver.app import Config, serve
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    trust = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    config = Config(
+        ws_port=0,
+        http_port=0,
+        db_path=tmp_path / "t.db",
+        key_path=tmp_path / "t.key",
+        tls_cert=tmp_path / "cert.pem",
+        tls_key=tmp_path / "key.pem",
+        handle_signals=False,
+        announce=False,
+        reanchor_clock=False,
+    )
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve, config)
+            assert server.ws_url.startswith("wss://") and server.http_url.startswith("https://")
+            async with httpx.AsyncClient(verify=trust) as api:
+                assert (await api.get(server.http_url + "/healthz")).json() == {"status": "ok"}
+            async with open_client(server.ws_url, ssl_context=trust) as ws:
+                assert (await call(ws, type="whoami"))["type"] == "identity"
+            with pytest.raises(trio.BrokenResourceError):
+                stream = await trio.open_tcp_stream("127.0.0.1", server.ws_port)
+                async with stream:  # plain text to a TLS port gets nowhere
+                    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    while await stream.receive_some():
+                        pass
+                    raise trio.BrokenResourceError
+            server.stop()
