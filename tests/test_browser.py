@@ -212,3 +212,21 @@ def test_the_client_module_is_served_as_javascript(server_url: str) -> None:
     started = time.monotonic()
     assert httpx.get(server_url + "/board/demo").status_code == 200
     assert time.monotonic() - started < 10
+
+
+def test_the_client_resumes_by_itself_when_its_socket_drops(server_url: str, page: object) -> None:
+    page.goto(server_url + "/")  # type: ignore[attr-defined]
+    page.fill("#name", "Dropper")  # type: ignore[attr-defined]
+    page.fill("#password", "correct horse battery")  # type: ignore[attr-defined]
+    page.locator("#register").click()  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#who")).to_have_text("logged in: Dropper")  # type: ignore[attr-defined]
+    page.locator("#start").click()  # type: ignore[attr-defined]
+    hit_targets(page, 2)
+    # The network drops the socket mid-game (a close the page did not ask for).
+    page.evaluate("window.scoreClient._ws.close(4000, 'network gone')")  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#log")).to_contain_text("reconnected; the game goes on")  # type: ignore[attr-defined]
+    hit_targets(page, 2)
+    sync_api.expect(page.locator("#result")).to_have_text(  # type: ignore[attr-defined]
+        "Accepted: 4 points, saved.", timeout=15_000
+    )
+    assert "connection lost" in page.locator("#log").inner_text()  # type: ignore[attr-defined]
