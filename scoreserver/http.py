@@ -188,6 +188,10 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def stats(request: Request) -> Response:
+        # Operational counters: connections, sessions, commits, event-loop stalls.
+        return JSONResponse(request.app.state.stats())
+
     async def config(request: Request) -> Response:
         # Where the game socket listens: the client module asks, so pages need no settings.
         return JSONResponse({"ws_port": request.app.state.ws_port})
@@ -243,6 +247,7 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         Route("/api/keys", keys, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/config", config, methods=["GET"]),
+        Route("/api/stats", stats, methods=["GET"]),
         Route("/", page("index.html"), methods=["GET"]),
         Route("/board/{game_id}", page("board.html"), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
@@ -254,6 +259,7 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
     )
     app.state.ws_port = None
+    app.state.stats = lambda: {}
     return app
 
 

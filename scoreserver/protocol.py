@@ -35,7 +35,7 @@ RATE_LIMITED = "rate_limited"
 # --- client to server -----------------------------------------------------------------------
 
 
-class ClientMessage(Struct, frozen=True, tag_field="type", kw_only=True):
+class ClientMessage(Struct, frozen=True, tag_field="type", kw_only=True, gc=False):
     id: RequestId = None
 
 
@@ -68,7 +68,7 @@ class Point(ClientMessage, tag="point"):
     client_ts: int
 
 
-class PointClaim(Struct, frozen=True):
+class PointClaim(Struct, frozen=True, gc=False):
     """One point of a submission: its token and the player's timestamp."""
 
     token: Token
@@ -138,7 +138,9 @@ def _request_id(obj: dict[str, Any]) -> str | int | None:
 # --- server to client -----------------------------------------------------------------------
 
 
-class ServerMessage(Struct, frozen=True, tag_field="type", omit_defaults=True, kw_only=True):
+class ServerMessage(
+    Struct, frozen=True, tag_field="type", omit_defaults=True, kw_only=True, gc=False
+):
     id: str | int | None = None
 
 

@@ -37,6 +37,7 @@ def make_config(tmp_path: Path, *, inline: bool = False, **limits: Any) -> Confi
         reanchor_clock=False,
         handle_signals=False,
         announce=False,
+        monitor_loop=False,
     )
 
 

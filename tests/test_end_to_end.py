@@ -172,6 +172,22 @@ async def test_keys_and_health(server: Server) -> None:
             assert len(b64decode(keys[0]["public_key"])) == 32
 
 
+async def test_stats_report_connections_and_loop_stalls(tmp_path: Any) -> None:
+    from .conftest import make_config, running_server
+
+    config = make_config(tmp_path)
+    config.monitor_loop = True
+    with trio.fail_after(20):
+        async with running_server(config) as server, connect(server) as client:
+            await client.call(type="whoami")
+            await trio.sleep(0.1)
+            async with http(server) as api:
+                stats = (await api.get("/api/stats")).json()
+            assert stats["connections"] == 1
+            assert stats["loop_samples"] >= 3
+            assert stats["loop_stalls_over_20ms"] >= 0 and stats["loop_max_lag_ms"] >= 0
+
+
 async def test_a_token_verifies_with_the_published_key(server: Server) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
