@@ -26,7 +26,6 @@ from . import protocol as wire
 from . import store as db
 from .admin import AdminConsole
 from .errors import AuthError, ConflictError, RateLimitedError
-from .rules import SubmittedPoint
 from .service import Peer, Service
 from .tokens import b64encode, raw_public
 from .ws import origin_allowed
@@ -144,8 +143,9 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
     @_json_errors
     async def results(request: Request) -> Response:
         body = await read_json(request, ResultBody)
-        points = [SubmittedPoint(p.token, p.client_ts) for p in body.points]
-        outcome = await service.submit(body.start_token, body.end_token, points, peer_of(request))
+        outcome = await service.submit(
+            body.start_token, body.end_token, body.points, peer_of(request)
+        )
         answer: dict[str, Any] = {"type": "result", "accepted": outcome.accepted}
         if outcome.accepted:
             answer.update(score=outcome.score, saved=outcome.saved)

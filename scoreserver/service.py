@@ -27,10 +27,10 @@ from .clock import ServerClock
 from .errors import AuthError, ConflictError, RateLimitedError, TokenError
 from .rules import (
     GameSettings,
+    PointLike,
     ResultReason,
     SessionRecord,
     SubmissionAccepted,
-    SubmittedPoint,
     check_submission,
 )
 from .tokens import (
@@ -325,7 +325,7 @@ class Service:
         self,
         start_token: str,
         end_token: str,
-        points: Sequence[SubmittedPoint],
+        points: Sequence[PointLike],
         submitter: Peer,
     ) -> ResultOutcome:
         """Judge a submitted game; save the score of a logged-in player once committed."""

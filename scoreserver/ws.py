@@ -22,7 +22,6 @@ from . import protocol as wire
 from . import store as db
 from .errors import AuthError, ProtocolError, TokenError
 from .rooms import LiveSession, PointIn, Room, Rooms
-from .rules import SubmittedPoint
 from .service import Peer, Service
 from .tokens import Purpose
 
@@ -318,9 +317,8 @@ class GameSocket:
             )
 
     async def _submit(self, conn: Connection, message: wire.SubmitResult) -> None:
-        points = [SubmittedPoint(p.token, p.client_ts) for p in message.points]
         outcome = await self.service.submit(
-            message.start_token, message.end_token, points, conn.peer
+            message.start_token, message.end_token, message.points, conn.peer
         )
         await conn.send(
             wire.encode(
