@@ -77,15 +77,21 @@ class Socket:
             payload = await self.reader.readexactly(length) if length else b""
             opcode = first & 0x0F
             if opcode == 0x9:  # ping: answer, as a browser does
-                self.writer.write(struct.pack("!BB", 0x8A, 0x80 | len(payload)) + ZERO_MASK + payload)
+                self.writer.write(
+                    struct.pack("!BB", 0x8A, 0x80 | len(payload)) + ZERO_MASK + payload
+                )
                 continue
             if opcode == 0x8:
                 raise ConnectionError("closed by the server")
             return payload
 
     async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send, and return the reply (leaderboard pushes in between are skipped)."""
         self.send(json.dumps(message).encode())
-        return json.loads(await self.recv())  # type: ignore[no-any-return]
+        while True:
+            payload = await self.recv()
+            if not payload.startswith(b'{"type":"leaderboard"'):
+                return json.loads(payload)  # type: ignore[no-any-return]
 
     async def recv_type(self, kind: bytes) -> dict[str, Any]:
         while True:
@@ -112,7 +118,16 @@ class Stats:
         self.unanswered = 0
 
 
+CONNECT_GATE: asyncio.Semaphore | None = None  # set in main: connects at a time
+
+
 async def join(host: str, port: int, token: str | None, game: str) -> Socket:
+    assert CONNECT_GATE is not None
+    async with CONNECT_GATE:  # do not overrun the server's listen backlog
+        return await _join(host, port, token, game)
+
+
+async def _join(host: str, port: int, token: str | None, game: str) -> Socket:
     sock = await Socket.open(host, port)
     user_id = None
     if token is not None:
@@ -136,8 +151,13 @@ async def start(sock: Socket) -> dict[str, Any]:
 POINT_ACCEPTED = b'"point_accepted"'
 
 
-async def throughput_player(args: argparse.Namespace, token: str | None, stats: Stats,
-                            ready: asyncio.Barrier, deadline: list[float]) -> None:
+async def throughput_player(
+    args: argparse.Namespace,
+    token: str | None,
+    stats: Stats,
+    ready: asyncio.Barrier,
+    deadline: list[float],
+) -> None:
     sock = await join(args.host, args.port, token, args.game)
     await start(sock)
     await ready.wait()
@@ -157,9 +177,12 @@ async def throughput_player(args: argparse.Namespace, token: str | None, stats: 
         sock.close()
 
 
-async def echo_player(args: argparse.Namespace, stats: Stats, ready: asyncio.Barrier,
-                      deadline: list[float]) -> None:
-    sock = await Socket.open(args.host, args.port)
+async def echo_player(
+    args: argparse.Namespace, stats: Stats, ready: asyncio.Barrier, deadline: list[float]
+) -> None:
+    assert CONNECT_GATE is not None
+    async with CONNECT_GATE:
+        sock = await Socket.open(args.host, args.port)
     await ready.wait()
     clock = time.perf_counter
     rtts = stats.rtts
@@ -174,8 +197,9 @@ async def echo_player(args: argparse.Namespace, stats: Stats, ready: asyncio.Bar
         sock.close()
 
 
-async def realistic_player(args: argparse.Namespace, token: str | None, stats: Stats,
-                           rng: random.Random) -> None:
+async def realistic_player(
+    args: argparse.Namespace, token: str | None, stats: Stats, rng: random.Random
+) -> None:
     sock = await join(args.host, args.port, token, args.game)
     await asyncio.sleep(rng.uniform(0, 1.0))  # players do not all start in the same ms
     started = await start(sock)
@@ -192,6 +216,8 @@ async def realistic_player(args: argparse.Namespace, token: str | None, stats: S
             payload = await sock.recv()
             message = json.loads(payload)
             kind = message["type"]
+            if kind == "leaderboard":
+                continue
             if kind == "end_game":
                 end = message
                 break
@@ -213,19 +239,41 @@ async def realistic_player(args: argparse.Namespace, token: str | None, stats: S
         ts = now_ms()
         pending[next_id] = (time.perf_counter(), ts)
         sock.send(b'{"type":"point","client_ts":%d,"id":%d}' % (ts, next_id))
-    await asyncio.wait_for(reader_done.wait(), 30)
+    await asyncio.wait_for(reader_done.wait(), 60)
     await reader
-    stats.unanswered += len(pending)
     assert end is not None
-    result = await sock.request({"type": "submit_result", "start_token": started["start_token"],
-                                 "end_token": end.get("end_token", ""), "points": claims})
+    sock.send(
+        json.dumps(
+            {
+                "type": "submit_result",
+                "start_token": started["start_token"],
+                "end_token": end.get("end_token", ""),
+                "points": claims,
+            }
+        ).encode()
+    )
+    while True:  # points queued before the end are still answered (game_over), then the result
+        message = json.loads(await sock.recv())
+        kind = message["type"]
+        if kind in ("point_accepted", "point_rejected") and message.get("id") in pending:
+            sent, _ = pending.pop(message["id"])
+            stats.rtts.append(time.perf_counter() - sent)
+            stats.rejected += 1
+        elif kind == "result":
+            break
+    stats.unanswered += len(pending)
     stats.submissions += 1
-    stats.submissions_accepted += bool(result.get("accepted"))
+    stats.submissions_accepted += bool(message.get("accepted"))
     sock.close()
 
 
-async def idle_player(args: argparse.Namespace, token: str | None, stats: Stats,
-                      ready: asyncio.Event, hold: asyncio.Event) -> None:
+async def idle_player(
+    args: argparse.Namespace,
+    token: str | None,
+    stats: Stats,
+    ready: asyncio.Event,
+    hold: asyncio.Event,
+) -> None:
     try:
         sock = await join(args.host, args.port, token, args.game)
     except Exception:
@@ -243,8 +291,13 @@ async def idle_player(args: argparse.Namespace, token: str | None, stats: Stats,
         sock.close()
 
 
-async def submit_player(args: argparse.Namespace, token: str | None, stats: Stats,
-                        ready: asyncio.Barrier, results: list[float]) -> None:
+async def submit_player(
+    args: argparse.Namespace,
+    token: str | None,
+    stats: Stats,
+    ready: asyncio.Barrier,
+    results: list[float],
+) -> None:
     sock = await join(args.host, args.port, token, args.game)
     games = []
     for _ in range(args.games):
@@ -254,12 +307,20 @@ async def submit_player(args: argparse.Namespace, token: str | None, stats: Stat
             ts = now_ms()
             sock.send(b'{"type":"point","client_ts":%d}' % ts)
             reply = json.loads(await sock.recv())
+            while reply["type"] == "leaderboard":
+                reply = json.loads(await sock.recv())
             if reply["type"] != "point_accepted":
                 raise RuntimeError(f"the game is too short for {args.points} points: {reply}")
             claims.append({"token": reply["token"], "client_ts": ts})
         end = await sock.recv_type(b'"end_game"')
-        games.append({"type": "submit_result", "start_token": started["start_token"],
-                      "end_token": end["end_token"], "points": claims})
+        games.append(
+            {
+                "type": "submit_result",
+                "start_token": started["start_token"],
+                "end_token": end["end_token"],
+                "points": claims,
+            }
+        )
     bodies = [json.dumps(g).encode() for g in games]
     await ready.wait()
     for body in bodies:
@@ -290,11 +351,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     stats = Stats()
     rng = random.Random(args.seed)
     report: dict[str, Any] = {"mode": args.mode, "players": args.players}
-    connect_gate = asyncio.Semaphore(200)  # do not overrun the listen backlog
-
-    async def gated(coro: Any) -> Any:
-        async with connect_gate:
-            return await coro
+    global CONNECT_GATE
+    CONNECT_GATE = asyncio.Semaphore(200)
 
     def guarded(coro: Any, barrier: asyncio.Barrier) -> Any:
         async def run() -> Any:
@@ -310,11 +368,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         ready = asyncio.Barrier(args.players + 1)
         deadline = [float("inf")]
         if args.mode == "echo":
-            tasks = [guarded(echo_player(args, stats, ready, deadline), ready)
-                     for _ in range(args.players)]
+            tasks = [
+                guarded(echo_player(args, stats, ready, deadline), ready)
+                for _ in range(args.players)
+            ]
         else:
-            tasks = [guarded(throughput_player(args, tokens[n], stats, ready, deadline), ready)
-                     for n in range(args.players)]
+            tasks = [
+                guarded(throughput_player(args, tokens[n], stats, ready, deadline), ready)
+                for n in range(args.players)
+            ]
         await ready.wait()
         cpu0, t0 = cpu_seconds(), time.perf_counter()
         deadline[0] = t0 + args.seconds
@@ -323,16 +385,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         report.update(messages_per_s=stats.accepted / elapsed, rejected=stats.rejected)
     elif args.mode == "realistic":
         cpu0, t0 = cpu_seconds(), time.perf_counter()
-        await asyncio.gather(*(gated(realistic_player(args, tokens[n], stats, rng))
-                               for n in range(args.players)))
+        await asyncio.gather(
+            *(realistic_player(args, tokens[n], stats, rng) for n in range(args.players))
+        )
         elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-        report.update(points=stats.accepted, rejected=stats.rejected, unanswered=stats.unanswered,
-                      points_per_s=stats.accepted / elapsed, submissions=stats.submissions,
-                      submissions_accepted=stats.submissions_accepted)
+        report.update(
+            points=stats.accepted,
+            rejected=stats.rejected,
+            unanswered=stats.unanswered,
+            points_per_s=stats.accepted / elapsed,
+            submissions=stats.submissions,
+            submissions_accepted=stats.submissions_accepted,
+        )
     elif args.mode == "idle":
         ready, hold = asyncio.Event(), asyncio.Event()
-        tasks = [asyncio.create_task(gated(idle_player(args, tokens[n], stats, ready, hold)))
-                 for n in range(args.players)]
+        tasks = [
+            asyncio.create_task(idle_player(args, tokens[n], stats, ready, hold))
+            for n in range(args.players)
+        ]
         cpu0, t0 = cpu_seconds(), time.perf_counter()
         while stats.accepted + stats.errors < args.players:
             await asyncio.sleep(0.05)
@@ -347,16 +417,21 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     elif args.mode == "submit":
         ready = asyncio.Barrier(args.players + 1)
         latencies: list[float] = []
-        tasks = [guarded(submit_player(args, tokens[n], stats, ready, latencies), ready)
-                 for n in range(args.players)]
+        tasks = [
+            guarded(submit_player(args, tokens[n], stats, ready, latencies), ready)
+            for n in range(args.players)
+        ]
         await ready.wait()
         print(json.dumps({"submit_phase": "start"}), flush=True)
         cpu0, t0 = cpu_seconds(), time.perf_counter()
         await asyncio.gather(*tasks)
         elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
         stats.rtts = latencies
-        report.update(submissions=stats.submissions, submissions_accepted=stats.submissions_accepted,
-                      submissions_per_s=stats.submissions / elapsed)
+        report.update(
+            submissions=stats.submissions,
+            submissions_accepted=stats.submissions_accepted,
+            submissions_per_s=stats.submissions / elapsed,
+        )
     else:
         raise SystemExit(f"unknown mode {args.mode}")
     report.update(
@@ -371,7 +446,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("mode", choices=["throughput", "realistic", "idle", "submit", "echo"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)

@@ -26,12 +26,14 @@ sys.modules["bench_run"] = bench_run  # dataclasses look their module up while i
 _spec.loader.exec_module(bench_run)
 
 
-def summarize(raw: Path, top: int) -> str:
+def summarize(raw: Path, top: int, only: str | None = None) -> str:
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if only and only not in stack:
+            continue
         n = int(count)
         total += n
         frames = stack.split(";")
@@ -46,31 +48,63 @@ def summarize(raw: Path, top: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("mode", choices=["throughput", "realistic", "idle", "submit"])
     parser.add_argument("--players", type=int, default=50)
     parser.add_argument("--duration", type=float, default=60, help="game length in seconds")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument(
+        "--only", help="keep stacks through this frame (e.g. unrolled_run: the event loop)"
+    )
     args, loadgen_args = parser.parse_known_args()
     with tempfile.TemporaryDirectory(prefix="scoreprof-") as tmp:
         folder = Path(tmp)
         tokens = bench_run.seed(folder, args.players, args.duration)
         server = bench_run.start_server(folder, echo=False)
         raw = folder / "profile.txt"
-        spy = subprocess.Popen(["py-spy", "record", "-p", str(server.process.pid), "-r", "250",
-                                "-f", "raw", "-o", str(raw), "--nonblocking"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "-p",
+                str(server.process.pid),
+                "-r",
+                "250",
+                "-f",
+                "raw",
+                "-o",
+                str(raw),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             time.sleep(1.0)
-            subprocess.run([sys.executable, str(HERE / "loadgen.py"), args.mode, "--port",
-                            str(server.ws_port), "--players", str(args.players), "--tokens",
-                            str(tokens), *loadgen_args], check=True, timeout=600)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(HERE / "loadgen.py"),
+                    args.mode,
+                    "--port",
+                    str(server.ws_port),
+                    "--players",
+                    str(args.players),
+                    "--tokens",
+                    str(tokens),
+                    *loadgen_args,
+                ],
+                check=True,
+                timeout=600,
+            )
         finally:
             spy.send_signal(2)
             spy.wait(timeout=30)
             server.process.terminate()
             server.process.wait(timeout=15)
-        print(summarize(raw, args.top))
+        print(summarize(raw, args.top, args.only))
 
 
 if __name__ == "__main__":

@@ -58,14 +58,24 @@ def seed(folder: Path, players: int, duration_s: float) -> Path:
     tokens = []
     now = int(time.time() * 1000)
     with db.transaction(conn):
-        db.insert_game(conn, "bench", GameSettings(
-            duration_ms=int(duration_s * 1000), burst_threshold=1_000_000, burst_limit=1_000_000,
-            latency_ms=600_000, submission_window_ms=3_600_000), now)
+        db.insert_game(
+            conn,
+            "bench",
+            GameSettings(
+                duration_ms=int(duration_s * 1000),
+                burst_threshold=1_000_000,
+                burst_limit=1_000_000,
+                latency_ms=600_000,
+                submission_window_ms=3_600_000,
+            ),
+            now,
+        )
         for n in range(players):
             user_id = db.insert_user(conn, f"bench{n}", "$seeded$", now)
             token = secrets.token_urlsafe(32)
-            db.insert_login_token(conn, hashlib.sha256(token.encode()).digest(), user_id, now,
-                                  now + 86_400_000)
+            db.insert_login_token(
+                conn, hashlib.sha256(token.encode()).digest(), user_id, now, now + 86_400_000
+            )
             tokens.append(token)
     conn.close()
     path = folder / "tokens.json"
@@ -84,9 +94,26 @@ def start_server(folder: Path, *, echo: bool) -> Running:
     if echo:
         cmd = [sys.executable, str(ROOT / "bench" / "echo_server.py")]
     else:
-        cmd = [sys.executable, "-m", "scoreserver.cli", "serve", "--ws-port", "0", "--http-port", "0",
-               "--db", str(folder / "bench.db"), "--key", str(folder / "bench.key"),
-               "--max-msg-rate", "0", "--max-conns-per-addr", "0", "--log-level", "WARNING"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "scoreserver.cli",
+            "serve",
+            "--ws-port",
+            "0",
+            "--http-port",
+            "0",
+            "--db",
+            str(folder / "bench.db"),
+            "--key",
+            str(folder / "bench.key"),
+            "--max-msg-rate",
+            "0",
+            "--max-conns-per-addr",
+            "0",
+            "--log-level",
+            "WARNING",
+        ]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -107,8 +134,9 @@ def stats(server: Running) -> dict[str, Any]:
         return json.loads(r.read())  # type: ignore[no-any-return]
 
 
-def run_scenario(mode: str, players: int, loadgen_args: list[str], *, duration_s: float,
-                 timeout_s: float) -> dict[str, Any]:
+def run_scenario(
+    mode: str, players: int, loadgen_args: list[str], *, duration_s: float, timeout_s: float
+) -> dict[str, Any]:
     """One server, one load generator; returns the merged measurements."""
     with tempfile.TemporaryDirectory(prefix="scorebench-") as tmp:
         folder = Path(tmp)
@@ -119,8 +147,16 @@ def run_scenario(mode: str, players: int, loadgen_args: list[str], *, duration_s
             time.sleep(0.3)
             cpu0, rss0 = proc_cpu(server.process.pid), proc_rss_kib(server.process.pid)
             before = stats(server)
-            cmd = [sys.executable, str(ROOT / "bench" / "loadgen.py"), mode,
-                   "--port", str(server.ws_port), "--players", str(players), *loadgen_args]
+            cmd = [
+                sys.executable,
+                str(ROOT / "bench" / "loadgen.py"),
+                mode,
+                "--port",
+                str(server.ws_port),
+                "--players",
+                str(players),
+                *loadgen_args,
+            ]
             if tokens:
                 cmd += ["--tokens", str(tokens)]
             gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -149,11 +185,16 @@ def run_scenario(mode: str, players: int, loadgen_args: list[str], *, duration_s
             report["server_rss_start_kib"] = rss0
             if "idle_rss_kib" in marks:
                 report["rss_per_connection_kib"] = round(
-                    (marks["idle_rss_kib"] - rss0) / max(1, report.get("connected", players)), 2)
+                    (marks["idle_rss_kib"] - rss0) / max(1, report.get("connected", players)), 2
+                )
             if before:
-                report["loop_stalls_over_20ms"] = after["loop_stalls_over_20ms"] - before["loop_stalls_over_20ms"]
+                report["loop_stalls_over_20ms"] = (
+                    after["loop_stalls_over_20ms"] - before["loop_stalls_over_20ms"]
+                )
                 report["loop_max_lag_ms"] = after["loop_max_lag_ms"]
-            count = report.get("messages_per_s", 0) * report.get("seconds", 0) or report.get("points")
+            count = report.get("messages_per_s", 0) * report.get("seconds", 0) or report.get(
+                "points"
+            )
             if mode == "submit":
                 count = report.get("submissions")
             if count:
@@ -188,7 +229,7 @@ def scenarios(quick: bool) -> list[tuple[str, str, int, list[str], float, float]
             ("echo-20", "echo", 20, ["--seconds", "2"], 60, 30),
             ("throughput-20", "throughput", 20, ["--seconds", "2"], 60, 30),
             ("realistic-50", "realistic", 50, ["--rate", "5"], 3, 30),
-            ("idle-200", "idle", 200, ["--seconds", "1"], 600, 30),
+            ("idle-1000", "idle", 1000, ["--seconds", "1"], 600, 30),
             ("submit-600x10", "submit", 10, ["--points", "600", "--games", "1"], 8, 60),
         ]
     return [
@@ -196,20 +237,192 @@ def scenarios(quick: bool) -> list[tuple[str, str, int, list[str], float, float]
         ("throughput-50", "throughput", 50, ["--seconds", "5"], 60, 60),
         ("echo-500", "echo", 500, ["--seconds", "5"], 60, 90),
         ("throughput-500", "throughput", 500, ["--seconds", "5"], 60, 90),
-        ("realistic-1000", "realistic", 1000, ["--rate", "5"], 30, 120),
+        ("realistic-300", "realistic", 300, ["--rate", "5"], 30, 120),
+        ("realistic-1000", "realistic", 1000, ["--rate", "5"], 30, 180),
         ("idle-10000", "idle", 10000, ["--seconds", "3"], 600, 180),
-        ("submit-600x200", "submit", 50, ["--points", "600", "--games", "4"], 25, 300),
+        ("submit-600x200", "submit", 100, ["--points", "600", "--games", "2"], 30, 300),
     ]
 
 
+def fmt(value: Any, digits: int = 0) -> str:
+    if not isinstance(value, (int, float)) or value != value:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(target, goal, measured, met?) for each of issue 5's targets present in `results`."""
+    results = {k: v for k, v in results.items() if not (isinstance(v, dict) and v.get("failed"))}
+    rows = []
+    e50, t50 = results.get("echo-50"), results.get("throughput-50")
+    if e50 and t50:
+        ratio = t50["messages_per_s"] / e50["messages_per_s"]
+        rows.append(
+            (
+                "1. throughput, 50 players",
+                ">= 0.8 x echo",
+                f"{ratio:.2f} x ({fmt(t50['messages_per_s'])} vs {fmt(e50['messages_per_s'])} msg/s)",
+                "met" if ratio >= 0.8 else "not met",
+            )
+        )
+    e500, t500 = results.get("echo-500"), results.get("throughput-500")
+    if e500 and t500:
+        ratio = t500["messages_per_s"] / e500["messages_per_s"]
+        p99_ok = t500["rtt_p99_ms"] <= e500["rtt_p99_ms"]
+        rows.append(
+            (
+                "2. throughput, 500 players",
+                ">= 1.0 x echo, p99 <= echo's",
+                f"{ratio:.2f} x; p99 {fmt(t500['rtt_p99_ms'], 1)} ms vs {fmt(e500['rtt_p99_ms'], 1)} ms",
+                "met" if ratio >= 1.0 and p99_ok else "not met",
+            )
+        )
+    real = results.get("realistic-1000")
+    if real:
+        ok = (
+            real["unanswered"] == 0
+            and real["rtt_p99_ms"] < 50
+            and real.get("loop_stalls_over_20ms", 1) == 0
+        )
+        rows.append(
+            (
+                "3. realistic, 1,000 players x 5 points/s",
+                "all answered, p99 < 50 ms, no stall > 20 ms",
+                f"{fmt(real['unanswered'])} unanswered; p99 {fmt(real['rtt_p99_ms'], 1)} ms; "
+                f"{fmt(real.get('loop_stalls_over_20ms'))} stalls > 20 ms (worst {fmt(real.get('loop_max_lag_ms'), 1)} ms)",
+                "met" if ok else "not met",
+            )
+        )
+    idle = results.get("idle-10000")
+    if idle:
+        ok = idle["connected"] >= 10_000 and idle["rss_per_connection_kib"] < 32
+        rows.append(
+            (
+                "4. idle, 10,000 players",
+                "< 32 KiB RSS each",
+                f"{fmt(idle['connected'])} connected; {fmt(idle['rss_per_connection_kib'], 1)} KiB each",
+                "met" if ok else "not met",
+            )
+        )
+    sub = results.get("submit-600x200")
+    if sub:
+        cpu_ms = sub["server_cpu_us_per_message"] / 1000
+        ok = cpu_ms < 5 and sub["submissions_per_s"] >= 1000
+        rows.append(
+            (
+                "5. submission of 600 points",
+                "< 5 ms server CPU; >= 1,000/s",
+                f"{cpu_ms:.2f} ms CPU each; {fmt(sub['submissions_per_s'])}/s",
+                "met" if ok else "not met",
+            )
+        )
+    return rows
+
+
+TABLE_COLUMNS = [
+    ("scenario", None, 0),
+    ("msg or points/s", "rate", 0),
+    ("p50 ms", "rtt_p50_ms", 2),
+    ("p99 ms", "rtt_p99_ms", 2),
+    ("server CPU us/msg", "server_cpu_us_per_message", 1),
+    ("server RSS MiB", "server_rss_kib", 1),
+    ("stalls > 20 ms", "loop_stalls_over_20ms", 0),
+    ("worst lag ms", "loop_max_lag_ms", 1),
+    ("load gen CPU", "loadgen_cpu_share", 2),
+]
+
+
+def write_markdown(path: Path, results: dict[str, Any], command: str) -> None:
+    meta = results["_meta"]
+    lines = [
+        "<!-- Written by bench/run.py; the prose around the tables is in docs/performance-notes.md. -->",
+        "## Measured",
+        "",
+        f"`{command}` on {meta['date']}: Python {meta['python']}, {meta['cpus']} cores shared by the",
+        f"server and the load generator, medians of {meta['runs']} runs, {meta['seconds']} s in all.",
+        "",
+        "| target | goal | measured | |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | **{d}** |" for a, b, c, d in targets(results)]
+    lines += [
+        "",
+        "| " + " | ".join(c[0] for c in TABLE_COLUMNS) + " |",
+        "|" + "---|" * len(TABLE_COLUMNS),
+    ]
+    for name, row in results.items():
+        if name.startswith("_") or row.get("failed"):
+            continue
+        rate = row.get("messages_per_s") or row.get("points_per_s") or row.get("submissions_per_s")
+        cells = [name]
+        for _, key, digits in TABLE_COLUMNS[1:]:
+            value = rate if key == "rate" else row.get(key)
+            if key == "server_rss_kib" and isinstance(value, (int, float)):
+                value = value / 1024
+            cells.append(fmt(value, digits))
+        lines.append("| " + " | ".join(cells) + " |")
+    extra = []
+    for name, row in results.items():
+        if name.startswith("_"):
+            continue
+        if row.get("failed"):
+            extra.append(f"- {name}: failed in every run (see the runner's output)")
+            continue
+        if "rss_per_connection_kib" in row:
+            extra.append(
+                f"- {name}: {fmt(row['rss_per_connection_kib'], 1)} KiB RSS per connection"
+            )
+        if row.get("mode") == "submit":
+            extra.append(
+                f"- {name}: {fmt(row['submissions'])} submissions, "
+                f"{fmt(row['submissions_accepted'])} accepted"
+            )
+        if row.get("mode") == "realistic":
+            extra.append(
+                f"- {name}: {fmt(row['points'])} points, {fmt(row['unanswered'])} unanswered, "
+                f"{fmt(row['submissions_accepted'])} of {fmt(row['submissions'])} results accepted"
+            )
+        if row.get("loadgen_saturated"):
+            extra.append(
+                f"- {name}: the load generator was saturated (its numbers are a lower bound)"
+            )
+    lines += ["", *extra, ""]
+    notes = path.with_name("performance-notes.md")
+    prose = notes.read_text() if notes.exists() else ""
+    path.write_text(
+        prose.replace("<!-- MEASURED -->", "\n".join(lines))
+        if "<!-- MEASURED -->" in prose
+        else "# Performance\n\n" + "\n".join(lines)
+    )
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run for CI (no thresholds)")
-    parser.add_argument("--runs", type=int, default=None, help="runs per scenario (default 3; 1 with --quick)")
+    parser.add_argument(
+        "--runs", type=int, default=None, help="runs per scenario (default 3; 1 with --quick)"
+    )
     parser.add_argument("--only", help="comma-separated scenario names")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs",
-                        help="where performance.json (and, for a full run, performance.md) go")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="only write performance.md (beside --out) from an earlier run's JSON",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "docs",
+        help="where performance.json (and, for a full run, performance.md) go",
+    )
     args = parser.parse_args()
+    if args.render:
+        write_markdown(
+            args.out / "performance.md", json.loads(args.render.read_text()), "python bench/run.py"
+        )
+        return
     runs = args.runs or (1 if args.quick else 3)
     wanted = set(args.only.split(",")) if args.only else None
     results: dict[str, Any] = {}
@@ -219,21 +432,45 @@ def main() -> None:
             continue
         measured = []
         for n in range(runs):
-            report = run_scenario(mode, players, extra, duration_s=duration, timeout_s=timeout)
+            try:
+                report = run_scenario(mode, players, extra, duration_s=duration, timeout_s=timeout)
+            except Exception as exc:  # record it, and go on with the other scenarios
+                print(f"{name} run {n + 1} failed: {exc}", flush=True)
+                continue
             measured.append(report)
             print(f"{name} run {n + 1}: {json.dumps(report)}", flush=True)
-        results[name] = median_of(measured)
+        results[name] = median_of(measured) if measured else {"failed": True}
+        partial = args.out / (
+            "performance-quick.partial.json" if args.quick else "performance.partial.json"
+        )
+        args.out.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(results, indent=2) + "\n")
     results["_meta"] = {
-        "quick": args.quick, "runs": runs, "python": platform.python_version(),
-        "cpus": os.cpu_count(), "seconds": round(time.monotonic() - started, 1),
+        "quick": args.quick,
+        "runs": runs,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "seconds": round(time.monotonic() - started, 1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / ("performance-quick.json" if args.quick else "performance.json")).write_text(
-        json.dumps(results, indent=2) + "\n")
-    saturated = [k for k, v in results.items() if isinstance(v, dict) and v.get("loadgen_saturated")]
-    print(f"done in {results['_meta']['seconds']} s; load generator saturated in: "
-          f"{', '.join(saturated) if saturated else 'no scenario'}")
+        json.dumps(results, indent=2) + "\n"
+    )
+    failed = [k for k, v in results.items() if isinstance(v, dict) and v.get("failed")]
+    if failed:
+        print(f"failed scenarios: {', '.join(failed)}")
+    if not args.quick and not wanted:
+        write_markdown(args.out / "performance.md", results, "python bench/run.py")
+    for target in targets(results):
+        print(" | ".join(target))
+    saturated = [
+        k for k, v in results.items() if isinstance(v, dict) and v.get("loadgen_saturated")
+    ]
+    print(
+        f"done in {results['_meta']['seconds']} s; load generator saturated in: "
+        f"{', '.join(saturated) if saturated else 'no scenario'}"
+    )
 
 
 if __name__ == "__main__":

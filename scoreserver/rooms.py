@@ -2,7 +2,8 @@
 
 A session task owns its session from `game_started` to `end_game`:
 
-* the timer, as `trio.move_on_after` around its receive loop;
+* the timer, as the deadline of the cancel scope around each wait for the next point (it
+  never interrupts the handling of a point: a reply in flight when time is up still goes out);
 * the point inbox, a small bounded memory channel the connection handler sends into;
 * the answers to the player, sent through `LiveSession.player` (re-pointed on `resume`);
 * the end: when the task's loop is over, the session is over. It commits the session's end,
@@ -193,7 +194,9 @@ class Rooms:
             request_id=request_id,
         )
         session.inbox_send, session.inbox_receive = trio.open_memory_channel[PointIn](INBOX_SIZE)
-        service.store.write_soon(
+        # Committed before the start token is handed out: a token that outlives a crash always
+        # names a known session (voided at restart), never an unknown one.
+        await service.store.write(
             db.insert_session,
             session_id,
             room.game_id,
@@ -246,15 +249,18 @@ class Rooms:
             task_status.started()
             started = True
             logger.debug("session %s started in %s", session.session_id, session.game_id)
-            remaining_s = rules.remaining_ms(service.clock.now_ms()) / 1000
-            with trio.CancelScope() as scope:
-                session.scope = scope
-                with trio.move_on_after(remaining_s):
-                    async for point in session.inbox_receive:
-                        actions = rules.receive_point(point.client_ts, point.received_at)
-                        await self._carry_out(session, session_bytes, actions, point.request_id)
-                        if not session.running:
-                            break
+            # The timer ends the wait for the next point, never the handling of one: a reply
+            # in flight when the time is up is still sent, before end_game.
+            deadline = trio.current_time() + rules.remaining_ms(service.clock.now_ms()) / 1000
+            while session.running and not session.shutting_down:
+                with trio.CancelScope(deadline=deadline) as scope:
+                    session.scope = scope
+                    point = await session.inbox_receive.receive()
+                session.scope = None
+                if scope.cancelled_caught:
+                    break  # time is up, or the server is stopping
+                actions = rules.receive_point(point.client_ts, point.received_at)
+                await self._carry_out(session, session_bytes, actions, point.request_id)
             now = service.clock.now_ms()
             if session.running:
                 if session.shutting_down:

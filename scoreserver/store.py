@@ -6,10 +6,12 @@ the command line and the tests run the same SQL. The server runs writes through 
 * `await store.write(op, ...)` returns once the unit's transaction has COMMITted; the server
   acknowledges scores, reveals flags and sends `end_game` only after such a write.
 * `store.write_soon(op, ...)` queues a unit without waiting (issued points, rejected points,
-  bursts). The writer thread takes whatever is queued, up to `BATCH_LIMIT` units, and runs them
-  in one `BEGIN IMMEDIATE ... COMMIT`, each in a savepoint so that one failing unit does not
-  undo the others (group commit). Units are committed in the order they were queued, so a
-  session's `end` is never committed before its points.
+  bursts). The writer thread takes whatever is queued, up to `BATCH_LIMIT` units (lingering up
+  to `LINGER_S` for more while nobody waits on the batch), and runs them in one
+  `BEGIN IMMEDIATE ... COMMIT`, each in a savepoint so that one failing unit does not undo the
+  others (group commit); a run of queued rows of one kind goes in as one `executemany`. Units
+  are committed in the order they were queued, so a session's `end` is never committed before
+  its points.
 * `await store.read(op, ...)` runs a query on a reader connection in a worker thread.
 
 `Store(..., threaded=False)` runs the same units inline on the event loop's thread: the
@@ -27,6 +29,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -43,6 +46,9 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 BATCH_LIMIT = 1000
+# How long the writer may hold a batch of queued rows open for more. A unit someone awaits
+# (an end, a result, a flag) closes the batch at once.
+LINGER_S = 0.005
 FOREVER = 2**62  # banned_until of a ban without an end
 
 T = TypeVar("T")
@@ -235,36 +241,54 @@ class Store:
             stopping = False
             while not stopping:
                 batch: list[_Job] = []
-                item = self._queue.get()
-                while True:
-                    if item is _STOP:
-                        stopping = True
-                    else:
-                        batch.append(item)
-                    if len(batch) >= BATCH_LIMIT:
-                        break
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
+                stopping = self._collect(batch, self._queue.get())
                 if batch:
                     self._run_batch(conn, batch)
         finally:
             conn.close()
 
+    def _collect(self, batch: list[_Job], item: Any) -> bool:
+        """Fill a batch: all that is queued, and while it holds only queued rows (nobody is
+        waiting for them), whatever else comes within LINGER_S. Returns whether to stop."""
+        deadline = time.monotonic() + LINGER_S
+        waited_on = False
+        while True:
+            if item is _STOP:
+                return True
+            batch.append(item)
+            waited_on = waited_on or item.event is not None
+            if len(batch) >= BATCH_LIMIT:
+                return False
+            try:
+                item = self._queue.get_nowait()
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if waited_on or remaining <= 0:
+                return False
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return False
+
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT unit")
-                try:
-                    job.result = job.op(conn, *job.args)
-                except Exception as exc:  # the unit's own failure, reported to its caller
-                    conn.execute("ROLLBACK TO unit")
-                    job.error = exc
-                    if job.event is None:
-                        logger.error("queued write %r failed: %r", job.op, exc)
-                conn.execute("RELEASE unit")
+            index = 0
+            while index < len(batch):
+                job = batch[index]
+                sql = getattr(job.op, "row_sql", None)
+                if sql is None or job.event is not None:
+                    self._run_unit(conn, job)
+                    index += 1
+                    continue
+                # A run of queued rows of one kind: one executemany, one savepoint.
+                end = index + 1
+                while end < len(batch) and batch[end].op is job.op and batch[end].event is None:
+                    end += 1
+                self._run_rows(conn, sql, batch[index:end])
+                index = end
             conn.execute("COMMIT")
             self.commits += 1
         except sqlite3.Error as exc:
@@ -279,6 +303,29 @@ class Store:
                 self._token.run_sync_soon(_set_all, events)
             except trio.RunFinishedError:
                 pass
+
+    @staticmethod
+    def _run_unit(conn: sqlite3.Connection, job: _Job) -> None:
+        conn.execute("SAVEPOINT unit")
+        try:
+            job.result = job.op(conn, *job.args)
+        except Exception as exc:  # the unit's own failure, reported to its caller
+            conn.execute("ROLLBACK TO unit")
+            job.error = exc
+            if job.event is None:
+                logger.error("queued write %r failed: %r", job.op, exc)
+        conn.execute("RELEASE unit")
+
+    def _run_rows(self, conn: sqlite3.Connection, sql: str, jobs: list[_Job]) -> None:
+        conn.execute("SAVEPOINT rows")
+        try:
+            conn.executemany(sql, [job.args for job in jobs])
+        except sqlite3.Error:
+            # Find the bad row: the others still go in, one by one.
+            conn.execute("ROLLBACK TO rows")
+            for job in jobs:
+                self._run_unit(conn, job)
+        conn.execute("RELEASE rows")
 
     # -- reads --
 
@@ -479,28 +526,42 @@ def insert_session(
     )
 
 
+def row_insert(sql: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Mark an operation as one row of `sql`, its arguments the row's parameters in order.
+
+    The writer runs a queued run of such rows as one `executemany` (group commit without a
+    statement and a savepoint per row).
+    """
+
+    def mark(op: Callable[..., None]) -> Callable[..., None]:
+        op.row_sql = sql  # type: ignore[attr-defined]
+        return op
+
+    return mark
+
+
+@row_insert(
+    "INSERT INTO issued_points (session_id, seq, server_ts, client_ts, token)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
 def insert_point(
     conn: sqlite3.Connection, session_id: str, seq: int, server_ts: int, client_ts: int, token: str
 ) -> None:
-    conn.execute(
-        "INSERT INTO issued_points (session_id, seq, server_ts, client_ts, token)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (session_id, seq, server_ts, client_ts, token),
-    )
+    conn.execute(insert_point.row_sql, (session_id, seq, server_ts, client_ts, token))  # type: ignore[attr-defined]
 
 
+@row_insert(
+    "INSERT INTO rejected_points (session_id, server_ts, client_ts, reason) VALUES (?, ?, ?, ?)"
+)
 def insert_rejected_point(
     conn: sqlite3.Connection, session_id: str, server_ts: int, client_ts: int, reason: str
 ) -> None:
-    conn.execute(
-        "INSERT INTO rejected_points (session_id, server_ts, client_ts, reason)"
-        " VALUES (?, ?, ?, ?)",
-        (session_id, server_ts, client_ts, reason),
-    )
+    conn.execute(insert_rejected_point.row_sql, (session_id, server_ts, client_ts, reason))  # type: ignore[attr-defined]
 
 
+@row_insert("INSERT INTO bursts (session_id, at_ms) VALUES (?, ?)")
 def insert_burst(conn: sqlite3.Connection, session_id: str, at_ms: int) -> None:
-    conn.execute("INSERT INTO bursts (session_id, at_ms) VALUES (?, ?)", (session_id, at_ms))
+    conn.execute(insert_burst.row_sql, (session_id, at_ms))  # type: ignore[attr-defined]
 
 
 def end_session(

@@ -236,3 +236,31 @@ async def test_one_running_game_per_user_and_game(
             assert again["code"] == "session_active"
             await first.recv_type("end_game")
             assert (await second.start(now()))["type"] == "game_started"
+
+
+async def test_a_point_being_answered_when_time_runs_out_still_gets_its_answer(
+    inline_server: Server, autojump_clock: trio.testing.MockClock, monkeypatch: Any
+) -> None:
+    """The timer ends the wait for points, never the handling of one: a reply in flight
+    when the time is up is still delivered (before end_game)."""
+    from scoreserver.ws import Connection
+
+    original = Connection.send
+
+    async def slow_send(self: Connection, text: str) -> bool:
+        if '"point_accepted"' in text:
+            await trio.sleep(0.5)  # a congested socket
+        return await original(self, text)
+
+    with trio.fail_after(60):
+        async with connect(inline_server) as client:
+            await client.enter("demo", None)
+            now = inline_server.service.clock.now_ms
+            started = await client.start(now())
+            monkeypatch.setattr(Connection, "send", slow_send)
+            await trio.sleep(29.8)  # the reply will still be in flight at 30 s
+            await client.send(type="point", client_ts=now(), id="last")
+            reply = await client.recv()
+            assert reply["type"] == "point_accepted" and reply["id"] == "last"
+            end = await client.recv_type("end_game")
+            assert end["server_ts"] - started["server_ts"] >= 30_000
