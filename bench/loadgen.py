@@ -285,7 +285,7 @@ async def idle_player(
         while not ready.is_set():  # keep answering pings while held
             try:
                 await asyncio.wait_for(sock.recv(), 1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     finally:
         sock.close()

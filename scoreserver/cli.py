@@ -367,9 +367,8 @@ def _print_game(game_id: str, s: GameSettings) -> None:
     print(f"{game_id}:")
     print(f"  duration            {s.duration_ms / 1000:g} s")
     print(f"  burst               more than {s.burst_threshold} points in {s.burst_window_ms} ms")
-    print(
-        f"  burst limit         more than {s.burst_limit} bursts in {s.burst_period_ms} ms ends the game"
-    )
+    limit = f"more than {s.burst_limit} bursts in {s.burst_period_ms} ms ends the game"
+    print(f"  burst limit         {limit}")
     print(f"  latency allowance   {s.latency_ms} ms")
     print(f"  submission window   {s.submission_window_ms / 1000:g} s")
 

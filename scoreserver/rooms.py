@@ -7,7 +7,8 @@ A session task owns its session from `game_started` to `end_game`:
 * the point inbox, a small bounded memory channel the connection handler sends into;
 * the answers to the player, sent through `LiveSession.player` (re-pointed on `resume`);
 * the end: when the task's loop is over, the session is over. It commits the session's end,
-  clears the player's "running session" record, then sends `end_game`. No other code path
+  clears the player's "running session" record, answers points still queued (`game_over`),
+  then sends `end_game`, the session's last word. No other code path
   ends a session; the server's shutdown asks the task to end (`request_shutdown`).
 
 The rules themselves are in `rules.py`; this module only carries out the actions they return.
@@ -46,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 INBOX_SIZE = 32
 LEADERBOARD_PUSH_SIZE = 10
+# At most one leaderboard push per room per interval: when a room full of players finishes at
+# once, every saved score would otherwise broadcast to everyone (N players x N sends).
+LEADERBOARD_PUSH_INTERVAL_S = 1.0
 
 
 class Player(Protocol):
@@ -131,6 +135,7 @@ class Room:
     members: set[Member] = field(default_factory=set)
     last_top: list[wire.LeaderboardEntry] | None = None
     push_pending: bool = False
+    last_push_at: float = float("-inf")
 
 
 class Rooms:
@@ -359,6 +364,9 @@ class Rooms:
             db.end_session, session.session_id, end_token, ended.at_ms, str(ended.reason)
         )
         self._release(session)
+        # Points that arrived before the end but were still queued are answered (game_over)
+        # before end_game, so that end_game is the session's last word to its player.
+        await self._drain_inbox(session)
         if ended.reason != "time_up":
             service.sessions.pop(session.session_id, None)
         session.end_frame = wire.encode(
@@ -370,8 +378,7 @@ class Rooms:
             )
         )
         logger.info("session %s ended: %s", session.session_id, ended.reason)
-        with trio.move_on_after(5):
-            await session.send(session.end_frame)
+        await session.send(session.end_frame)  # bounded by the connection's send timeout
 
     def _release(self, session: LiveSession) -> None:
         if session.user_id is not None:
@@ -391,14 +398,15 @@ class Rooms:
                 point = receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            with trio.move_on_after(1):
-                await session.send(
-                    wire.encode(
-                        wire.PointRejected(
-                            id=point.request_id, reason="game_over", server_ts=point.received_at
-                        )
+            # Bounded by the connection's own send timeout (a peer that does not read is
+            # dropped); a tighter bound here would lose answers under load.
+            await session.send(
+                wire.encode(
+                    wire.PointRejected(
+                        id=point.request_id, reason="game_over", server_ts=point.received_at
                     )
                 )
+            )
         receive.close()
 
     async def shutdown_sessions(self, timeout_s: float = 5.0) -> None:
@@ -422,6 +430,10 @@ class Rooms:
         room.nursery.start_soon(self._push_leaderboard, room)
 
     async def _push_leaderboard(self, room: Room) -> None:
+        wait = room.last_push_at + LEADERBOARD_PUSH_INTERVAL_S - trio.current_time()
+        if wait > 0:
+            await trio.sleep(wait)  # saves meanwhile join this push (push_pending is set)
+        room.last_push_at = trio.current_time()
         try:
             now = self.service.clock.now_ms()
             rows = await self.service.store.read(

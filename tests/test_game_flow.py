@@ -264,3 +264,61 @@ async def test_a_point_being_answered_when_time_runs_out_still_gets_its_answer(
             assert reply["type"] == "point_accepted" and reply["id"] == "last"
             end = await client.recv_type("end_game")
             assert end["server_ts"] - started["server_ts"] >= 30_000
+
+
+async def test_points_queued_at_the_end_are_answered_before_end_game(
+    inline_server: Server, autojump_clock: trio.testing.MockClock, monkeypatch: Any
+) -> None:
+    from scoreserver.ws import Connection
+
+    original = Connection.send
+
+    async def slow_send(self: Connection, text: str) -> bool:
+        if '"point_accepted"' in text:
+            await trio.sleep(0.3)  # replies are slow, so points queue up in the inbox
+        return await original(self, text)
+
+    with trio.fail_after(60):
+        async with connect(inline_server) as client:
+            await client.enter("demo", None)
+            now = inline_server.service.clock.now_ms
+            await client.start(now())
+            monkeypatch.setattr(Connection, "send", slow_send)
+            await trio.sleep(29.5)
+            for n in range(6):
+                await client.send(type="point", client_ts=now(), id=n)
+            replies = []
+            while (message := await client.recv())["type"] != "end_game":
+                replies.append(message)
+            assert sorted(r["id"] for r in replies) == list(range(6))  # all before end_game
+            assert {r["type"] for r in replies} == {"point_accepted", "point_rejected"}
+            assert all(r["reason"] == "game_over" for r in replies if r["type"] == "point_rejected")
+
+
+async def test_players_in_the_room_get_the_leaderboard_when_its_top_changes(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(120):
+        ann = await register(inline_server, "ann")
+        async with connect(inline_server) as watcher, connect(inline_server) as elsewhere:
+            await watcher.enter("demo", None)  # a guest watching the room
+            await elsewhere.enter("strict", None)  # another game's room hears nothing
+            async with connect(inline_server) as player:
+                await player.call(type="auth", token=ann["token"])
+                await player.enter("demo", ann["user_id"])
+                started, points = await play(player, inline_server, 3, 1.0)
+                end = await player.recv_type("end_game")
+                await player.call(
+                    type="submit_result",
+                    start_token=started["start_token"],
+                    end_token=end["end_token"],
+                    points=points,
+                )
+            push = await watcher.recv_type("leaderboard")
+            assert push == {
+                "type": "leaderboard",
+                "game_id": "demo",
+                "entries": [{"rank": 1, "user_id": ann["user_id"], "name": "ann", "score": 3}],
+            }
+            assert (await elsewhere.call(type="whoami"))["type"] == "identity"
+            assert all(m["type"] != "leaderboard" for m in elsewhere.seen)

@@ -199,3 +199,16 @@ async def test_logins_are_limited_per_account_and_address(tmp_path: Path) -> Non
                 )
                 statuses.append(reply.status_code)
             assert statuses[:19] == [200] * 19 and statuses[-1] == 429
+
+
+async def test_connections_per_process(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(30):
+        async with limited(tmp_path, max_conns=2, max_conns_per_addr=0) as server:
+            first, head1 = await RawSocket.open(server.ws_port)
+            second, head2 = await RawSocket.open(server.ws_port)
+            third, head3 = await RawSocket.open(server.ws_port)
+            assert b" 101 " in head1 and b" 101 " in head2 and b" 429 " in head3
+            for raw in (first, second, third):
+                await raw.aclose()
