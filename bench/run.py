@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import secrets
 import statistics
 import subprocess
@@ -34,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scoreserver import store as db  # noqa: E402
+from scoreserver.app import parse_banner, serve_command  # noqa: E402
 from scoreserver.rules import GameSettings  # noqa: E402
 
-BANNER = re.compile(r"game socket ws://127\.0\.0\.1:(\d+)/\s+HTTP http://127\.0\.0\.1:(\d+)/")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -94,37 +93,25 @@ def start_server(folder: Path, *, echo: bool) -> Running:
     if echo:
         cmd = [sys.executable, str(ROOT / "bench" / "echo_server.py")]
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "scoreserver.cli",
-            "serve",
-            "--ws-port",
-            "0",
-            "--http-port",
-            "0",
-            "--db",
-            str(folder / "bench.db"),
-            "--key",
-            str(folder / "bench.key"),
+        cmd = serve_command(
+            folder / "bench.db",
+            folder / "bench.key",
             "--max-msg-rate",
             "0",
             "--max-conns-per-addr",
             "0",
-            "--log-level",
-            "WARNING",
-        ]
+        )
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert process.stdout is not None
     line = process.stdout.readline()
     if echo:
         port = int(line.strip().rsplit(":", 1)[1].rstrip("/"))
         return Running(process, port, None)
-    match = BANNER.search(line)
-    if not match:
+    ports = parse_banner(line)
+    if ports is None:
         process.kill()
         raise RuntimeError(f"server did not start: {line!r}")
-    return Running(process, int(match.group(1)), int(match.group(2)))
+    return Running(process, *ports)
 
 
 def stats(server: Running) -> dict[str, Any]:

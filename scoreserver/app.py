@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import signal
 import sqlite3
 import ssl
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,6 +41,37 @@ from .ws import GameSocket, Limits
 logger = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 60.0
+# What `serve` prints once listening; tools that start a server process read the ports from it.
+BANNER = re.compile(r"game socket wss?://\S+:(\d+)/\s+HTTP https?://\S+:(\d+)/")
+
+
+def serve_command(db: Path, key: Path, *flags: str) -> list[str]:
+    """The command line of a server process on free ports (for tests and benchmarks)."""
+    return [
+        sys.executable,
+        "-m",
+        "scoreserver.cli",
+        "serve",
+        "--ws-port",
+        "0",
+        "--http-port",
+        "0",
+        "--db",
+        str(db),
+        "--key",
+        str(key),
+        "--log-level",
+        "WARNING",
+        *flags,
+    ]
+
+
+def parse_banner(text: str) -> tuple[int, int] | None:
+    """(socket port, HTTP port) from the banner `serve` prints, or None."""
+    match = BANNER.search(text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 LOOP_PROBE_S = 0.01
 STALL_MS = 20.0
 

@@ -7,7 +7,6 @@ Without /usr/bin/chromium these tests skip, unless SCORESERVER_REQUIRE_BROWSER i
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -17,9 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scoreserver.app import parse_banner, serve_command
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
-BANNER = re.compile(r"game socket ws://127\.0\.0\.1:(\d+)/\s+HTTP http://127\.0\.0\.1:(\d+)/")
 
 pytestmark = pytest.mark.browser
 
@@ -54,31 +54,14 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         timeout=60,
     )
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scoreserver.cli",
-            "serve",
-            "--ws-port",
-            "0",
-            "--http-port",
-            "0",
-            "--db",
-            db,
-            "--key",
-            str(folder / "b.key"),
-            "--log-level",
-            "WARNING",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+        serve_command(folder / "b.db", folder / "b.key"), stdout=subprocess.PIPE, text=True
     )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
-        match = BANNER.search(line)
-        assert match, f"no banner: {line!r}"
-        yield f"http://127.0.0.1:{match.group(2)}"
+        ports = parse_banner(line)
+        assert ports, f"no banner: {line!r}"
+        yield f"http://127.0.0.1:{ports[1]}"
     finally:
         process.terminate()
         process.wait(timeout=15)

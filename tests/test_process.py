@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -18,11 +17,11 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
+from scoreserver.app import parse_banner, serve_command
+
 from .conftest import open_client
 
 pytestmark = pytest.mark.slow
-
-BANNER = re.compile(rb"game socket ws://127\.0\.0\.1:(\d+)/\s+HTTP http://127\.0\.0\.1:(\d+)/")
 
 
 def cli(tmp_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,33 +45,18 @@ class Proc:
 @asynccontextmanager
 async def server_process(tmp_path: Path) -> AsyncIterator[Proc]:
     process = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "scoreserver.cli",
-            "serve",
-            "--ws-port",
-            "0",
-            "--http-port",
-            "0",
-            "--db",
-            str(tmp_path / "s.db"),
-            "--key",
-            str(tmp_path / "s.key"),
-            "--log-level",
-            "WARNING",
-        ],
+        serve_command(tmp_path / "s.db", tmp_path / "s.key"),
         stdout=subprocess.PIPE,
         cwd=tmp_path,
     )
     try:
         output = b""
         with trio.fail_after(30):
-            while not (match := BANNER.search(output)):
+            while not (ports := parse_banner(output.decode(errors="replace"))):
                 chunk = await process.stdout.receive_some()  # type: ignore[union-attr]
                 assert chunk, f"server exited early: {output!r}"
                 output += chunk
-        yield Proc(process, int(match.group(1)), int(match.group(2)))
+        yield Proc(process, *ports)
     finally:
         if process.returncode is None:
             process.kill()
