@@ -327,6 +327,7 @@ def write_markdown(path: Path, results: dict[str, Any], command: str) -> None:
         "",
         f"`{command}` on {meta['date']}: Python {meta['python']}, {meta['cpus']} cores shared by the",
         f"server and the load generator, medians of {meta['runs']} runs, {meta['seconds']} s in all.",
+        *([f"Note: {meta['note']}."] if meta.get("note") else []),
         "",
         "| target | goal | measured | |",
         "|---|---|---|---|",
