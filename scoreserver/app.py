@@ -241,7 +241,8 @@ async def serve(
                 )
             )
             binds = await servers.start(
-                partial(hypercorn_serve, app, hconfig, shutdown_trigger=stop.wait)
+                # Starlette is an ASGI app; hypercorn's own ASGI types do not name it.
+                partial(hypercorn_serve, app, hconfig, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
             )
             http_port = int(binds[0].rsplit(":", 1)[1])
             app.state.ws_port = ws_server.port

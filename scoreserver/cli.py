@@ -620,9 +620,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (CliError, ScoreServerError, ValueError) as exc:
-        kind = {ConflictError: "conflict", NotFoundError: "not found", StoreError: "database"}.get(
-            type(exc), "error"
-        )
+        kinds: dict[type[Exception], str] = {
+            ConflictError: "conflict",
+            NotFoundError: "not found",
+            StoreError: "database",
+        }
+        kind = kinds.get(type(exc), "error")
         print(f"scoreserver: {kind}: {exc}", file=sys.stderr)
         return 1
 

@@ -39,30 +39,30 @@ class ClientMessage(Struct, frozen=True, tag_field="type", kw_only=True, gc=Fals
     id: RequestId = None
 
 
-class Auth(ClientMessage, tag="auth"):
+class Auth(ClientMessage, tag="auth", frozen=True):
     """Log the connection in with a token from `/api/login` or `/api/register`."""
 
     token: Annotated[str, Meta(max_length=200)]
 
 
-class WhoAmI(ClientMessage, tag="whoami"):
+class WhoAmI(ClientMessage, tag="whoami", frozen=True):
     """Ask who the connection is."""
 
 
-class EnterGameRoom(ClientMessage, tag="enter_game_room"):
+class EnterGameRoom(ClientMessage, tag="enter_game_room", frozen=True):
     """Join a game's room as `user_id` (null for a guest)."""
 
     game_id: GameId
     user_id: int | None
 
 
-class GameStart(ClientMessage, tag="game_start"):
+class GameStart(ClientMessage, tag="game_start", frozen=True):
     """Start a game session in the current room."""
 
     client_ts: int
 
 
-class Point(ClientMessage, tag="point"):
+class Point(ClientMessage, tag="point", frozen=True):
     """The player scored, at `client_ts` by the player's clock."""
 
     client_ts: int
@@ -75,7 +75,7 @@ class PointClaim(Struct, frozen=True, gc=False):
     client_ts: int
 
 
-class SubmitResult(ClientMessage, tag="submit_result"):
+class SubmitResult(ClientMessage, tag="submit_result", frozen=True):
     """Submit a finished game for scoring."""
 
     start_token: Token
@@ -83,7 +83,7 @@ class SubmitResult(ClientMessage, tag="submit_result"):
     points: Annotated[list[PointClaim], Meta(max_length=100_000)]
 
 
-class Resume(ClientMessage, tag="resume"):
+class Resume(ClientMessage, tag="resume", frozen=True):
     """Re-attach this connection to a session of the same identity."""
 
     start_token: Token
@@ -92,10 +92,10 @@ class Resume(ClientMessage, tag="resume"):
 AnyClientMessage = Auth | WhoAmI | EnterGameRoom | GameStart | Point | SubmitResult | Resume
 CLIENT_TYPES = frozenset(
     t.__struct_config__.tag
-    for t in AnyClientMessage.__args__  # type: ignore[attr-defined]
+    for t in (Auth, WhoAmI, EnterGameRoom, GameStart, Point, SubmitResult, Resume)
 )
 
-_client_decoder = msgspec.json.Decoder(AnyClientMessage)
+_client_decoder: msgspec.json.Decoder[AnyClientMessage] = msgspec.json.Decoder(AnyClientMessage)
 _generic_decoder = msgspec.json.Decoder()
 
 
@@ -144,17 +144,17 @@ class ServerMessage(
     id: str | int | None = None
 
 
-class Identity(ServerMessage, tag="identity"):
+class Identity(ServerMessage, tag="identity", frozen=True):
     user_id: int | None
     name: str | None
 
 
-class RoomEntered(ServerMessage, tag="room_entered"):
+class RoomEntered(ServerMessage, tag="room_entered", frozen=True):
     game_id: str
     duration_ms: int
 
 
-class GameStarted(ServerMessage, tag="game_started"):
+class GameStarted(ServerMessage, tag="game_started", frozen=True):
     session_id: str
     start_token: str
     duration_ms: int
@@ -164,25 +164,25 @@ class GameStarted(ServerMessage, tag="game_started"):
     seq: int | None = None
 
 
-class PointAccepted(ServerMessage, tag="point_accepted"):
+class PointAccepted(ServerMessage, tag="point_accepted", frozen=True):
     token: str
     server_ts: int
     seq: int
 
 
-class PointRejected(ServerMessage, tag="point_rejected"):
+class PointRejected(ServerMessage, tag="point_rejected", frozen=True):
     reason: str
     server_ts: int | None = None
 
 
-class EndGame(ServerMessage, tag="end_game"):
+class EndGame(ServerMessage, tag="end_game", frozen=True):
     reason: str
     server_ts: int
     end_token: str | None = None
     session_id: str | None = None
 
 
-class Result(ServerMessage, tag="result"):
+class Result(ServerMessage, tag="result", frozen=True):
     accepted: bool
     score: int | None = None
     saved: bool | None = None
@@ -196,12 +196,12 @@ class LeaderboardEntry(Struct, frozen=True):
     score: int
 
 
-class Leaderboard(ServerMessage, tag="leaderboard"):
+class Leaderboard(ServerMessage, tag="leaderboard", frozen=True):
     game_id: str
     entries: list[LeaderboardEntry]
 
 
-class Error(ServerMessage, tag="error"):
+class Error(ServerMessage, tag="error", frozen=True):
     code: str
     message: str
 

@@ -297,8 +297,13 @@ def _same(a: str | None, b: str) -> bool:
 
 
 class PointLike(Protocol):
-    token: str
-    client_ts: int
+    """A submitted point: the wire's PointClaim, or SubmittedPoint in tests."""
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def client_ts(self) -> int: ...
 
 
 def check_submission(
@@ -339,6 +344,7 @@ def check_submission(
         issued = issued_points.get(seq) if seq is not None else None
         if issued is None or not _same(issued.token, token):
             return SubmissionRejected(ResultReason.BAD_POINT_TOKEN, {"index": index})
+        seq = issued.seq  # equal to the claimed seq, now known to be an issued one
         if seq in seen:
             return SubmissionRejected(ResultReason.DUPLICATE_POINT, {"index": index, "seq": seq})
         seen.add(seq)
