@@ -122,9 +122,11 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
     async def register(request: Request) -> Response:
         body = await read_json(request, Credentials)
         try:
-            token, user = await service.register(body.name, body.password)
+            token, user = await service.register(body.name, body.password, peer_of(request).address)
         except ValueError as exc:
             raise HttpError(400, "bad_request", str(exc)) from None
+        except RateLimitedError as exc:
+            raise HttpError(429, "rate_limited", str(exc)) from None
         except ConflictError:
             raise HttpError(409, "name_taken", "that name is taken") from None
         return JSONResponse({"token": token, "user_id": user.id, "name": user.name}, 201)

@@ -131,9 +131,16 @@ class LoginLimiter:
             times.popleft()
         return times
 
-    def check(self, account: str, address: str | None, now: float) -> None:
-        """Raise RateLimitedError if this attempt is over a limit; count it otherwise."""
-        if self.per_account and len(self._recent(self._failures, account, now)) >= self.per_account:
+    def check(self, account: str | None, address: str | None, now: float) -> None:
+        """Raise RateLimitedError if this attempt is over a limit; count it otherwise.
+
+        `account` None is a registration: it counts against the address only.
+        """
+        if (
+            account is not None
+            and self.per_account
+            and len(self._recent(self._failures, account, now)) >= self.per_account
+        ):
             raise RateLimitedError("too many failed logins for this account; wait a minute")
         if address is not None and self.per_address:
             attempts = self._recent(self._attempts, address, now)
@@ -230,8 +237,12 @@ class Service:
 
     # -- accounts --
 
-    async def register(self, name: str, password: str) -> tuple[str, db.User]:
+    async def register(
+        self, name: str, password: str, address: str | None = None
+    ) -> tuple[str, db.User]:
         name, password = validate_credentials(name, password)
+        # Registrations share the address's login budget: no account factories.
+        self.login_limiter.check(None, address, trio.current_time())
         encoded = await self._cpu(self.password_policy.hash, password)
         now = self.clock.now_ms()
         user_id = await self.store.write(db.insert_user, name, encoded, now)

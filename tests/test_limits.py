@@ -198,7 +198,8 @@ async def test_logins_are_limited_per_account_and_address(tmp_path: Path) -> Non
                     "/api/login", json={"name": "other", "password": "right password"}
                 )
                 statuses.append(reply.status_code)
-            assert statuses[:19] == [200] * 19 and statuses[-1] == 429
+            # 30 per address: 2 registrations + 10 failed logins came first.
+            assert statuses == [200] * 18 + [429] * 7
 
 
 async def test_connections_per_process(
@@ -212,3 +213,16 @@ async def test_connections_per_process(
             assert b" 101 " in head1 and b" 101 " in head2 and b" 429 " in head3
             for raw in (first, second, third):
                 await raw.aclose()
+
+
+async def test_registrations_share_the_address_budget(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with running_server(make_config(tmp_path)) as server, http(server) as api:
+            statuses = []
+            for n in range(31):
+                reply = await api.post(
+                    "/api/register", json={"name": f"bot{n}", "password": "p" * 10}
+                )
+                statuses.append(reply.status_code)
+            assert statuses[:30] == [201] * 30
+            assert statuses[30] == 429
