@@ -151,15 +151,23 @@ async def start(sock: Socket) -> dict[str, Any]:
 POINT_ACCEPTED = b'"point_accepted"'
 
 
-async def throughput_player(
+async def closed_loop_player(
     args: argparse.Namespace,
     token: str | None,
     stats: Stats,
     ready: asyncio.Barrier,
     deadline: list[float],
 ) -> None:
-    sock = await join(args.host, args.port, token, args.game)
-    await start(sock)
+    """Points back to back, each sent when the last was answered: against scoreserver (a
+    logged-in player in a started game), or against the echo server (a bare socket)."""
+    echo = args.mode == "echo"
+    if echo:
+        assert CONNECT_GATE is not None
+        async with CONNECT_GATE:
+            sock = await Socket.open(args.host, args.port)
+    else:
+        sock = await join(args.host, args.port, token, args.game)
+        await start(sock)
     await ready.wait()
     clock = time.perf_counter
     rtts = stats.rtts
@@ -169,30 +177,10 @@ async def throughput_player(
             sock.send(b'{"type":"point","client_ts":%d}' % now_ms())
             reply = await sock.recv()
             rtts.append(clock() - sent)
-            if POINT_ACCEPTED in reply:
+            if echo or POINT_ACCEPTED in reply:
                 stats.accepted += 1
             else:
                 stats.rejected += 1
-    finally:
-        sock.close()
-
-
-async def echo_player(
-    args: argparse.Namespace, stats: Stats, ready: asyncio.Barrier, deadline: list[float]
-) -> None:
-    assert CONNECT_GATE is not None
-    async with CONNECT_GATE:
-        sock = await Socket.open(args.host, args.port)
-    await ready.wait()
-    clock = time.perf_counter
-    rtts = stats.rtts
-    try:
-        while clock() < deadline[0]:
-            sent = clock()
-            sock.send(b'{"type":"point","client_ts":%d}' % now_ms())
-            await sock.recv()
-            rtts.append(clock() - sent)
-            stats.accepted += 1
     finally:
         sock.close()
 
@@ -367,16 +355,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.mode in ("throughput", "echo"):
         ready = asyncio.Barrier(args.players + 1)
         deadline = [float("inf")]
-        if args.mode == "echo":
-            tasks = [
-                guarded(echo_player(args, stats, ready, deadline), ready)
-                for _ in range(args.players)
-            ]
-        else:
-            tasks = [
-                guarded(throughput_player(args, tokens[n], stats, ready, deadline), ready)
-                for n in range(args.players)
-            ]
+        tasks = [
+            guarded(closed_loop_player(args, tokens[n], stats, ready, deadline), ready)
+            for n in range(args.players)
+        ]
         await ready.wait()
         cpu0, t0 = cpu_seconds(), time.perf_counter()
         deadline[0] = t0 + args.seconds

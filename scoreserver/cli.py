@@ -500,7 +500,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     conn = _open_or_create(args.db)
     if args.action == "list":
         now = now_ms()
-        window = db.max_submission_window(conn)
+        lifetime = db.retired_key_lifetime_ms(conn)
         rows = db.list_signing_keys(conn)
         _table(
             ["kid", "created", "retired", "verifies until"],
@@ -511,7 +511,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     fmt_time(r["retired_at"]),
                     "current (signing)"
                     if r["retired_at"] is None
-                    else _verifies_until(r["retired_at"] + window + _longest(conn), now),
+                    else _verifies_until(r["retired_at"] + lifetime, now),
                 ]
                 for r in rows
             ],
@@ -531,11 +531,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
         write_key(args.key, key)
         print(f"new signing key {kid} in {args.key}; send the server SIGHUP to sign with it")
     return 0
-
-
-def _longest(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT MAX(duration_ms) FROM games").fetchone()
-    return int(row[0] or 0)
 
 
 def _verifies_until(until: int, now: int) -> str:

@@ -192,6 +192,8 @@ class Service:
     key_path: Path | None = None
     settings_fingerprint: tuple[object, ...] = ()
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    # Set when new settings are applied (then replaced): lets a caller wait for a reload.
+    settings_applied: trio.Event = field(default_factory=trio.Event)
     _submitting: set[str] = field(default_factory=set)
 
     # -- start-up and reload --
@@ -203,14 +205,12 @@ class Service:
         kid = key_id(signing_key.public_key())
         db.record_signing_key(conn, kid.hex(), raw_public(signing_key.public_key()), now)
         db.retire_other_keys(conn, kid.hex(), now)
-        window = db.max_submission_window(conn)
+        lifetime = db.retired_key_lifetime_ms(conn)
         others = []
         for row in db.list_signing_keys(conn):
             if row["kid"] == kid.hex() or row["retired_at"] is None:
                 continue
-            # A retired key verifies tokens of sessions that began before its retirement,
-            # so it lasts as long as the longest game plus the submission window.
-            valid_until = row["retired_at"] + window + _longest_game_ms(conn)
+            valid_until = row["retired_at"] + lifetime
             if valid_until < now:
                 continue
             others.append(
@@ -233,6 +233,8 @@ class Service:
         """Use new settings for sessions started from now on; running ones keep theirs."""
         self.games = games
         self.keys = keys
+        self.settings_applied.set()
+        self.settings_applied = trio.Event()
         logger.info("reloaded %d games, signing key %s", len(games), keys.kid.hex())
 
     # -- accounts --
@@ -426,8 +428,3 @@ class Service:
         for sid in stale:
             del self.sessions[sid]
         return len(stale)
-
-
-def _longest_game_ms(conn: Any) -> int:
-    row = conn.execute("SELECT MAX(duration_ms) FROM games").fetchone()
-    return int(row[0] or 0)

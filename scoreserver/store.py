@@ -868,9 +868,11 @@ def list_signing_keys(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute("SELECT * FROM signing_keys ORDER BY created_at")]
 
 
-def max_submission_window(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT MAX(submission_window_ms) FROM games").fetchone()
-    return int(row[0] or 0)
+def retired_key_lifetime_ms(conn: sqlite3.Connection) -> int:
+    """How long a retired key still verifies: a session that began just before the rotation
+    may run the longest game and then be submitted within the longest submission window."""
+    row = conn.execute("SELECT MAX(duration_ms), MAX(submission_window_ms) FROM games").fetchone()
+    return int(row[0] or 0) + int(row[1] or 0)
 
 
 def insert_audit(

@@ -121,6 +121,20 @@ class Client:
         assert reply["type"] == "room_entered", reply
         return reply
 
+    async def score(
+        self, clock: Callable[[], int], n_points: int, every_s: float
+    ) -> list[dict[str, Any]]:
+        """Score `n_points`, one every `every_s` seconds, stamped by the player's `clock`;
+        returns the claims a page keeps ({token, client_ts}) for its submission."""
+        claims = []
+        for _ in range(n_points):
+            await trio.sleep(every_s)
+            ts = clock()
+            reply = await self.call(type="point", client_ts=ts)
+            assert reply["type"] == "point_accepted", reply
+            claims.append({"token": reply["token"], "client_ts": ts})
+        return claims
+
     async def start(self, client_ts: int) -> dict[str, Any]:
         reply = await self.call(type="game_start", client_ts=client_ts)
         assert reply["type"] == "game_started", reply

@@ -29,16 +29,12 @@ async def played(
     user_id: int | None = None,
     every_s: float = 1.0,
 ) -> dict[str, Any]:
-    now = server.service.clock.now_ms
+    def player_clock() -> int:
+        return server.service.clock.now_ms() - LAG
+
     await client.enter(game, user_id)
-    started = await client.start(now() - LAG)
-    claims = []
-    for _ in range(points):
-        await trio.sleep(every_s)
-        ts = now() - LAG
-        reply = await client.call(type="point", client_ts=ts)
-        assert reply["type"] == "point_accepted", reply
-        claims.append({"token": reply["token"], "client_ts": ts})
+    started = await client.start(player_clock())
+    claims = await client.score(player_clock, points, every_s)
     end = await client.recv_type("end_game")
     return {
         "start_token": started["start_token"],

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from scoreserver import store as db
 from scoreserver.app import Server
@@ -172,15 +173,17 @@ async def test_keys_and_health(server: Server) -> None:
             assert len(b64decode(keys[0]["public_key"])) == 32
 
 
-async def test_stats_report_connections_and_loop_stalls(tmp_path: Any) -> None:
+async def test_stats_report_connections_and_loop_stalls(
+    tmp_path: Any, autojump_clock: trio.testing.MockClock
+) -> None:
     from .conftest import make_config, running_server
 
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, inline=True)
     config.monitor_loop = True
     with trio.fail_after(20):
         async with running_server(config) as server, connect(server) as client:
             await client.call(type="whoami")
-            await trio.sleep(0.1)
+            await trio.sleep(0.1)  # virtual: ten 10 ms probes
             async with http(server) as api:
                 stats = (await api.get("/api/stats")).json()
             assert stats["connections"] == 1

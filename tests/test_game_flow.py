@@ -24,14 +24,7 @@ async def play(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     now = player_clock(server)
     started = await client.start(now())
-    points = []
-    for _ in range(n_points):
-        await trio.sleep(every_s)
-        ts = now()
-        reply = await client.call(type="point", client_ts=ts)
-        assert reply["type"] == "point_accepted", reply
-        points.append({"token": reply["token"], "client_ts": ts})
-    return started, points
+    return started, await client.score(now, n_points, every_s)
 
 
 async def test_a_full_30_second_game(

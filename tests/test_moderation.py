@@ -184,9 +184,9 @@ async def test_games_commands_and_live_settings(server: Server) -> None:
 
 async def test_the_settings_watcher_notices_changes_by_itself(server: Server) -> None:
     with trio.fail_after(30):
+        applied = server.service.settings_applied
         run_cli(server, "games", "add", "watched", "--duration", "3")
-        while "watched" not in server.service.games:  # polled every 2 s
-            await trio.sleep(0.1)
+        await applied.wait()  # the watcher polls every 2 s; no SIGHUP, no reload call
         assert server.service.games["watched"].duration_ms == 3000
 
 
