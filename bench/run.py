@@ -39,16 +39,41 @@ from scoreserver.rules import GameSettings  # noqa: E402
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def family(pid: int) -> list[int]:
+    """The process and its children (the server's signer and database writer)."""
+    pids = [pid]
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            pids += [int(child) for child in children.read_text().split()]
+        except OSError:  # pragma: no cover - a thread ended meanwhile
+            pass
+    return pids
+
+
+def proc_cpu(pid: int, *, children: bool = True) -> float:
+    """CPU seconds used so far by the process, and by its children unless told not to."""
+    total = 0.0
+    for member in family(pid) if children else [pid]:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 def proc_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """Resident memory of the process and its children."""
+    total = 0
+    for member in family(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
 
 
 def seed(folder: Path, players: int, duration_s: float) -> Path:
@@ -133,6 +158,7 @@ def run_scenario(
         try:
             time.sleep(0.3)
             cpu0, rss0 = proc_cpu(server.process.pid), proc_rss_kib(server.process.pid)
+            loop_cpu0 = proc_cpu(server.process.pid, children=False)
             before = stats(server)
             cmd = [
                 sys.executable,
@@ -156,6 +182,7 @@ def run_scenario(
                 message = json.loads(line)
                 if "submit_phase" in message:
                     marks["phase_cpu"] = proc_cpu(server.process.pid)
+                    marks["phase_loop_cpu"] = proc_cpu(server.process.pid, children=False)
                 elif "idle_ready" in message:
                     time.sleep(1.0)
                     marks["idle_rss_kib"] = proc_rss_kib(server.process.pid)
@@ -166,6 +193,9 @@ def run_scenario(
             if not report:
                 raise RuntimeError(f"{mode}: the load generator failed (exit {gen.returncode})")
             cpu = proc_cpu(server.process.pid) - marks.get("phase_cpu", cpu0)
+            loop_cpu = proc_cpu(server.process.pid, children=False) - marks.get(
+                "phase_loop_cpu", loop_cpu0
+            )
             after = stats(server)
             report["server_cpu_s"] = round(cpu, 3)
             report["server_rss_kib"] = proc_rss_kib(server.process.pid)
@@ -186,6 +216,8 @@ def run_scenario(
                 count = report.get("submissions")
             if count:
                 report["server_cpu_us_per_message"] = round(cpu / count * 1e6, 1)
+                # The server's own process only (its event loop), without signer and writer.
+                report["loop_process_cpu_us_per_message"] = round(loop_cpu / count * 1e6, 1)
             return report
         finally:
             server.process.terminate()
@@ -312,6 +344,7 @@ TABLE_COLUMNS = [
     ("p50 ms", "rtt_p50_ms", 2),
     ("p99 ms", "rtt_p99_ms", 2),
     ("server CPU us/msg", "server_cpu_us_per_message", 1),
+    ("of it, loop process", "loop_process_cpu_us_per_message", 1),
     ("server RSS MiB", "server_rss_kib", 1),
     ("stalls > 20 ms", "loop_stalls_over_20ms", 0),
     ("worst lag ms", "loop_max_lag_ms", 1),

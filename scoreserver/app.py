@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import re
 import signal
 import sqlite3
@@ -35,6 +36,8 @@ from .http import create_app
 from .rooms import Rooms
 from .rules import GameSettings
 from .service import DEMO_GAME, DEMO_SETTINGS, PasswordPolicy, Service
+from .signer import SIGNER_MODES, InlineSigner, ProcessSigner, Signer
+from .store import STORE_WRITERS
 from .tokens import KeyRing
 from .ws import GameSocket, Limits
 
@@ -118,6 +121,11 @@ class Config:
     # Tests under autojump_clock turn these off: no writer thread, no wall-clock re-anchor,
     # no process signal handlers.
     threaded_store: bool = True
+    # Where point tokens are signed: "process" (a child process, on another core), "inline"
+    # (on the event loop), or "auto" (process when this process may use more than one core).
+    signer: str = "auto"
+    # The database writer: "process" (a child process) or "thread" (a thread of this one).
+    store_writer: str = "process"
     reanchor_clock: bool = True
     handle_signals: bool = True
     announce: bool = True
@@ -175,7 +183,13 @@ def prepare_database(config: Config, now: int) -> tuple[Service, db.Store]:
         fingerprint = _settings_fingerprint(conn)
     finally:
         conn.close()
-    store = db.Store(config.db_path, threaded=config.threaded_store)
+    if config.store_writer not in STORE_WRITERS:
+        raise ValueError(f"store writer must be one of {', '.join(STORE_WRITERS)}")
+    store = db.Store(
+        config.db_path,
+        threaded=config.threaded_store,
+        child_process=config.store_writer == "process",
+    )
     service = Service(
         store=store,
         clock=ServerClock(),
@@ -207,6 +221,8 @@ async def serve(
     app = create_app(service, allowed_origins=config.limits.allowed_origins)
     stop = trio.Event()
     monitor = LoopMonitor()
+    signer = make_signer(config.signer)
+    service.signer = signer
     app.state.stats = partial(_stats, service, socket, store, monitor)
     _tune_gc()
 
@@ -221,6 +237,8 @@ async def serve(
 
     async with trio.open_nursery() as root:
         await root.start(store.run)
+        if isinstance(signer, ProcessSigner):
+            await root.start(signer.run)
         async with trio.open_nursery() as servers:
             await servers.start(rooms.run)
             await servers.start(socket.run_keepalive)
@@ -270,6 +288,15 @@ async def serve(
     logger.info("stopped")
 
 
+def make_signer(mode: str) -> Signer:
+    """The point signer for `mode` (see `Config.signer`)."""
+    if mode not in SIGNER_MODES:
+        raise ValueError(f"signer must be one of {', '.join(SIGNER_MODES)}")
+    if mode == "auto":
+        mode = "process" if len(os.sched_getaffinity(0)) > 1 else "inline"
+    return ProcessSigner() if mode == "process" else InlineSigner()
+
+
 def _tune_gc() -> None:
     """Keep the cyclic collector off the hot path.
 
@@ -292,6 +319,7 @@ def _stats(
         + sum(1 for s in service.sessions.values() if s.running and s.user_id is None),
         "sessions_in_memory": len(service.sessions),
         "store_commits": store.commits,
+        "signer": service.signer.stats(),
         "loop_samples": monitor.samples,
         "loop_stalls_over_20ms": monitor.stalls,
         "loop_max_lag_ms": round(monitor.take_max(), 2),

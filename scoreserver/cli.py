@@ -27,6 +27,7 @@ from . import store as db
 from .errors import ConflictError, NotFoundError, ScoreServerError, StoreError
 from .rules import GameSettings
 from .service import PasswordPolicy, validate_credentials
+from .signer import SIGNER_MODES
 
 DEFAULT_DB = Path("scoreserver.db")
 DEFAULT_KEY = Path("scoreserver.key")
@@ -84,6 +85,19 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tls-cert", type=Path, help="serve both ports over TLS with this cert")
     parser.add_argument("--tls-key", type=Path, help="the TLS certificate's private key")
+    parser.add_argument(
+        "--signer",
+        choices=SIGNER_MODES,
+        default="auto",
+        help="where point tokens are signed: a child process on another core, the event loop, "
+        "or auto (the process when more than one core is available)",
+    )
+    parser.add_argument(
+        "--store-writer",
+        choices=db.STORE_WRITERS,
+        default="process",
+        help="where the database writes run: a child process (default) or a thread",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
 
 
@@ -235,6 +249,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        signer=args.signer,
+        store_writer=args.store_writer,
     )
     trio.run(serve, config)
     return 0

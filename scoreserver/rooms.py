@@ -298,7 +298,8 @@ class Rooms:
         store = service.store
         for action in actions:
             if isinstance(action, PointAccepted):
-                token = service.keys.sign(
+                keys = service.keys
+                body = keys.body(
                     Purpose.POINT,
                     session_bytes,
                     session.user_id,
@@ -306,6 +307,7 @@ class Rooms:
                     action.server_ts,
                     action.seq,
                 )
+                token = await service.signer.sign(keys, body)
                 session.points[action.seq] = IssuedPoint(action.seq, action.server_ts, token)
                 store.write_soon(
                     db.insert_point,

@@ -33,6 +33,7 @@ from .rules import (
     SubmissionAccepted,
     check_submission,
 )
+from .signer import InlineSigner, Signer
 from .tokens import (
     KeyRing,
     Purpose,
@@ -189,6 +190,7 @@ class Service:
     # The running session of each (user, game): a user plays one game of a kind at a time.
     running_by_user: dict[tuple[int, str], LiveSession] = field(default_factory=dict)
     rooms: Rooms | None = None
+    signer: Signer = field(default_factory=InlineSigner)
     key_path: Path | None = None
     settings_fingerprint: tuple[object, ...] = ()
     login_limiter: LoginLimiter = field(default_factory=LoginLimiter)

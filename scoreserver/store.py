@@ -26,10 +26,15 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import pickle
 import queue
 import sqlite3
+import struct
+import subprocess
+import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -49,6 +54,10 @@ BATCH_LIMIT = 1000
 # How long the writer may hold a batch of queued rows open for more. A unit someone awaits
 # (an end, a result, a flag) closes the batch at once.
 LINGER_S = 0.005
+STOP_TIMEOUT_S = 15.0
+WRITER_CHILD_MODULE = "scoreserver._writer_child"
+STORE_WRITERS = ("process", "thread")
+FRAME_LENGTH = struct.Struct(">I")
 FOREVER = 2**62  # banned_until of a ban without an end
 
 T = TypeVar("T")
@@ -131,13 +140,20 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 # --- the store as the server uses it --------------------------------------------------------
 
 
-class _Job:
-    __slots__ = ("op", "args", "event", "result", "error")
+class Job:
+    __slots__ = ("args", "error", "event", "op", "result", "waited")
 
-    def __init__(self, op: Op[Any], args: tuple[Any, ...], event: trio.Event | None):
+    def __init__(
+        self,
+        op: Op[Any],
+        args: tuple[Any, ...],
+        event: trio.Event | None,
+        waited: bool | None = None,
+    ):
         self.op = op
         self.args = args
         self.event = event
+        self.waited = event is not None if waited is None else waited  # someone awaits it
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -145,12 +161,74 @@ class _Job:
 _STOP = object()
 
 
+def run_batch(conn: sqlite3.Connection, batch: list[Job]) -> bool:
+    """Run `batch` in one transaction, each unit in a savepoint; set each job's result or
+    error. Returns whether it committed (False: every job carries a StoreError)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        index = 0
+        while index < len(batch):
+            job = batch[index]
+            sql = getattr(job.op, "row_sql", None)
+            if sql is None or job.waited:
+                _run_unit(conn, job)
+                index += 1
+                continue
+            # A run of queued rows of one kind: one executemany, one savepoint.
+            end = index + 1
+            while end < len(batch) and batch[end].op is job.op and not batch[end].waited:
+                end += 1
+            _run_rows(conn, sql, batch[index:end])
+            index = end
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        logger.exception("write transaction failed")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        for job in batch:
+            job.error = StoreError(f"write failed: {exc}")
+        return False
+    return True
+
+
+def _run_unit(conn: sqlite3.Connection, job: Job) -> None:
+    conn.execute("SAVEPOINT unit")
+    try:
+        job.result = job.op(conn, *job.args)
+    except Exception as exc:  # the unit's own failure, reported to its caller
+        conn.execute("ROLLBACK TO unit")
+        job.error = exc
+        if not job.waited:
+            logger.error("queued write %r failed: %r", job.op, exc)
+    conn.execute("RELEASE unit")
+
+
+def _run_rows(conn: sqlite3.Connection, sql: str, jobs: list[Job]) -> None:
+    conn.execute("SAVEPOINT rows")
+    try:
+        conn.executemany(sql, [job.args for job in jobs])
+    except sqlite3.Error:
+        # Find the bad row: the others still go in, one by one.
+        conn.execute("ROLLBACK TO rows")
+        for job in jobs:
+            _run_unit(conn, job)
+    conn.execute("RELEASE rows")
+
+
 class Store:
     """The server's door to SQLite. See the module docstring."""
 
-    def __init__(self, path: str | Path, *, threaded: bool = True):
+    def __init__(self, path: str | Path, *, threaded: bool = True, child_process: bool = False):
         self.path = Path(path)
         self.threaded = threaded
+        # The writer in a child process (`_writer_child`) instead of a thread of this one.
+        self.child_process = threaded and child_process
+        self._pending: list[Job] = []  # child process: units not yet sent
+        self._sent: deque[list[Job]] = deque()  # child process: batches awaiting their reply
+        self._wake: trio.Event | None = None
+        self._urgent: trio.Event | None = None
+        self._received = b""
+        self._failed: StoreError | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -185,6 +263,9 @@ class Store:
                     self._writer.close()
                     self._writer = None
             return
+        if self.child_process:
+            await self._run_child(task_status)
+            return
         self._token = trio.lowlevel.current_trio_token()
         thread = threading.Thread(target=self._writer_loop, name="scoreserver-writer", daemon=True)
         thread.start()
@@ -214,8 +295,14 @@ class Store:
             op = functools.partial(op, **kwargs)
         if not self.threaded:
             return self._write_inline(op, args)
-        job = _Job(op, args, trio.Event())
-        self._queue.put(job)
+        job = Job(op, args, trio.Event())
+        if self.child_process:
+            if self._failed is not None:
+                raise StoreError(str(self._failed))
+            self._pending.append(job)
+            self._nudge(urgent=True)
+        else:
+            self._queue.put(job)
         assert job.event is not None
         await job.event.wait()
         if job.error is not None:
@@ -227,7 +314,11 @@ class Store:
         if not self.threaded:
             self._write_inline(op, args)
             return
-        self._queue.put(_Job(op, args, None))
+        if self.child_process:
+            self._pending.append(Job(op, args, None))
+            self._nudge(urgent=len(self._pending) >= BATCH_LIMIT)
+            return
+        self._queue.put(Job(op, args, None))
 
     def _write_inline(self, op: Op[T], args: tuple[Any, ...]) -> T:
         if self._writer is None:
@@ -240,14 +331,14 @@ class Store:
         try:
             stopping = False
             while not stopping:
-                batch: list[_Job] = []
+                batch: list[Job] = []
                 stopping = self._collect(batch, self._queue.get())
                 if batch:
                     self._run_batch(conn, batch)
         finally:
             conn.close()
 
-    def _collect(self, batch: list[_Job], item: Any) -> bool:
+    def _collect(self, batch: list[Job], item: Any) -> bool:
         """Fill a batch: all that is queued, and while it holds only queued rows (nobody is
         waiting for them), whatever else comes within LINGER_S. Returns whether to stop."""
         deadline = time.monotonic() + LINGER_S
@@ -272,31 +363,9 @@ class Store:
             except queue.Empty:
                 return False
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            index = 0
-            while index < len(batch):
-                job = batch[index]
-                sql = getattr(job.op, "row_sql", None)
-                if sql is None or job.event is not None:
-                    self._run_unit(conn, job)
-                    index += 1
-                    continue
-                # A run of queued rows of one kind: one executemany, one savepoint.
-                end = index + 1
-                while end < len(batch) and batch[end].op is job.op and batch[end].event is None:
-                    end += 1
-                self._run_rows(conn, sql, batch[index:end])
-                index = end
-            conn.execute("COMMIT")
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[Job]) -> None:
+        if run_batch(conn, batch):
             self.commits += 1
-        except sqlite3.Error as exc:
-            logger.exception("write transaction failed")
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            for job in batch:
-                job.error = StoreError(f"write failed: {exc}")
         events = [job.event for job in batch if job.event is not None]
         if events and self._token is not None:
             try:
@@ -304,28 +373,138 @@ class Store:
             except trio.RunFinishedError:
                 pass
 
-    @staticmethod
-    def _run_unit(conn: sqlite3.Connection, job: _Job) -> None:
-        conn.execute("SAVEPOINT unit")
-        try:
-            job.result = job.op(conn, *job.args)
-        except Exception as exc:  # the unit's own failure, reported to its caller
-            conn.execute("ROLLBACK TO unit")
-            job.error = exc
-            if job.event is None:
-                logger.error("queued write %r failed: %r", job.op, exc)
-        conn.execute("RELEASE unit")
+    # -- the writer in a child process --
 
-    def _run_rows(self, conn: sqlite3.Connection, sql: str, jobs: list[_Job]) -> None:
-        conn.execute("SAVEPOINT rows")
+    async def _run_child(self, task_status: trio.TaskStatus[None]) -> None:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", WRITER_CHILD_MODULE, str(self.path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdin is not None
+        assert process.stdout is not None
+        self._wake, self._urgent = trio.Event(), trio.Event()
+        self._running = True
         try:
-            conn.executemany(sql, [job.args for job in jobs])
-        except sqlite3.Error:
-            # Find the bad row: the others still go in, one by one.
-            conn.execute("ROLLBACK TO rows")
-            for job in jobs:
-                self._run_unit(conn, job)
-        conn.execute("RELEASE rows")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_loop, process.stdin)
+                nursery.start_soon(self._receive_loop, process.stdout, nursery.cancel_scope)
+                task_status.started()
+            if self._failed is not None:
+                raise self._failed  # the server cannot keep its promises without a writer
+        finally:
+            self._running = False
+            with trio.CancelScope(shield=True):
+                await self._stop_child(process)
+            self._close_readers()
+
+    def _nudge(self, *, urgent: bool) -> None:
+        if self._wake is not None:
+            self._wake.set()
+        if urgent and self._urgent is not None:
+            self._urgent.set()
+
+    async def _send_loop(self, stdin: trio.abc.SendStream) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            assert self._urgent is not None
+            if not self._urgent.is_set():
+                # Only queued rows so far: hold the batch open a little for more.
+                with trio.move_on_after(LINGER_S):
+                    await self._urgent.wait()
+            self._urgent = trio.Event()
+            await self._send_pending(stdin)
+
+    async def _send_pending(self, stdin: trio.abc.SendStream) -> None:
+        while self._pending:
+            batch = self._pending[:BATCH_LIMIT]
+            del self._pending[:BATCH_LIMIT]
+            try:
+                payload = pickle.dumps(
+                    [(job.op, job.args, job.waited) for job in batch], pickle.HIGHEST_PROTOCOL
+                )
+            except Exception as exc:  # a unit that cannot travel fails alone, with its batch
+                logger.exception("a write batch could not be sent to the writer")
+                failed = StoreError(f"write failed: {exc}")
+                self._deliver(batch, False, [(None, failed) for job in batch if job.waited])
+                continue
+            self._sent.append(batch)
+            # Never cut a frame in half: a cancelled write would garble the stream.
+            with trio.CancelScope(shield=True):
+                await stdin.send_all(FRAME_LENGTH.pack(len(payload)) + payload)
+
+    async def _receive_loop(self, stdout: trio.abc.ReceiveStream, scope: trio.CancelScope) -> None:
+        while True:
+            reply = await self._receive_reply(stdout)
+            if reply is None:
+                self._failed = StoreError("the database writer process exited")
+                logger.critical("the database writer process exited; stopping")
+                scope.cancel()
+                return
+            committed, results = reply
+            batch = self._sent.popleft()
+            self._deliver(batch, committed, results)
+
+    async def _receive_reply(
+        self, stdout: trio.abc.ReceiveStream
+    ) -> tuple[bool, list[tuple[Any, BaseException | None]]] | None:
+        while True:
+            if len(self._received) >= FRAME_LENGTH.size:
+                (length,) = FRAME_LENGTH.unpack_from(self._received)
+                end = FRAME_LENGTH.size + length
+                if len(self._received) >= end:
+                    frame = self._received[FRAME_LENGTH.size : end]
+                    self._received = self._received[end:]
+                    return pickle.loads(frame)  # type: ignore[no-any-return]
+            data = await stdout.receive_some(65536)
+            if not data:
+                return None
+            self._received += data
+
+    def _deliver(
+        self,
+        batch: list[Job],
+        committed: bool,
+        results: list[tuple[Any, BaseException | None]],
+    ) -> None:
+        if committed:
+            self.commits += 1
+        waited = [job for job in batch if job.waited]
+        for job, (result, error) in zip(waited, results, strict=True):
+            job.result, job.error = result, error
+            if job.event is not None:
+                job.event.set()
+
+    async def _stop_child(self, process: trio.Process) -> None:
+        """Send what is queued, let the child commit it and exit; fail whoever still waits."""
+        assert process.stdin is not None
+        assert process.stdout is not None
+        with trio.move_on_after(STOP_TIMEOUT_S):
+            try:
+                if self._failed is None:
+                    await self._send_pending(process.stdin)
+                await process.stdin.aclose()
+                while self._sent and self._failed is None:
+                    reply = await self._receive_reply(process.stdout)
+                    if reply is None:
+                        break
+                    self._deliver(self._sent.popleft(), *reply)
+                await process.wait()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        stopped = str(self._failed or "store is not running")
+        for batch in [*self._sent, self._pending]:
+            for job in batch:
+                if job.waited and job.event is not None and not job.event.is_set():
+                    job.error = StoreError(stopped)
+                    job.event.set()
+        self._sent.clear()
+        self._pending = []
 
     # -- reads --
 

@@ -168,6 +168,10 @@ class KeyRing:
     def verify_keys(self) -> list[VerifyKey]:
         return list(self._verify.values())
 
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        return self._signing_key
+
     def sign(
         self,
         purpose: Purpose,
@@ -177,10 +181,23 @@ class KeyRing:
         issued_at: int,
         seq: int = 0,
     ) -> str:
+        body = self.body(purpose, session_id, user_id, game_id, issued_at, seq)
+        return finish(body, self._signing_key.sign(body))
+
+    def body(
+        self,
+        purpose: Purpose,
+        session_id: bytes,
+        user_id: int | None,
+        game_id: str,
+        issued_at: int,
+        seq: int = 0,
+    ) -> bytes:
+        """The signed part of a token under the current key (see the format above)."""
         game = game_id.encode("utf-8")
         if len(game) > MAX_GAME_ID_BYTES:
             raise ValueError("game id too long for a token")
-        body = (
+        return (
             _HEADER.pack(
                 MAGIC,
                 VERSION,
@@ -194,7 +211,6 @@ class KeyRing:
             )
             + game
         )
-        return b64encode(body + self._signing_key.sign(body))
 
     def verify(self, token: str, purpose: Purpose, now: int) -> Claims:
         """The token's claims if its signature holds under a known key and it has `purpose`."""
@@ -211,6 +227,11 @@ class KeyRing:
         except InvalidSignature:
             raise TokenError("bad signature") from None
         return claims
+
+
+def finish(body: bytes, signature: bytes) -> str:
+    """The token: `body` (from `KeyRing.body`) and its signature, as sent."""
+    return b64encode(body + signature)
 
 
 # --- the key file ---------------------------------------------------------------------------

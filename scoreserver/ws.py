@@ -307,8 +307,14 @@ class GameSocket:
         elif not session.running or session.inbox_send is None:
             reason = "game_over"
         else:
+            point = PointIn(message.client_ts, received_at, message.id)
             try:
-                await session.inbox_send.send(PointIn(message.client_ts, received_at, message.id))
+                try:
+                    # No checkpoint when the inbox has room (the common case): the next
+                    # get_message yields anyway, and a checkpoint here costs ~10 µs a point.
+                    session.inbox_send.send_nowait(point)
+                except trio.WouldBlock:
+                    await session.inbox_send.send(point)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 reason = "game_over"
         if reason is not None:

@@ -1,7 +1,11 @@
-"""The store's writer thread: group commit, order, failures contained to their unit."""
+"""The store's writer, as a child process and as a thread: group commit, order, failures
+contained to their unit, a clean stop, a writer that dies."""
 
 from __future__ import annotations
 
+import os
+import pickle
+import signal
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,14 +13,19 @@ from pathlib import Path
 import pytest
 import trio
 
+from scoreserver import _writer_child
 from scoreserver import store as db
 from scoreserver.errors import ConflictError
 from scoreserver.rules import GameSettings
 
+from .conftest import child_processes
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[db.Store]:
-    writer = db.Store(tmp_path / "s.db")
+WRITERS = pytest.mark.parametrize("child", [True, False], ids=["process", "thread"])
+
+
+@pytest.fixture(params=[True, False], ids=["process", "thread"])
+async def store(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[db.Store]:
+    writer = db.Store(tmp_path / "s.db", child_process=request.param)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         await writer.write(db.insert_game, "g", GameSettings(duration_ms=1000), 0)
@@ -77,8 +86,9 @@ async def test_an_awaited_units_error_reaches_its_caller_only(store: db.Store) -
         assert count(store.path, "users") == 2
 
 
-async def test_stopping_commits_what_is_queued(tmp_path: Path) -> None:
-    writer = db.Store(tmp_path / "s.db")
+@WRITERS
+async def test_stopping_commits_what_is_queued(tmp_path: Path, child: bool) -> None:
+    writer = db.Store(tmp_path / "s.db", child_process=child)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
@@ -109,3 +119,69 @@ def test_schema_version_is_checked(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(db.StoreError, match="version 7"):
         db.open_database(tmp_path / "v.db")
+
+
+async def test_a_unit_that_cannot_reach_the_writer_process_fails_alone(tmp_path: Path) -> None:
+    writer = db.Store(tmp_path / "s.db", child_process=True)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            with pytest.raises(db.StoreError, match="write failed"):
+                await writer.write(lambda conn: None)  # a lambda cannot be pickled
+            assert await writer.write(db.insert_user, "ann", "x", 0) > 0
+            nursery.cancel_scope.cancel()
+    assert count(tmp_path / "s.db", "users") == 1
+
+
+async def test_a_dead_writer_process_stops_the_store_and_fails_its_waiters(
+    tmp_path: Path,
+) -> None:
+    writer = db.Store(tmp_path / "s.db", child_process=True)
+    outcome: list[BaseException] = []
+
+    async def wait_for_a_write() -> None:
+        try:
+            await writer.write(db.insert_user, "ann", "x", 0)
+        except db.StoreError as exc:
+            outcome.append(exc)
+
+    failures: list[BaseException] = []
+    with trio.fail_after(10):
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(writer.run)
+                await writer.write(db.insert_user, "first", "x", 0)
+                (child,) = child_processes("_writer_child")
+                os.kill(child, signal.SIGKILL)
+                nursery.start_soon(wait_for_a_write)
+                await trio.sleep_forever()  # the store's failure ends this nursery
+        except* db.StoreError as group:
+            failures.extend(group.exceptions)
+    assert [str(e) for e in failures] == ["the database writer process exited"]
+    assert len(outcome) == 1
+    with pytest.raises(db.StoreError):
+        await writer.write(db.insert_user, "ben", "x", 0)
+
+
+def test_the_writer_child_commits_whole_batches_and_drops_a_cut_one(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    db.open_database(path).close()
+    batch = pickle.dumps([(db.insert_user, ("ann", "x", 0), True)])
+    cut = pickle.dumps([(db.insert_user, ("ben", "x", 0), True)])
+    frames = db.FRAME_LENGTH.pack(len(batch)) + batch
+    frames += db.FRAME_LENGTH.pack(len(cut)) + cut[:-3]  # the server died mid-write
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.write(in_w, frames)
+    os.close(in_w)
+    assert _writer_child.serve(str(path), in_r, out_w) == 0
+    os.close(in_r)
+    os.close(out_w)
+    reply = os.read(out_r, 65536)
+    os.close(out_r)
+    (length,) = db.FRAME_LENGTH.unpack_from(reply)
+    committed, results = pickle.loads(reply[db.FRAME_LENGTH.size : db.FRAME_LENGTH.size + length])
+    assert committed is True
+    assert len(results) == 1 and results[0][0] > 0 and results[0][1] is None
+    assert len(reply) == db.FRAME_LENGTH.size + length  # one reply: the cut batch had none
+    assert count(path, "users") == 1

@@ -1,0 +1,93 @@
+"""The database writer as a child process: `python -m scoreserver._writer_child DB_PATH`.
+
+The server sends batches of units on stdin; each frame is a 4-byte big-endian length and a
+pickled list of ``(operation, args, awaited)``, the operations being the named functions of
+`store` (pickled by name). Each batch runs in one transaction (`store.run_batch`: a savepoint
+per unit, runs of rows as one `executemany`) and is answered on stdout, in order, with a frame
+holding ``(committed, [(result, error) for each awaited unit])``. At the end of its input the
+process has committed everything it was sent, and exits.
+
+Why a process: a writer thread in the server competes for the GIL with the event loop, and
+each hand-over can cost the loop up to the interpreter's switch interval (see
+docs/performance.md). Only our own server writes to this pipe, so unpickling is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import sys
+from typing import Any
+
+from . import store as db
+from .errors import StoreError
+
+logger = logging.getLogger("scoreserver.store.writer")
+LENGTH = db.FRAME_LENGTH
+
+
+def _read_exactly(fd: int, size: int, buffer: bytearray) -> bool:
+    while len(buffer) < size:
+        chunk = os.read(fd, max(65536, size - len(buffer)))
+        if not chunk:
+            return False
+        buffer += chunk
+    return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _reply(committed: bool, jobs: list[Any]) -> bytes:
+    results = [(job.result, job.error) for job in jobs if job.waited]
+    try:
+        payload = pickle.dumps((committed, results), pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # an error or result that cannot travel: say so instead
+        failed = StoreError(f"write result could not be returned: {exc!r}")
+        payload = pickle.dumps((committed, [(None, failed)] * len(results)))
+    return LENGTH.pack(len(payload)) + payload
+
+
+def serve(path: str, read_fd: int, write_fd: int) -> int:
+    conn = db.connect(path)
+    buffer = bytearray()
+    try:
+        while True:
+            if not _read_exactly(read_fd, LENGTH.size, buffer):
+                return 0
+            (length,) = LENGTH.unpack_from(buffer)
+            if not _read_exactly(read_fd, LENGTH.size + length, buffer):
+                return 0  # cut off mid-frame: that batch was never acknowledged
+            units = pickle.loads(bytes(buffer[LENGTH.size : LENGTH.size + length]))
+            del buffer[: LENGTH.size + length]
+            jobs = [db.Job(op, tuple(args), None, waited) for op, args, waited in units]
+            committed = db.run_batch(conn, jobs)
+            _write_all(write_fd, _reply(committed, jobs))
+    finally:
+        conn.close()
+
+
+def main(argv: list[str]) -> int:
+    # The server decides when this process stops, by closing its input: a Ctrl-C or SIGTERM
+    # sent to the whole process group must not cut off the last commits of a clean shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if len(argv) != 2:
+        print("usage: python -m scoreserver._writer_child DB_PATH", file=sys.stderr)
+        return 2
+    try:
+        return serve(argv[1], sys.stdin.fileno(), sys.stdout.fileno())
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

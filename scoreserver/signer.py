@@ -1,0 +1,212 @@
+"""Signatures for point tokens, made on another core.
+
+Every accepted point carries an Ed25519 signature. A signature costs about 52 µs in a tight
+loop on the project's machine, but taking it out of the server's point path saved about 140 µs
+of event-loop time per point (measured with the load generator; see docs/performance.md). So
+the server hands point signatures to a child process, `python -m scoreserver._signer_child`,
+which holds the signing key and signs in batches while the event loop goes on with other
+players. A session task waits for its own point's signature only; the reply order per session
+is kept because the task awaits each signature before the next point.
+
+Between the two processes (private to this module; both ends are ours), every frame is
+``kind:1 slot:1 length:2 payload:length`` (big-endian):
+
+    b"K" slot  32  raw private key     load a signing key into a slot (on first use of a key)
+    b"S" slot  n   token body          sign the body with the key in that slot
+
+and the child answers each `S` with its 64-byte signature, in order. The pipe is anonymous and
+the child is ours, so the key never touches a file or the command line.
+
+If the child cannot start, or dies, the server signs on the event loop from then on (logged
+once): slower, never wrong. `InlineSigner` is that path on its own, for one-core machines and
+for tests under `autojump_clock`. Start and end tokens, one each per game, are signed in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import subprocess
+import sys
+from collections import deque
+from typing import Protocol
+
+import trio
+from cryptography.hazmat.primitives import serialization
+
+from .tokens import SIGNATURE_SIZE, KeyRing, finish
+
+logger = logging.getLogger(__name__)
+
+FRAME = struct.Struct(">cBH")
+KEY_FRAME = b"K"
+SIGN_FRAME = b"S"
+CHILD_MODULE = "scoreserver._signer_child"
+READ_SIZE = 65536
+SIGNER_MODES = ("auto", "process", "inline")
+
+
+class Signer(Protocol):
+    async def sign(self, keys: KeyRing, body: bytes) -> str:
+        """The token for `body`, signed with `keys`' current key."""
+        ...
+
+    def stats(self) -> dict[str, object]: ...
+
+
+def sign_here(keys: KeyRing, body: bytes) -> str:
+    return finish(body, keys.signing_key.sign(body))
+
+
+class InlineSigner:
+    """Signs on the event loop's thread."""
+
+    def __init__(self) -> None:
+        self.signed = 0
+
+    async def sign(self, keys: KeyRing, body: bytes) -> str:
+        self.signed += 1
+        return sign_here(keys, body)
+
+    def stats(self) -> dict[str, object]:
+        return {"mode": "inline", "signed": self.signed}
+
+
+class _Pending:
+    __slots__ = ("body", "event", "keys", "signature")
+
+    def __init__(self, keys: KeyRing, body: bytes):
+        self.keys = keys
+        self.body = body
+        self.event = trio.Event()
+        self.signature = b""
+
+
+class ProcessSigner:
+    """Signs in a child process; `run` owns the child for the life of the server."""
+
+    def __init__(self, command: list[str] | None = None):
+        self.command = command or [sys.executable, "-m", CHILD_MODULE]
+        self._frames: list[bytes] = []  # to write, in order
+        self._inflight: deque[_Pending] = deque()  # written or queued, awaiting a signature
+        self._wake = trio.Event()
+        self._slots: dict[bytes, int] = {}  # key id -> slot in the child
+        self._live = False
+        self.signed = 0
+        self.batches = 0
+        self.fallback_signed = 0
+
+    @property
+    def live(self) -> bool:
+        """Whether signatures are being made in the child (False: on the event loop)."""
+        return self._live
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "mode": "process" if self._live else "inline (signer process not running)",
+            "signed": self.signed,
+            "batches": self.batches,
+            "signed_on_loop": self.fallback_signed,
+        }
+
+    async def sign(self, keys: KeyRing, body: bytes) -> str:
+        if not self._live:
+            self.fallback_signed += 1
+            return sign_here(keys, body)
+        slot = self._slots.get(keys.kid)
+        if slot is None:
+            slot = self._load_key(keys)
+        pending = _Pending(keys, body)
+        self._frames.append(FRAME.pack(SIGN_FRAME, slot, len(body)) + body)
+        self._inflight.append(pending)
+        self._wake.set()
+        await pending.event.wait()
+        return finish(body, pending.signature)
+
+    def _load_key(self, keys: KeyRing) -> int:
+        slot = len(self._slots)
+        if slot > 255:  # a server rotated its key 256 times without restarting: start over
+            self._slots.clear()
+            slot = 0
+        raw = keys.signing_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        self._frames.append(FRAME.pack(KEY_FRAME, slot, len(raw)) + raw)
+        self._slots[keys.kid] = slot
+        return slot
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            process = await trio.lowlevel.open_process(
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+        except OSError as exc:
+            logger.warning("signer process did not start (%s); signing on the event loop", exc)
+            task_status.started()
+            return
+        assert process.stdin is not None
+        assert process.stdout is not None
+        self._live = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop, process.stdin, nursery.cancel_scope)
+                nursery.start_soon(self._read_loop, process.stdout, nursery.cancel_scope)
+                task_status.started()
+        finally:
+            self._take_over()
+            with trio.CancelScope(shield=True):
+                try:
+                    await process.stdin.aclose()
+                except trio.BrokenResourceError:  # pragma: no cover - already gone
+                    pass
+                with trio.move_on_after(2):
+                    await process.wait()
+                if process.returncode is None:  # pragma: no cover - a stuck child
+                    process.kill()
+                    await process.wait()
+
+    def _take_over(self) -> None:
+        """Sign whatever is still waiting here, and everything from now on."""
+        self._live = False
+        self._frames.clear()
+        while self._inflight:
+            pending = self._inflight.popleft()
+            pending.signature = pending.keys.signing_key.sign(pending.body)
+            self.fallback_signed += 1
+            pending.event.set()
+
+    async def _write_loop(self, stdin: trio.abc.SendStream, scope: trio.CancelScope) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            frames, self._frames = self._frames, []
+            try:
+                await stdin.send_all(b"".join(frames))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                logger.error("signer process is gone; signing on the event loop from now on")
+                scope.cancel()
+                return
+            self.batches += 1
+
+    async def _read_loop(self, stdout: trio.abc.ReceiveStream, scope: trio.CancelScope) -> None:
+        buffer = b""
+        while True:
+            data = await stdout.receive_some(READ_SIZE)
+            if not data:
+                logger.error("signer process exited; signing on the event loop from now on")
+                scope.cancel()
+                return
+            buffer += data
+            whole = len(buffer) - len(buffer) % SIGNATURE_SIZE
+            if whole // SIGNATURE_SIZE > len(self._inflight):
+                logger.error("signer process sent unasked signatures; signing on the event loop")
+                scope.cancel()
+                return
+            for offset in range(0, whole, SIGNATURE_SIZE):
+                pending = self._inflight.popleft()
+                pending.signature = buffer[offset : offset + SIGNATURE_SIZE]
+                pending.event.set()
+            self.signed += whole // SIGNATURE_SIZE
+            buffer = buffer[whole:]
