@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,13 @@ class Running:
     http_port: int | None
 
 
-def start_server(folder: Path, *, echo: bool) -> Running:
+# The server as it was before the signer and writer processes: both on the event loop's
+# process (a writer thread; signatures on the loop). Scenarios named "...-1proc" run it, for a
+# same-run comparison of the two arrangements.
+ONE_PROCESS = ["--signer", "inline", "--store-writer", "thread"]
+
+
+def start_server(folder: Path, *, echo: bool, server_args: Sequence[str] = ()) -> Running:
     if echo:
         cmd = [sys.executable, str(ROOT / "bench" / "echo_server.py")]
     else:
@@ -125,6 +132,7 @@ def start_server(folder: Path, *, echo: bool) -> Running:
             "0",
             "--max-conns-per-addr",
             "0",
+            *server_args,
         )
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert process.stdout is not None
@@ -147,14 +155,20 @@ def stats(server: Running) -> dict[str, Any]:
 
 
 def run_scenario(
-    mode: str, players: int, loadgen_args: list[str], *, duration_s: float, timeout_s: float
+    mode: str,
+    players: int,
+    loadgen_args: list[str],
+    *,
+    duration_s: float,
+    timeout_s: float,
+    server_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One server, one load generator; returns the merged measurements."""
     with tempfile.TemporaryDirectory(prefix="scorebench-") as tmp:
         folder = Path(tmp)
         echo = mode == "echo"
         tokens = None if echo else seed(folder, players, duration_s)
-        server = start_server(folder, echo=echo)
+        server = start_server(folder, echo=echo, server_args=server_args)
         try:
             time.sleep(0.3)
             cpu0, rss0 = proc_cpu(server.process.pid), proc_rss_kib(server.process.pid)
@@ -254,9 +268,11 @@ def scenarios(quick: bool) -> list[tuple[str, str, int, list[str], float, float]
     return [
         ("echo-50", "echo", 50, ["--seconds", "5"], 60, 60),
         ("throughput-50", "throughput", 50, ["--seconds", "5"], 60, 60),
+        ("throughput-50-1proc", "throughput", 50, ["--seconds", "5"], 60, 60),
         ("echo-500", "echo", 500, ["--seconds", "5"], 60, 90),
         ("throughput-500", "throughput", 500, ["--seconds", "5"], 60, 90),
         ("realistic-300", "realistic", 300, ["--rate", "5"], 30, 120),
+        ("realistic-300-1proc", "realistic", 300, ["--rate", "5"], 30, 120),
         ("realistic-1000", "realistic", 1000, ["--rate", "5"], 30, 180),
         ("idle-10000", "idle", 10000, ["--seconds", "3"], 600, 180),
         ("submit-600x200", "submit", 100, ["--points", "600", "--games", "2"], 30, 300),
@@ -454,7 +470,14 @@ def main() -> None:
         measured = []
         for n in range(runs):
             try:
-                report = run_scenario(mode, players, extra, duration_s=duration, timeout_s=timeout)
+                report = run_scenario(
+                    mode,
+                    players,
+                    extra,
+                    duration_s=duration,
+                    timeout_s=timeout,
+                    server_args=ONE_PROCESS if name.endswith("-1proc") else (),
+                )
             except Exception as exc:  # record it, and go on with the other scenarios
                 print(f"{name} run {n + 1} failed: {exc}", flush=True)
                 continue

@@ -47,6 +47,10 @@ class ConflictError(ScoreServerError):
     """Something that must be unique already exists."""
 
 
+class BannedError(ScoreServerError):
+    """The account is banned (found where it matters: in the transaction that would save)."""
+
+
 class NotFoundError(ScoreServerError):
     """A named thing does not exist."""
 

@@ -296,6 +296,39 @@ def _same(a: str | None, b: str) -> bool:
         return False
 
 
+def _all_issued_in_order(
+    issued_points: Mapping[int, IssuedPoint],
+    points: Sequence[PointLike],
+    offset: int,
+    latency: int,
+) -> bool:
+    """Whether `points` are exactly the tokens issued as seq 1..n, in that order, each on time.
+
+    That is what an honest page submits, and it is checked here with one constant-time
+    comparison of the joined tokens instead of one per point (a 600-point result: about
+    0.3 ms instead of 1.2 ms). Every token of a session has the same length, and so must every
+    submitted one, so equal joined texts mean equal tokens, one by one.
+    """
+    if not points:
+        return False
+    try:
+        issued = [issued_points[seq] for seq in range(1, len(points) + 1)]
+    except KeyError:
+        return False
+    width = len(issued[0].token)
+    tokens = [point.token for point in points]
+    if any(len(token) != width for token in tokens) or any(
+        len(point.token) != width for point in issued
+    ):
+        return False
+    if not _same("".join([point.token for point in issued]), "".join(tokens)):
+        return False
+    return all(
+        abs(point.client_ts + offset - sent.server_ts) <= latency
+        for point, sent in zip(points, issued, strict=True)
+    )
+
+
 class PointLike(Protocol):
     """A submitted point: the wire's PointClaim, or SubmittedPoint in tests."""
 
@@ -333,11 +366,14 @@ def check_submission(
         return SubmissionRejected(ResultReason.EXPIRED, {"ended_at": record.ended_at})
     if not _same(record.end_token, end_token):
         return SubmissionRejected(ResultReason.BAD_END_TOKEN, {})
-    # The hot loop of a 600-point submission: locals only, no allocation per point.
-    seen: set[int] = set()
     issued_points = record.points
     latency = record.settings.latency_ms
     offset = record.offset_ms
+    if _all_issued_in_order(issued_points, points, offset, latency):
+        return SubmissionAccepted(len(points))
+    # Anything else (a subset, another order, a bad token, a late point) point by point, which
+    # also finds the first offending point for the flag. Locals only, no allocation per point.
+    seen: set[int] = set()
     for index, point in enumerate(points):
         token = point.token
         seq = point_seq(token)

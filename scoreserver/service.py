@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from . import store as db
 from .clock import ServerClock
-from .errors import AuthError, ConflictError, RateLimitedError, TokenError
+from .errors import AuthError, BannedError, ConflictError, RateLimitedError, TokenError
 from .rules import (
     GameSettings,
     PointLike,
@@ -363,17 +363,17 @@ class Service:
         if not isinstance(verdict, SubmissionAccepted):
             detail = {"points_submitted": len(points), **verdict.detail}
             return await self._reject(verdict.reason, submitter, record, detail)
-        if record.user_id is not None:
-            owner = await self.store.read(db.user_by_id, record.user_id)
-            if owner is not None and owner.banned(now):
-                return ResultOutcome(False, reason="account_banned")
         self._submitting.add(session_id)
         try:
+            # The ban check is inside the saving transaction: one trip to the writer, and no
+            # gap between checking and saving.
             saved = await self.store.write(
                 db.save_result, session_id, record.game_id, record.user_id, verdict.score, now
             )
         except ConflictError:
             return ResultOutcome(False, reason=ResultReason.ALREADY_SUBMITTED)
+        except BannedError:
+            return ResultOutcome(False, reason="account_banned")
         finally:
             self._submitting.discard(session_id)
         live = self.sessions.pop(session_id, None)

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from .errors import ConflictError, NotFoundError, StoreError
+from .errors import BannedError, ConflictError, NotFoundError, StoreError
 from .rules import EndReason, GameSettings, IssuedPoint, SessionRecord
 
 logger = logging.getLogger(__name__)
@@ -817,8 +817,13 @@ def save_result(
 ) -> bool:
     """Close the session with its accepted result; keep the score of a logged-in player.
 
-    Returns whether the score was saved. Raises ConflictError if the session was closed.
+    Returns whether the score was saved. Raises ConflictError if the session was closed, and
+    BannedError (changing nothing) if the player is banned at `now`.
     """
+    if user_id is not None:
+        row = conn.execute("SELECT banned_until FROM users WHERE id = ?", (user_id,)).fetchone()
+        if row is not None and row[0] is not None and row[0] > now:
+            raise BannedError("account banned")
     cur = conn.execute(
         "UPDATE game_sessions SET state = 'submitted' WHERE id = ? AND state = 'ended'",
         (session_id,),

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from scoreserver import rules
 from scoreserver.rules import (
     AccountFlagged,
     BurstRecorded,
@@ -295,6 +296,39 @@ class TestSubmission:
     def test_timestamp_within_latency_is_fine(self) -> None:
         points = [SubmittedPoint(p.token, p.client_ts + 999) for p in honest()]
         assert judge(record(), points) == SubmissionAccepted(5)
+
+    def test_tokens_cut_at_other_places_are_not_the_issued_ones(self) -> None:
+        # Joined, these are the issued tokens' text; one by one they are not.
+        points = honest()
+        points[0] = SubmittedPoint("point-1point-", points[0].client_ts)
+        points[1] = SubmittedPoint("2", points[1].client_ts)
+        assert self.reason(judge(record(), points)) is ResultReason.BAD_POINT_TOKEN
+
+    def test_the_in_order_check_agrees_with_the_point_by_point_one(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Every kind of submission, in the issued order: the one-comparison path gives the
+        verdict the point-by-point check gives."""
+        ten = record(points={s: IssuedPoint(s, T0 + s * 1000, f"point-{s}") for s in range(1, 10)})
+        base = honest(range(1, 10))
+        cases: list[list[SubmittedPoint]] = [
+            base,
+            base[:4],
+            base[1:],  # not starting at 1
+            [*base, SubmittedPoint("point-9", base[-1].client_ts)],
+            [base[0], base[0], *base[2:]],
+            [
+                SubmittedPoint(p.token, p.client_ts + 1001) if i == 6 else p
+                for i, p in enumerate(base)
+            ],
+            [SubmittedPoint(p.token.upper(), p.client_ts) for p in base],
+            [SubmittedPoint("point-\u00e9", p.client_ts) for p in base],
+            [],
+        ]
+        fast = [judge(ten, case) for case in cases]
+        monkeypatch.setattr(rules, "_all_issued_in_order", lambda *args: False)
+        assert fast == [judge(ten, case) for case in cases]
+        assert fast[0] == SubmissionAccepted(9)
 
     def test_flagging_reasons(self) -> None:
         assert not ResultReason.ALREADY_SUBMITTED.flags_account
