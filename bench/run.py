@@ -223,6 +223,14 @@ def run_scenario(
                     after["loop_stalls_over_20ms"] - before["loop_stalls_over_20ms"]
                 )
                 report["loop_max_lag_ms"] = after["loop_max_lag_ms"]
+                if "gc" in after and "gc" in before:
+                    report["gc_full_collections"] = (
+                        after["gc"]["collections"][2] - before["gc"]["collections"][2]
+                    )
+                    report["gc_pause_ms"] = round(
+                        after["gc"]["pause_ms_total"] - before["gc"]["pause_ms_total"], 1
+                    )
+                    report["gc_max_pause_ms"] = after["gc"]["pause_ms_max"]
             count = report.get("messages_per_s", 0) * report.get("seconds", 0) or report.get(
                 "points"
             )

@@ -107,6 +107,40 @@ class LoopMonitor:
         return worst
 
 
+class GcMonitor:
+    """Counts the cyclic collector's runs by generation and how long they paused the process."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.pause_s = 0.0
+        self.max_pause_s = 0.0
+        self._started = 0.0
+
+    def install(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def uninstall(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.collections[info["generation"]] += 1
+        self.pause_s += pause
+        self.max_pause_s = max(self.max_pause_s, pause)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "collections": list(self.collections),
+            "pause_ms_total": round(self.pause_s * 1000, 1),
+            "pause_ms_max": round(self.max_pause_s * 1000, 2),
+        }
+
+
 @dataclass(slots=True)
 class Config:
     host: str = "127.0.0.1"
@@ -221,9 +255,10 @@ async def serve(
     app = create_app(service, allowed_origins=config.limits.allowed_origins)
     stop = trio.Event()
     monitor = LoopMonitor()
+    gc_monitor = GcMonitor()
     signer = make_signer(config.signer)
     service.signer = signer
-    app.state.stats = partial(_stats, service, socket, store, monitor)
+    app.state.stats = partial(_stats, service, socket, store, monitor, gc_monitor)
     _tune_gc()
 
     hconfig = HypercornConfig()
@@ -235,56 +270,60 @@ async def serve(
         hconfig.certfile = str(config.tls_cert)
         hconfig.keyfile = str(config.tls_key) if config.tls_key else None
 
-    async with trio.open_nursery() as root:
-        await root.start(store.run)
-        if isinstance(signer, ProcessSigner):
-            await root.start(signer.run)
-        async with trio.open_nursery() as servers:
-            await servers.start(rooms.run)
-            await servers.start(socket.run_keepalive)
-            if config.monitor_loop:
-                await servers.start(monitor.run)
-            ws_server = await servers.start(
-                partial(
-                    serve_websocket,
-                    socket.handle,
-                    config.host,
-                    config.ws_port,
-                    _ssl_context(config),
-                    max_message_size=config.limits.max_message_bytes,
-                    # 64 KiB reads halve the cost of a large submission (4 KiB is the default).
-                    receive_buffer_size=65536,
-                    connect_timeout=config.limits.handshake_timeout_s,
-                    disconnect_timeout=2.0,
+    gc_monitor.install()
+    try:
+        async with trio.open_nursery() as root:
+            await root.start(store.run)
+            if isinstance(signer, ProcessSigner):
+                await root.start(signer.run)
+            async with trio.open_nursery() as servers:
+                await servers.start(rooms.run)
+                await servers.start(socket.run_keepalive)
+                if config.monitor_loop:
+                    await servers.start(monitor.run)
+                ws_server = await servers.start(
+                    partial(
+                        serve_websocket,
+                        socket.handle,
+                        config.host,
+                        config.ws_port,
+                        _ssl_context(config),
+                        max_message_size=config.limits.max_message_bytes,
+                        # 64 KiB reads halve the cost of a large submission (4 KiB is the default).
+                        receive_buffer_size=65536,
+                        connect_timeout=config.limits.handshake_timeout_s,
+                        disconnect_timeout=2.0,
+                    )
                 )
-            )
-            binds = await servers.start(
-                # Starlette is an ASGI app; hypercorn's own ASGI types do not name it.
-                partial(hypercorn_serve, app, hconfig, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-            )
-            http_port = int(binds[0].rsplit(":", 1)[1])
-            app.state.ws_port = ws_server.port
-            server = Server(config, service, rooms, socket, ws_server.port, http_port, stop)
-            servers.start_soon(_housekeeping, service, config.reanchor_clock)
-            if config.threaded_store:
-                servers.start_soon(_watch_settings, service)
-            if config.handle_signals:
-                servers.start_soon(_signals, server)
-            if config.announce:
-                print(
-                    f"scoreserver: game socket {server.ws_url}  HTTP {server.http_url}/"
-                    f"  database {config.db_path}",
-                    flush=True,
+                binds = await servers.start(
+                    # Starlette is an ASGI app; hypercorn's own ASGI types do not name it.
+                    partial(hypercorn_serve, app, hconfig, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
                 )
-            logger.info("listening: socket %s, HTTP %s", server.ws_url, server.http_url)
-            task_status.started(server)
-            await stop.wait()
-            logger.info("shutting down")
-            with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await rooms.shutdown_sessions()
-                await socket.close_all()
-            servers.cancel_scope.cancel()
-        root.cancel_scope.cancel()
+                http_port = int(binds[0].rsplit(":", 1)[1])
+                app.state.ws_port = ws_server.port
+                server = Server(config, service, rooms, socket, ws_server.port, http_port, stop)
+                servers.start_soon(_housekeeping, service, config.reanchor_clock)
+                if config.threaded_store:
+                    servers.start_soon(_watch_settings, service)
+                if config.handle_signals:
+                    servers.start_soon(_signals, server)
+                if config.announce:
+                    print(
+                        f"scoreserver: game socket {server.ws_url}  HTTP {server.http_url}/"
+                        f"  database {config.db_path}",
+                        flush=True,
+                    )
+                logger.info("listening: socket %s, HTTP %s", server.ws_url, server.http_url)
+                task_status.started(server)
+                await stop.wait()
+                logger.info("shutting down")
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    await rooms.shutdown_sessions()
+                    await socket.close_all()
+                servers.cancel_scope.cancel()
+            root.cancel_scope.cancel()
+    finally:
+        gc_monitor.uninstall()
     logger.info("stopped")
 
 
@@ -311,7 +350,11 @@ def _tune_gc() -> None:
 
 
 def _stats(
-    service: Service, socket: GameSocket, store: db.Store, monitor: LoopMonitor
+    service: Service,
+    socket: GameSocket,
+    store: db.Store,
+    monitor: LoopMonitor,
+    gc_monitor: GcMonitor,
 ) -> dict[str, object]:
     return {
         "connections": len(socket.connections),
@@ -323,6 +366,7 @@ def _stats(
         "loop_samples": monitor.samples,
         "loop_stalls_over_20ms": monitor.stalls,
         "loop_max_lag_ms": round(monitor.take_max(), 2),
+        "gc": gc_monitor.stats(),
     }
 
 
