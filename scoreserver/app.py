@@ -327,12 +327,19 @@ async def serve(
     logger.info("stopped")
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def make_signer(mode: str) -> Signer:
     """The point signer for `mode` (see `Config.signer`)."""
     if mode not in SIGNER_MODES:
         raise ValueError(f"signer must be one of {', '.join(SIGNER_MODES)}")
     if mode == "auto":
-        mode = "process" if len(os.sched_getaffinity(0)) > 1 else "inline"
+        mode = "process" if usable_cores() > 1 else "inline"
     return ProcessSigner() if mode == "process" else InlineSigner()
 
 

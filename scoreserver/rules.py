@@ -33,7 +33,7 @@ import hmac
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 # --- settings ------------------------------------------------------------------------------
 
@@ -241,8 +241,10 @@ class ResultReason(enum.StrEnum):
         return self not in (ResultReason.ALREADY_SUBMITTED, ResultReason.EXPIRED)
 
 
-@dataclass(frozen=True, slots=True)
-class IssuedPoint:
+class IssuedPoint(NamedTuple):
+    """A point token the server issued (made once per accepted point: a named tuple is made
+    in a third of the time of a frozen dataclass)."""
+
     seq: int
     server_ts: int
     token: str
