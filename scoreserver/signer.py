@@ -27,13 +27,13 @@ from __future__ import annotations
 import logging
 import struct
 import subprocess
-import sys
 from collections import deque
 from typing import Protocol
 
 import trio
 from cryptography.hazmat.primitives import serialization
 
+from .children import python_module
 from .tokens import SIGNATURE_SIZE, KeyRing, finish
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,9 @@ class ProcessSigner:
     """Signs in a child process; `run` owns the child for the life of the server."""
 
     def __init__(self, command: list[str] | None = None):
-        self.command = command or [sys.executable, "-m", CHILD_MODULE]
+        self.command, self.env = python_module(CHILD_MODULE)
+        if command is not None:
+            self.command = command
         self._frames: list[bytes] = []  # to write, in order
         self._inflight: deque[_Pending] = deque()  # written or queued, awaiting a signature
         self._wake = trio.Event()
@@ -140,7 +142,7 @@ class ProcessSigner:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             process = await trio.lowlevel.open_process(
-                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env
             )
         except OSError as exc:
             logger.warning("signer process did not start (%s); signing on the event loop", exc)

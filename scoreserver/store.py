@@ -31,7 +31,6 @@ import queue
 import sqlite3
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -43,6 +42,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from .children import python_module
 from .errors import BannedError, ConflictError, NotFoundError, StoreError
 from .rules import EndReason, GameSettings, IssuedPoint, SessionRecord
 
@@ -376,10 +376,9 @@ class Store:
     # -- the writer in a child process --
 
     async def _run_child(self, task_status: trio.TaskStatus[None]) -> None:
+        command, env = python_module(WRITER_CHILD_MODULE, str(self.path))
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", WRITER_CHILD_MODULE, str(self.path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )
         assert process.stdin is not None
         assert process.stdout is not None

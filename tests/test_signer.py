@@ -10,14 +10,17 @@ import signal
 import struct
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import scoreserver
 from scoreserver import _signer_child
 from scoreserver.app import make_signer, usable_cores
+from scoreserver.children import python_module
 from scoreserver.signer import InlineSigner, ProcessSigner
 from scoreserver.tokens import KeyRing, Purpose
 
@@ -195,3 +198,11 @@ async def test_a_game_over_real_sockets_gets_its_point_tokens_from_the_child(tmp
                 assert keys.verify(claim["token"], Purpose.POINT, NOW).seq == i
     assert stats["signer"]["mode"] == "process"
     assert stats["signer"]["signed"] == 5
+
+
+def test_helper_processes_import_the_servers_own_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    command, env = python_module("scoreserver._signer_child")
+    assert command == [sys.executable, "-m", "scoreserver._signer_child"]
+    paths = env["PYTHONPATH"].split(os.pathsep)
+    assert paths == [str(Path(scoreserver.__file__).resolve().parent.parent), "/somewhere/else"]
