@@ -51,6 +51,10 @@ class Signer(Protocol):
         """The token for `body`, signed with `keys`' current key."""
         ...
 
+    async def sign_many(self, keys: KeyRing, bodies: list[bytes]) -> list[str]:
+        """The tokens for `bodies`, in order."""
+        ...
+
     def stats(self) -> dict[str, object]: ...
 
 
@@ -67,6 +71,10 @@ class InlineSigner:
     async def sign(self, keys: KeyRing, body: bytes) -> str:
         self.signed += 1
         return sign_here(keys, body)
+
+    async def sign_many(self, keys: KeyRing, bodies: list[bytes]) -> list[str]:
+        self.signed += len(bodies)
+        return [sign_here(keys, body) for body in bodies]
 
     def stats(self) -> dict[str, object]:
         return {"mode": "inline", "signed": self.signed}
@@ -112,18 +120,24 @@ class ProcessSigner:
         }
 
     async def sign(self, keys: KeyRing, body: bytes) -> str:
+        return (await self.sign_many(keys, [body]))[0]
+
+    async def sign_many(self, keys: KeyRing, bodies: list[bytes]) -> list[str]:
         if not self._live:
-            self.fallback_signed += 1
-            return sign_here(keys, body)
+            self.fallback_signed += len(bodies)
+            return [sign_here(keys, body) for body in bodies]
         slot = self._slots.get(keys.kid)
         if slot is None:
             slot = self._load_key(keys)
-        pending = _Pending(keys, body)
-        self._frames.append(FRAME.pack(SIGN_FRAME, slot, len(body)) + body)
-        self._inflight.append(pending)
+        pendings = [_Pending(keys, body) for body in bodies]
+        for pending in pendings:
+            self._frames.append(FRAME.pack(SIGN_FRAME, slot, len(pending.body)) + pending.body)
+        self._inflight.extend(pendings)
         self._wake.set()
-        await pending.event.wait()
-        return finish(body, pending.signature)
+        # Answers arrive in order (and a take-over signs in order too): when the last one is
+        # in, so are the others.
+        await pendings[-1].event.wait()
+        return [finish(pending.body, pending.signature) for pending in pendings]
 
     def _load_key(self, keys: KeyRing) -> int:
         slot = len(self._slots)

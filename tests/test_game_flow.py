@@ -259,7 +259,7 @@ async def test_a_point_being_answered_when_time_runs_out_still_gets_its_answer(
             assert end["server_ts"] - started["server_ts"] >= 30_000
 
 
-async def test_points_queued_at_the_end_are_answered_before_end_game(
+async def test_points_queued_at_the_end_are_judged_by_arrival_and_answered_before_end_game(
     inline_server: Server, autojump_clock: trio.testing.MockClock, monkeypatch: Any
 ) -> None:
     from scoreserver.ws import Connection
@@ -278,14 +278,21 @@ async def test_points_queued_at_the_end_are_answered_before_end_game(
             await client.start(now())
             monkeypatch.setattr(Connection, "send", slow_send)
             await trio.sleep(29.5)
-            for n in range(6):
+            for n in range(6):  # in time, though their replies will run past the end
+                await client.send(type="point", client_ts=now(), id=n)
+            await trio.sleep(0.7)  # now past the end, while the session still answers
+            for n in range(6, 9):
                 await client.send(type="point", client_ts=now(), id=n)
             replies = []
             while (message := await client.recv())["type"] != "end_game":
                 replies.append(message)
-            assert sorted(r["id"] for r in replies) == list(range(6))  # all before end_game
-            assert {r["type"] for r in replies} == {"point_accepted", "point_rejected"}
-            assert all(r["reason"] == "game_over" for r in replies if r["type"] == "point_rejected")
+            assert sorted(r["id"] for r in replies) == list(range(9))  # all before end_game
+            by_id = {r["id"]: r for r in replies}
+            assert all(by_id[n]["type"] == "point_accepted" for n in range(6))
+            assert all(
+                by_id[n]["type"] == "point_rejected" and by_id[n]["reason"] == "game_over"
+                for n in range(6, 9)
+            )
 
 
 async def test_players_in_the_room_get_the_leaderboard_when_its_top_changes(

@@ -206,3 +206,19 @@ def test_helper_processes_import_the_servers_own_package(monkeypatch: pytest.Mon
     assert command == [sys.executable, "-m", "scoreserver._signer_child"]
     paths = env["PYTHONPATH"].split(os.pathsep)
     assert paths == [str(Path(scoreserver.__file__).resolve().parent.parent), "/somewhere/else"]
+
+
+async def test_many_bodies_in_one_request_come_back_in_order() -> None:
+    keys = KeyRing(Ed25519PrivateKey.generate())
+    signer = ProcessSigner()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(signer.run)
+            bodies = [point_body(keys, seq) for seq in range(1, 33)]
+            tokens, single = (
+                await signer.sign_many(keys, bodies),
+                await signer.sign(keys, point_body(keys, 40)),
+            )
+            nursery.cancel_scope.cancel()
+    assert_tokens(keys, dict(zip(range(1, 33), tokens, strict=True)) | {40: single})
+    assert signer.stats()["signed"] == 33
