@@ -1,4 +1,4 @@
-"""SQLite storage: one writer thread that owns the writing connection, readers, and queries.
+"""SQLite storage: one writer that owns the writing connection, readers, and queries.
 
 Every named operation below is a plain function of a `sqlite3.Connection`, so that the server,
 the command line and the tests run the same SQL. The server runs writes through `Store`:
@@ -6,7 +6,7 @@ the command line and the tests run the same SQL. The server runs writes through 
 * `await store.write(op, ...)` returns once the unit's transaction has COMMITted; the server
   acknowledges scores, reveals flags and sends `end_game` only after such a write.
 * `store.write_soon(op, ...)` queues a unit without waiting (issued points, rejected points,
-  bursts). The writer thread takes whatever is queued, up to `BATCH_LIMIT` units (lingering up
+  bursts). The writer takes whatever is queued, up to `BATCH_LIMIT` units (lingering up
   to `LINGER_S` for more while nobody waits on the batch), and runs them in one
   `BEGIN IMMEDIATE ... COMMIT`, each in a savepoint so that one failing unit does not undo the
   others (group commit); a run of queued rows of one kind goes in as one `executemany`. Units
@@ -14,8 +14,11 @@ the command line and the tests run the same SQL. The server runs writes through 
   its points.
 * `await store.read(op, ...)` runs a query on a reader connection in a worker thread.
 
-`Store(..., threaded=False)` runs the same units inline on the event loop's thread: the
-autojump-clock tests use it, because time would otherwise jump while a task waits on a thread.
+The writer is a child process (`Store(..., child_process=True)`, the server's default; see
+`_writer_child.py` for why and for its frames) or a thread of this process. Both run batches
+with `run_batch`. `Store(..., threaded=False)` runs the same units inline on the event loop's
+thread: the autojump-clock tests use it, because time would otherwise jump while a task waits
+on a thread or a pipe.
 
 The database runs in WAL mode with synchronous=NORMAL: a COMMIT survives the process being
 killed (SIGKILL); only a power cut may lose the last commits before a checkpoint.
@@ -386,7 +389,7 @@ class Store:
         self._running = True
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_loop, process.stdin)
+                nursery.start_soon(self._send_loop, process.stdin, nursery.cancel_scope)
                 nursery.start_soon(self._receive_loop, process.stdout, nursery.cancel_scope)
                 task_status.started()
             if self._failed is not None:
@@ -403,7 +406,16 @@ class Store:
         if urgent and self._urgent is not None:
             self._urgent.set()
 
-    async def _send_loop(self, stdin: trio.abc.SendStream) -> None:
+    async def _send_loop(self, stdin: trio.abc.SendStream, scope: trio.CancelScope) -> None:
+        try:
+            await self._send_forever(stdin)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if self._failed is None:
+                self._failed = StoreError("the database writer process exited")
+                logger.critical("the database writer process exited; stopping")
+            scope.cancel()
+
+    async def _send_forever(self, stdin: trio.abc.SendStream) -> None:
         assert self._wake is not None
         while True:
             await self._wake.wait()
