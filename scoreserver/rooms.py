@@ -288,7 +288,10 @@ class Rooms:
                 else:
                     # The timer is the authority: it fired, so the time is up.
                     actions = rules.expire(max(now, rules.ends_at))
-                await self._carry_out(session, session_bytes, actions, None)
+                ended = await self._carry_out(session, session_bytes, actions, None)
+                if ended is not None:
+                    with trio.CancelScope(shield=True):
+                        await self._end(session, session_bytes, ended)
         finally:
             session.scope = None
             with trio.CancelScope(shield=True):
@@ -324,8 +327,16 @@ class Rooms:
             if isinstance(action, PointAccepted)
         ]
         tokens = iter(await self.service.signer.sign_many(keys, bodies) if bodies else ())
+        ended = None
         for actions, request_id in judged:
-            await self._carry_out(session, session_bytes, actions, request_id, tokens)
+            # Points after an end in this run were judged after it (game_over): they are
+            # answered too, and then the game ends with end_game, the session's last word.
+            ended = (
+                await self._carry_out(session, session_bytes, actions, request_id, tokens) or ended
+            )
+        if ended is not None:
+            with trio.CancelScope(shield=True):
+                await self._end(session, session_bytes, ended)
 
     async def _carry_out(
         self,
@@ -334,9 +345,10 @@ class Rooms:
         actions: tuple[Action, ...],
         request_id: str | int | None,
         tokens: Iterator[str] | None = None,
-    ) -> None:
+    ) -> GameEnded | None:
         """Carry out one point's (or the timer's) actions; `tokens` holds the point tokens,
-        already signed, for the PointAccepted actions among them."""
+        already signed, for the PointAccepted actions among them. An end is returned, not
+        carried out: the caller ends the game (`_end`) once everything before it is answered."""
         service = self.service
         store = service.store
         for action in actions:
@@ -386,8 +398,8 @@ class Rooms:
                         detail=dict(action.detail),
                     )
             elif isinstance(action, GameEnded):
-                with trio.CancelScope(shield=True):
-                    await self._end(session, session_bytes, action)
+                return action
+        return None
 
     async def _end(self, session: LiveSession, session_bytes: bytes, ended: GameEnded) -> None:
         service = self.service

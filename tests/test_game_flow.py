@@ -151,6 +151,38 @@ async def test_the_burst_limit_ends_the_game_and_flags_first(
             assert again["type"] == "game_started"
 
 
+async def test_a_burst_limit_inside_a_run_of_queued_points_still_ends_with_end_game(
+    inline_server: Server, autojump_clock: trio.testing.MockClock, monkeypatch: Any
+) -> None:
+    from scoreserver.ws import Connection
+
+    original = Connection.send
+
+    async def slow_send(self: Connection, text: str) -> bool:
+        if '"point_' in text:
+            await trio.sleep(0.05)  # the session is busy answering, so the rest queue up
+        return await original(self, text)
+
+    with trio.fail_after(60):
+        async with connect(inline_server) as client:
+            await client.enter("strict", None)
+            now = player_clock(inline_server)
+            await client.start(now())
+            monkeypatch.setattr(Connection, "send", slow_send)
+            for n in range(12):  # all at the same instant: the third burst ends the game
+                await client.send(type="point", client_ts=now(), id=n)
+            replies = []
+            while (message := await client.recv())["type"] != "end_game":
+                replies.append(message)
+            assert message["reason"] == "burst_limit"
+            # Every point got its answer, in order, and before end_game, the session's last word.
+            assert [r["id"] for r in replies] == list(range(12))
+            kinds = [(r["type"], r.get("reason")) for r in replies]
+            assert kinds == [("point_accepted", None)] * 3 + [("point_rejected", "burst")] * 3 + [
+                ("point_rejected", "game_over")
+            ] * 6
+
+
 async def test_many_sessions_in_one_room_at_once(
     inline_server: Server, autojump_clock: trio.testing.MockClock
 ) -> None:
