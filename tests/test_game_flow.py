@@ -151,24 +151,30 @@ async def test_the_burst_limit_ends_the_game_and_flags_first(
             assert again["type"] == "game_started"
 
 
-async def test_a_burst_limit_inside_a_run_of_queued_points_still_ends_with_end_game(
-    inline_server: Server, autojump_clock: trio.testing.MockClock, monkeypatch: Any
-) -> None:
+def slow_replies(monkeypatch: Any, marker: str, delay_s: float) -> None:
+    """From now on, frames containing `marker` take `delay_s` to send: the session is busy
+    answering, so the player's next points queue up in its inbox."""
     from scoreserver.ws import Connection
 
     original = Connection.send
 
     async def slow_send(self: Connection, text: str) -> bool:
-        if '"point_' in text:
-            await trio.sleep(0.05)  # the session is busy answering, so the rest queue up
+        if marker in text:
+            await trio.sleep(delay_s)
         return await original(self, text)
 
+    monkeypatch.setattr(Connection, "send", slow_send)
+
+
+async def test_a_burst_limit_inside_a_run_of_queued_points_still_ends_with_end_game(
+    inline_server: Server, autojump_clock: trio.testing.MockClock, monkeypatch: Any
+) -> None:
     with trio.fail_after(60):
         async with connect(inline_server) as client:
             await client.enter("strict", None)
             now = player_clock(inline_server)
             await client.start(now())
-            monkeypatch.setattr(Connection, "send", slow_send)
+            slow_replies(monkeypatch, '"point_', 0.05)
             for n in range(12):  # all at the same instant: the third burst ends the game
                 await client.send(type="point", client_ts=now(), id=n)
             replies = []
@@ -178,9 +184,12 @@ async def test_a_burst_limit_inside_a_run_of_queued_points_still_ends_with_end_g
             # Every point got its answer, in order, and before end_game, the session's last word.
             assert [r["id"] for r in replies] == list(range(12))
             kinds = [(r["type"], r.get("reason")) for r in replies]
-            assert kinds == [("point_accepted", None)] * 3 + [("point_rejected", "burst")] * 3 + [
-                ("point_rejected", "game_over")
-            ] * 6
+            assert (
+                kinds
+                == [("point_accepted", None)] * 3
+                + [("point_rejected", "burst")] * 3
+                + [("point_rejected", "game_over")] * 6
+            )
 
 
 async def test_many_sessions_in_one_room_at_once(
@@ -294,21 +303,12 @@ async def test_a_point_being_answered_when_time_runs_out_still_gets_its_answer(
 async def test_points_queued_at_the_end_are_judged_by_arrival_and_answered_before_end_game(
     inline_server: Server, autojump_clock: trio.testing.MockClock, monkeypatch: Any
 ) -> None:
-    from scoreserver.ws import Connection
-
-    original = Connection.send
-
-    async def slow_send(self: Connection, text: str) -> bool:
-        if '"point_accepted"' in text:
-            await trio.sleep(0.3)  # replies are slow, so points queue up in the inbox
-        return await original(self, text)
-
     with trio.fail_after(60):
         async with connect(inline_server) as client:
             await client.enter("demo", None)
             now = inline_server.service.clock.now_ms
             await client.start(now())
-            monkeypatch.setattr(Connection, "send", slow_send)
+            slow_replies(monkeypatch, '"point_accepted"', 0.3)
             await trio.sleep(29.5)
             for n in range(6):  # in time, though their replies will run past the end
                 await client.send(type="point", client_ts=now(), id=n)
