@@ -123,6 +123,8 @@ class ProcessSigner:
         return (await self.sign_many(keys, [body]))[0]
 
     async def sign_many(self, keys: KeyRing, bodies: list[bytes]) -> list[str]:
+        if not bodies:
+            return []
         if not self._live:
             self.fallback_signed += len(bodies)
             return [sign_here(keys, body) for body in bodies]

@@ -298,6 +298,8 @@ class Store:
             op = functools.partial(op, **kwargs)
         if not self.threaded:
             return self._write_inline(op, args)
+        if not self._running:
+            raise StoreError("store is not running")
         job = Job(op, args, trio.Event())
         if self.child_process:
             if self._failed is not None:

@@ -221,4 +221,5 @@ async def test_many_bodies_in_one_request_come_back_in_order() -> None:
             )
             nursery.cancel_scope.cancel()
     assert_tokens(keys, dict(zip(range(1, 33), tokens, strict=True)) | {40: single})
+    assert await signer.sign_many(keys, []) == []
     assert signer.stats()["signed"] == 33

@@ -109,6 +109,8 @@ async def test_stopping_commits_what_is_queued(tmp_path: Path, child: bool) -> N
                 writer.write_soon(db.insert_point, "s", seq, seq, seq, "t")
             nursery.cancel_scope.cancel()  # as the server does on shutdown
         assert count(tmp_path / "s.db", "issued_points") == 100
+        with pytest.raises(db.StoreError, match="not running"):
+            await writer.write(db.insert_user, "late", "x", 0)  # refused, not left waiting
 
 
 def test_schema_version_is_checked(tmp_path: Path) -> None:
