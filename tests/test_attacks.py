@@ -237,7 +237,7 @@ async def test_a_clock_running_10_percent_fast_is_caught(
             await client.start(fast_clock())
             outcomes = []
             for _ in range(25):
-                await trio.sleep(1)
+                await trio.sleep(1)  # a second of game time (virtual: autojump_clock)
                 outcomes.append((await client.call(type="point", client_ts=fast_clock()))["type"])
             # Fine while the drift is under the 1000 ms allowance (10 s), caught after.
             assert outcomes[:9] == ["point_accepted"] * 9
@@ -256,7 +256,7 @@ async def test_a_constant_offset_with_200ms_jitter_is_fine(
             started = await client.start(now() + offset)
             claims = []
             for _ in range(25):
-                await trio.sleep(1 + rng.uniform(-0.3, 0.3))
+                await trio.sleep(1 + rng.uniform(-0.3, 0.3))  # game time (virtual)
                 ts = now() + offset + rng.randint(-200, 200)
                 reply = await client.call(type="point", client_ts=ts)
                 assert reply["type"] == "point_accepted"
@@ -282,7 +282,7 @@ async def test_a_late_point_by_the_players_clock_is_caught(
             await client.enter("demo", None)
             now = inline_server.service.clock.now_ms
             await client.start(now())
-            await trio.sleep(5)
+            await trio.sleep(5)  # game time (virtual: autojump_clock)
             reply = await client.call(type="point", client_ts=now() - 3000)
             assert reply == {"type": "point_rejected", "reason": "clock", "server_ts": now()}
 
@@ -302,10 +302,10 @@ async def test_resume_a_running_game_on_a_new_connection(
             await first.enter("demo", eve["user_id"])
             started = await first.start(now())
             for _ in range(3):
-                await trio.sleep(1)
+                await trio.sleep(1)  # game time (virtual)
                 reply = await first.call(type="point", client_ts=now())
                 claims.append({"token": reply["token"], "client_ts": now()})
-        await trio.sleep(5)  # away; the server's timer runs on
+        await trio.sleep(5)  # away (virtual time); the server's timer runs on
         async with connect(inline_server) as second:
             await second.call(type="auth", token=eve["token"])
             resumed = await second.call(type="resume", start_token=started["start_token"], id="r")
