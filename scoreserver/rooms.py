@@ -442,20 +442,17 @@ class Rooms:
         receive = session.inbox_receive
         if receive is None:
             return
-        while True:
-            try:
-                point = receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            # Bounded by the connection's own send timeout (a peer that does not read is
-            # dropped); a tighter bound here would lose answers under load.
-            await session.send(
-                wire.encode(
-                    wire.PointRejected(
-                        id=point.request_id, reason="game_over", server_ts=point.received_at
+        while queued := _take_queued(receive):
+            for point in queued:
+                # Bounded by the connection's own send timeout (a peer that does not read is
+                # dropped); a tighter bound here would lose answers under load.
+                await session.send(
+                    wire.encode(
+                        wire.PointRejected(
+                            id=point.request_id, reason="game_over", server_ts=point.received_at
+                        )
                     )
                 )
-            )
         receive.close()
 
     async def shutdown_sessions(self, timeout_s: float = 5.0) -> None:

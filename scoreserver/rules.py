@@ -165,8 +165,7 @@ class GameSession:
         """A point arrived at server time `now`, stamped `client_ts` by the player."""
         if self.state is SessionState.ENDED or now >= self.ends_at or now < self.started_at:
             return (PointRejected(RejectReason.GAME_OVER, now, client_ts),)
-        expected = client_ts + self.offset_ms
-        if abs(now - expected) > self.settings.latency_ms:
+        if not on_time(client_ts, self.offset_ms, now, self.settings.latency_ms):
             return (PointRejected(RejectReason.CLOCK, now, client_ts),)
         window_start = now - self.settings.burst_window_ms
         while self._window and self._window[0] <= window_start:
@@ -298,6 +297,12 @@ def _same(a: str | None, b: str) -> bool:
         return False
 
 
+def on_time(client_ts: int, offset_ms: int, server_ts: int, latency_ms: int) -> bool:
+    """The clock rule, live and at submission: the player's clock, moved by the offset fixed at
+    the start, puts the point within `latency_ms` of the server's time for it."""
+    return abs(client_ts + offset_ms - server_ts) <= latency_ms
+
+
 def _all_issued_in_order(
     issued_points: Mapping[int, IssuedPoint],
     points: Sequence[PointLike],
@@ -326,7 +331,7 @@ def _all_issued_in_order(
     if not _same("".join([point.token for point in issued]), "".join(tokens)):
         return False
     return all(
-        abs(point.client_ts + offset - sent.server_ts) <= latency
+        on_time(point.client_ts, offset, sent.server_ts, latency)
         for point, sent in zip(points, issued, strict=True)
     )
 
@@ -386,8 +391,8 @@ def check_submission(
         if seq in seen:
             return SubmissionRejected(ResultReason.DUPLICATE_POINT, {"index": index, "seq": seq})
         seen.add(seq)
-        expected = point.client_ts + offset
-        if abs(expected - issued.server_ts) > latency:
+        if not on_time(point.client_ts, offset, issued.server_ts, latency):
+            expected = point.client_ts + offset
             return SubmissionRejected(
                 ResultReason.TIMING_MISMATCH,
                 {

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import logging
 import struct
-import subprocess
 from collections import deque
 from typing import Protocol
 
 import trio
 from cryptography.hazmat.primitives import serialization
 
-from .children import python_module
+from . import children
 from .tokens import SIGNATURE_SIZE, KeyRing, finish
 
 logger = logging.getLogger(__name__)
@@ -81,12 +80,14 @@ class InlineSigner:
 
 
 class _Pending:
+    """One body to sign. Only the last of a request carries an event: answers come in order."""
+
     __slots__ = ("body", "event", "keys", "signature")
 
-    def __init__(self, keys: KeyRing, body: bytes):
+    def __init__(self, keys: KeyRing, body: bytes, event: trio.Event | None = None):
         self.keys = keys
         self.body = body
-        self.event = trio.Event()
+        self.event = event
         self.signature = b""
 
 
@@ -94,7 +95,7 @@ class ProcessSigner:
     """Signs in a child process; `run` owns the child for the life of the server."""
 
     def __init__(self, command: list[str] | None = None):
-        self.command, self.env = python_module(CHILD_MODULE)
+        self.command, self.env = children.python_module(CHILD_MODULE)
         if command is not None:
             self.command = command
         self._frames: list[bytes] = []  # to write, in order
@@ -131,14 +132,16 @@ class ProcessSigner:
         slot = self._slots.get(keys.kid)
         if slot is None:
             slot = self._load_key(keys)
-        pendings = [_Pending(keys, body) for body in bodies]
+        done = trio.Event()
+        pendings = [_Pending(keys, body) for body in bodies[:-1]]
+        pendings.append(_Pending(keys, bodies[-1], done))
         for pending in pendings:
             self._frames.append(FRAME.pack(SIGN_FRAME, slot, len(pending.body)) + pending.body)
         self._inflight.extend(pendings)
         self._wake.set()
         # Answers arrive in order (and a take-over signs in order too): when the last one is
         # in, so are the others.
-        await pendings[-1].event.wait()
+        await done.wait()
         return [finish(pending.body, pending.signature) for pending in pendings]
 
     def _load_key(self, keys: KeyRing) -> int:
@@ -157,9 +160,7 @@ class ProcessSigner:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            process = await trio.lowlevel.open_process(
-                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env
-            )
+            process = await children.start(self.command, self.env)
         except OSError as exc:
             logger.warning("signer process did not start (%s); signing on the event loop", exc)
             task_status.started()
@@ -179,11 +180,7 @@ class ProcessSigner:
                     await process.stdin.aclose()
                 except trio.BrokenResourceError:  # pragma: no cover - already gone
                     pass
-                with trio.move_on_after(2):
-                    await process.wait()
-                if process.returncode is None:  # pragma: no cover - a stuck child
-                    process.kill()
-                    await process.wait()
+                await children.reap(process, 2)
 
     def _take_over(self) -> None:
         """Sign whatever is still waiting here, and everything from now on."""
@@ -193,7 +190,8 @@ class ProcessSigner:
             pending = self._inflight.popleft()
             pending.signature = pending.keys.signing_key.sign(pending.body)
             self.fallback_signed += 1
-            pending.event.set()
+            if pending.event is not None:
+                pending.event.set()
 
     async def _write_loop(self, stdin: trio.abc.SendStream, scope: trio.CancelScope) -> None:
         while True:
@@ -225,6 +223,7 @@ class ProcessSigner:
             for offset in range(0, whole, SIGNATURE_SIZE):
                 pending = self._inflight.popleft()
                 pending.signature = buffer[offset : offset + SIGNATURE_SIZE]
-                pending.event.set()
+                if pending.event is not None:
+                    pending.event.set()
             self.signed += whole // SIGNATURE_SIZE
             buffer = buffer[whole:]

@@ -33,7 +33,6 @@ import pickle
 import queue
 import sqlite3
 import struct
-import subprocess
 import threading
 import time
 from collections import deque
@@ -45,7 +44,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from .children import python_module
+from . import children
 from .errors import BannedError, ConflictError, NotFoundError, StoreError
 from .rules import EndReason, GameSettings, IssuedPoint, SessionRecord
 
@@ -381,10 +380,7 @@ class Store:
     # -- the writer in a child process --
 
     async def _run_child(self, task_status: trio.TaskStatus[None]) -> None:
-        command, env = python_module(WRITER_CHILD_MODULE, str(self.path))
-        process = await trio.lowlevel.open_process(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
-        )
+        process = await children.start(*children.python_module(WRITER_CHILD_MODULE, str(self.path)))
         assert process.stdin is not None
         assert process.stdout is not None
         self._wake, self._urgent = trio.Event(), trio.Event()
@@ -504,12 +500,9 @@ class Store:
                     if reply is None:
                         break
                     self._deliver(self._sent.popleft(), *reply)
-                await process.wait()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await children.reap(process, 5.0)  # its answers are in: it exits at once
         stopped = str(self._failed or "store is not running")
         for batch in [*self._sent, self._pending]:
             for job in batch:
@@ -833,10 +826,9 @@ def save_result(
     Returns whether the score was saved. Raises ConflictError if the session was closed, and
     BannedError (changing nothing) if the player is banned at `now`.
     """
-    if user_id is not None:
-        row = conn.execute("SELECT banned_until FROM users WHERE id = ?", (user_id,)).fetchone()
-        if row is not None and row[0] is not None and row[0] > now:
-            raise BannedError("account banned")
+    owner = user_by_id(conn, user_id) if user_id is not None else None
+    if owner is not None and owner.banned(now):
+        raise BannedError("account banned")
     cur = conn.execute(
         "UPDATE game_sessions SET state = 'submitted' WHERE id = ? AND state = 'ended'",
         (session_id,),

@@ -118,6 +118,13 @@ class Client:
             if reply["type"] != "leaderboard":
                 return reply
 
+    async def login(self, account: dict[str, Any]) -> dict[str, Any]:
+        """`auth` with an account's login token (from `register`); returns the identity."""
+        identity = await self.call(type="auth", token=account["token"])
+        assert identity["type"] == "identity", identity
+        assert identity["user_id"] == account["user_id"], identity
+        return identity
+
     async def enter(self, game_id: str = "demo", user_id: int | None = None) -> dict[str, Any]:
         reply = await self.call(type="enter_game_room", game_id=game_id, user_id=user_id)
         assert reply["type"] == "room_entered", reply

@@ -112,8 +112,8 @@ async def test_tokens_of_another_session_user_game_or_key(
             connect(inline_server) as b,
             connect(inline_server) as g,
         ):
-            await a.call(type="auth", token=ann["token"])
-            await b.call(type="auth", token=bob["token"])
+            await a.login(ann)
+            await b.login(bob)
             async with trio.open_nursery() as nursery:
                 games: dict[str, Any] = {}
 
@@ -169,7 +169,7 @@ async def test_a_submission_replayed_on_a_second_connection(
     with trio.fail_after(120):
         cy = await register(inline_server, "cy")
         async with connect(inline_server) as first:
-            await first.call(type="auth", token=cy["token"])
+            await first.login(cy)
             game = await played(inline_server, first, 3, user_id=cy["user_id"])
             assert (await submit(first, body(game)))["score"] == 3
         async with connect(inline_server) as second:  # a thief with the same tokens
@@ -187,7 +187,7 @@ async def test_two_submissions_at_once_count_once(
     with trio.fail_after(120):
         dee = await register(inline_server, "dee")
         async with connect(inline_server) as client:
-            await client.call(type="auth", token=dee["token"])
+            await client.login(dee)
             game = await played(inline_server, client, 2, user_id=dee["user_id"])
         results: list[dict[str, Any]] = []
 
@@ -298,7 +298,7 @@ async def test_resume_a_running_game_on_a_new_connection(
         now = inline_server.service.clock.now_ms
         claims = []
         async with connect(inline_server) as first:
-            await first.call(type="auth", token=eve["token"])
+            await first.login(eve)
             await first.enter("demo", eve["user_id"])
             started = await first.start(now())
             for _ in range(3):
@@ -307,7 +307,7 @@ async def test_resume_a_running_game_on_a_new_connection(
                 claims.append({"token": reply["token"], "client_ts": now()})
         await trio.sleep(5)  # away (virtual time); the server's timer runs on
         async with connect(inline_server) as second:
-            await second.call(type="auth", token=eve["token"])
+            await second.login(eve)
             resumed = await second.call(type="resume", start_token=started["start_token"], id="r")
             assert resumed["type"] == "game_started" and resumed["id"] == "r"
             assert resumed["session_id"] == started["session_id"]
@@ -335,12 +335,12 @@ async def test_resume_after_the_end_sends_end_game_again(
     with trio.fail_after(120):
         fay = await register(inline_server, "fay")
         async with connect(inline_server) as first:
-            await first.call(type="auth", token=fay["token"])
+            await first.login(fay)
             await first.enter("demo", fay["user_id"])
             started = await first.start(inline_server.service.clock.now_ms())
         await trio.sleep(40)  # the game ended while away
         async with connect(inline_server) as second:
-            await second.call(type="auth", token=fay["token"])
+            await second.login(fay)
             again = await second.call(type="resume", start_token=started["start_token"])
             assert again["type"] == "end_game" and again["reason"] == "time_up"
             assert again["end_token"]
@@ -354,14 +354,14 @@ async def test_resume_of_someone_elses_session_is_unknown_session(
         gil = await register(inline_server, "gil")
         hal = await register(inline_server, "hal")
         async with connect(inline_server) as owner, connect(inline_server) as thief:
-            await owner.call(type="auth", token=gil["token"])
+            await owner.login(gil)
             await owner.enter("demo", gil["user_id"])
             started = await owner.start(inline_server.service.clock.now_ms())
             token = started["start_token"]
             if who == "another user":
-                await thief.call(type="auth", token=hal["token"])
+                await thief.login(hal)
             if who == "forged":
-                await thief.call(type="auth", token=gil["token"])
+                await thief.login(gil)
                 raw = bytearray(b64decode(token))
                 raw[-1] ^= 1
                 token = b64encode(bytes(raw))

@@ -139,7 +139,7 @@ async def test_identity_mismatch_is_refused_and_flagged(
             refused = await guest.call(type="game_start", client_ts=0)
             assert refused["code"] == "not_in_room"  # the room was not entered
         async with connect(inline_server) as client:
-            await client.call(type="auth", token=dan["token"])
+            await client.login(dan)
             as_guest = await client.call(type="enter_game_room", game_id="demo", user_id=None)
             assert as_guest["code"] == "identity_mismatch"
             other = await client.call(

@@ -23,12 +23,6 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def login_socket(client: Client, token: str) -> dict[str, Any]:
-    identity = await client.call(type="auth", token=token)
-    assert identity["type"] == "identity", identity
-    return identity
-
-
 async def play_quick(client: Client, n_points: int, user_id: int | None) -> dict[str, Any]:
     """Play the 1 s game with `n_points`; return the tokens the page would keep."""
     await client.enter("quick", user_id)
@@ -95,7 +89,7 @@ async def test_register_login_and_identity(server: Server) -> None:
             short = await api.post("/api/register", json={"name": "Bo", "password": "short"})
             assert short.status_code == 400
         async with connect(server) as client:
-            identity = await login_socket(client, ok.json()["token"])
+            identity = await client.login(ok.json())
             assert identity == {"type": "identity", "user_id": body["user_id"], "name": "Ann"}
             refused = await client.call(type="auth", token="not-a-token")
             assert refused["type"] == "error" and refused["code"] == "auth_failed"
@@ -124,7 +118,7 @@ async def test_play_submit_over_http_and_see_the_leaderboard(server: Server) -> 
         ben = await new_player(server, "ben")
         for player, n_points in ((ann, 5), (ben, 3)):
             async with connect(server) as client:
-                await login_socket(client, player["token"])
+                await client.login(player)
                 game = await play_quick(client, n_points, player["user_id"])
             result = await submit_http(server, game)
             assert result == {"type": "result", "accepted": True, "score": n_points, "saved": True}
@@ -147,7 +141,7 @@ async def test_submission_over_the_socket_and_a_second_one(server: Server) -> No
     with trio.fail_after(30):
         cat = await new_player(server, "cat")
         async with connect(server) as client:
-            await login_socket(client, cat["token"])
+            await client.login(cat)
             game = await play_quick(client, 2, cat["user_id"])
             body = {k: game[k] for k in ("start_token", "end_token", "points")}
             first = await client.call(type="submit_result", id="r1", **body)
@@ -244,7 +238,7 @@ async def test_each_rejection_is_flagged_and_the_honest_result_still_counts(
     with trio.fail_after(30):
         eve = await new_player(server, "eve")
         async with connect(server) as client:
-            await login_socket(client, eve["token"])
+            await client.login(eve)
             game = await play_quick(client, 3, eve["user_id"])
         async with connect(server) as client:  # another session of another player
             other = await play_quick(client, 1, None)

@@ -100,7 +100,7 @@ async def test_latency_both_ways_is_within_the_allowance(
         ann = await register(inline_server, "ann")
         now = inline_server.service.clock.now_ms
         async with proxy_for(inline_server, delay_s=0.15) as proxy, via(proxy) as client:
-            await client.call(type="auth", token=ann["token"])
+            await client.login(ann)
             await client.enter("demo", ann["user_id"])
             started = await client.start(now())
             claims = []
@@ -132,7 +132,7 @@ async def test_reset_mid_game_then_resume_counts_nothing_twice(
             started: dict[str, Any] = {}
             try:
                 async with via(proxy) as client:
-                    await client.call(type="auth", token=bo["token"])
+                    await client.login(bo)
                     await client.enter("demo", bo["user_id"])
                     started = await client.start(now())
                     for n in range(6):
@@ -147,7 +147,7 @@ async def test_reset_mid_game_then_resume_counts_nothing_twice(
             assert len(claims) == 4
             await trio.sleep(2)
             async with via(proxy) as client:
-                await client.call(type="auth", token=bo["token"])
+                await client.login(bo)
                 resumed = await client.call(type="resume", start_token=started["start_token"])
                 # Whatever the last point's fate, seq says how many the server counted.
                 counted = resumed["seq"]

@@ -119,7 +119,7 @@ async def test_the_burst_limit_ends_the_game_and_flags_first(
     with trio.fail_after(60):
         mallory = await register(inline_server, "mallory")
         async with connect(inline_server) as client:
-            await client.call(type="auth", token=mallory["token"])
+            await client.login(mallory)
             await client.enter("strict", mallory["user_id"])
             now = player_clock(inline_server)
             started = await client.start(now())
@@ -201,7 +201,7 @@ async def test_many_sessions_in_one_room_at_once(
     async def one_player(n: int) -> None:
         account = await register(inline_server, f"player{n}")
         async with connect(inline_server) as client:
-            await client.call(type="auth", token=account["token"])
+            await client.login(account)
             await client.enter("demo", account["user_id"])
             await trio.sleep(n * 0.05)  # players start at slightly different times
             started, points = await play(client, inline_server, n % 7 + 1, 1.5)
@@ -233,7 +233,7 @@ async def test_a_dropped_connection_does_not_stop_the_timer(
     with trio.fail_after(120):
         bob = await register(inline_server, "bob")
         async with connect(inline_server) as client:
-            await client.call(type="auth", token=bob["token"])
+            await client.login(bob)
             await client.enter("demo", bob["user_id"])
             started, points = await play(client, inline_server, 2, 1.0)
         session = inline_server.service.sessions[started["session_id"]]
@@ -259,7 +259,7 @@ async def test_one_running_game_per_user_and_game(
         carol = await register(inline_server, "carol")
         async with connect(inline_server) as first, connect(inline_server) as second:
             for client in (first, second):
-                await client.call(type="auth", token=carol["token"])
+                await client.login(carol)
                 await client.enter("demo", carol["user_id"])
             now = player_clock(inline_server)
             await first.start(now())
@@ -336,7 +336,7 @@ async def test_players_in_the_room_get_the_leaderboard_when_its_top_changes(
             await watcher.enter("demo", None)  # a guest watching the room
             await elsewhere.enter("strict", None)  # another game's room hears nothing
             async with connect(inline_server) as player:
-                await player.call(type="auth", token=ann["token"])
+                await player.login(ann)
                 await player.enter("demo", ann["user_id"])
                 started, points = await play(player, inline_server, 3, 1.0)
                 end = await player.recv_type("end_game")

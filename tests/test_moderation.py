@@ -16,7 +16,7 @@ from scoreserver import store as db
 from scoreserver.app import Server, reload
 
 from .conftest import connect, http
-from .test_end_to_end import login_socket, new_player, play_quick, submit_http
+from .test_end_to_end import new_player, play_quick, submit_http
 
 
 def run_cli(
@@ -46,7 +46,7 @@ async def board(server: Server, game: str = "quick") -> list[tuple[str, int]]:
 async def scored_player(server: Server, name: str, points: int) -> dict[str, Any]:
     player = await new_player(server, name)
     async with connect(server) as client:
-        await login_socket(client, player["token"])
+        await client.login(player)
         game = await play_quick(client, points, player["user_id"])
     result = await submit_http(server, {k: game[k] for k in ("start_token", "end_token", "points")})
     assert result["saved"]
@@ -56,7 +56,7 @@ async def scored_player(server: Server, name: str, points: int) -> dict[str, Any
 async def cheat(server: Server, player: dict[str, Any]) -> int:
     """A tampered submission by `player`: rejected and flagged. Returns the flag id."""
     async with connect(server) as client:
-        await login_socket(client, player["token"])
+        await client.login(player)
         game = await play_quick(client, 2, player["user_id"])
     game["points"][0]["client_ts"] += 9000
     body = {k: game[k] for k in ("start_token", "end_token", "points")}
@@ -119,7 +119,7 @@ async def test_a_banned_players_pending_submission_is_refused(server: Server) ->
     with trio.fail_after(60):
         cy = await new_player(server, "cy")
         async with connect(server) as client:
-            await login_socket(client, cy["token"])
+            await client.login(cy)
             game = await play_quick(client, 2, cy["user_id"])
         assert run_cli(server, "users", "ban", "cy", "--note", "known cheater")[0] == 0
         result = await submit_http(
@@ -194,7 +194,7 @@ async def test_key_rotation_keeps_older_sessions_valid(server: Server) -> None:
     with trio.fail_after(60):
         fay = await new_player(server, "fay")
         async with connect(server) as client:
-            await login_socket(client, fay["token"])
+            await client.login(fay)
             old_game = await play_quick(client, 2, fay["user_id"])
         old_kid = server.service.keys.kid.hex()
         code, out, _ = run_cli(server, "keys", "rotate", "--key", str(server.config.key_path))

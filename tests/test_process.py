@@ -94,16 +94,21 @@ async def play(
     return {"started": started, "points": claims}
 
 
+async def register_at(http_url: str, name: str) -> dict[str, Any]:
+    """An account made over the server process's HTTP API: its login token and user id."""
+    async with httpx.AsyncClient(base_url=http_url) as api:
+        reply = await api.post("/api/register", json={"name": name, "password": "p" * 10})
+    assert reply.status_code == 201, reply.text
+    return reply.json()  # type: ignore[no-any-return]
+
+
 async def test_acknowledged_results_survive_sigkill(tmp_path: Path) -> None:
     made = cli(tmp_path, "games", "add", "quick", "--duration", "0.4")
     assert made.returncode == 0, made.stderr
     assert cli(tmp_path, "games", "add", "long", "--duration", "60").returncode == 0
     with trio.fail_after(60):
         async with server_process(tmp_path) as proc:
-            async with httpx.AsyncClient(base_url=proc.http) as api:
-                user = (
-                    await api.post("/api/register", json={"name": "kim", "password": "p" * 10})
-                ).json()
+            user = await register_at(proc.http, "kim")
             async with open_client(proc.ws) as ws:
                 game = await play(ws, user["token"], user["user_id"], 4)
                 end = json.loads(await ws.get_message())
@@ -161,10 +166,7 @@ async def test_acknowledged_results_survive_sigkill(tmp_path: Path) -> None:
 async def test_sigterm_ends_running_games_and_exits(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with server_process(tmp_path) as proc:
-            async with httpx.AsyncClient(base_url=proc.http) as api:
-                user = (
-                    await api.post("/api/register", json={"name": "lou", "password": "p" * 10})
-                ).json()
+            user = await register_at(proc.http, "lou")
             async with open_client(proc.ws) as ws:
                 await play(ws, user["token"], user["user_id"], 1, game="demo")
                 proc.process.send_signal(signal.SIGTERM)
@@ -215,16 +217,8 @@ async def test_twenty_sigkills_under_load_lose_no_acknowledged_result(tmp_path: 
         for round_ in range(20):
             async with server_process(tmp_path) as proc:
                 if not accounts:
-                    async with httpx.AsyncClient(base_url=proc.http) as api:
-                        for n in range(6):
-                            accounts.append(
-                                (
-                                    await api.post(
-                                        "/api/register",
-                                        json={"name": f"p{n}", "password": "p" * 10},
-                                    )
-                                ).json()
-                            )
+                    for n in range(6):
+                        accounts.append(await register_at(proc.http, f"p{n}"))
                 async with trio.open_nursery() as nursery:
                     for account in accounts:
                         nursery.start_soon(player, proc, account)

@@ -187,7 +187,7 @@ async def test_a_game_over_real_sockets_gets_its_point_tokens_from_the_child(tmp
         async with running_server(make_config(tmp_path)) as srv:
             player = await register(srv, "signed")
             async with connect(srv) as client:
-                await client.call(type="auth", token=player["token"])
+                await client.login(player)
                 await client.enter("quick", player["user_id"])
                 await client.start(int(time.time() * 1000))
                 claims = await client.score(lambda: int(time.time() * 1000), 5, 0.01)

@@ -23,24 +23,21 @@ from .conftest import child_processes
 WRITERS = pytest.mark.parametrize("child", [True, False], ids=["process", "thread"])
 
 
+async def add_session(writer: db.Store, session_id: str) -> None:
+    """A game "g" and a running guest session of it, committed."""
+    settings = GameSettings(duration_ms=1000)
+    await writer.write(db.insert_game, "g", settings, 0)
+    await writer.write(
+        db.insert_session, session_id, "g", None, "1.2.3.4", None, settings, 0, 0, "start"
+    )
+
+
 @pytest.fixture(params=[True, False], ids=["process", "thread"])
 async def store(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[db.Store]:
     writer = db.Store(tmp_path / "s.db", child_process=request.param)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
-        await writer.write(db.insert_game, "g", GameSettings(duration_ms=1000), 0)
-        await writer.write(
-            db.insert_session,
-            "s1",
-            "g",
-            None,
-            "1.2.3.4",
-            None,
-            GameSettings(duration_ms=1000),
-            0,
-            0,
-            "start",
-        )
+        await add_session(writer, "s1")
         yield writer
         nursery.cancel_scope.cancel()
 
@@ -92,19 +89,7 @@ async def test_stopping_commits_what_is_queued(tmp_path: Path, child: bool) -> N
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
-            await writer.write(db.insert_game, "g", GameSettings(duration_ms=1000), 0)
-            await writer.write(
-                db.insert_session,
-                "s",
-                "g",
-                None,
-                None,
-                None,
-                GameSettings(duration_ms=1000),
-                0,
-                0,
-                "t",
-            )
+            await add_session(writer, "s")
             for seq in range(1, 101):
                 writer.write_soon(db.insert_point, "s", seq, seq, seq, "t")
             nursery.cancel_scope.cancel()  # as the server does on shutdown
