@@ -53,6 +53,13 @@ def _reply(committed: bool, jobs: list[Any]) -> bytes:
     return LENGTH.pack(len(payload)) + payload
 
 
+def _failed_reply(exc: BaseException) -> bytes:
+    """The answer to a batch that could not be read: None for its results, so the server fails
+    every waiter of that batch (it knows how many there are; we don't)."""
+    payload = pickle.dumps((False, repr(exc)), pickle.HIGHEST_PROTOCOL)
+    return LENGTH.pack(len(payload)) + payload
+
+
 def serve(path: str, read_fd: int, write_fd: int) -> int:
     conn = db.connect(path)
     buffer = bytearray()
@@ -63,9 +70,15 @@ def serve(path: str, read_fd: int, write_fd: int) -> int:
             (length,) = LENGTH.unpack_from(buffer)
             if not _read_exactly(read_fd, LENGTH.size + length, buffer):
                 return 0  # cut off mid-frame: that batch was never acknowledged
-            units = pickle.loads(bytes(buffer[LENGTH.size : LENGTH.size + length]))
+            frame = bytes(buffer[LENGTH.size : LENGTH.size + length])
             del buffer[: LENGTH.size + length]
-            jobs = [db.Job(op, tuple(args), None, waited) for op, args, waited in units]
+            try:
+                units = pickle.loads(frame)
+                jobs = [db.Job(op, tuple(args), None, waited) for op, args, waited in units]
+            except Exception as exc:  # a batch that cannot be read fails whole; the writer goes on
+                logger.exception("a write batch could not be read")
+                _write_all(write_fd, _failed_reply(exc))
+                continue
             committed = db.run_batch(conn, jobs)
             _write_all(write_fd, _reply(committed, jobs))
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from starlette.applications import Starlette
@@ -26,7 +26,7 @@ from . import protocol as wire
 from . import store as db
 from .admin import AdminConsole
 from .errors import AuthError, ConflictError, RateLimitedError
-from .service import Peer, Service
+from .service import PASSWORD_MAX, Peer, Service
 from .tokens import b64encode, raw_public
 from .ws import origin_allowed
 
@@ -56,24 +56,32 @@ class ResultBody(msgspec.Struct, frozen=True):
 
 
 class Credentials(msgspec.Struct, frozen=True):
-    name: str
-    password: str
+    name: Annotated[str, msgspec.Meta(max_length=256)]
+    password: Annotated[str, msgspec.Meta(max_length=PASSWORD_MAX)]
 
 
-async def read_json(request: Request, kind: type[Any]) -> Any:
-    """The request body decoded as `kind`; 413 past the size limit, 400 if malformed."""
+# A login or registration body: a name and a password, with room for JSON's escapes.
+CREDENTIALS_BODY_BYTES = 16 * 1024
+
+
+async def read_json(request: Request, kind: type[Any], limit: int = MAX_BODY_BYTES) -> Any:
+    """The request body decoded as `kind`; 413 past `limit` bytes (read no further), 400 if
+    malformed. Every route that takes a body reads it through here."""
+    too_large = HttpError(413, "too_large", f"the body is limited to {limit} bytes")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HttpError(413, "too_large", f"the body is limited to {MAX_BODY_BYTES} bytes")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise too_large
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise HttpError(413, "too_large", f"the body is limited to {MAX_BODY_BYTES} bytes")
+        if len(body) > limit:
+            raise too_large
     try:
-        return msgspec.json.decode(bytes(body), type=kind)
+        return msgspec.json.decode(bytes(body or b"{}"), type=kind)
     except msgspec.DecodeError as exc:
         raise HttpError(400, "bad_request", str(exc)) from None
+    except RecursionError:
+        raise HttpError(400, "bad_request", "the body is nested too deeply") from None
 
 
 def peer_of(request: Request) -> Peer:
@@ -120,7 +128,7 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
 
     @_json_errors
     async def register(request: Request) -> Response:
-        body = await read_json(request, Credentials)
+        body = await read_json(request, Credentials, CREDENTIALS_BODY_BYTES)
         try:
             token, user = await service.register(body.name, body.password, peer_of(request).address)
         except ValueError as exc:
@@ -133,7 +141,7 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
 
     @_json_errors
     async def login(request: Request) -> Response:
-        body = await read_json(request, Credentials)
+        body = await read_json(request, Credentials, CREDENTIALS_BODY_BYTES)
         try:
             token, user = await service.login(body.name, body.password, peer_of(request).address)
         except RateLimitedError as exc:

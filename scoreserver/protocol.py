@@ -15,9 +15,22 @@ from msgspec import Meta, Struct
 
 from .errors import ProtocolError
 
-RequestId = Annotated[str, Meta(max_length=64)] | int | None
+# Bounds on every integer a peer may send: what the rules, the tokens (signed 64-bit fields)
+# and the database (SQLite's INTEGER) can all hold, and what a JavaScript number keeps exact.
+MAX_SAFE_INTEGER = 2**53 - 1
+# Timestamps are epoch milliseconds from 1970 to the end of year 9999 (JavaScript's Date goes
+# further, but no player's clock is that wrong); sums with an offset stay far inside 64 bits.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+
+RequestId = (
+    Annotated[str, Meta(max_length=64)]
+    | Annotated[int, Meta(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+    | None
+)
 GameId = Annotated[str, Meta(min_length=1, max_length=64)]
 Token = Annotated[str, Meta(max_length=400)]
+Timestamp = Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP_MS)]
+UserId = Annotated[int, Meta(ge=0, le=MAX_SAFE_INTEGER)]
 
 # --- error codes ----------------------------------------------------------------------------
 
@@ -53,26 +66,26 @@ class EnterGameRoom(ClientMessage, tag="enter_game_room", frozen=True):
     """Join a game's room as `user_id` (null for a guest)."""
 
     game_id: GameId
-    user_id: int | None
+    user_id: UserId | None
 
 
 class GameStart(ClientMessage, tag="game_start", frozen=True):
     """Start a game session in the current room."""
 
-    client_ts: int
+    client_ts: Timestamp
 
 
 class Point(ClientMessage, tag="point", frozen=True):
     """The player scored, at `client_ts` by the player's clock."""
 
-    client_ts: int
+    client_ts: Timestamp
 
 
 class PointClaim(Struct, frozen=True, gc=False):
     """One point of a submission: its token and the player's timestamp."""
 
     token: Token
-    client_ts: int
+    client_ts: Timestamp
 
 
 class SubmitResult(ClientMessage, tag="submit_result", frozen=True):
@@ -100,18 +113,31 @@ _generic_decoder = msgspec.json.Decoder()
 
 
 def decode_client(data: str | bytes) -> AnyClientMessage:
-    """Decode one client frame, or raise `ProtocolError` with the contract's code."""
+    """Decode one client frame, or raise `ProtocolError` with the contract's code.
+
+    Nothing else escapes: whatever a peer sends is answered with a contract error.
+    """
+    if not isinstance(data, str):
+        # A binary frame is read as JSON text if it is UTF-8; the contract asks for text frames.
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(BAD_MESSAGE, "a frame must be UTF-8 JSON text") from None
     try:
         return _client_decoder.decode(data)
     except msgspec.DecodeError:
         raise _diagnose(data) from None
+    except RecursionError:
+        raise ProtocolError(BAD_MESSAGE, "the message is nested too deeply") from None
 
 
-def _diagnose(data: str | bytes) -> ProtocolError:
+def _diagnose(data: str) -> ProtocolError:
     try:
         obj = _generic_decoder.decode(data)
     except msgspec.DecodeError:
         return ProtocolError(BAD_JSON, "the frame is not valid JSON")
+    except RecursionError:
+        return ProtocolError(BAD_MESSAGE, "the message is nested too deeply")
     if not isinstance(obj, dict):
         return ProtocolError(BAD_MESSAGE, "a message must be a JSON object")
     request_id = _request_id(obj)

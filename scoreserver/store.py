@@ -183,12 +183,15 @@ def run_batch(conn: sqlite3.Connection, batch: list[Job]) -> bool:
             _run_rows(conn, sql, batch[index:end])
             index = end
         conn.execute("COMMIT")
-    except sqlite3.Error as exc:
+    except Exception as exc:  # the transaction itself failed (BEGIN, COMMIT, disk): none is in
         logger.exception("write transaction failed")
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            logger.exception("rollback failed")
         for job in batch:
-            job.error = StoreError(f"write failed: {exc}")
+            job.error = StoreError(f"write failed: {exc!r}")
         return False
     return True
 
@@ -209,7 +212,7 @@ def _run_rows(conn: sqlite3.Connection, sql: str, jobs: list[Job]) -> None:
     conn.execute("SAVEPOINT rows")
     try:
         conn.executemany(sql, [job.args for job in jobs])
-    except sqlite3.Error:
+    except Exception:  # sqlite3.Error, or OverflowError/TypeError for a value SQLite can't hold
         # Find the bad row: the others still go in, one by one.
         conn.execute("ROLLBACK TO rows")
         for job in jobs:
@@ -239,6 +242,11 @@ class Store:
         self._writer: sqlite3.Connection | None = None
         self._running = False
         self.commits = 0  # transactions committed by the writer (for tests and benchmarks)
+
+    @property
+    def failure(self) -> StoreError | None:
+        """Why the writer stopped serving (it died or stopped answering), or None."""
+        return self._failed
 
     # -- life --
 
@@ -316,7 +324,7 @@ class Store:
     def write_soon(self, op: Op[Any], *args: Any) -> None:
         """Queue `op(conn, *args)` for the next group commit, without waiting for it."""
         if not self.threaded:
-            self._write_inline(op, args)
+            self._write_soon_inline(op, args)
             return
         if self.child_process:
             self._pending.append(Job(op, args, None))
@@ -329,6 +337,13 @@ class Store:
             raise StoreError("store is not running")
         with transaction(self._writer) as conn:
             return op(conn, *args)
+
+    def _write_soon_inline(self, op: Op[Any], args: tuple[Any, ...]) -> None:
+        # As in the other modes, a queued unit that fails is logged; nobody waits to be told.
+        try:
+            self._write_inline(op, args)
+        except Exception as exc:
+            logger.error("queued write %r failed: %r", op, exc)
 
     def _writer_loop(self) -> None:
         conn = connect(self.path)
@@ -368,7 +383,13 @@ class Store:
                 return False
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Job]) -> None:
-        if run_batch(conn, batch):
+        try:
+            committed = run_batch(conn, batch)
+        except BaseException as exc:  # pragma: no cover - run_batch reports, never raises
+            committed = False
+            for job in batch:
+                job.error = StoreError(f"write failed: {exc!r}")
+        if committed:
             self.commits += 1
         events = [job.event for job in batch if job.event is not None]
         if events and self._token is not None:
@@ -458,7 +479,7 @@ class Store:
 
     async def _receive_reply(
         self, stdout: trio.abc.ReceiveStream
-    ) -> tuple[bool, list[tuple[Any, BaseException | None]]] | None:
+    ) -> tuple[bool, list[tuple[Any, BaseException | None]] | str] | None:
         while True:
             if len(self._received) >= FRAME_LENGTH.size:
                 (length,) = FRAME_LENGTH.unpack_from(self._received)
@@ -476,11 +497,14 @@ class Store:
         self,
         batch: list[Job],
         committed: bool,
-        results: list[tuple[Any, BaseException | None]],
+        results: list[tuple[Any, BaseException | None]] | str,
     ) -> None:
         if committed:
             self.commits += 1
         waited = [job for job in batch if job.waited]
+        if isinstance(results, str):  # the writer could not read the batch: all of it failed
+            failed = StoreError(f"write failed: {results}")
+            results = [(None, failed)] * len(waited)
         for job, (result, error) in zip(waited, results, strict=True):
             job.result, job.error = result, error
             if job.event is not None:

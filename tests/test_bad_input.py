@@ -56,7 +56,44 @@ FRAMES: list[tuple[str, str, Any]] = [
     ('{"type": "resume"}', "bad_message", None),
     ('{"type": "whoami", "id": {"x": 1}}', "bad_message", None),
     (json.dumps({"type": "whoami", "id": "x" * 65}), "bad_message", None),
+    # Integers outside what the server can hold (the rules, the tokens, SQLite, JavaScript).
+    ('{"type": "point", "client_ts": 9223372036854775808, "id": "big"}', "bad_message", "big"),
+    ('{"type": "point", "client_ts": -9223372036854775809}', "bad_message", None),
+    ('{"type": "point", "client_ts": -1}', "bad_message", None),
+    ('{"type": "game_start", "client_ts": 9223372036854775807}', "bad_message", None),
+    ('{"type": "game_start", "client_ts": 253402300800000}', "bad_message", None),
+    ('{"type": "whoami", "id": 9007199254740992}', "bad_message", None),
+    ('{"type": "whoami", "id": -9007199254740992}', "bad_message", None),
+    ('{"type": "enter_game_room", "game_id": "demo", "user_id": 2e400}', "bad_json", None),
+    ('{"type": "enter_game_room", "game_id": "demo", "user_id": -1}', "bad_message", None),
+    (
+        '{"type": "enter_game_room", "game_id": "demo", "user_id": 18446744073709551616}',
+        "bad_message",
+        None,
+    ),
+    (
+        json.dumps(
+            {
+                "type": "submit_result",
+                "start_token": "a",
+                "end_token": "b",
+                "points": [{"token": "t", "client_ts": 2**64}],
+                "id": "sub",
+            }
+        ),
+        "bad_message",
+        "sub",
+    ),
+    ("[" * 50_000 + "]" * 50_000, "bad_message", None),
+    ('{"type": "whoami", "x": ' + "[" * 50_000 + "]" * 50_000 + "}", "bad_message", None),
 ]
+
+# Where the message names the field that is out of range.
+FIELD_NAMED = {
+    '{"type": "point", "client_ts": 9223372036854775808, "id": "big"}': "client_ts",
+    '{"type": "game_start", "client_ts": 9223372036854775807}': "client_ts",
+    '{"type": "enter_game_room", "game_id": "demo", "user_id": -1}': "user_id",
+}
 
 
 @pytest.mark.parametrize(("frame", "code", "request_id"), FRAMES)
@@ -74,6 +111,8 @@ async def test_malformed_frames(
             assert reply["type"] == "error" and reply["code"] == code, reply
             assert reply.get("id") == request_id
             assert reply["message"]
+            if frame in FIELD_NAMED:
+                assert FIELD_NAMED[frame] in reply["message"], reply
             await still_serving(inline_server, client)
 
 
@@ -94,7 +133,8 @@ async def test_a_binary_frame_is_read_as_json(
             await client.send_raw(b'{"type": "whoami", "id": 1}')
             assert (await client.recv())["type"] == "identity"
             await client.send_raw(b"\xff\xfe")
-            assert (await client.recv())["code"] == "bad_json"
+            assert (await client.recv())["code"] == "bad_message"
+            await still_serving(inline_server, client)
 
 
 async def test_messages_out_of_order(
@@ -171,3 +211,51 @@ async def test_a_handler_bug_closes_one_connection_not_the_server(
             assert closed.value.reason.code == 1011
             monkeypatch.undo()
             await still_serving(inline_server, bystander)
+
+
+HOSTILE_FRAMES = [
+    '{"type": "point", "client_ts": 9223372036854775808}',
+    '{"type": "point", "client_ts": -9223372036854775809}',
+    '{"type": "point", "client_ts": 9223372036854775807}',
+    '{"type": "game_start", "client_ts": 9223372036854775808}',
+    "[" * 50_000 + "]" * 50_000,
+]
+
+
+async def test_hostile_frames_against_the_default_configuration(server: Server) -> None:
+    """The frames that used to kill the writer process (and so the server) or close a socket
+    with 1011, sent during a game to a server with its helper processes: each gets its
+    contract error, the socket stays open, and the server still plays and saves a whole game."""
+    now = server.service.clock.now_ms
+    with trio.fail_after(30):
+        async with connect(server) as attacker:
+            await attacker.enter("quick", None)
+            await attacker.start(now())
+            for frame in HOSTILE_FRAMES:
+                await attacker.send_raw(frame)
+                reply = await attacker.recv()
+                assert reply["type"] == "error" and reply["code"] == "bad_message", reply
+            await attacker.send_raw(b"\xff\xfe\xfd")
+            assert (await attacker.recv())["code"] == "bad_message"
+            # A start at the top of the range, then a point past it: refused, never judged.
+            top = await attacker.call(type="game_start", client_ts=2**63 - 1)
+            assert top["code"] == "bad_message"
+            over = await attacker.call(type="point", client_ts=2**63 - 1 + 200)
+            assert over["code"] == "bad_message"
+            assert (await attacker.call(type="whoami", id=1))["type"] == "identity"
+            await attacker.recv_type("end_game")
+        account = await register(server, "survivor")
+        async with connect(server) as player:
+            await player.login(account)
+            await player.enter("quick", account["user_id"])
+            started = await player.start(now())
+            claims = await player.score(now, 2, 0.05)
+            end = await player.recv_type("end_game")
+            result = await player.call(
+                type="submit_result",
+                start_token=started["start_token"],
+                end_token=end["end_token"],
+                points=claims,
+            )
+            assert result == {"type": "result", "accepted": True, "score": 2, "saved": True}
+        assert server.service.store.failure is None

@@ -32,9 +32,13 @@ async def add_session(writer: db.Store, session_id: str) -> None:
     )
 
 
-@pytest.fixture(params=[True, False], ids=["process", "thread"])
+@pytest.fixture(params=["process", "thread", "inline"])
 async def store(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[db.Store]:
-    writer = db.Store(tmp_path / "s.db", child_process=request.param)
+    writer = db.Store(
+        tmp_path / "s.db",
+        threaded=request.param != "inline",
+        child_process=request.param == "process",
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         await add_session(writer, "s1")
@@ -172,3 +176,55 @@ def test_the_writer_child_commits_whole_batches_and_drops_a_cut_one(tmp_path: Pa
     assert len(results) == 1 and results[0][0] > 0 and results[0][1] is None
     assert len(reply) == db.FRAME_LENGTH.size + length  # one reply: the cut batch had none
     assert count(path, "users") == 1
+
+
+def explode(conn: sqlite3.Connection) -> None:
+    raise RuntimeError("not a database error")
+
+
+async def test_any_exception_from_a_unit_stays_with_that_unit(store: db.Store) -> None:
+    """A value SQLite cannot hold (OverflowError), in a queued row or an awaited unit, or any
+    other exception: that unit fails, the rest of its batch commits, the writer goes on."""
+    with trio.fail_after(10):
+        store.write_soon(db.insert_point, "s1", 1, 1, 1, "a")
+        store.write_soon(db.insert_point, "s1", 2, 2**63, 2, "too big for SQLite")
+        store.write_soon(db.insert_point, "s1", 3, 3, -(2**63) - 1, "too small for SQLite")
+        store.write_soon(db.insert_rejected_point, "s1", 2**64, 0, "clock")
+        store.write_soon(db.insert_point, "s1", 4, 4, 4, "b")
+        with pytest.raises(OverflowError):
+            await store.write(db.insert_burst, "s1", 2**63)
+        with pytest.raises(RuntimeError):
+            await store.write(explode)
+        await store.write(db.insert_burst, "s1", 7)
+        assert count(store.path, "issued_points") == 2
+        assert count(store.path, "bursts") == 1
+        assert count(store.path, "rejected_points") == 0
+        # And it still writes afterwards.
+        await store.write(db.end_session, "s1", "end", 9, "time_up")
+        record = await store.read(db.load_session, "s1")
+        assert record is not None and sorted(record.points) == [1, 4] and record.end_token == "end"
+        assert store.failure is None
+
+
+def test_the_writer_process_survives_a_frame_it_cannot_read(tmp_path: Path) -> None:
+    """A batch that cannot be unpickled is answered as failed; the next one still commits."""
+    path = tmp_path / "w.db"
+    db.open_database(path).close()
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    garbage = b"not a pickle"
+    good = pickle.dumps([(db.insert_game, ("g", GameSettings(duration_ms=5), 0), True)])
+    for payload in (garbage, good):
+        os.write(to_child_w, db.FRAME_LENGTH.pack(len(payload)) + payload)
+    os.close(to_child_w)
+    assert _writer_child.serve(str(path), to_child_r, from_child_w) == 0
+    os.close(from_child_w)
+    replies = []
+    data = os.read(from_child_r, 1 << 20)
+    while data:
+        (length,) = db.FRAME_LENGTH.unpack_from(data)
+        replies.append(pickle.loads(data[4 : 4 + length]))
+        data = data[4 + length :]
+    assert replies[0][0] is False and isinstance(replies[0][1], str)
+    assert replies[1] == (True, [(None, None)])
+    assert count(path, "games") == 1
