@@ -3,12 +3,16 @@
 
 CREATE TABLE users (
     id            INTEGER PRIMARY KEY,
-    name          TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    name          TEXT NOT NULL UNIQUE COLLATE NOCASE,    -- NFKC, see names.py
+    name_skeleton TEXT,                     -- UTS #39 skeleton of the case-folded name
     password_hash TEXT NOT NULL,            -- Argon2id, PHC string
     created_at    INTEGER NOT NULL,
     banned_until  INTEGER,                  -- NULL: not banned; a huge value: until unbanned
     ban_note      TEXT
 );
+
+-- No two names that look alike (NULL only for accounts older than schema 2 that collided).
+CREATE UNIQUE INDEX users_name_skeleton ON users(name_skeleton);
 
 CREATE TABLE login_tokens (
     token_hash BLOB PRIMARY KEY,            -- SHA-256 of the token; the token itself is not kept
@@ -49,6 +53,10 @@ CREATE TABLE game_sessions (
                     CHECK (state IN ('running', 'ended', 'voided', 'submitted'))
 );
 CREATE INDEX game_sessions_user ON game_sessions(user_id, game_id);
+-- A user plays one game of a kind at a time: the database refuses a second running session,
+-- whatever interleaving of requests (or second process) tries it.
+CREATE UNIQUE INDEX game_sessions_one_running ON game_sessions(user_id, game_id)
+    WHERE state = 'running' AND user_id IS NOT NULL;
 CREATE INDEX game_sessions_state ON game_sessions(state);
 
 CREATE TABLE issued_points (
@@ -120,9 +128,18 @@ CREATE TABLE audit (
     note    TEXT
 );
 
+-- Sessions of the /admin console (the token itself is not kept). Setting a new admin
+-- password deletes them all; logging out deletes one.
+CREATE TABLE admin_sessions (
+    token_hash BLOB PRIMARY KEY,            -- SHA-256 of the bearer token
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    address    TEXT
+) WITHOUT ROWID;
+
 CREATE TABLE settings (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;

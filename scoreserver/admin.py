@@ -2,19 +2,25 @@
 
 The password is set with `scoreserver admin set-password` (an Argon2id hash in the `settings`
 table); while none is set, /admin and its API refuse (403). `POST /api/admin/login` trades the
-password for a session token (random, kept in memory for 8 hours) that the page sends as
-`Authorization: Bearer ...`. Failed logins are limited per address. Every decision goes through
-`moderation.py`, the same code as the command line, and is audited as "admin page".
+password for a session token (random; only its SHA-256 is kept, in `admin_sessions`, for 8
+hours) that the page sends as `Authorization: Bearer ...`. `POST /api/admin/logout` ends the
+session on the server; setting a new password ends every session.
+
+Guesses are charged before the password is checked (`limits.py`): 5 failures a minute per
+address, and 10 a minute for the admin account whatever the addresses. Password checks run in
+the server's own small pool (`PasswordWork`), never in the threads that serve reads. Users are
+addressed by id. Lists are paged. Every decision goes through `moderation.py`, the same code as
+the command line, and is audited as "admin page".
 """
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import secrets
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import trio
@@ -24,40 +30,95 @@ from starlette.routing import Route
 
 from . import moderation
 from . import store as db
-from .errors import ConflictError, NotFoundError
+from .errors import BusyError, ConflictError, NotFoundError, RateLimitedError
+from .limits import Budget, charge_all
+from .service import PasswordWork
+from .webio import HttpError, int_param, read_json
 
 ADMIN_PASSWORD_SETTING = "admin_password_hash"
 SESSION_TTL_S = 8 * 3600
-FAILED_LOGINS_PER_MINUTE = 5
+FAILED_LOGINS_PER_ADDRESS = 5  # a minute
+FAILED_LOGINS_IN_ALL = 10  # a minute, for the one admin account, whatever the addresses
+BODY_BYTES = 16 * 1024  # every admin body: a password, a note, a number
+PAGE_DEFAULT = 100
+PAGE_MAX = 500
+MAX_ID = 2**63 - 1
+MAX_BAN_DAYS = 36_500.0
+
+Note = Annotated[str, msgspec.Meta(max_length=2000)]
+Days = Annotated[float, msgspec.Meta(gt=0, le=MAX_BAN_DAYS)]
 
 
 class AdminLogin(msgspec.Struct, frozen=True):
-    password: str
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
 
 
 class Resolve(msgspec.Struct, frozen=True):
     action: str
-    note: str
-    days: float | None = None
+    note: Note
+    days: Days | None = None
 
 
 class BanBody(msgspec.Struct, frozen=True):
-    note: str = ""
-    days: float | None = None
+    note: Note = ""
+    days: Days | None = None
 
 
 class NoteBody(msgspec.Struct, frozen=True):
-    note: str = ""
+    note: Note = ""
+
+
+def _token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- the admin sessions table (also used by `admin set-password`) ---------------------------
+
+
+def insert_admin_session(
+    conn: sqlite3.Connection, token_hash: bytes, now: int, address: str | None
+) -> None:
+    conn.execute("DELETE FROM admin_sessions WHERE expires_at <= ?", (now,))
+    conn.execute(
+        "INSERT INTO admin_sessions (token_hash, created_at, expires_at, address)"
+        " VALUES (?, ?, ?, ?)",
+        (token_hash, now, now + SESSION_TTL_S * 1000, address),
+    )
+
+
+def admin_state(conn: sqlite3.Connection, token_hash: bytes, now: int) -> tuple[bool, bool]:
+    """(a password is set, this token is a live session)."""
+    password = db.get_setting(conn, ADMIN_PASSWORD_SETTING) is not None
+    row = conn.execute(
+        "SELECT 1 FROM admin_sessions WHERE token_hash = ? AND expires_at > ?", (token_hash, now)
+    ).fetchone()
+    return password, row is not None
+
+
+def end_admin_sessions(conn: sqlite3.Connection, token_hash: bytes | None = None) -> int:
+    """End one admin session, or (None) all of them."""
+    if token_hash is None:
+        return conn.execute("DELETE FROM admin_sessions").rowcount
+    return conn.execute("DELETE FROM admin_sessions WHERE token_hash = ?", (token_hash,)).rowcount
 
 
 class AdminConsole:
-    """Sessions, login limits and the admin API's handlers."""
+    """Login, sessions and the admin API's handlers."""
 
-    def __init__(self, db_path: Any, password_policy: Any):
+    def __init__(self, db_path: Any, password_policy: Any, password_work: PasswordWork):
         self.db_path = db_path
         self.password_policy = password_policy
-        self._sessions: dict[str, float] = {}  # token -> expiry (monotonic seconds)
-        self._failures: dict[str, list[float]] = {}
+        self.password_work = password_work
+        self.address_failures = Budget(
+            FAILED_LOGINS_PER_ADDRESS, message="too many failed logins; wait a minute"
+        )
+        self.account_failures = Budget(
+            FAILED_LOGINS_IN_ALL, message="too many failed admin logins; wait a minute"
+        )
 
     # -- running the CLI's code in a worker thread, on a connection of its own --
 
@@ -71,18 +132,25 @@ class AdminConsole:
 
         return await trio.to_thread.run_sync(work)
 
+    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        def in_transaction(conn: sqlite3.Connection) -> Any:
+            with db.transaction(conn):
+                return fn(conn)
+
+        return await self._run(in_transaction)
+
     # -- authentication --
 
     async def _password_hash(self) -> str | None:
         return await self._run(lambda c: db.get_setting(c, ADMIN_PASSWORD_SETTING))  # type: ignore[no-any-return]
 
-    def _limited(self, address: str) -> bool:
-        now = time.monotonic()
-        recent = [t for t in self._failures.get(address, []) if now - t < 60]
-        self._failures[address] = recent
-        return len(recent) >= FAILED_LOGINS_PER_MINUTE
-
     async def login(self, request: Request) -> Response:
+        try:
+            return await self._login(request)
+        except HttpError as exc:
+            return _error(exc.status, exc.code, exc.message)
+
+    async def _login(self, request: Request) -> Response:
         encoded = await self._password_hash()
         if encoded is None:
             return _error(
@@ -90,45 +158,60 @@ class AdminConsole:
                 "admin_disabled",
                 "no admin password is set: run `scoreserver admin set-password`",
             )
+        body = await read_json(request, AdminLogin, BODY_BYTES)
         address = request.client.host if request.client else "?"
-        if self._limited(address):
-            return _error(429, "rate_limited", "too many failed logins; wait a minute")
         try:
-            body = msgspec.json.decode(await request.body(), type=AdminLogin)
-        except msgspec.DecodeError as exc:
-            return _error(400, "bad_request", str(exc))
-        ok = await trio.to_thread.run_sync(self.password_policy.verify, body.password, encoded)
+            charges = charge_all(
+                [(self.address_failures, address), (self.account_failures, "admin")],
+                trio.current_time(),
+            )
+        except RateLimitedError as exc:
+            return _error(429, "rate_limited", str(exc))
+        try:
+            ok = await self.password_work.run(self.password_policy.verify, body.password, encoded)
+        except BusyError as exc:
+            self.address_failures.refund(charges[0])
+            self.account_failures.refund(charges[1])
+            return _error(503, "busy", str(exc))
         if not ok:
-            self._failures.setdefault(address, []).append(time.monotonic())
             return _error(401, "auth_failed", "wrong admin password")
+        self.address_failures.refund(charges[0])
+        self.account_failures.refund(charges[1])
         token = secrets.token_urlsafe(32)
-        self._sessions[token] = time.monotonic() + SESSION_TTL_S
+        await self._write(lambda c: insert_admin_session(c, _token_hash(token), _now_ms(), address))
         return JSONResponse({"token": token, "expires_in_s": SESSION_TTL_S})
 
-    def _authorized(self, request: Request) -> bool:
-        header = request.headers.get("authorization", "")
-        if not header.startswith("Bearer "):
-            return False
-        presented = header[len("Bearer ") :]
-        now = time.monotonic()
-        for token, expiry in list(self._sessions.items()):
-            if expiry < now:
-                del self._sessions[token]
-            elif hmac.compare_digest(token.encode(), presented.encode()):
-                return True
-        return False
+    @staticmethod
+    def _presented(request: Request) -> bytes | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        # Looked up by its hash: the comparison never touches the token itself.
+        return _token_hash(token.strip())
+
+    async def logout(self, request: Request) -> Response:
+        presented = self._presented(request)
+        if presented is not None:
+            await self._write(lambda c: end_admin_sessions(c, presented))
+        return JSONResponse({"logged_out": True})
 
     def guarded(
         self, handler: Callable[[Request], Awaitable[Any]]
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            if await self._password_hash() is None:
+            presented = self._presented(request) or b""
+            password_set, authorized = await self._run(
+                lambda c: admin_state(c, presented, _now_ms())
+            )
+            if not password_set:
                 return _error(403, "admin_disabled", "no admin password is set")
-            if not self._authorized(request):
+            if not authorized:
                 return _error(401, "auth_required", "log in to the admin console first")
             try:
                 result = await handler(request)
-            except (msgspec.DecodeError, ValueError) as exc:
+            except HttpError as exc:
+                return _error(exc.status, exc.code, exc.message)
+            except ValueError as exc:
                 return _error(400, "bad_request", str(exc))
             except NotFoundError as exc:
                 return _error(404, "not_found", str(exc))
@@ -147,19 +230,22 @@ class AdminConsole:
 
     async def flags(self, request: Request) -> Any:
         open_only = request.query_params.get("status", "open") == "open"
-        flags = await self._run(lambda c: db.list_flags(c, open_only=open_only))
-        return {"flags": flags}
+        limit, offset = _page(request)
+        rows = await self._run(
+            lambda c: db.list_flags(c, open_only=open_only, limit=limit + 1, offset=offset)
+        )
+        return {"flags": rows[:limit], **_paging(limit, offset, len(rows))}
 
     async def flag(self, request: Request) -> Any:
         from .cli import render_flag
 
-        flag_id = int(request.path_params["flag_id"])
+        flag_id = _path_id(request, "flag_id")
         flag = await self._run(lambda c: db.get_flag(c, flag_id))
         return {"flag": flag, "text": render_flag(flag)}
 
     async def resolve(self, request: Request) -> Any:
-        flag_id = int(request.path_params["flag_id"])
-        body = msgspec.json.decode(await request.body(), type=Resolve)
+        flag_id = _path_id(request, "flag_id")
+        body = await read_json(request, Resolve, BODY_BYTES)
         if body.action not in ("clear", "ban"):
             raise ValueError("action is clear or ban")
         actor = self.actor(request)
@@ -171,22 +257,32 @@ class AdminConsole:
         return {"flag_id": flag_id, "status": "banned" if body.action == "ban" else "cleared"}
 
     async def users(self, request: Request) -> Any:
-        return {"users": await self._run(db.list_users)}
+        limit, offset = _page(request)
+        rows = await self._run(lambda c: db.list_users(c, limit=limit + 1, offset=offset))
+        return {"users": rows[:limit], **_paging(limit, offset, len(rows))}
+
+    async def _user_name(self, request: Request) -> str:
+        user_id = _path_id(request, "user_id")
+        user = await self._run(lambda c: db.user_by_id(c, user_id))
+        if user is None:
+            raise NotFoundError(f"no user {user_id}")
+        return user.name  # type: ignore[no-any-return]
 
     async def ban(self, request: Request) -> Any:
-        name = request.path_params["name"]
-        body = msgspec.json.decode(await request.body() or b"{}", type=BanBody)
+        name = await self._user_name(request)
+        body = await read_json(request, BanBody, BODY_BYTES)
         actor = self.actor(request)
         until = await self._run(
             lambda c: moderation.ban_user(c, name, actor=actor, days=body.days, note=body.note)
         )
-        return {"name": name, "banned_until": until}
+        return {"user_id": _path_id(request, "user_id"), "name": name, "banned_until": until}
 
     async def unban(self, request: Request) -> Any:
-        name = request.path_params["name"]
+        name = await self._user_name(request)
+        body = await read_json(request, NoteBody, BODY_BYTES)
         actor = self.actor(request)
-        await self._run(lambda c: moderation.unban_user(c, name, actor=actor))
-        return {"name": name, "banned_until": None}
+        await self._run(lambda c: moderation.unban_user(c, name, actor=actor, note=body.note))
+        return {"user_id": _path_id(request, "user_id"), "name": name, "banned_until": None}
 
     async def hide(self, request: Request) -> Any:
         return await self._score(request, True)
@@ -196,7 +292,7 @@ class AdminConsole:
 
     async def _score(self, request: Request, hidden: bool) -> Any:
         session_id = request.path_params["session_id"]
-        body = msgspec.json.decode(await request.body() or b"{}", type=NoteBody)
+        body = await read_json(request, NoteBody, BODY_BYTES)
         actor = self.actor(request)
         await self._run(
             lambda c: moderation.set_score_hidden(
@@ -206,23 +302,47 @@ class AdminConsole:
         return {"session_id": session_id, "hidden": hidden}
 
     async def audit(self, request: Request) -> Any:
-        return {"audit": await self._run(db.list_audit)}
+        limit, offset = _page(request)
+        rows = await self._run(
+            lambda c: db.list_audit(c, limit=limit + 1, offset=offset, newest_first=True)
+        )
+        return {"audit": rows[:limit], **_paging(limit, offset, len(rows))}
 
     def routes(self, page: Callable[[Request], Awaitable[Response]]) -> list[Route]:
         g = self.guarded
         return [
             Route("/admin", page, methods=["GET"]),
             Route("/api/admin/login", self.login, methods=["POST"]),
+            Route("/api/admin/logout", self.logout, methods=["POST"]),
             Route("/api/admin/flags", g(self.flags), methods=["GET"]),
             Route("/api/admin/flags/{flag_id:int}", g(self.flag), methods=["GET"]),
             Route("/api/admin/flags/{flag_id:int}/resolve", g(self.resolve), methods=["POST"]),
             Route("/api/admin/users", g(self.users), methods=["GET"]),
-            Route("/api/admin/users/{name}/ban", g(self.ban), methods=["POST"]),
-            Route("/api/admin/users/{name}/unban", g(self.unban), methods=["POST"]),
+            Route("/api/admin/users/{user_id:int}/ban", g(self.ban), methods=["POST"]),
+            Route("/api/admin/users/{user_id:int}/unban", g(self.unban), methods=["POST"]),
             Route("/api/admin/scores/{session_id}/hide", g(self.hide), methods=["POST"]),
             Route("/api/admin/scores/{session_id}/restore", g(self.restore), methods=["POST"]),
             Route("/api/admin/audit", g(self.audit), methods=["GET"]),
         ]
+
+
+def _path_id(request: Request, name: str) -> int:
+    value = int(request.path_params[name])
+    if value > MAX_ID:
+        raise NotFoundError(f"no {name.removesuffix('_id')} {value}")
+    return value
+
+
+def _page(request: Request) -> tuple[int, int]:
+    limit = int_param(request, "limit", PAGE_DEFAULT, 1, PAGE_MAX)
+    offset = int_param(request, "offset", 0, 0, MAX_ID)
+    return limit or PAGE_DEFAULT, offset or 0
+
+
+def _paging(limit: int, offset: int, fetched: int) -> dict[str, Any]:
+    """Where this page stands: `next_offset` is null on the last page."""
+    more = fetched > limit
+    return {"limit": limit, "offset": offset, "next_offset": offset + limit if more else None}
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

@@ -32,6 +32,7 @@ from trio_websocket import serve_websocket
 
 from . import store as db
 from .clock import ServerClock
+from .errors import StoreError
 from .http import create_app
 from .rooms import Rooms
 from .rules import GameSettings
@@ -160,6 +161,10 @@ class Config:
     signer: str = "auto"
     # The database writer: "process" (a child process) or "thread" (a thread of this one).
     store_writer: str = "process"
+    # How long a helper process may owe an answer before it counts as stalled: the signer is
+    # then replaced by signing on the loop; a stalled writer stops the server cleanly.
+    signer_timeout_s: float = 2.0
+    writer_timeout_s: float = db.ANSWER_TIMEOUT_S
     reanchor_clock: bool = True
     handle_signals: bool = True
     announce: bool = True
@@ -223,6 +228,7 @@ def prepare_database(config: Config, now: int) -> tuple[Service, db.Store]:
         config.db_path,
         threaded=config.threaded_store,
         child_process=config.store_writer == "process",
+        answer_timeout_s=config.writer_timeout_s,
     )
     service = Service(
         store=store,
@@ -256,9 +262,10 @@ async def serve(
     stop = trio.Event()
     monitor = LoopMonitor()
     gc_monitor = GcMonitor()
-    signer = make_signer(config.signer)
+    signer = make_signer(config.signer, config.signer_timeout_s)
     service.signer = signer
     app.state.stats = partial(_stats, service, socket, store, monitor, gc_monitor)
+    app.state.health = partial(health, store, signer)
     _tune_gc()
 
     hconfig = HypercornConfig()
@@ -273,7 +280,7 @@ async def serve(
     gc_monitor.install()
     try:
         async with trio.open_nursery() as root:
-            await root.start(store.run)
+            await root.start(_run_store, store, stop)
             if isinstance(signer, ProcessSigner):
                 await root.start(signer.run)
             async with trio.open_nursery() as servers:
@@ -324,7 +331,50 @@ async def serve(
             root.cancel_scope.cancel()
     finally:
         gc_monitor.uninstall()
+    if store.failure is not None:
+        raise store.failure  # stopped because the writer failed: exit with an error
     logger.info("stopped")
+
+
+async def _run_store(
+    store: db.Store, stop: trio.Event, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """Run the writer; if it dies or stalls, stop the server the graceful way (every running
+    game gets its end_game) instead of tearing everything down at once."""
+    try:
+        await store.run(task_status=task_status)
+    except StoreError:
+        logger.critical("the database writer failed; stopping the server")
+        stop.set()
+        await trio.sleep_forever()  # until the shutdown cancels the root nursery
+
+
+# A helper that owes an answer this long makes /healthz say the server is degraded.
+HEALTH_LAG_S = 1.0
+
+
+def health(store: db.Store, signer: Signer) -> dict[str, object]:
+    """What /healthz says: `ok`, `degraded` (slower but correct: a helper is slow or signing
+    fell back to the loop) or `failing` (the writer is gone: nothing can be saved)."""
+    status = "ok"
+    if store.failure is not None:
+        writer = f"failed: {store.failure}"
+        status = "failing"
+    elif (lag := store.lag_s()) > HEALTH_LAG_S:
+        writer = f"not answering for {lag:.1f} s"
+        status = "degraded"
+    else:
+        writer = "ok"
+    mode = str(signer.stats()["mode"])
+    if isinstance(signer, ProcessSigner) and not signer.live:
+        signing = "on the event loop (signer process not running)"
+        status = "degraded" if status == "ok" else status
+    elif (lag := signer.lag_s()) > HEALTH_LAG_S:
+        signing = f"signer process not answering for {lag:.1f} s"
+        status = "degraded" if status == "ok" else status
+    else:
+        signing = mode
+    return {"status": status, "writer": writer, "signer": signing}
 
 
 def usable_cores() -> int:
@@ -334,13 +384,15 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def make_signer(mode: str) -> Signer:
+def make_signer(mode: str, answer_timeout_s: float = 2.0) -> Signer:
     """The point signer for `mode` (see `Config.signer`)."""
     if mode not in SIGNER_MODES:
         raise ValueError(f"signer must be one of {', '.join(SIGNER_MODES)}")
     if mode == "auto":
         mode = "process" if usable_cores() > 1 else "inline"
-    return ProcessSigner() if mode == "process" else InlineSigner()
+    if mode == "process":
+        return ProcessSigner(answer_timeout_s=answer_timeout_s)
+    return InlineSigner()
 
 
 def _tune_gc() -> None:

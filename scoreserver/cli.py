@@ -585,7 +585,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
-    from .admin import ADMIN_PASSWORD_SETTING
+    from .admin import ADMIN_PASSWORD_SETTING, end_admin_sessions
 
     password = _read_password(args.password_stdin)
     if len(password) < 12:
@@ -594,8 +594,9 @@ def cmd_admin(args: argparse.Namespace) -> int:
     encoded = PasswordPolicy().hash(password)
     with db.transaction(conn):
         db.set_setting(conn, ADMIN_PASSWORD_SETTING, encoded)
-        _audit(conn, "admin set-password", None, None)
-    print("admin password set; /admin is open to it")
+        ended = end_admin_sessions(conn)
+        _audit(conn, "admin set-password", None, f"ended {ended} admin sessions")
+    print(f"admin password set; /admin is open to it ({ended} earlier admin sessions ended)")
     return 0
 
 

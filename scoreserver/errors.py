@@ -7,6 +7,7 @@
     │   └── RateLimitedError   too many login attempts for now
     ├── ConflictError      a name already taken, a game that already exists
     ├── NotFoundError      an unknown game, user, flag, session
+    ├── BusyError          a bounded queue is full (password checks): try again shortly
     └── StoreError         the database refused (integrity, schema version)
 
 Lower-level errors (msgspec, sqlite3, cryptography) are mapped to these at the boundary with
@@ -49,6 +50,10 @@ class ConflictError(ScoreServerError):
 
 class BannedError(ScoreServerError):
     """The account is banned (found where it matters: in the transaction that would save)."""
+
+
+class BusyError(ScoreServerError):
+    """A bounded queue of work is full; the request is refused rather than queued."""
 
 
 class NotFoundError(ScoreServerError):

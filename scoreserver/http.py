@@ -25,28 +25,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import protocol as wire
 from . import store as db
 from .admin import AdminConsole
-from .errors import AuthError, ConflictError, RateLimitedError
+from .errors import AuthError, BusyError, ConflictError, RateLimitedError
 from .service import PASSWORD_MAX, Peer, Service
 from .tokens import b64encode, raw_public
+from .webio import HttpError, error_response, int_param, read_json
 from .ws import origin_allowed
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
-MAX_BODY_BYTES = 256 * 1024
 WINDOWS_MS = {"day": 86_400_000, "week": 7 * 86_400_000}
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
 class ResultBody(msgspec.Struct, frozen=True):
@@ -62,26 +50,6 @@ class Credentials(msgspec.Struct, frozen=True):
 
 # A login or registration body: a name and a password, with room for JSON's escapes.
 CREDENTIALS_BODY_BYTES = 16 * 1024
-
-
-async def read_json(request: Request, kind: type[Any], limit: int = MAX_BODY_BYTES) -> Any:
-    """The request body decoded as `kind`; 413 past `limit` bytes (read no further), 400 if
-    malformed. Every route that takes a body reads it through here."""
-    too_large = HttpError(413, "too_large", f"the body is limited to {limit} bytes")
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    try:
-        return msgspec.json.decode(bytes(body or b"{}"), type=kind)
-    except msgspec.DecodeError as exc:
-        raise HttpError(400, "bad_request", str(exc)) from None
-    except RecursionError:
-        raise HttpError(400, "bad_request", "the body is nested too deeply") from None
 
 
 def peer_of(request: Request) -> Peer:
@@ -110,19 +78,6 @@ def _json_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def _int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise HttpError(400, "bad_request", f"`{name}` must be an integer") from None
-    if not low <= value <= high:
-        raise HttpError(400, "bad_request", f"`{name}` must be between {low} and {high}")
-    return value
-
-
 def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> Starlette:
     """The HTTP application for `service`."""
 
@@ -135,6 +90,8 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
             raise HttpError(400, "bad_request", str(exc)) from None
         except RateLimitedError as exc:
             raise HttpError(429, "rate_limited", str(exc)) from None
+        except BusyError as exc:
+            raise HttpError(503, "busy", str(exc)) from None
         except ConflictError:
             raise HttpError(409, "name_taken", "that name is taken") from None
         return JSONResponse({"token": token, "user_id": user.id, "name": user.name}, 201)
@@ -146,16 +103,38 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
             token, user = await service.login(body.name, body.password, peer_of(request).address)
         except RateLimitedError as exc:
             raise HttpError(429, "rate_limited", str(exc)) from None
+        except BusyError as exc:
+            raise HttpError(503, "busy", str(exc)) from None
         except AuthError as exc:
             raise HttpError(401, "auth_failed", str(exc)) from None
         return JSONResponse({"token": token, "user_id": user.id, "name": user.name})
 
+    async def submitter(request: Request) -> Peer:
+        """Who submits: anyone may (the tokens authorize a submission), but a player who sends
+        their login token is known by it, so a failure is held against them, not an address."""
+        peer = peer_of(request)
+        header = request.headers.get("authorization")
+        if header is None:
+            return peer
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HttpError(401, "auth_failed", "use `Authorization: Bearer LOGIN_TOKEN`")
+        try:
+            user = await service.identify(token.strip())
+        except AuthError as exc:
+            raise HttpError(401, "auth_failed", str(exc)) from None
+        peer.user_id, peer.name = user.id, user.name
+        return peer
+
     @_json_errors
     async def results(request: Request) -> Response:
         body = await read_json(request, ResultBody)
-        outcome = await service.submit(
-            body.start_token, body.end_token, body.points, peer_of(request)
-        )
+        try:
+            outcome = await service.submit(
+                body.start_token, body.end_token, body.points, await submitter(request)
+            )
+        except RateLimitedError as exc:
+            raise HttpError(429, "rate_limited", str(exc)) from None
         answer: dict[str, Any] = {"type": "result", "accepted": outcome.accepted}
         if outcome.accepted:
             answer.update(score=outcome.score, saved=outcome.saved)
@@ -168,9 +147,9 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         game_id = request.path_params["game_id"]
         if game_id not in service.games:
             raise HttpError(404, "unknown_game", f"no game {game_id!r}")
-        limit = _int_param(request, "limit", 10, 1, 100)
-        offset = _int_param(request, "offset", 0, 0, 10**9)
-        around = _int_param(request, "around", None, 0, 2**62)
+        limit = int_param(request, "limit", 10, 1, 100)
+        offset = int_param(request, "offset", 0, 0, 10**9)
+        around = int_param(request, "around", None, 0, 2**62)
         window = request.query_params.get("window", "all")
         if window not in ("day", "week", "all"):
             raise HttpError(400, "bad_request", "`window` is day, week or all")
@@ -196,7 +175,9 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         )
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        # 200 while games can be played and saved (also when degraded); 503 when they cannot.
+        report = request.app.state.health()
+        return JSONResponse(report, status_code=503 if report["status"] == "failing" else 200)
 
     async def stats(request: Request) -> Response:
         # Operational counters: connections, sessions, commits, event-loop stalls.
@@ -235,7 +216,7 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         logger.exception("HTTP handler failed", exc_info=exc)
         return error_response(500, "internal_error", "internal error")
 
-    admin = AdminConsole(service.store.path, service.password_policy)
+    admin = AdminConsole(service.store.path, service.password_policy, service.password_work)
 
     async def admin_page(request: Request) -> Response:
         if await admin._password_hash() is None:
@@ -270,6 +251,7 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
     )
     app.state.ws_port = None
     app.state.stats = lambda: {}
+    app.state.health = lambda: {"status": "ok"}
     return app
 
 

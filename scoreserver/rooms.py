@@ -26,10 +26,12 @@ import trio
 
 from . import protocol as wire
 from . import store as db
+from .errors import ConflictError, StoreError
 from .rules import (
     AccountFlagged,
     Action,
     BurstRecorded,
+    EndReason,
     GameEnded,
     GameSession,
     GameSettings,
@@ -87,7 +89,7 @@ class LiveSession:
     scope: trio.CancelScope | None = None
     shutting_down: bool = False
     finished: trio.Event = field(default_factory=trio.Event)
-    end_frame: str | None = None
+    end_message: wire.EndGame | None = None  # the session's end_game, once sent
 
     @property
     def user_id(self) -> int | None:
@@ -182,8 +184,16 @@ class Rooms:
         client_ts: int,
         request_id: str | int | None,
     ) -> LiveSession:
-        """Create a session and start its task; returns once `game_started` is sent."""
+        """Create a session and start its task; returns once `game_started` is sent.
+
+        ConflictError if the player already has a running game of this kind. The (user, game)
+        slot is claimed before anything awaits, and the database refuses a second running
+        session too, so no interleaving of requests (nor a second process) runs two.
+        """
         service = self.service
+        slot = (peer.user_id, room.game_id) if peer.user_id is not None else None
+        if slot is not None and slot in service.running_by_user:
+            raise ConflictError("you already have a game of this kind running")
         now = service.clock.now_ms()
         session_bytes = os.urandom(16)
         session_id = session_bytes.hex()
@@ -200,23 +210,31 @@ class Rooms:
             request_id=request_id,
         )
         session.inbox_send, session.inbox_receive = trio.open_memory_channel[PointIn](INBOX_SIZE)
-        # Committed before the start token is handed out: a token that outlives a crash always
-        # names a known session (voided at restart), never an unknown one.
-        await service.store.write(
-            db.insert_session,
-            session_id,
-            room.game_id,
-            peer.user_id,
-            peer.address if peer.user_id is None else None,
-            peer.user_agent,
-            settings,
-            now,
-            client_ts,
-            start_token,
-        )
+        # Registered before the first await: the slot is claimed, and a shutdown that begins
+        # while the start is being committed finds this session and ends it properly.
         service.sessions[session_id] = session
-        if peer.user_id is not None:
-            service.running_by_user[(peer.user_id, room.game_id)] = session
+        if slot is not None:
+            service.running_by_user[slot] = session
+        try:
+            # Committed before the start token is handed out: a token that outlives a crash
+            # always names a known session (voided at restart), never an unknown one.
+            await service.store.write(
+                db.insert_session,
+                session_id,
+                room.game_id,
+                peer.user_id,
+                peer.address if peer.user_id is None else None,
+                peer.user_agent,
+                settings,
+                now,
+                client_ts,
+                start_token,
+            )
+        except BaseException:
+            self._release(session)
+            service.sessions.pop(session_id, None)
+            session.finished.set()
+            raise
         await room.nursery.start(self._run_session, session, session_bytes)
         return session
 
@@ -390,13 +408,18 @@ class Rooms:
                 store.write_soon(db.insert_burst, session.session_id, action.at_ms)
             elif isinstance(action, AccountFlagged):
                 with trio.CancelScope(shield=True):
-                    await service.flag(
-                        action.reason,
-                        peer=session.peer,
-                        game_id=session.game_id,
-                        session_id=session.session_id,
-                        detail=dict(action.detail),
-                    )
+                    try:
+                        await service.flag(
+                            action.reason,
+                            peer=session.peer,
+                            game_id=session.game_id,
+                            session_id=session.session_id,
+                            detail=dict(action.detail),
+                        )
+                    except StoreError:
+                        # The writer failed: the server is stopping, and the end that would
+                        # reveal this flag is voided with it (see _end).
+                        logger.error("session %s: flag not committed", session.session_id)
             elif isinstance(action, GameEnded):
                 return action
         return None
@@ -408,26 +431,34 @@ class Rooms:
             end_token = service.keys.sign(
                 Purpose.END, session_bytes, session.user_id, session.game_id, ended.at_ms
             )
+        try:
+            await service.store.write(
+                db.end_session, session.session_id, end_token, ended.at_ms, str(ended.reason)
+            )
+        except StoreError as exc:
+            # The writer is gone or stalled (the server is stopping): the end cannot be kept,
+            # so no end token goes out. The player is told the game is void, not left waiting;
+            # the row stays `running` and is voided at the next start.
+            logger.error("session %s: its end could not be committed (%s)", session.session_id, exc)
+            end_token = None
+            ended = GameEnded(EndReason.SERVER_SHUTDOWN, ended.at_ms)
+            session.rules.end_reason = EndReason.SERVER_SHUTDOWN
         session.end_token = end_token
-        await service.store.write(
-            db.end_session, session.session_id, end_token, ended.at_ms, str(ended.reason)
-        )
         self._release(session)
         # Points that arrived before the end but were still queued are answered (game_over)
         # before end_game, so that end_game is the session's last word to its player.
         await self._drain_inbox(session)
         if ended.reason != "time_up":
             service.sessions.pop(session.session_id, None)
-        session.end_frame = wire.encode(
-            wire.EndGame(
-                reason=str(ended.reason),
-                server_ts=ended.at_ms,
-                end_token=end_token,
-                session_id=session.session_id,
-            )
+        session.end_message = wire.EndGame(
+            reason=str(ended.reason),
+            server_ts=ended.at_ms,
+            end_token=end_token,
+            session_id=session.session_id,
         )
         logger.info("session %s ended: %s", session.session_id, ended.reason)
-        await session.send(session.end_frame)  # bounded by the connection's send timeout
+        # Bounded by the connection's send timeout.
+        await session.send(wire.encode(session.end_message))
 
     def _release(self, session: LiveSession) -> None:
         if session.user_id is not None:

@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import secrets
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,9 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from . import store as db
 from .clock import ServerClock
-from .errors import AuthError, BannedError, ConflictError, RateLimitedError, TokenError
+from .errors import AuthError, BannedError, BusyError, ConflictError, TokenError
+from .limits import Budget, charge_all
+from .names import normalize_name
 from .rules import (
     GameSettings,
     PointLike,
@@ -52,7 +53,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOGIN_TOKEN_TTL_MS = 30 * 24 * 3600 * 1000
-NAME_MAX = 32
 PASSWORD_MIN = 8
 PASSWORD_MAX = 1024
 DEMO_GAME = "demo"
@@ -104,9 +104,7 @@ def _dummy_hash(policy: PasswordPolicy) -> str:
 def validate_credentials(name: object, password: object) -> tuple[str, str]:
     if not isinstance(name, str) or not isinstance(password, str):
         raise ValueError("name and password must be strings")
-    name = name.strip()
-    if not 1 <= len(name) <= NAME_MAX or not name.isprintable():
-        raise ValueError(f"a name is 1 to {NAME_MAX} printable characters")
+    name = normalize_name(name)  # NFKC, nothing invisible (names.py); ValueError otherwise
     if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
         raise ValueError(f"a password is {PASSWORD_MIN} to {PASSWORD_MAX} characters")
     return name, password
@@ -116,44 +114,57 @@ def hash_login_token(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
-class LoginLimiter:
-    """Failed logins per account, and attempts per address, within a sliding minute."""
+class PasswordWork:
+    """Argon2id off the event loop, in a pool of its own.
 
-    def __init__(self, per_account: int = 10, per_address: int = 30, window_s: float = 60.0):
-        self.per_account = per_account
-        self.per_address = per_address
-        self.window_s = window_s
-        self._failures: dict[str, deque[float]] = {}
-        self._attempts: dict[str, deque[float]] = {}
+    A password check takes ~40 ms of CPU and 19 MiB. Run in the worker threads that also serve
+    database reads, a flood of logins delayed leaderboards and socket logins by seconds. Here
+    at most `threads` checks run at once (Argon2 releases the GIL, so the event loop goes on),
+    at most `max_waiting` more wait their turn, and past that a login is refused at once
+    (BusyError: HTTP 503) rather than queued without bound.
+    """
 
-    def _recent(self, table: dict[str, deque[float]], key: str, now: float) -> deque[float]:
-        times = table.setdefault(key, deque())
-        while times and now - times[0] > self.window_s:
-            times.popleft()
-        return times
+    def __init__(self, threads: int = 1, max_waiting: int = 32):
+        self._limiter = trio.CapacityLimiter(threads)
+        self.max_waiting = max_waiting
+        self.waiting = 0
+        self.refused = 0
 
-    def check(self, account: str | None, address: str | None, now: float) -> None:
-        """Raise RateLimitedError if this attempt is over a limit; count it otherwise.
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.waiting >= self.max_waiting:
+            self.refused += 1
+            raise BusyError("the server is busy checking passwords; try again in a moment")
+        self.waiting += 1
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        finally:
+            self.waiting -= 1
 
-        `account` None is a registration: it counts against the address only.
-        """
-        if (
-            account is not None
-            and self.per_account
-            and len(self._recent(self._failures, account, now)) >= self.per_account
-        ):
-            raise RateLimitedError("too many failed logins for this account; wait a minute")
-        if address is not None and self.per_address:
-            attempts = self._recent(self._attempts, address, now)
-            if len(attempts) >= self.per_address:
-                raise RateLimitedError("too many logins from this address; wait a minute")
-            attempts.append(now)
-        if len(self._failures) + len(self._attempts) > 100_000:
-            self._failures.clear()  # bounded memory under a spray of names
-            self._attempts.clear()
 
-    def failed(self, account: str, now: float) -> None:
-        self._recent(self._failures, account, now).append(now)
+@dataclass(slots=True)
+class AccessLimits:
+    """The budgets that keep guesses and junk slow (see `limits.py`: charged before the work).
+
+    * failed logins per account, whatever the address: 10 a minute;
+    * login and registration attempts per address: 30 a minute;
+    * failed submissions (each one a flag) per address: 30 a minute.
+    """
+
+    account_failures: Budget = field(
+        default_factory=lambda: Budget(
+            10, message="too many failed logins for this account; wait a minute"
+        )
+    )
+    address_attempts: Budget = field(
+        default_factory=lambda: Budget(
+            30, message="too many logins from this address; wait a minute"
+        )
+    )
+    failed_submissions: Budget = field(
+        default_factory=lambda: Budget(
+            30, message="too many failed submissions from this address; wait a minute"
+        )
+    )
 
 
 # --- who is on the other end ----------------------------------------------------------------
@@ -193,7 +204,8 @@ class Service:
     signer: Signer = field(default_factory=InlineSigner)
     key_path: Path | None = None
     settings_fingerprint: tuple[object, ...] = ()
-    login_limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    limits: AccessLimits = field(default_factory=AccessLimits)
+    password_work: PasswordWork = field(default_factory=PasswordWork)
     # Set when new settings are applied (then replaced): lets a caller wait for a reload.
     settings_applied: trio.Event = field(default_factory=trio.Event)
     _submitting: set[str] = field(default_factory=set)
@@ -246,7 +258,8 @@ class Service:
     ) -> tuple[str, db.User]:
         name, password = validate_credentials(name, password)
         # Registrations share the address's login budget: no account factories.
-        self.login_limiter.check(None, address, trio.current_time())
+        if address is not None:
+            self.limits.address_attempts.charge(address, trio.current_time())
         encoded = await self._cpu(self.password_policy.hash, password)
         now = self.clock.now_ms()
         user_id = await self.store.write(db.insert_user, name, encoded, now)
@@ -258,26 +271,35 @@ class Service:
     ) -> tuple[str, db.User]:
         if not isinstance(name, str) or not isinstance(password, str):
             raise AuthError("name and password must be strings")
-        account = name.strip().casefold()
-        self.login_limiter.check(account, address, trio.current_time())
+        try:
+            name = normalize_name(name)
+        except ValueError:
+            name = name.strip()  # not a name anyone could have registered: fails below
+        account = name.casefold()
+        # Charged before the check, given back on success: guesses sent together are counted
+        # together (see limits.py).
+        budgets = [(self.limits.account_failures, account)]
+        if address is not None:
+            budgets.append((self.limits.address_attempts, address))
+        account_charge, *_ = charge_all(budgets, trio.current_time())
         if len(password) > PASSWORD_MAX:
             raise AuthError("wrong name or password")
-        user = await self.store.read(db.user_by_name, name.strip())
+        user = await self.store.read(db.user_by_name, name)
         encoded = user.password_hash if user is not None else _dummy_hash(self.password_policy)
         ok = await self._cpu(self.password_policy.verify, password, encoded)
         if user is None or not ok:
-            self.login_limiter.failed(account, trio.current_time())
             raise AuthError("wrong name or password")
+        self.limits.account_failures.refund(account_charge)
         now = self.clock.now_ms()
         if user.banned(now):
             raise AuthError("this account is banned")
         return await self._issue_login_token(user.id, now), user
 
     async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU-heavy work (Argon2id) off the event loop, unless the store runs inline."""
+        """Run CPU-heavy work (Argon2id) in its own pool, unless the store runs inline."""
         if not self.store.threaded:
             return fn(*args)
-        return await trio.to_thread.run_sync(fn, *args)
+        return await self.password_work.run(fn, *args)
 
     async def _issue_login_token(self, user_id: int, now: int) -> str:
         token = secrets.token_urlsafe(32)
@@ -343,7 +365,29 @@ class Service:
         points: Sequence[PointLike],
         submitter: Peer,
     ) -> ResultOutcome:
-        """Judge a submitted game; save the score of a logged-in player once committed."""
+        """Judge a submitted game; save the score of a logged-in player once committed.
+
+        A failed submission is held against whoever submitted it (their account, or their
+        address), never against the session's owner unless the owner sent it: holding a copy
+        of someone's start token must not let anyone put them under review. Failures are
+        limited per address (RateLimitedError), charged before the check so that a volley
+        sent at once is limited too.
+        """
+        charge = None
+        if submitter.address is not None:
+            charge = self.limits.failed_submissions.charge(submitter.address, trio.current_time())
+        outcome = await self._judge(start_token, end_token, points, submitter)
+        if charge is not None and outcome.flag_id is None:
+            self.limits.failed_submissions.refund(charge)  # accepted, or not a flagged failure
+        return outcome
+
+    async def _judge(
+        self,
+        start_token: str,
+        end_token: str,
+        points: Sequence[PointLike],
+        submitter: Peer,
+    ) -> ResultOutcome:
         now = self.clock.now_ms()
         try:
             claims = self.keys.verify(start_token, Purpose.START, now)
@@ -397,27 +441,24 @@ class Service:
         record: SessionRecord | None,
         detail: dict[str, object],
     ) -> ResultOutcome:
-        flag_id = None
-        if reason.flags_account:
-            if record is not None:
-                owner = await self._session_owner(record)
-                flag_id = await self.flag(
-                    f"submission:{reason}",
-                    user_id=record.user_id,
-                    guest_addr=owner.get("guest_addr"),
-                    game_id=record.game_id,
-                    session_id=record.session_id,
-                    detail={**detail, "submitted_from": submitter.address},
-                )
-            else:
-                flag_id = await self.flag(f"submission:{reason}", peer=submitter, detail=detail)
+        """Refuse a submission; flag the submitter for the reasons that flag (see `submit`)."""
+        if not reason.flags_account:
+            return ResultOutcome(False, reason=str(reason))
+        if record is not None:
+            detail = {
+                **detail,
+                "session_owner_user_id": record.user_id,
+                "submitted_by_owner": submitter.user_id is not None
+                and submitter.user_id == record.user_id,
+            }
+        flag_id = await self.flag(
+            f"submission:{reason}",
+            peer=submitter,
+            game_id=record.game_id if record is not None else None,
+            session_id=record.session_id if record is not None else None,
+            detail={**detail, "submitted_from": submitter.address},
+        )
         return ResultOutcome(False, reason=str(reason), flag_id=flag_id)
-
-    async def _session_owner(self, record: SessionRecord) -> dict[str, Any]:
-        live = self.sessions.get(record.session_id)
-        if live is not None:
-            return {"guest_addr": live.peer.address, "user_agent": live.peer.user_agent}
-        return await self.store.read(db.session_owner, record.session_id) or {}
 
     def forget_expired_sessions(self, now: int) -> int:
         """Drop ended sessions whose submission window has passed (they stay in SQLite)."""

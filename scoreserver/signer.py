@@ -56,6 +56,10 @@ class Signer(Protocol):
 
     def stats(self) -> dict[str, object]: ...
 
+    def lag_s(self) -> float:
+        """How long a signature has been owed by a helper (0: none, or signing in place)."""
+        ...
+
 
 def sign_here(keys: KeyRing, body: bytes) -> str:
     return finish(body, keys.signing_key.sign(body))
@@ -78,6 +82,9 @@ class InlineSigner:
     def stats(self) -> dict[str, object]:
         return {"mode": "inline", "signed": self.signed}
 
+    def lag_s(self) -> float:
+        return 0.0
+
 
 class _Pending:
     """One body to sign. Only the last of a request carries an event: answers come in order."""
@@ -94,8 +101,12 @@ class _Pending:
 class ProcessSigner:
     """Signs in a child process; `run` owns the child for the life of the server."""
 
-    def __init__(self, command: list[str] | None = None):
+    def __init__(self, command: list[str] | None = None, answer_timeout_s: float = 2.0):
         self.command, self.env = children.python_module(CHILD_MODULE)
+        # A request unanswered this long means the child has stalled (stopped, starved): it is
+        # replaced by signing on the event loop, so that no session waits on it any longer.
+        self.answer_timeout_s = answer_timeout_s
+        self._progress_at = 0.0  # when the child last answered, or was first asked
         if command is not None:
             self.command = command
         self._frames: list[bytes] = []  # to write, in order
@@ -137,6 +148,8 @@ class ProcessSigner:
         pendings.append(_Pending(keys, bodies[-1], done))
         for pending in pendings:
             self._frames.append(FRAME.pack(SIGN_FRAME, slot, len(pending.body)) + pending.body)
+        if not self._inflight:
+            self._progress_at = trio.current_time()
         self._inflight.extend(pendings)
         self._wake.set()
         # Answers arrive in order (and a take-over signs in order too): when the last one is
@@ -172,6 +185,7 @@ class ProcessSigner:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop, process.stdin, nursery.cancel_scope)
                 nursery.start_soon(self._read_loop, process.stdout, nursery.cancel_scope)
+                nursery.start_soon(self._watchdog, nursery.cancel_scope)
                 task_status.started()
         finally:
             self._take_over()
@@ -192,6 +206,23 @@ class ProcessSigner:
             self.fallback_signed += 1
             if pending.event is not None:
                 pending.event.set()
+
+    def lag_s(self) -> float:
+        """How long the child has owed an answer (0: it owes none)."""
+        if not self._live or not self._inflight:
+            return 0.0
+        return max(0.0, trio.current_time() - self._progress_at)
+
+    async def _watchdog(self, scope: trio.CancelScope) -> None:
+        while True:
+            await trio.sleep(self.answer_timeout_s / 4)
+            if self.lag_s() > self.answer_timeout_s:
+                logger.error(
+                    "signer process did not answer within %g s; signing on the event loop",
+                    self.answer_timeout_s,
+                )
+                scope.cancel()  # run() takes over what waits and reaps (kills) the child
+                return
 
     async def _write_loop(self, stdin: trio.abc.SendStream, scope: trio.CancelScope) -> None:
         while True:
@@ -220,6 +251,8 @@ class ProcessSigner:
                 logger.error("signer process sent unasked signatures; signing on the event loop")
                 scope.cancel()
                 return
+            if whole:
+                self._progress_at = trio.current_time()
             for offset in range(0, whole, SIGNATURE_SIZE):
                 pending = self._inflight.popleft()
                 pending.signature = buffer[offset : offset + SIGNATURE_SIZE]

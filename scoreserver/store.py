@@ -46,17 +46,20 @@ import trio
 
 from . import children
 from .errors import BannedError, ConflictError, NotFoundError, StoreError
+from .names import skeleton
 from .rules import EndReason, GameSettings, IssuedPoint, SessionRecord
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 BATCH_LIMIT = 1000
 # How long the writer may hold a batch of queued rows open for more. A unit someone awaits
 # (an end, a result, a flag) closes the batch at once.
 LINGER_S = 0.005
 STOP_TIMEOUT_S = 15.0
+# SQLite's busy timeout (10 s: the CLI may hold the write lock that long) plus room to commit.
+ANSWER_TIMEOUT_S = 15.0
 WRITER_CHILD_MODULE = "scoreserver._writer_child"
 STORE_WRITERS = ("process", "thread")
 FRAME_LENGTH = struct.Struct(">I")
@@ -81,9 +84,17 @@ def connect(path: str | Path) -> sqlite3.Connection:
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the schema in a new database; refuse one of another version."""
+    """Create the schema in a new database, bring an older one up to date; refuse a newer."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == SCHEMA_VERSION:
+        return
+    if version in MIGRATIONS:
+        with transaction(conn):
+            if conn.execute("PRAGMA user_version").fetchone()[0] == version:  # not raced
+                for step in range(version, SCHEMA_VERSION):
+                    MIGRATIONS[step](conn)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        logger.info("database schema upgraded from version %d to %d", version, SCHEMA_VERSION)
         return
     if version != 0:
         raise StoreError(
@@ -99,6 +110,37 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Schema 2: name skeletons, one running game per user and game, admin sessions."""
+    conn.execute("ALTER TABLE users ADD COLUMN name_skeleton TEXT")
+    taken: set[str] = set()
+    for user_id, name in conn.execute("SELECT id, name FROM users ORDER BY id").fetchall():
+        key = skeleton(name)
+        if key not in taken:  # an older look-alike keeps no skeleton (NULLs never collide)
+            taken.add(key)
+            conn.execute("UPDATE users SET name_skeleton = ? WHERE id = ?", (key, user_id))
+    conn.execute("CREATE UNIQUE INDEX users_name_skeleton ON users(name_skeleton)")
+    # Sessions a race let run side by side: all but the newest of each are void.
+    conn.execute(
+        "UPDATE game_sessions SET state = 'voided', end_reason = 'crashed',"
+        " ended_at = started_at WHERE state = 'running' AND user_id IS NOT NULL AND rowid NOT IN"
+        " (SELECT MAX(rowid) FROM game_sessions WHERE state = 'running'"
+        "  AND user_id IS NOT NULL GROUP BY user_id, game_id)"
+    )
+    conn.execute(
+        "CREATE UNIQUE INDEX game_sessions_one_running ON game_sessions(user_id, game_id)"
+        " WHERE state = 'running' AND user_id IS NOT NULL"
+    )
+    conn.execute(
+        "CREATE TABLE admin_sessions (token_hash BLOB PRIMARY KEY, created_at INTEGER NOT NULL,"
+        " expires_at INTEGER NOT NULL, address TEXT) WITHOUT ROWID"
+    )
+
+
+# From each older version to the next; `ensure_schema` runs them in one transaction.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
 
 
 def _split_sql(script: str) -> Iterator[str]:
@@ -223,9 +265,22 @@ def _run_rows(conn: sqlite3.Connection, sql: str, jobs: list[Job]) -> None:
 class Store:
     """The server's door to SQLite. See the module docstring."""
 
-    def __init__(self, path: str | Path, *, threaded: bool = True, child_process: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        threaded: bool = True,
+        child_process: bool = False,
+        answer_timeout_s: float = ANSWER_TIMEOUT_S,
+    ):
         self.path = Path(path)
         self.threaded = threaded
+        # An awaited write not answered within this long means the writer has stalled
+        # (stopped, wedged disk): the store fails rather than leave its callers hanging.
+        self.answer_timeout_s = answer_timeout_s
+        self._awaited: dict[Job, float] = {}  # awaited jobs not yet answered -> when sent
+        self._failed_event = trio.Event()
+        self._process: trio.Process | None = None
         # The writer in a child process (`_writer_child`) instead of a thread of this one.
         self.child_process = threaded and child_process
         self._pending: list[Job] = []  # child process: units not yet sent
@@ -247,6 +302,25 @@ class Store:
     def failure(self) -> StoreError | None:
         """Why the writer stopped serving (it died or stopped answering), or None."""
         return self._failed
+
+    def lag_s(self) -> float:
+        """How long the oldest awaited write has gone unanswered (0: none is waiting)."""
+        if not self._awaited:
+            return 0.0
+        return max(0.0, trio.current_time() - min(self._awaited.values()))
+
+    def _fail(self, error: StoreError) -> None:
+        """The writer is gone or stalled: fail every waiter now and every write from now on."""
+        if self._failed is None:
+            self._failed = error
+            logger.critical("%s; the store stops", error)
+        self._failed_event.set()
+        for job in list(self._awaited):
+            if job.event is not None and not job.event.is_set():
+                job.error = StoreError(str(self._failed))
+                job.event.set()
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()  # a stalled (stopped) writer must not commit later
 
     # -- life --
 
@@ -282,7 +356,9 @@ class Store:
         self._running = True
         task_status.started()
         try:
-            await trio.sleep_forever()
+            await self._failed_event.wait()
+            assert self._failed is not None
+            raise self._failed  # the server cannot keep its promises without a writer
         finally:
             self._running = False
             self._queue.put(_STOP)
@@ -305,18 +381,29 @@ class Store:
             op = functools.partial(op, **kwargs)
         if not self.threaded:
             return self._write_inline(op, args)
+        if self._failed is not None:
+            raise StoreError(str(self._failed))
         if not self._running:
             raise StoreError("store is not running")
         job = Job(op, args, trio.Event())
-        if self.child_process:
-            if self._failed is not None:
-                raise StoreError(str(self._failed))
-            self._pending.append(job)
-            self._nudge(urgent=True)
-        else:
-            self._queue.put(job)
-        assert job.event is not None
-        await job.event.wait()
+        self._awaited[job] = trio.current_time()
+        try:
+            if self.child_process:
+                self._pending.append(job)
+                self._nudge(urgent=True)
+            else:
+                self._queue.put(job)
+            assert job.event is not None
+            with trio.move_on_after(self.answer_timeout_s) as waited:
+                await job.event.wait()
+            if waited.cancelled_caught:
+                self._fail(
+                    StoreError(
+                        f"the database writer did not answer within {self.answer_timeout_s:g} s"
+                    )
+                )
+        finally:
+            del self._awaited[job]
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[no-any-return]
@@ -404,12 +491,14 @@ class Store:
         process = await children.start(*children.python_module(WRITER_CHILD_MODULE, str(self.path)))
         assert process.stdin is not None
         assert process.stdout is not None
+        self._process = process
         self._wake, self._urgent = trio.Event(), trio.Event()
         self._running = True
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._send_loop, process.stdin, nursery.cancel_scope)
                 nursery.start_soon(self._receive_loop, process.stdout, nursery.cancel_scope)
+                nursery.start_soon(self._watch_failure, nursery.cancel_scope)
                 task_status.started()
             if self._failed is not None:
                 raise self._failed  # the server cannot keep its promises without a writer
@@ -418,6 +507,10 @@ class Store:
             with trio.CancelScope(shield=True):
                 await self._stop_child(process)
             self._close_readers()
+
+    async def _watch_failure(self, scope: trio.CancelScope) -> None:
+        await self._failed_event.wait()
+        scope.cancel()
 
     def _nudge(self, *, urgent: bool) -> None:
         if self._wake is not None:
@@ -429,9 +522,7 @@ class Store:
         try:
             await self._send_forever(stdin)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            if self._failed is None:
-                self._failed = StoreError("the database writer process exited")
-                logger.critical("the database writer process exited; stopping")
+            self._fail(StoreError("the database writer process exited"))
             scope.cancel()
 
     async def _send_forever(self, stdin: trio.abc.SendStream) -> None:
@@ -469,8 +560,7 @@ class Store:
         while True:
             reply = await self._receive_reply(stdout)
             if reply is None:
-                self._failed = StoreError("the database writer process exited")
-                logger.critical("the database writer process exited; stopping")
+                self._fail(StoreError("the database writer process exited"))
                 scope.cancel()
                 return
             committed, results = reply
@@ -584,13 +674,15 @@ def _user(row: sqlite3.Row | None) -> User | None:
 
 
 def insert_user(conn: sqlite3.Connection, name: str, password_hash: str, now: int) -> int:
+    """A new account; ConflictError if the name, or a name that looks like it, is taken."""
     try:
         cur = conn.execute(
-            "INSERT INTO users (name, password_hash, created_at) VALUES (?, ?, ?)",
-            (name, password_hash, now),
+            "INSERT INTO users (name, name_skeleton, password_hash, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            (name, skeleton(name), password_hash, now),
         )
     except sqlite3.IntegrityError:
-        raise ConflictError(f"the name {name!r} is taken") from None
+        raise ConflictError(f"the name {name!r} (or one that looks like it) is taken") from None
     assert cur.lastrowid is not None
     return cur.lastrowid
 
@@ -624,13 +716,16 @@ def user_by_login_token(conn: sqlite3.Connection, token_hash: bytes, now: int) -
     )
 
 
-def list_users(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_users(
+    conn: sqlite3.Connection, *, limit: int = -1, offset: int = 0
+) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT u.id, u.name, u.created_at, u.banned_until, u.ban_note,"
         " (SELECT COUNT(*) FROM flags f WHERE f.user_id = u.id AND f.status = 'open')"
         "   AS open_flags,"
         " (SELECT COUNT(*) FROM scores s WHERE s.user_id = u.id) AS scores"
-        " FROM users u ORDER BY u.id"
+        " FROM users u ORDER BY u.id LIMIT ? OFFSET ?",
+        (limit, offset),
     ).fetchall()
     return [dict(row) for row in rows]
 
@@ -717,22 +812,27 @@ def insert_session(
     client_start_ts: int,
     start_token: str,
 ) -> None:
-    conn.execute(
-        "INSERT INTO game_sessions (id, game_id, user_id, guest_addr, user_agent,"
-        " settings_json, started_at, client_start_ts, start_token)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            session_id,
-            game_id,
-            user_id,
-            guest_addr,
-            user_agent,
-            json.dumps(asdict(settings)),
-            started_at,
-            client_start_ts,
-            start_token,
-        ),
-    )
+    try:
+        conn.execute(
+            "INSERT INTO game_sessions (id, game_id, user_id, guest_addr, user_agent,"
+            " settings_json, started_at, client_start_ts, start_token)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                session_id,
+                game_id,
+                user_id,
+                guest_addr,
+                user_agent,
+                json.dumps(asdict(settings)),
+                started_at,
+                client_start_ts,
+                start_token,
+            ),
+        )
+    except sqlite3.IntegrityError as exc:
+        if "UNIQUE" not in str(exc):
+            raise
+        raise ConflictError("you already have a game of this kind running") from None
 
 
 def row_insert(sql: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -829,14 +929,6 @@ def load_session(conn: sqlite3.Connection, session_id: str) -> SessionRecord | N
     )
 
 
-def session_owner(conn: sqlite3.Connection, session_id: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT user_id, guest_addr, user_agent, game_id FROM game_sessions WHERE id = ?",
-        (session_id,),
-    ).fetchone()
-    return None if row is None else dict(row)
-
-
 def save_result(
     conn: sqlite3.Connection,
     session_id: str,
@@ -916,7 +1008,10 @@ def list_flags(
     open_only: bool = False,
     game_id: str | None = None,
     user_name: str | None = None,
+    limit: int = -1,
+    offset: int = 0,
 ) -> list[dict[str, Any]]:
+    """Flags, oldest first; `limit`/`offset` page them (-1: no limit)."""
     sql = (
         "SELECT f.*, u.name AS user_name FROM flags f LEFT JOIN users u ON u.id = f.user_id"
         " WHERE 1 = 1"
@@ -930,8 +1025,8 @@ def list_flags(
     if user_name is not None:
         sql += " AND u.name = ?"
         params.append(user_name)
-    sql += " ORDER BY f.id"
-    return [_flag_dict(row) for row in conn.execute(sql, params)]
+    sql += " ORDER BY f.id LIMIT ? OFFSET ?"
+    return [_flag_dict(row) for row in conn.execute(sql, [*params, limit, offset])]
 
 
 def _flag_dict(row: sqlite3.Row) -> dict[str, Any]:
@@ -1102,8 +1197,16 @@ def insert_audit(
     )
 
 
-def list_audit(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute("SELECT * FROM audit ORDER BY id")]
+def list_audit(
+    conn: sqlite3.Connection, *, limit: int = -1, offset: int = 0, newest_first: bool = False
+) -> list[dict[str, Any]]:
+    order = "DESC" if newest_first else "ASC"
+    return [
+        dict(r)
+        for r in conn.execute(
+            f"SELECT * FROM audit ORDER BY id {order} LIMIT ? OFFSET ?", (limit, offset)
+        )
+    ]
 
 
 def get_setting(conn: sqlite3.Connection, key: str) -> str | None:

@@ -75,13 +75,22 @@ def b64encode(raw: bytes) -> str:
 
 
 def b64decode(text: str) -> bytes:
+    """Decode unpadded base64url, accepting exactly one spelling of any byte string.
+
+    Python's decoder skips characters outside the alphabet and ignores the spare bits of the
+    last character, so `token + "!!!!"` or a changed last character decoded to the same bytes
+    and the same valid signature. A token is accepted only as `b64encode` writes it.
+    """
     if not text.isascii():
         raise TokenError("token is not ASCII")
     padded = text + "=" * (-len(text) % 4)
     try:
-        return base64.urlsafe_b64decode(padded.encode("ascii"))
+        raw = base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise TokenError("token is not base64url") from None
+    if b64encode(raw) != text:
+        raise TokenError("token is not canonical base64url")
+    return raw
 
 
 def key_id(public_key: Ed25519PublicKey) -> bytes:

@@ -15,12 +15,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from . import protocol as wire
 from . import store as db
-from .errors import AuthError, ProtocolError, TokenError
+from .errors import AuthError, ConflictError, ProtocolError, RateLimitedError, TokenError
 from .rooms import LiveSession, PointIn, Room, Rooms
 from .service import Peer, Service
 from .tokens import Purpose
@@ -28,6 +29,8 @@ from .tokens import Purpose
 logger = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 10.0
+# How long a `resume` of a session that is ending waits for its end before asking the database.
+RESUME_WAIT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -91,17 +94,24 @@ class Connection:
             self.closed = True
             return False
         if scope.cancelled_caught:
-            # The peer does not read: it must not hold up its session or anyone else.
-            logger.info("closing connection from %s: not reading", self.peer.address)
+            # The peer does not read: it must not hold up its session or anyone else. The
+            # timeout may have cut a frame in half, so nothing more is written (a close frame
+            # after half a frame would be garbage): the transport is dropped.
+            logger.info("dropping connection from %s: not reading", self.peer.address)
             self.closed = True
-            await _abort(self.ws)
+            await drop_transport(self.ws)
             return False
         return True
 
 
-async def _abort(ws: WebSocketConnection) -> None:
-    with trio.move_on_after(1):
-        await ws.aclose(1008, "not reading")
+async def drop_transport(ws: WebSocketConnection) -> None:
+    """Close the connection's TCP stream without writing anything more to it.
+
+    For a peer that does not read (a close handshake would never complete) or when a frame may
+    have been cut short. trio-websocket has no public call for this; its stream attribute is
+    the one private name this module touches for it.
+    """
+    await ws._stream.aclose()
 
 
 class GameSocket:
@@ -288,15 +298,13 @@ class GameSocket:
             raise ProtocolError(
                 wire.SESSION_ACTIVE, "a game is already running on this connection", message.id
             )
-        user_id = conn.peer.user_id
-        if user_id is not None and (user_id, room.game_id) in self.service.running_by_user:
-            raise ProtocolError(
-                wire.SESSION_ACTIVE, "you already have a game of this kind running", message.id
-            )
         settings = self.service.games[room.game_id]
-        conn.session = await self.rooms.start_session(
-            room, dataclasses.replace(conn.peer), conn, settings, message.client_ts, message.id
-        )
+        try:
+            conn.session = await self.rooms.start_session(
+                room, dataclasses.replace(conn.peer), conn, settings, message.client_ts, message.id
+            )
+        except ConflictError as exc:
+            raise ProtocolError(wire.SESSION_ACTIVE, str(exc), message.id) from None
 
     async def _point(self, conn: Connection, message: wire.Point) -> None:
         received_at = self.service.clock.now_ms()
@@ -323,9 +331,12 @@ class GameSocket:
             )
 
     async def _submit(self, conn: Connection, message: wire.SubmitResult) -> None:
-        outcome = await self.service.submit(
-            message.start_token, message.end_token, message.points, conn.peer
-        )
+        try:
+            outcome = await self.service.submit(
+                message.start_token, message.end_token, message.points, conn.peer
+            )
+        except RateLimitedError as exc:
+            raise ProtocolError(wire.RATE_LIMITED, str(exc), message.id) from None
         await conn.send(
             wire.encode(
                 wire.Result(
@@ -378,9 +389,14 @@ class GameSocket:
                 )
             )
         else:
-            await live.finished.wait()
-            if live.end_frame is not None:
-                await conn.send(live.end_frame)
+            # The session is ending (its end is being committed): wait for its end_game, but
+            # never longer than a helper may take to answer; then the database has the word.
+            with trio.move_on_after(RESUME_WAIT_S):
+                await live.finished.wait()
+            if live.end_message is None:
+                await self._resume_from_store(conn, claims.session_hex, message, unknown)
+                return
+            await conn.send(wire.encode(msgspec.structs.replace(live.end_message, id=message.id)))
 
     async def _resume_from_store(
         self, conn: Connection, session_id: str, message: wire.Resume, unknown: ProtocolError
@@ -397,6 +413,7 @@ class GameSocket:
         await conn.send(
             wire.encode(
                 wire.EndGame(
+                    id=message.id,
                     reason=str(record.end_reason),
                     server_ts=record.ended_at,
                     end_token=record.end_token,
@@ -437,7 +454,7 @@ class GameSocket:
             with trio.move_on_after(2):
                 await conn.ws.aclose(1001, "keepalive timeout")
             # A peer that answers nothing will not complete the close handshake either.
-            await conn.ws._stream.aclose()
+            await drop_transport(conn.ws)
 
     # -- shutdown --
 

@@ -51,9 +51,12 @@ async def new_player(server: Server, name: str) -> dict[str, Any]:
     return reply.json()  # type: ignore[no-any-return]
 
 
-async def submit_http(server: Server, body: dict[str, Any]) -> dict[str, Any]:
+async def submit_http(
+    server: Server, body: dict[str, Any], login_token: str | None = None
+) -> dict[str, Any]:
+    headers = {"authorization": f"Bearer {login_token}"} if login_token else {}
     async with http(server) as api:
-        reply = await api.post("/api/results", json=body)
+        reply = await api.post("/api/results", json=body, headers=headers)
     assert reply.status_code == 200, reply.text
     return reply.json()  # type: ignore[no-any-return]
 
@@ -160,7 +163,11 @@ async def test_submission_over_the_socket_and_a_second_one(server: Server) -> No
 async def test_keys_and_health(server: Server) -> None:
     with trio.fail_after(10):
         async with http(server) as api:
-            assert (await api.get("/healthz")).json() == {"status": "ok"}
+            assert (await api.get("/healthz")).json() == {
+                "status": "ok",
+                "writer": "ok",
+                "signer": "process",
+            }
             keys = (await api.get("/api/keys")).json()["keys"]
             assert len(keys) == 1 and keys[0]["alg"] == "Ed25519"
             assert keys[0]["kid"] == server.service.keys.kid.hex()
@@ -208,8 +215,10 @@ def flip(token: str, index: int = 20) -> str:
     return b64encode(bytes(raw))
 
 
-async def rejected(server: Server, body: dict[str, Any], reason: str) -> dict[str, Any]:
-    result = await submit_http(server, body)
+async def rejected(
+    server: Server, body: dict[str, Any], reason: str, login_token: str | None = None
+) -> dict[str, Any]:
+    result = await submit_http(server, body, login_token)
     assert result == {"type": "result", "accepted": False, "reason": reason}
     flags = [f for f in await flags_of(server) if f["reason"] == f"submission:{reason}"]
     assert flags, f"no flag for {reason}"
@@ -270,12 +279,14 @@ async def test_each_rejection_is_flagged_and_the_honest_result_still_counts(
                 points[0]["client_ts"] + 2000,
             )
         body["points"] = points
-        flag = await rejected(server, body, reason)
+        # Eve submits it herself, known by her login token: the flag is held against her.
+        flag = await rejected(server, body, reason, eve["token"])
+        assert flag["user_id"] == eve["user_id"]
         if reason != "bad_start_token":
-            # The session is known: its owner's account is flagged, with the evidence.
-            assert flag["user_id"] == eve["user_id"]
+            # The session is known: the flag points at it, with the evidence.
             assert flag["session_id"] == game["session_id"]
             assert flag["game_id"] == "quick"
+            assert flag["detail"]["submitted_by_owner"] is True
         # A rejection does not close the session: the honest result is still accepted.
         honest = {k: game[k] for k in ("start_token", "end_token", "points")}
         assert (await submit_http(server, honest))["accepted"] is True

@@ -60,7 +60,8 @@ async def cheat(server: Server, player: dict[str, Any]) -> int:
         game = await play_quick(client, 2, player["user_id"])
     game["points"][0]["client_ts"] += 9000
     body = {k: game[k] for k in ("start_token", "end_token", "points")}
-    assert (await submit_http(server, body))["reason"] == "timing_mismatch"
+    # Sent as the player (their login token): a failed submission flags whoever submitted it.
+    assert (await submit_http(server, body, player["token"]))["reason"] == "timing_mismatch"
     flags = await server.service.store.read(db.list_flags)
     return int(flags[-1]["id"])
 
@@ -303,19 +304,23 @@ async def test_admin_page(server: Server, monkeypatch: pytest.MonkeyPatch) -> No
                 json={"note": "duplicate account"},
             )
             assert hidden.status_code == 200 and await board(server) == []
-            banned = await api.post("/api/admin/users/ivy/ban", headers=auth, json={"note": "alt"})
-            assert banned.status_code == 200
-            missing = await api.post("/api/admin/users/nobody/ban", headers=auth, json={})
+            banned = await api.post(
+                f"/api/admin/users/{ivy['user_id']}/ban", headers=auth, json={"note": "alt"}
+            )
+            assert banned.status_code == 200 and banned.json()["name"] == "ivy"
+            missing = await api.post("/api/admin/users/999999/ban", headers=auth, json={})
             assert missing.status_code == 404
+            huge = await api.post(f"/api/admin/users/{2**64}/ban", headers=auth, json={})
+            assert huge.status_code == 404
             users = (await api.get("/api/admin/users", headers=auth)).json()["users"]
             assert any(u["name"] == "ivy" and u["banned_until"] for u in users)
             audit = (await api.get("/api/admin/audit", headers=auth)).json()["audit"]
-            assert [a["command"] for a in audit][-3:] == [
-                "flags resolve",
-                "scores hide",
+            assert [a["command"] for a in audit][:3] == [  # newest first
                 "users ban",
+                "scores hide",
+                "flags resolve",
             ]
-            assert all("admin page" in a["actor"] for a in audit[-3:])
+            assert all("admin page" in a["actor"] for a in audit[:3])
             for _ in range(5):
                 await api.post("/api/admin/login", json={"password": "guess"})
             limited = await api.post("/api/admin/login", json={"password": "a long admin secret"})

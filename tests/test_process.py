@@ -150,6 +150,7 @@ async def test_acknowledged_results_survive_sigkill(tmp_path: Path) -> None:
                 }
                 voided = await api.post(
                     "/api/results",
+                    headers={"authorization": f"Bearer {user['token']}"},  # kim submits it
                     json={
                         "start_token": cut["started"]["start_token"],
                         "end_token": pending_end["end_token"],
@@ -317,7 +318,8 @@ async def test_tls_serves_both_ports(tmp_path: Path) -> None:
             server = await nursery.start(serve, config)
             assert server.ws_url.startswith("wss://") and server.http_url.startswith("https://")
             async with httpx.AsyncClient(verify=trust) as api:
-                assert (await api.get(server.http_url + "/healthz")).json() == {"status": "ok"}
+                health = (await api.get(server.http_url + "/healthz")).json()
+                assert health["status"] == "ok"
             async with open_client(server.ws_url, ssl_context=trust) as ws:
                 assert (await call(ws, type="whoami"))["type"] == "identity"
             with pytest.raises(trio.BrokenResourceError):

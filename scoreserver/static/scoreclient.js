@@ -70,10 +70,12 @@ export class ScoreClient extends EventTarget {
 
   // --- accounts, over HTTP -----------------------------------------------------------------
 
-  async _post(path, body) {
+  async _post(path, body, token = null) {
+    const headers = { "content-type": "application/json" };
+    if (token) headers.authorization = `Bearer ${token}`;
     const response = await fetch(this.httpBase + path, {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers,
       body: JSON.stringify(body),
     });
     let data = null;
@@ -292,7 +294,10 @@ export class ScoreClient extends EventTarget {
       result = await this._request({ type: "submit_result", ...body });
     } catch (error) {
       if (error instanceof ScoreError && error.code.startsWith("bad_")) throw error;
-      result = await this._post("/api/results", body);
+      // Known by the login token, a player's own failed submission is held against them,
+      // not against whoever shares their address.
+      const token = this.loggedIn && this.storage ? this.storage.getItem(TOKEN_KEY) : null;
+      result = await this._post("/api/results", body, token);
     }
     this._emit("result", result);
     return result;

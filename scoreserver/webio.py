@@ -1,0 +1,56 @@
+"""What every HTTP handler shares: JSON errors, bounded JSON bodies, bounded query integers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+MAX_BODY_BYTES = 256 * 1024
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+async def read_json(request: Request, kind: type[Any], limit: int = MAX_BODY_BYTES) -> Any:
+    """The request body decoded as `kind`; 413 past `limit` bytes (read no further), 400 if
+    malformed. Every route that takes a body reads it through here."""
+    too_large = HttpError(413, "too_large", f"the body is limited to {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    try:
+        return msgspec.json.decode(bytes(body or b"{}"), type=kind)
+    except msgspec.DecodeError as exc:
+        raise HttpError(400, "bad_request", str(exc)) from None
+    except RecursionError:
+        raise HttpError(400, "bad_request", "the body is nested too deeply") from None
+
+
+def int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HttpError(400, "bad_request", f"`{name}` must be an integer") from None
+    if not low <= value <= high:
+        raise HttpError(400, "bad_request", f"`{name}` must be between {low} and {high}")
+    return value
