@@ -273,6 +273,9 @@ async def serve(
     hconfig.accesslog = None
     hconfig.errorlog = logging.getLogger("hypercorn.error")
     hconfig.graceful_timeout = 2.0
+    # hypercorn's default backlog (100) resets connections when a room full of players (or
+    # a burst of requests) connects at once; the game socket's listener uses the system's.
+    hconfig.backlog = 1024
     if config.tls_cert is not None:
         hconfig.certfile = str(config.tls_cert)
         hconfig.keyfile = str(config.tls_key) if config.tls_key else None

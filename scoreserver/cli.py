@@ -12,6 +12,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -625,8 +626,43 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+# Characters that steer a terminal rather than show: C0 controls but tab and newline, DEL, C1
+# controls (0x9b is a one-byte CSI), and bidirectional overrides and isolates.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every character that could steer a terminal written as an escape."""
+    return _UNSAFE.sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text
+    )
+
+
+class TerminalSafe:
+    """A text stream that escapes what `terminal_safe` escapes. Names, user agents and notes
+    come from players: printed raw, an ESC or OSC 52 would reach the operator's terminal."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        return int(self._inner.write(terminal_safe(text)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = TerminalSafe(stdout), TerminalSafe(stderr)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -95,9 +95,17 @@ def _prototypes() -> dict[str, str]:
     return table
 
 
-def skeleton(name: str) -> str:
-    """The TR39 skeleton of the case-folded name: equal skeletons look alike."""
+def _tr39(text: str) -> str:
     table = _prototypes()
-    folded = unicodedata.normalize("NFD", name.casefold())
-    mapped = "".join(table.get(char, char) for char in folded)
-    return unicodedata.normalize("NFD", mapped)
+    decomposed = unicodedata.normalize("NFD", text)
+    return unicodedata.normalize("NFD", "".join(table.get(char, char) for char in decomposed))
+
+
+def skeleton(name: str) -> str:
+    """The TR39 skeleton, made case-insensitive: equal skeletons look alike.
+
+    Mapped before folding (Cyrillic `Т` becomes `T`, then `t`) and after it (fullwidth or
+    Cyrillic small letters), since the data maps some upper-case letters and not their
+    lower-case partners.
+    """
+    return _tr39(_tr39(unicodedata.normalize("NFKC", name)).casefold())

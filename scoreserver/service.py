@@ -285,7 +285,10 @@ class Service:
         if len(password) > PASSWORD_MAX:
             raise AuthError("wrong name or password")
         user = await self.store.read(db.user_by_name, name)
-        encoded = user.password_hash if user is not None else _dummy_hash(self.password_policy)
+        if user is not None:
+            encoded = user.password_hash
+        else:  # made once, in the password pool: the first unknown name must not stall the loop
+            encoded = await self._cpu(_dummy_hash, self.password_policy)
         ok = await self._cpu(self.password_policy.verify, password, encoded)
         if user is None or not ok:
             raise AuthError("wrong name or password")

@@ -107,6 +107,7 @@ class ProcessSigner:
         # replaced by signing on the event loop, so that no session waits on it any longer.
         self.answer_timeout_s = answer_timeout_s
         self._progress_at = 0.0  # when the child last answered, or was first asked
+        self._stalled = False
         if command is not None:
             self.command = command
         self._frames: list[bytes] = []  # to write, in order
@@ -189,6 +190,8 @@ class ProcessSigner:
                 task_status.started()
         finally:
             self._take_over()
+            if self._stalled and process.returncode is None:
+                process.kill()  # stopped or wedged: it gets no grace to finish
             with trio.CancelScope(shield=True):
                 try:
                     await process.stdin.aclose()
@@ -221,7 +224,8 @@ class ProcessSigner:
                     "signer process did not answer within %g s; signing on the event loop",
                     self.answer_timeout_s,
                 )
-                scope.cancel()  # run() takes over what waits and reaps (kills) the child
+                self._stalled = True
+                scope.cancel()  # run() takes over what waits and kills the child
                 return
 
     async def _write_loop(self, stdin: trio.abc.SendStream, scope: trio.CancelScope) -> None:

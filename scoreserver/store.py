@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import pickle
 import queue
 import sqlite3
@@ -73,7 +74,12 @@ Op = Callable[..., T]
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
-    """A connection with the pragmas every part of scoreserver relies on."""
+    """A connection with the pragmas every part of scoreserver relies on.
+
+    A new database file is created readable by its owner only (it holds password hashes and
+    guests' addresses); SQLite gives its -wal and -shm files the same mode.
+    """
+    _create_private(Path(path))
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -81,6 +87,15 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=10000")
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def _create_private(path: Path) -> None:
+    if str(path) == ":memory:" or path.exists():
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:  # made meanwhile by another connection: fine
+        pass
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:

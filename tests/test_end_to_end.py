@@ -184,12 +184,19 @@ async def test_stats_report_connections_and_loop_stalls(
     with trio.fail_after(20):
         async with running_server(config) as server, connect(server) as client:
             await client.call(type="whoami")
-            await trio.sleep(0.1)  # virtual: ten 10 ms probes
+            await trio.sleep(0.1)  # virtual: ten 10 ms probes, none late
             async with http(server) as api:
-                stats = (await api.get("/api/stats")).json()
-            assert stats["connections"] == 1
-            assert stats["loop_samples"] >= 3
-            assert stats["loop_stalls_over_20ms"] >= 0 and stats["loop_max_lag_ms"] >= 0
+                calm = (await api.get("/api/stats")).json()
+            assert calm["connections"] == 1
+            assert calm["loop_samples"] >= 3
+            assert calm["loop_stalls_over_20ms"] == 0 and calm["loop_max_lag_ms"] < 1
+            # A 50 ms stall: the clock moves on while the loop is held up.
+            autojump_clock.jump(0.05)
+            await trio.sleep(0.1)
+            async with http(server) as api:
+                stalled = (await api.get("/api/stats")).json()
+            assert stalled["loop_stalls_over_20ms"] == 1
+            assert 40 <= stalled["loop_max_lag_ms"] <= 60
 
 
 async def test_a_token_verifies_with_the_published_key(server: Server) -> None:

@@ -211,8 +211,8 @@ async def test_twenty_sigkills_under_load_lose_no_acknowledged_result(tmp_path: 
                     )
                     if result.get("accepted"):
                         acknowledged.add(game["started"]["session_id"])
-        except (ConnectionClosed, trio.BrokenResourceError, OSError, AssertionError, KeyError):
-            return  # the server died under us
+        except (ConnectionClosed, trio.BrokenResourceError, OSError):
+            return  # the server died under us (a wrong answer before that fails the test)
 
     with trio.fail_after(400):
         for round_ in range(20):
@@ -322,11 +322,15 @@ async def test_tls_serves_both_ports(tmp_path: Path) -> None:
                 assert health["status"] == "ok"
             async with open_client(server.ws_url, ssl_context=trust) as ws:
                 assert (await call(ws, type="whoami"))["type"] == "identity"
-            with pytest.raises(trio.BrokenResourceError):
-                stream = await trio.open_tcp_stream("127.0.0.1", server.ws_port)
-                async with stream:  # plain text to a TLS port gets nowhere
-                    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                    while await stream.receive_some():
-                        pass
-                    raise trio.BrokenResourceError
+            # Plain text to a TLS port gets nowhere: no HTTP or WebSocket answer comes back.
+            received = b""
+            stream = await trio.open_tcp_stream("127.0.0.1", server.ws_port)
+            async with stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                try:
+                    while chunk := await stream.receive_some():
+                        received += chunk
+                except trio.BrokenResourceError:
+                    pass
+            assert b"HTTP/" not in received and b"101" not in received
             server.stop()

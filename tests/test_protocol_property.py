@@ -181,3 +181,101 @@ def test_a_valid_flow_among_the_noise() -> None:
         json.dumps({"type": "resume", "start_token": "x"}),
     ]
     trio.run(scenario, sequence, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# --- the same property against the default configuration --------------------------------
+#
+# The inline store above could not see a frame that kills the writer process: SQLite raised
+# OverflowError for a point stamped 2**63 only in the writer. Here the server runs as `python
+# run.py` does (the writer and the signer in their own processes), a game is running while
+# integers from the whole JSON range arrive, and after each example a fresh player still plays
+# and submits a whole game.
+
+BOUNDARIES = [
+    0,
+    -1,
+    2**31,
+    2**53 - 1,
+    2**53,
+    2**63 - 1,
+    2**63,
+    -(2**63),
+    -(2**63) - 1,
+    2**64,
+    253_402_300_799_999,
+    253_402_300_800_000,
+    10**30,
+    -(10**30),
+]
+any_integer = st.one_of(
+    st.sampled_from(BOUNDARIES), st.integers(min_value=-(10**40), max_value=10**40)
+)
+hostile_messages = st.fixed_dictionaries(
+    {"type": st.sampled_from(["point", "game_start", "enter_game_room", "submit_result"])},
+    optional={
+        "id": st.one_of(any_integer, st.text(max_size=8)),
+        "client_ts": st.one_of(any_integer, st.floats(allow_nan=False)),
+        "game_id": st.sampled_from(["quick", "nope"]),
+        "user_id": st.one_of(st.none(), any_integer),
+        "start_token": st.text(max_size=8),
+        "end_token": st.text(max_size=8),
+        "points": st.lists(
+            st.fixed_dictionaries({"token": st.text(max_size=8), "client_ts": any_integer}),
+            max_size=3,
+        ),
+    },
+)
+
+
+async def whole_game(server: Server) -> None:
+    def now() -> int:
+        return server.service.clock.now_ms()
+
+    async with connect(server) as player:
+        await player.enter("quick", None)
+        started = await player.start(now())
+        claims = await player.score(now, 2, 0.05)
+        end = await player.recv_type("end_game")
+        assert end["reason"] == "time_up", end
+        result = await player.call(
+            type="submit_result",
+            start_token=started["start_token"],
+            end_token=end["end_token"],
+            points=claims,
+        )
+        assert result == {"type": "result", "accepted": True, "score": 2, "saved": False}
+
+
+async def default_scenario(sequence: list[dict[str, Any]]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder)
+        add_game(path / "test.db", "quick", duration_ms=1000)
+        with trio.fail_after(60):
+            async with running_server(make_config(path)) as server:
+                async with connect(server) as client:
+                    await client.enter("quick", None)
+                    await client.start(server.service.clock.now_ms())
+                    for n, message in enumerate(sequence):
+                        await client.send(**message)
+                        await client.send(type="whoami", id=f"probe-{n}")
+                        while True:
+                            reply = await client.recv()
+                            check_reply(reply)
+                            if reply.get("id") == f"probe-{n}":
+                                break
+                await whole_game(server)
+                assert server.service.store.failure is None
+                assert server.service.signer.stats()["mode"] == "process"
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(hostile_messages, min_size=1, max_size=12))
+def test_integers_from_the_whole_json_range_against_the_helper_processes(
+    sequence: list[dict[str, Any]],
+) -> None:
+    trio.run(default_scenario, sequence)
+
+
+def test_the_default_scenario_sees_the_frame_that_killed_the_writer() -> None:
+    """The example from the report, always run: a point at 2**63 during a game."""
+    trio.run(default_scenario, [{"type": "point", "client_ts": 2**63}])

@@ -1,0 +1,667 @@
+"""The edges: races against the limits, griefing with someone else's tokens, floods, and
+helpers that stall. Each limit is raced (the requests sent at once, not one by one), against
+the default configuration with its helper processes unless the test says otherwise."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from scoreserver import cli
+from scoreserver import store as db
+from scoreserver.app import Server
+from scoreserver.service import PasswordPolicy
+
+from .conftest import (
+    add_game,
+    child_processes,
+    connect,
+    http,
+    make_config,
+    register,
+    running_server,
+)
+from .test_end_to_end import new_player, play_quick, submit_http, wall_ms
+
+ADDRESSES = [f"127.0.0.{n}" for n in range(2, 11)]  # nine loopback addresses
+
+
+@asynccontextmanager
+async def http_from(server: Server, address: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client whose connections come from `address` (a loopback address)."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    async with httpx.AsyncClient(
+        base_url=server.http_url, transport=transport, timeout=30
+    ) as client:
+        yield client
+
+
+@asynccontextmanager
+async def clients_from(
+    server: Server, addresses: list[str]
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One client per address, each pooling its connections (hundreds of fresh connections
+    at once would only measure the listen backlog)."""
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(http_from(server, a)) for a in addresses]
+
+
+async def all_at_once(count: int, attempt: Any) -> list[Any]:
+    """Run `attempt(i)` for i in range(count) concurrently; their results in order."""
+    results: list[Any] = [None] * count
+
+    async def one(index: int) -> None:
+        results[index] = await attempt(index)
+
+    async with trio.open_nursery() as nursery:
+        for index in range(count):
+            nursery.start_soon(one, index)
+    return results
+
+
+# --- one running game per user and game --------------------------------------------------
+
+
+async def test_game_starts_raced_on_many_sockets_give_one_game(server: Server) -> None:
+    with trio.fail_after(30):
+        ann = await register(server, "ann")
+        async with trio.open_nursery() as nursery:
+            clients = []
+
+            async def open_one() -> None:
+                async with connect(server) as client:
+                    await client.login(ann)
+                    await client.enter("quick", ann["user_id"])
+                    clients.append(client)
+                    await trio.sleep_forever()
+
+            for _ in range(30):
+                nursery.start_soon(open_one)
+            while len(clients) < 30:
+                await trio.sleep(0.01)
+            replies = await all_at_once(
+                30, lambda i: clients[i].call(type="game_start", client_ts=wall_ms())
+            )
+            nursery.cancel_scope.cancel()
+        kinds = Counter(r["type"] if r["type"] != "error" else r["code"] for r in replies)
+        assert kinds == {"game_started": 1, "session_active": 29}
+        conn = sqlite3.connect(server.config.db_path)
+        running = conn.execute(
+            "SELECT COUNT(*) FROM game_sessions WHERE user_id = ?", (ann["user_id"],)
+        ).fetchone()[0]
+        conn.close()
+        assert running == 1
+
+
+def test_the_database_refuses_a_second_running_game(tmp_path: Path) -> None:
+    """The backstop for every process: a unique index, whatever the server's memory says."""
+    from scoreserver.errors import ConflictError
+    from scoreserver.rules import GameSettings
+
+    conn = db.open_database(tmp_path / "d.db")
+    settings = GameSettings(duration_ms=1000)
+    with db.transaction(conn):
+        db.insert_game(conn, "g", settings, 0)
+        user = db.insert_user(conn, "ann", "x", 0)
+    args = ("g", user, None, None, settings, 0, 0, "start")
+    with db.transaction(conn):
+        db.insert_session(conn, "s1", *args)
+    with pytest.raises(ConflictError), db.transaction(conn):
+        db.insert_session(conn, "s2", *args)
+    with db.transaction(conn):
+        db.insert_session(conn, "g1", "g", None, "1.2.3.4", None, settings, 0, 0, "t")
+        db.insert_session(conn, "g2", "g", None, "1.2.3.4", None, settings, 0, 0, "t")  # guests
+        db.end_session(conn, "s1", "end", 5, "time_up")
+        db.insert_session(conn, "s3", *args)  # the first ended: a new one may run
+    conn.close()
+
+
+def test_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A database made by the previous release: look-alike names keep their accounts, and
+    sessions a race left running side by side are voided but the newest."""
+    path = tmp_path / "old.db"
+    db.open_database(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    # Schema 2 less what it added is schema 1.
+    conn.execute("DROP INDEX users_name_skeleton")
+    conn.execute("ALTER TABLE users DROP COLUMN name_skeleton")
+    conn.execute("DROP INDEX game_sessions_one_running")
+    conn.execute("DROP TABLE admin_sessions")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO games (id, duration_ms, created_at, updated_at) VALUES ('g', 1000, 0, 0)"
+    )
+    for name in ("star", "stаr"):  # the second with a Cyrillic а
+        conn.execute(
+            "INSERT INTO users (name, password_hash, created_at) VALUES (?, 'x', 0)", (name,)
+        )
+    for sid in ("a", "b"):
+        conn.execute(
+            "INSERT INTO game_sessions (id, game_id, user_id, settings_json, started_at,"
+            " client_start_ts, start_token) VALUES (?, 'g', 1, '{}', 0, 0, 't')",
+            (sid,),
+        )
+    conn.close()
+    upgraded = db.open_database(path)
+    assert upgraded.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    states = dict(upgraded.execute("SELECT id, state FROM game_sessions").fetchall())
+    assert states == {"a": "voided", "b": "running"}
+    skeletons = upgraded.execute("SELECT name, name_skeleton FROM users ORDER BY id").fetchall()
+    assert [tuple(r) for r in skeletons] == [("star", "star"), ("stаr", None)]
+    upgraded.close()
+
+
+# --- logins raced ------------------------------------------------------------------------
+
+
+async def test_guesses_sent_at_once_are_counted_before_any_is_checked(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running_server(config) as server:
+        with trio.fail_after(60):
+            await register(server, "bea", "the real password")
+
+            async with clients_from(server, ADDRESSES) as clients:
+
+                async def guess(index: int) -> int:
+                    reply = await clients[index % len(clients)].post(
+                        "/api/login", json={"name": "bea", "password": f"wrong guess {index}"}
+                    )
+                    return reply.status_code
+
+                # 270 wrong guesses at once over nine addresses: the account's budget (10
+                # failures a minute) holds whatever the addresses.
+                codes = Counter(await all_at_once(270, guess))
+            assert codes == {401: 10, 429: 260}
+            async with http_from(server, "127.0.0.11") as api:
+                right = await api.post(
+                    "/api/login", json={"name": "bea", "password": "the real password"}
+                )
+            assert right.status_code == 429  # even the right password waits out the minute
+            async with http(server) as api:
+                assert (await api.get("/api/games/demo/leaderboard")).status_code == 200
+
+
+async def test_a_successful_login_gives_its_charge_back(tmp_path: Path) -> None:
+    async with running_server(make_config(tmp_path)) as server:
+        with trio.fail_after(60):
+            await register(server, "cy", "the real password")
+            async with http_from(server, "127.0.0.2") as api:
+                # Fifteen right logins in a row: each gives its charge back, so the account's
+                # budget of ten failures is never spent by them; nine wrong ones then still fit.
+                for _ in range(15):
+                    reply = await api.post(
+                        "/api/login", json={"name": "cy", "password": "the real password"}
+                    )
+                    assert reply.status_code == 200
+                for _ in range(9):
+                    reply = await api.post("/api/login", json={"name": "cy", "password": "no!"})
+                    assert reply.status_code == 401
+                reply = await api.post(
+                    "/api/login", json={"name": "cy", "password": "the real password"}
+                )
+                assert reply.status_code == 200
+
+
+async def admin_server(tmp_path: Path) -> Any:
+    config = make_config(tmp_path)
+    db.open_database(config.db_path).close()
+    set_admin_password(config.db_path, "a long admin secret")
+    return running_server(config)
+
+
+def set_admin_password(path: Path, password: str, monkeypatch: Any = None) -> None:
+    import contextlib
+    import io
+    import sys
+
+    old = sys.stdin
+    sys.stdin = io.StringIO(password + "\n")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert cli.main(["admin", "set-password", "--password-stdin", "--db", str(path)]) == 0
+    finally:
+        sys.stdin = old
+
+
+async def test_admin_guesses_at_once_from_one_and_from_many_addresses(tmp_path: Path) -> None:
+    async with await admin_server(tmp_path) as server:
+        with trio.fail_after(120):
+            async with clients_from(server, ADDRESSES) as clients:
+
+                async def guess(index: int) -> int:
+                    client = clients[index % len(clients)]
+                    return (
+                        await client.post("/api/admin/login", json={"password": "guess"})
+                    ).status_code
+
+                one = Counter(await all_at_once(30, lambda i: guess(0)))
+                assert one == {401: 5, 429: 25}
+                many = Counter(await all_at_once(90, lambda i: guess(1 + i % 8)))
+            # Ten failures a minute for the admin account in all: five were spent above.
+            assert many[401] == 5 and many[429] == 85
+            async with http_from(server, "127.0.0.12") as api:
+                right = await api.post("/api/admin/login", json={"password": "a long admin secret"})
+            assert right.status_code == 429
+
+
+async def test_admin_logout_and_a_new_password_end_sessions_on_the_server(
+    tmp_path: Path,
+) -> None:
+    async with await admin_server(tmp_path) as server, http(server) as api:
+        with trio.fail_after(60):
+
+            async def login() -> dict[str, str]:
+                reply = await api.post("/api/admin/login", json={"password": "a long admin secret"})
+                assert reply.status_code == 200, reply.text
+                return {"authorization": f"Bearer {reply.json()['token']}"}
+
+            first, second = await login(), await login()
+            assert (await api.get("/api/admin/flags", headers=first)).status_code == 200
+            assert (await api.post("/api/admin/logout", headers=first)).status_code == 200
+            assert (await api.get("/api/admin/flags", headers=first)).status_code == 401
+            assert (await api.get("/api/admin/flags", headers=second)).status_code == 200
+            set_admin_password(server.config.db_path, "another long secret")
+            assert (await api.get("/api/admin/flags", headers=second)).status_code == 401
+            old = await api.post("/api/admin/login", json={"password": "a long admin secret"})
+            assert old.status_code == 401
+
+
+async def test_every_admin_body_is_bounded(tmp_path: Path) -> None:
+    async with await admin_server(tmp_path) as server, http(server) as api:
+        with trio.fail_after(60):
+            # A 300 MB body declared: refused before a byte of it is read.
+            stream = await trio.open_tcp_stream("127.0.0.1", server.http_port)
+            async with stream:
+                await stream.send_all(
+                    b"POST /api/admin/login HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 314572800\r\n\r\n{"
+                )
+                head = await stream.receive_some()
+            assert head.startswith(b"HTTP/1.1 413"), head
+
+            deep = await api.post("/api/admin/login", content=b"[" * 8000 + b"]" * 8000)
+            assert deep.status_code == 400, deep.text
+            assert (await api.get("/healthz")).json()["status"] == "ok"
+
+
+# hypercorn's trio worker, when the app answers before the request body is finished, closes
+# the stream while its own response send is under way (trio's BusyResourceError, logged, and
+# an unraisable warning at exit); the 413 still reaches the client and the server serves on.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_body_without_a_declared_length_is_read_only_to_the_limit(
+    tmp_path: Path,
+) -> None:
+    async with await admin_server(tmp_path) as server, http(server) as api:
+        with trio.fail_after(60):
+            # A chunked body with no declared length: reading stops at the limit.
+            stream = await trio.open_tcp_stream("127.0.0.1", server.http_port)
+            async with stream:
+                await stream.send_all(
+                    b"POST /api/admin/login HTTP/1.1\r\nHost: x\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
+                chunk = b"x" * 8192
+                for _ in range(4):  # 32 KiB, twice the limit; the server answers meanwhile
+                    await stream.send_all(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                head = await stream.receive_some()
+            assert head.startswith(b"HTTP/1.1 413"), head
+            assert (await api.get("/healthz")).json()["status"] == "ok"
+
+
+async def test_a_login_flood_does_not_slow_reads_games_or_health(tmp_path: Path) -> None:
+    """Argon2 (OWASP's parameters here) runs in its own pool: leaderboards, socket logins and
+    health are answered while 150 logins wait their turn or are refused as busy."""
+    config = make_config(tmp_path)
+    config.password_policy = PasswordPolicy()
+    async with running_server(config) as server:
+        with trio.fail_after(120):
+            account = await register(server, "dee", "the real password")
+            statuses: list[int] = []
+
+            async def flood(index: int) -> None:
+                async with http_from(server, ADDRESSES[index % len(ADDRESSES)]) as api:
+                    reply = await api.post(
+                        "/api/login", json={"name": f"nobody{index}", "password": "x" * 12}
+                    )
+                statuses.append(reply.status_code)
+
+            async with trio.open_nursery() as nursery:
+                for index in range(150):
+                    nursery.start_soon(flood, index)
+                while server.service.password_work.waiting == 0:
+                    await trio.sleep(0.01)  # until the flood is on
+                async with http(server) as api:
+                    board = await api.get("/api/games/demo/leaderboard")
+                    healthy = await api.get("/healthz")
+                async with connect(server) as client:
+                    await client.login(account)  # a login token: no Argon2
+                flood_still_on = server.service.password_work.waiting > 0
+            assert board.status_code == 200 and healthy.status_code == 200
+            assert flood_still_on, "the reads were answered while the flood was queued"
+            assert set(statuses) <= {401, 429, 503} and 503 in statuses
+
+
+# --- griefing with a copy of someone's tokens -------------------------------------------
+
+
+def mangled(token: str) -> list[str]:
+    last = token[-1]
+    other = "A" if last != "A" else "B"
+    return [token + "!!!!", token + "=", token[:-1] + other, token + "AA", " " + token]
+
+
+async def test_a_copy_of_a_victims_tokens_cannot_flag_or_hide_them(server: Server) -> None:
+    with trio.fail_after(60):
+        vic = await new_player(server, "vic")
+        mal = await new_player(server, "mal")
+        async with connect(server) as client:
+            await client.login(vic)
+            game = await play_quick(client, 3, vic["user_id"])
+        honest = {k: game[k] for k in ("start_token", "end_token", "points")}
+        assert (await submit_http(server, honest, vic["token"]))["saved"] is True
+        # Anyone can read the victim's tokens (we invite public verification): mangled copies
+        # of the start token, and a valid start token with junk points, from a stranger,
+        # from another account, and over a socket.
+        attempts: list[tuple[dict[str, Any], str | None]] = []
+        for forged in mangled(game["start_token"]):
+            attempts.append(({**honest, "start_token": forged}, None))
+            attempts.append(({**honest, "start_token": forged}, mal["token"]))
+        junk_points = [{"token": p["token"][:-2] + "AA", "client_ts": 1} for p in game["points"]]
+        attempts.append(({**honest, "points": junk_points}, mal["token"]))
+        for body, token in attempts:
+            result = await submit_http(server, body, token)
+            assert result["accepted"] is False
+            assert result["reason"] in ("bad_start_token", "already_submitted"), result
+        async with connect(server) as sock:
+            await sock.login(mal)
+            reply = await sock.call(type="submit_result", **{**honest, "start_token": "x"})
+            assert reply["reason"] == "bad_start_token"
+        flags = await server.service.store.read(db.list_flags)
+        assert flags, "the attempts are flagged"
+        assert all(f["user_id"] != vic["user_id"] for f in flags)
+        assert {f["user_id"] for f in flags} == {None, mal["user_id"]}
+        async with http(server) as api:
+            board = (await api.get("/api/games/quick/leaderboard")).json()["entries"]
+        assert [(e["name"], e["score"]) for e in board] == [("vic", 3)]
+
+
+async def test_failed_submissions_sent_at_once_are_limited_per_address(server: Server) -> None:
+    with trio.fail_after(60):
+        junk = {"start_token": "a", "end_token": "b", "points": []}
+
+        async def submit(index: int) -> int:
+            async with http_from(server, "127.0.0.3") as api:
+                return (await api.post("/api/results", json=junk)).status_code
+
+        codes = Counter(await all_at_once(45, submit))
+        assert codes == {200: 30, 429: 15}
+        flags = await server.service.store.read(db.list_flags)
+        assert len(flags) == 30  # no flag without a charge
+        async with connect(server) as client:  # from 127.0.0.1: its own budget
+            reply = await client.call(type="submit_result", **junk)
+            assert reply["type"] == "result" and reply["reason"] == "bad_start_token"
+        # Over the socket the answer is rate_limited.
+        server.service.limits.failed_submissions.limit = 1
+        async with connect(server) as client:
+            reply = await client.call(type="submit_result", **junk, id="s")
+            assert reply == {
+                "type": "error",
+                "id": "s",
+                "code": "rate_limited",
+                "message": reply["message"],
+            }
+            assert (await client.call(type="whoami"))["type"] == "identity"
+
+
+async def test_admin_lists_are_paged(server: Server) -> None:
+    with trio.fail_after(60):
+        for n in range(7):
+            await server.service.flag(f"test_{n}", guest_addr="1.2.3.4")
+        db_path = server.config.db_path
+        set_admin_password(db_path, "a long admin secret")
+        async with http(server) as api:
+            token = (
+                await api.post("/api/admin/login", json={"password": "a long admin secret"})
+            ).json()["token"]
+            auth = {"authorization": f"Bearer {token}"}
+            first = (await api.get("/api/admin/flags?limit=3", headers=auth)).json()
+            assert [f["reason"] for f in first["flags"]] == ["test_0", "test_1", "test_2"]
+            assert first["next_offset"] == 3
+            last = (await api.get("/api/admin/flags?limit=3&offset=6", headers=auth)).json()
+            assert [f["reason"] for f in last["flags"]] == ["test_6"]
+            assert last["next_offset"] is None
+            default = (await api.get("/api/admin/flags", headers=auth)).json()
+            assert default["limit"] == 100
+            too_many = await api.get("/api/admin/flags?limit=100000", headers=auth)
+            assert too_many.status_code == 400
+
+
+# --- shutdown, resume, a peer that does not read -----------------------------------------
+
+
+async def test_a_start_being_committed_when_shutdown_begins_is_ended_properly(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = inline_server.service.store
+    real_write = store.write
+    release = trio.Event()
+    held = trio.Event()
+
+    async def slow_write(op: Any, *args: Any, **kwargs: Any) -> Any:
+        if op is db.insert_session:
+            held.set()
+            await release.wait()
+        return await real_write(op, *args, **kwargs)
+
+    store.write = slow_write  # type: ignore[method-assign]
+    with trio.fail_after(30):
+        async with connect(inline_server) as client:
+            await client.enter("demo", None)
+            await client.send(type="game_start", client_ts=0, id="late")
+            await held.wait()
+            inline_server.stop()
+            await trio.sleep(0.1)
+            release.set()
+            started = await client.recv_type("game_started")
+            end = await client.recv_type("end_game")
+            assert end["reason"] == "server_shutdown" and end["session_id"] == started["session_id"]
+            row = await store.read(db.load_session, started["session_id"])
+            assert row is not None and row.end_reason is not None
+
+
+async def test_resume_of_an_ended_game_answers_with_its_id(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    now = inline_server.service.clock.now_ms
+    with trio.fail_after(60):
+        async with connect(inline_server) as client:
+            await client.enter("demo", None)
+            started = await client.start(now())
+            end = await client.recv_type("end_game")
+            again = await client.call(type="resume", start_token=started["start_token"], id="r1")
+            assert again == {**end, "id": "r1"}
+        inline_server.service.sessions.clear()  # as after a restart: from the database
+        async with connect(inline_server) as client:
+            stored = await client.call(type="resume", start_token=started["start_token"], id=7)
+            assert stored["type"] == "end_game" and stored["id"] == 7
+            assert stored["end_token"] == end["end_token"]
+
+
+# --- helpers that stall or die mid-game --------------------------------------------------
+
+
+async def stall_server(tmp_path: Path) -> Any:
+    add_game(tmp_path / "test.db", "two", duration_ms=2000, submission_window_ms=60_000)
+    config = make_config(tmp_path)
+    config.signer_timeout_s = 0.5
+    config.writer_timeout_s = 1.5
+    return running_server(config)
+
+
+@pytest.mark.parametrize("how", [signal.SIGSTOP, signal.SIGKILL], ids=["SIGSTOP", "SIGKILL"])
+async def test_a_signer_that_stalls_or_dies_mid_game_costs_speed_not_the_game(
+    tmp_path: Path, how: signal.Signals
+) -> None:
+    async with await stall_server(tmp_path) as server:
+        with trio.fail_after(30):
+            account = await register(server, "sig")
+            async with connect(server) as client:
+                await client.login(account)
+                await client.enter("two", account["user_id"])
+                started = await client.start(wall_ms())
+                claims = await client.score(wall_ms, 2, 0.05)
+                (signer,) = child_processes("_signer_child")
+                os.kill(signer, how)
+                claims += await client.score(wall_ms, 3, 0.05)
+                end = await client.recv_type("end_game")
+                assert end["reason"] == "time_up"
+                assert 2000 <= end["server_ts"] - started["server_ts"] < 2200  # on time
+                async with http(server) as api:
+                    health = (await api.get("/healthz")).json()
+                assert health["status"] == "degraded" and "event loop" in health["signer"]
+                result = await client.call(
+                    type="submit_result",
+                    start_token=started["start_token"],
+                    end_token=end["end_token"],
+                    points=claims,
+                )
+                assert result["accepted"] is True and result["score"] == 5
+            while child_processes("_signer_child"):  # killed and reaped, also when stopped
+                await trio.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", [signal.SIGSTOP, signal.SIGKILL], ids=["SIGSTOP", "SIGKILL"])
+async def test_a_writer_that_stalls_or_dies_mid_game_stops_the_server_cleanly(
+    tmp_path: Path, how: signal.Signals
+) -> None:
+    failures: list[BaseException] = []
+    with trio.fail_after(30):
+        try:
+            async with await stall_server(tmp_path) as server:
+                account = await register(server, "wri")
+                async with connect(server) as client, connect(server) as guest:
+                    await client.login(account)
+                    await client.enter("two", account["user_id"])
+                    await guest.enter("two", None)
+                    await client.start(wall_ms())
+                    await guest.start(wall_ms())
+                    await client.score(wall_ms, 1, 0.05)
+                    (writer,) = child_processes("_writer_child")
+                    os.kill(writer, how)
+                    # Every running game gets its end_game: void, with no end token, since
+                    # its end could not be committed.
+                    for player in (client, guest):
+                        end = await player.recv_type("end_game")
+                        assert end["reason"] == "server_shutdown" and "end_token" not in end
+                    assert server.service.store.failure is not None
+                    await trio.sleep_forever()  # the server stops by itself
+        except* db.StoreError as group:
+            failures.extend(group.exceptions)
+    assert len(failures) == 1
+    assert child_processes("_writer_child") == []
+
+
+async def test_health_reports_a_slow_writer_before_it_times_out(
+    tmp_path: Path,
+) -> None:
+    async with await stall_server(tmp_path) as server:
+        with trio.fail_after(30):
+            (writer,) = child_processes("_writer_child")
+            os.kill(writer, signal.SIGSTOP)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(register, server, "slow")  # an awaited write
+                    await trio.sleep(1.2)
+                    async with http(server) as api:
+                        health = await api.get("/healthz")
+                    nursery.cancel_scope.cancel()
+            finally:
+                os.kill(writer, signal.SIGCONT)
+            assert health.status_code == 200
+            assert health.json()["status"] == "degraded"
+            assert "not answering" in health.json()["writer"]
+
+
+# --- what operators see ------------------------------------------------------------------
+
+
+async def test_look_alike_and_invisible_names_are_refused(tmp_path: Path) -> None:
+    async with running_server(make_config(tmp_path)) as server, http(server) as api:
+        with trio.fail_after(60):
+
+            async def reg(name: str, address: str = "127.0.0.2") -> httpx.Response:
+                async with http_from(server, address) as client:
+                    return await client.post(
+                        "/api/register", json={"name": name, "password": "hunter2hunter2"}
+                    )
+
+            assert (await reg("star")).status_code == 201
+            for look_alike in ("stаr", "ＳＴＡＲ", "Star", "ѕtar", "ЅТАR"):
+                reply = await reg(look_alike, "127.0.0.3")
+                assert reply.status_code == 409, look_alike
+            for invisible in ("st\u3164ar", "st\u034far", "s\u200btar", "\u2800", "a\u202eb"):
+                reply = await reg(invisible, "127.0.0.4")
+                assert reply.status_code == 400, invisible
+            fullwidth = await reg("ｍｏｏｎ", "127.0.0.5")
+            assert fullwidth.status_code == 201 and fullwidth.json()["name"] == "moon"
+            login = await api.post(
+                "/api/login", json={"name": "ｍｏｏｎ", "password": "hunter2hunter2"}
+            )
+            assert login.status_code == 200
+            # Raced: ten look-alikes at once, one wins.
+            names = ["sun", "ѕun", "SUN", "ｓｕｎ", "Sun", "sUn", "suN", "ЅUN", "ѕUN", "SuN"]
+            codes = Counter(
+                r.status_code
+                for r in await all_at_once(
+                    10, lambda i: reg(names[i], ADDRESSES[i % len(ADDRESSES)])
+                )
+            )
+            assert codes == {201: 1, 409: 9}
+
+
+def test_database_files_are_private(tmp_path: Path) -> None:
+    conn = db.open_database(tmp_path / "p.db")
+    with db.transaction(conn):
+        db.set_setting(conn, "k", "v")
+    for suffix in ("", "-wal", "-shm"):
+        path = tmp_path / f"p.db{suffix}"
+        assert path.exists(), path
+        assert path.stat().st_mode & 0o077 == 0, (path, oct(path.stat().st_mode))
+    conn.close()
+
+
+async def test_the_cli_prints_control_characters_escaped(tmp_path: Path) -> None:
+    import contextlib
+    import io
+
+    path = tmp_path / "c.db"
+    conn = db.open_database(path)
+    with db.transaction(conn):
+        flag = db.insert_flag(
+            conn,
+            "identity_mismatch",
+            0,
+            guest_addr="1.2.3.4",
+            user_agent="evil\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\x9b31m",
+            detail={"note": "bell\x07"},
+        )
+    conn.close()
+    for args in (["flags", "show", str(flag)], ["flags", "list"]):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert cli.main([*args, "--db", str(path)]) == 0
+        text = out.getvalue()
+        assert not any(c in text for c in "\x1b\x07\x9b"), repr(text)
+        if args[1] == "show":
+            assert "\\x1b]52" in text, text  # shown, escaped, for the reviewer to read
