@@ -20,6 +20,7 @@ from scoreserver.app import parse_banner, serve_command
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
+DATABASES: dict[str, str] = {}  # the database file behind each server URL
 
 pytestmark = pytest.mark.browser
 
@@ -61,7 +62,9 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         line = process.stdout.readline()
         ports = parse_banner(line)
         assert ports, f"no banner: {line!r}"
-        yield f"http://127.0.0.1:{ports[1]}"
+        url = f"http://127.0.0.1:{ports[1]}"
+        DATABASES[url] = db
+        yield url
     finally:
         process.terminate()
         process.wait(timeout=15)
@@ -213,3 +216,50 @@ def test_the_client_resumes_by_itself_when_its_socket_drops(server_url: str, pag
         "Accepted: 4 points, saved.", timeout=15_000
     )
     assert "connection lost" in page.locator("#log").inner_text()  # type: ignore[attr-defined]
+
+
+def test_the_review_console_bans_by_id_and_logs_out_on_the_server(
+    server_url: str, page: object
+) -> None:
+    """A name made of path characters is banned from /admin (the API takes the id), and
+    "Log out" ends the session on the server, not only in the page."""
+    registered = httpx.post(
+        f"{server_url}/api/register", json={"name": "../dot", "password": "hunter2hunter2"}
+    )
+    assert registered.status_code == 201, registered.text
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scoreserver.cli",
+            "admin",
+            "set-password",
+            "--password-stdin",
+            "--db",
+            DATABASES[server_url],
+        ],
+        input="a long admin secret\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    page.goto(f"{server_url}/admin")  # type: ignore[attr-defined]
+    page.fill("#password", "a long admin secret")  # type: ignore[attr-defined]
+    page.click("#login-form button")  # type: ignore[attr-defined]
+    row = page.locator("#users tr", has_text="../dot")  # type: ignore[attr-defined]
+    row.wait_for()
+    page.once("dialog", lambda dialog: dialog.accept("alt account"))  # type: ignore[attr-defined]
+    row.locator("button", has_text="Ban").click()
+    page.locator("#users tr", has_text="../dot").locator("button", has_text="Unban").wait_for()  # type: ignore[attr-defined]
+    token = page.evaluate("sessionStorage.getItem('scoreserver.admin')")  # type: ignore[attr-defined]
+    auth = {"authorization": f"Bearer {token}"}
+    users = httpx.get(f"{server_url}/api/admin/users", headers=auth).json()["users"]
+    assert [u["banned_until"] is not None for u in users if u["name"] == "../dot"] == [True]
+    shot(page, "admin-after-ban")
+    page.click("#logout")  # type: ignore[attr-defined]
+    page.locator("#login").wait_for()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{server_url}/api/admin/users", headers=auth).status_code != 401:
+        assert time.monotonic() < deadline, "the session outlived Log out"
+        time.sleep(0.1)  # the page's logout request is in flight (real time: a browser)

@@ -424,6 +424,26 @@ async def test_failed_submissions_sent_at_once_are_limited_per_address(server: S
             assert (await client.call(type="whoami"))["type"] == "identity"
 
 
+async def test_users_whose_names_hold_path_characters_are_banned_by_id(server: Server) -> None:
+    with trio.fail_after(60):
+        odd = [await register(server, name) for name in ("..", "a/b", "%2e%2e", "?x#y")]
+        set_admin_password(server.config.db_path, "a long admin secret")
+        async with http(server) as api:
+            token = (
+                await api.post("/api/admin/login", json={"password": "a long admin secret"})
+            ).json()["token"]
+            auth = {"authorization": f"Bearer {token}"}
+            for account in odd:
+                reply = await api.post(
+                    f"/api/admin/users/{account['user_id']}/ban",
+                    headers=auth,
+                    json={"note": "path characters"},
+                )
+                assert reply.status_code == 200 and reply.json()["name"] == account["name"]
+            users = (await api.get("/api/admin/users", headers=auth)).json()["users"]
+            assert all(u["banned_until"] for u in users)
+
+
 async def test_admin_lists_are_paged(server: Server) -> None:
     with trio.fail_after(60):
         for n in range(7):

@@ -169,12 +169,34 @@ async def test_a_peer_that_never_reads_stalls_nobody(
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
 
+            frames: list[tuple[int, bytes]] = []
+
+            async def reads_again_after_the_timeout() -> None:
+                # It starts reading the moment the server gives up on a send: had the server
+                # then written a close frame (after a frame it may have cut short), it would
+                # arrive now.
+                while server.socket.connections and not any(
+                    conn.closed for conn in server.socket.connections
+                ):
+                    await trio.sleep(0.01)
+                try:
+                    while (frame := await raw.read_frame()) is not None:
+                        frames.append(frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(flood)
+                nursery.start_soon(reads_again_after_the_timeout)
                 await normal_game(server)  # on time, while the flooder's replies back up
                 while server.socket.connections:
                     await trio.sleep(1)  # the server drops the peer that does not read
+            # What it was sent: whole replies, perhaps one cut short by the timeout, and then
+            # nothing: no close frame written after (or into) a cut frame.
             await raw.aclose()
+            assert frames, "some replies were sent before it stopped reading"
+            assert {opcode for opcode, _ in frames} == {0x1}, "text replies only, no close"
+            assert all(json.loads(payload)["type"] == "identity" for _, payload in frames)
 
 
 async def test_logins_are_limited_per_account_and_address(tmp_path: Path) -> None:
