@@ -30,6 +30,11 @@ CREATE TABLE games (
     burst_period_ms      INTEGER NOT NULL DEFAULT 10000 CHECK (burst_period_ms > 0),
     latency_ms           INTEGER NOT NULL DEFAULT 1000 CHECK (latency_ms >= 0),
     submission_window_ms INTEGER NOT NULL DEFAULT 300000 CHECK (submission_window_ms >= 0),
+    human_floor_ms       INTEGER NOT NULL DEFAULT 60 CHECK (human_floor_ms >= 0),   -- 0: off
+    min_rhythm_cv        REAL NOT NULL DEFAULT 0.1 CHECK (min_rhythm_cv >= 0),      -- 0: off
+    max_score            INTEGER CHECK (max_score >= 0),                            -- NULL: none
+    hold_outliers        INTEGER NOT NULL DEFAULT 0,
+    title                TEXT,                                                      -- for pages
     created_at           INTEGER NOT NULL,
     updated_at           INTEGER NOT NULL
 );
@@ -106,6 +111,7 @@ CREATE TABLE flags (
     user_agent  TEXT,
     detail_json TEXT NOT NULL DEFAULT '{}',
     status      TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'cleared', 'banned')),
+    holds       INTEGER NOT NULL DEFAULT 1,  -- while open, the player is off boards (0: review only)
     resolved_at INTEGER,
     resolution_note TEXT
 );

@@ -112,6 +112,34 @@ def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--burst-period-ms", type=int)
     parser.add_argument("--latency-ms", type=int)
     parser.add_argument("--submission-window-s", type=float)
+    parser.add_argument(
+        "--human-floor-ms",
+        type=int,
+        help="points repeatedly closer than this are flagged inhuman_timing (default 60; 0: off)",
+    )
+    parser.add_argument(
+        "--min-rhythm-cv",
+        type=float,
+        help="intervals more regular than this coefficient of variation are flagged"
+        " robotic_rhythm (default 0.1; 0: off)",
+    )
+    bound = parser.add_mutually_exclusive_group()
+    bound.add_argument(
+        "--max-score",
+        type=int,
+        help="a result above N is refused as implausible_score and flagged (default: none)",
+    )
+    bound.add_argument(
+        "--no-max-score", action="store_true", help="remove the game's --max-score bound"
+    )
+    parser.add_argument(
+        "--hold-outliers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="hold a score far above the game's population off boards until reviewed"
+        " (default: flag it for review and still show it)",
+    )
+    parser.add_argument("--title", help="a display name for pages (default: the game id)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,8 +334,8 @@ def _ban_text(until: int | None, now: int) -> str:
     return "until unbanned" if until >= db.FOREVER else f"until {fmt_time(until)}"
 
 
-def _game_changes(args: argparse.Namespace) -> dict[str, int]:
-    changes: dict[str, int] = {}
+def _game_changes(args: argparse.Namespace) -> dict[str, object]:
+    changes: dict[str, object] = {}
     if args.duration is not None:
         changes["duration_ms"] = round(args.duration * 1000)
     for name in (
@@ -316,10 +344,17 @@ def _game_changes(args: argparse.Namespace) -> dict[str, int]:
         "burst_limit",
         "burst_period_ms",
         "latency_ms",
+        "human_floor_ms",
+        "min_rhythm_cv",
+        "max_score",
+        "hold_outliers",
+        "title",
     ):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
+    if args.no_max_score:
+        changes["max_score"] = None
     if args.submission_window_s is not None:
         changes["submission_window_ms"] = round(args.submission_window_s * 1000)
     return changes
@@ -328,7 +363,7 @@ def _game_changes(args: argparse.Namespace) -> dict[str, int]:
 def cmd_games(args: argparse.Namespace) -> int:
     if args.action == "add":
         conn = _open_or_create(args.db)
-        settings = GameSettings(**_game_changes(args))
+        settings = GameSettings(**_game_changes(args))  # type: ignore[arg-type]
         moderation.add_game(conn, args.game_id, settings, actor=CLI_ACTOR())
         print(f"game {args.game_id} created; a running server picks it up within seconds")
         _print_game(args.game_id, settings)
@@ -388,6 +423,15 @@ def _print_game(game_id: str, s: GameSettings) -> None:
     print(f"  burst limit         {limit}")
     print(f"  latency allowance   {s.latency_ms} ms")
     print(f"  submission window   {s.submission_window_ms / 1000:g} s")
+    floor = f"{s.human_floor_ms} ms" if s.human_floor_ms else "off"
+    print(f"  human floor         {floor} (points closer than this are not a person's)")
+    rhythm = f"{s.min_rhythm_cv:g}" if s.min_rhythm_cv else "off"
+    print(f"  rhythm check        {rhythm} (intervals more regular than this are a bot's)")
+    print(f"  max score           {'none' if s.max_score is None else s.max_score}")
+    hold = "held off boards until reviewed" if s.hold_outliers else "flagged, still shown"
+    print(f"  outlier scores      {hold}")
+    if s.title is not None:
+        print(f"  title               {s.title}")
 
 
 def cmd_flags(args: argparse.Namespace) -> int:

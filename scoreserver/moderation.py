@@ -123,7 +123,7 @@ def add_game(
 
 
 def set_game(
-    conn: sqlite3.Connection, game_id: str, changes: dict[str, int], *, actor: Actor
+    conn: sqlite3.Connection, game_id: str, changes: dict[str, object], *, actor: Actor
 ) -> GameSettings:
     if not changes:
         raise ValueError("nothing to change")

@@ -17,6 +17,8 @@ States and transitions, as a table::
                                                      BurstRecorded(at)
     RUNNING   ... and bursts in period > limit       + AccountFlagged(burst_limit),  ENDED
                                                      GameEnded(burst_limit)
+    RUNNING   every 16th point received, and at      + AccountFlagged(inhuman_timing RUNNING
+              any end: a timing rule newly tripped     | robotic_rhythm), once each
     RUNNING   expire(now >= ends_at)                 GameEnded(time_up)              ENDED
     RUNNING   shutdown                               GameEnded(server_shutdown)      ENDED
     ENDED     point                                  PointRejected(game_over)        ENDED
@@ -35,6 +37,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from .timing import ASSESS_EVERY, TimingTracker
+
 # --- settings ------------------------------------------------------------------------------
 
 
@@ -49,6 +53,17 @@ class GameSettings:
     burst_period_ms: int = 10_000
     latency_ms: int = 1000
     submission_window_ms: int = 300_000
+    # Timing analysis (timing.py): points closer than this are not a person's (0: off) ...
+    human_floor_ms: int = 60
+    # ... and intervals more regular than this coefficient of variation are not either (0: off).
+    min_rhythm_cv: float = 0.1
+    # A result above this is refused as `implausible_score` (None: no bound).
+    max_score: int | None = None
+    # A saved score far above the game's own population is held off boards until reviewed
+    # (False: flagged for review, still shown).
+    hold_outliers: bool = False
+    # A display name for pages (None: the game id).
+    title: str | None = None
 
     def __post_init__(self) -> None:
         if self.duration_ms <= 0:
@@ -56,9 +71,15 @@ class GameSettings:
         for name in ("burst_window_ms", "burst_threshold", "burst_period_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("burst_limit", "latency_ms", "submission_window_ms"):
+        for name in ("burst_limit", "latency_ms", "submission_window_ms", "human_floor_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if not 0 <= self.min_rhythm_cv < 10:
+            raise ValueError("min_rhythm_cv is a coefficient of variation, 0 (off) to 10")
+        if self.max_score is not None and self.max_score < 0:
+            raise ValueError("max_score must not be negative")
+        if self.title is not None and not 1 <= len(self.title) <= 80:
+            raise ValueError("a title is 1 to 80 characters")
 
 
 # --- actions the rules ask the shell to carry out -------------------------------------------
@@ -149,6 +170,13 @@ class GameSession:
     # Server times of bursts still inside the burst period.
     _bursts: deque[int] = field(default_factory=deque)
     burst_times: list[int] = field(default_factory=list)
+    # Timing analysis of every point received while running, accepted or not.
+    timing: TimingTracker | None = None
+    flagged: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.timing is None:
+            self.timing = TimingTracker(self.settings.human_floor_ms, self.settings.min_rhythm_cv)
 
     @property
     def offset_ms(self) -> int:
@@ -165,6 +193,27 @@ class GameSession:
         """A point arrived at server time `now`, stamped `client_ts` by the player."""
         if self.state is SessionState.ENDED or now >= self.ends_at or now < self.started_at:
             return (PointRejected(RejectReason.GAME_OVER, now, client_ts),)
+        timing = self.timing
+        assert timing is not None
+        timing.add(now, client_ts)
+        if timing.points % ASSESS_EVERY == 0:
+            # While the game runs, so that the evidence is there even if it is never submitted.
+            flags = self._timing_flags()
+            if flags:
+                return (*self._judge_point(client_ts, now), *flags)
+        return self._judge_point(client_ts, now)
+
+    def _timing_flags(self) -> tuple[Action, ...]:
+        """A flag for each timing rule newly tripped (each reason once per session)."""
+        assert self.timing is not None
+        flags = []
+        for finding in self.timing.findings():
+            if finding.reason not in self.flagged:
+                self.flagged.add(finding.reason)
+                flags.append(AccountFlagged(finding.reason, finding.evidence))
+        return tuple(flags)
+
+    def _judge_point(self, client_ts: int, now: int) -> tuple[Action, ...]:
         if not on_time(client_ts, self.offset_ms, now, self.settings.latency_ms):
             return (PointRejected(RejectReason.CLOCK, now, client_ts),)
         window_start = now - self.settings.burst_window_ms
@@ -218,7 +267,8 @@ class GameSession:
         self.state = SessionState.ENDED
         self.end_reason = reason
         self.ended_at = now
-        return (GameEnded(reason, now),)
+        # The last assessment comes first: a flag is committed before the end that reveals it.
+        return (*self._timing_flags(), GameEnded(reason, now))
 
 
 # --- the submission check -------------------------------------------------------------------
@@ -234,6 +284,7 @@ class ResultReason(enum.StrEnum):
     SESSION_VOIDED = "session_voided"
     ALREADY_SUBMITTED = "already_submitted"
     EXPIRED = "expired"
+    IMPLAUSIBLE_SCORE = "implausible_score"
 
     @property
     def flags_account(self) -> bool:
@@ -376,6 +427,12 @@ def check_submission(
     issued_points = record.points
     latency = record.settings.latency_ms
     offset = record.offset_ms
+    max_score = record.settings.max_score
+    if max_score is not None and len(points) > max_score:
+        # Judged before the tokens: a result above the game's bound is refused whatever it holds.
+        return SubmissionRejected(
+            ResultReason.IMPLAUSIBLE_SCORE, {"score": len(points), "max_score": max_score}
+        )
     if _all_issued_in_order(issued_points, points, offset, latency):
         return SubmissionAccepted(len(points))
     # Anything else (a subset, another order, a bad token, a late point) point by point, which
@@ -405,3 +462,41 @@ def check_submission(
                 },
             )
     return SubmissionAccepted(len(points))
+
+
+# --- outliers -------------------------------------------------------------------------------
+
+OUTLIER_MIN_POPULATION = 20
+OUTLIER_IQR_FACTOR = 3.0
+
+
+def outlier_evidence(score: int, population: Sequence[int]) -> dict[str, object] | None:
+    """Evidence that `score` lies far above the game's own scores, or None.
+
+    Tukey's "far out": above the third quartile by three interquartile ranges, once the game
+    has `OUTLIER_MIN_POPULATION` scores (the best of each other player) to judge by.
+    """
+    if len(population) < OUTLIER_MIN_POPULATION:
+        return None
+    ordered = sorted(population)
+    q1 = _quantile(ordered, 0.25)
+    q3 = _quantile(ordered, 0.75)
+    fence = q3 + OUTLIER_IQR_FACTOR * max(q3 - q1, 1.0)
+    if score <= fence:
+        return None
+    return {
+        "score": score,
+        "population": len(ordered),
+        "median": _quantile(ordered, 0.5),
+        "q1": q1,
+        "q3": q3,
+        "fence": fence,
+        "best_other": ordered[-1],
+    }
+
+
+def _quantile(ordered: Sequence[int], q: float) -> float:
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)

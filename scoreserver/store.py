@@ -48,7 +48,7 @@ import trio
 from . import children
 from .errors import BannedError, ConflictError, NotFoundError, StoreError
 from .names import skeleton
-from .rules import EndReason, GameSettings, IssuedPoint, SessionRecord
+from .rules import EndReason, GameSettings, IssuedPoint, SessionRecord, outlier_evidence
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,16 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
         "CREATE TABLE admin_sessions (token_hash BLOB PRIMARY KEY, created_at INTEGER NOT NULL,"
         " expires_at INTEGER NOT NULL, address TEXT) WITHOUT ROWID"
     )
+    # Timing analysis, bounds and titles of games; flags that are for review only.
+    for column in (
+        "human_floor_ms INTEGER NOT NULL DEFAULT 60 CHECK (human_floor_ms >= 0)",
+        "min_rhythm_cv REAL NOT NULL DEFAULT 0.1 CHECK (min_rhythm_cv >= 0)",
+        "max_score INTEGER CHECK (max_score >= 0)",
+        "hold_outliers INTEGER NOT NULL DEFAULT 0",
+        "title TEXT",
+    ):
+        conn.execute(f"ALTER TABLE games ADD COLUMN {column}")
+    conn.execute("ALTER TABLE flags ADD COLUMN holds INTEGER NOT NULL DEFAULT 1")
 
 
 # From each older version to the next; `ensure_schema` runs them in one transaction.
@@ -768,6 +778,11 @@ GAME_FIELDS = (
     "burst_period_ms",
     "latency_ms",
     "submission_window_ms",
+    "human_floor_ms",
+    "min_rhythm_cv",
+    "max_score",
+    "hold_outliers",
+    "title",
 )
 
 
@@ -784,7 +799,7 @@ def insert_game(conn: sqlite3.Connection, game_id: str, settings: GameSettings, 
 
 
 def update_game(
-    conn: sqlite3.Connection, game_id: str, changes: Mapping[str, int], now: int
+    conn: sqlite3.Connection, game_id: str, changes: Mapping[str, object], now: int
 ) -> GameSettings:
     current = get_game(conn, game_id)
     if current is None:
@@ -800,7 +815,9 @@ def update_game(
 
 
 def _settings(row: sqlite3.Row) -> GameSettings:
-    return GameSettings(**{f: row[f] for f in GAME_FIELDS})
+    values = {f: row[f] for f in GAME_FIELDS}
+    values["hold_outliers"] = bool(values["hold_outliers"])
+    return GameSettings(**values)
 
 
 def get_game(conn: sqlite3.Connection, game_id: str) -> GameSettings | None:
@@ -968,11 +985,33 @@ def save_result(
         raise ConflictError("session already submitted")
     if user_id is None:
         return False
+    population = [
+        row[0]
+        for row in conn.execute(
+            "SELECT MAX(score) FROM scores WHERE game_id = ? AND user_id != ? AND hidden = 0"
+            " GROUP BY user_id",
+            (game_id, user_id),
+        )
+    ]
     conn.execute(
         "INSERT INTO scores (session_id, game_id, user_id, score, created_at)"
         " VALUES (?, ?, ?, ?, ?)",
         (session_id, game_id, user_id, score, now),
     )
+    evidence = outlier_evidence(score, population)
+    if evidence is not None:
+        # In the saving transaction: the flag is committed with the score it questions.
+        settings = get_game(conn, game_id)
+        insert_flag(
+            conn,
+            "outlier_score",
+            now,
+            game_id=game_id,
+            session_id=session_id,
+            user_id=user_id,
+            detail=evidence,
+            holds=settings is not None and settings.hold_outliers,
+        )
     return True
 
 
@@ -998,10 +1037,12 @@ def insert_flag(
     guest_addr: str | None = None,
     user_agent: str | None = None,
     detail: Mapping[str, object] | None = None,
+    holds: bool = True,
 ) -> int:
+    """A flag for review; while open, one that `holds` keeps the player off boards."""
     cur = conn.execute(
         "INSERT INTO flags (created_at, reason, game_id, session_id, user_id, guest_addr,"
-        " user_agent, detail_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        " user_agent, detail_json, holds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             now,
             reason,
@@ -1011,6 +1052,7 @@ def insert_flag(
             None if user_id is not None else guest_addr,
             user_agent,
             json.dumps(dict(detail or {}), default=str),
+            int(holds),
         ),
     )
     assert cur.lastrowid is not None
@@ -1127,7 +1169,7 @@ WITH eligible AS (
     WHERE s.game_id = :game_id AND s.hidden = 0 AND s.created_at >= :since
       AND (u.banned_until IS NULL OR u.banned_until <= :now)
       AND NOT EXISTS (
-          SELECT 1 FROM flags f WHERE f.user_id = s.user_id AND f.status = 'open'
+          SELECT 1 FROM flags f WHERE f.user_id = s.user_id AND f.status = 'open' AND f.holds = 1
       )
 ), ranked AS (
     SELECT user_id, score,

@@ -43,11 +43,18 @@ def make_config(tmp_path: Path, *, inline: bool = False, **limits: Any) -> Confi
     )
 
 
-def add_game(path: Path, game_id: str, **settings: int) -> None:
+# Test games do not run the timing analysis unless a test asks for it: their scripted players
+# score at machine rhythm (test_timing.py is where that is judged).
+NO_TIMING = {"human_floor_ms": 0, "min_rhythm_cv": 0.0}
+
+
+def add_game(path: Path, game_id: str, **settings: Any) -> None:
     """Create a game in the database before the server starts."""
     conn = db.open_database(path)
     with db.transaction(conn):
-        db.insert_game(conn, game_id, GameSettings(**{"duration_ms": 30_000, **settings}), 0)
+        db.insert_game(
+            conn, game_id, GameSettings(**{"duration_ms": 30_000, **NO_TIMING, **settings}), 0
+        )
     conn.close()
 
 

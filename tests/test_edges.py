@@ -131,14 +131,11 @@ def test_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
     """A database made by the previous release: look-alike names keep their accounts, and
     sessions a race left running side by side are voided but the newest."""
     path = tmp_path / "old.db"
-    db.open_database(path).close()
     conn = sqlite3.connect(path, isolation_level=None)
-    # Schema 2 less what it added is schema 1.
-    conn.execute("DROP INDEX users_name_skeleton")
-    conn.execute("ALTER TABLE users DROP COLUMN name_skeleton")
-    conn.execute("DROP INDEX game_sessions_one_running")
-    conn.execute("DROP TABLE admin_sessions")
-    conn.execute("PRAGMA user_version = 1")
+    # The schema as version 1 shipped it.
+    for statement in db._split_sql((Path(__file__).parent / "data/schema_v1.sql").read_text()):
+        conn.execute(statement)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     conn.execute(
         "INSERT INTO games (id, duration_ms, created_at, updated_at) VALUES ('g', 1000, 0, 0)"
     )

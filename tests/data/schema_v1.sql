@@ -1,0 +1,128 @@
+-- scoreserver's whole schema. Applied to a new database in one transaction; the version is
+-- PRAGMA user_version, checked at every start. Times are epoch milliseconds (INTEGER).
+
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    password_hash TEXT NOT NULL,            -- Argon2id, PHC string
+    created_at    INTEGER NOT NULL,
+    banned_until  INTEGER,                  -- NULL: not banned; a huge value: until unbanned
+    ban_note      TEXT
+);
+
+CREATE TABLE login_tokens (
+    token_hash BLOB PRIMARY KEY,            -- SHA-256 of the token; the token itself is not kept
+    user_id    INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE games (
+    id                   TEXT PRIMARY KEY,
+    duration_ms          INTEGER NOT NULL CHECK (duration_ms > 0),
+    burst_window_ms      INTEGER NOT NULL DEFAULT 1000 CHECK (burst_window_ms > 0),
+    burst_threshold      INTEGER NOT NULL DEFAULT 12 CHECK (burst_threshold > 0),
+    burst_limit          INTEGER NOT NULL DEFAULT 3 CHECK (burst_limit >= 0),
+    burst_period_ms      INTEGER NOT NULL DEFAULT 10000 CHECK (burst_period_ms > 0),
+    latency_ms           INTEGER NOT NULL DEFAULT 1000 CHECK (latency_ms >= 0),
+    submission_window_ms INTEGER NOT NULL DEFAULT 300000 CHECK (submission_window_ms >= 0),
+    created_at           INTEGER NOT NULL,
+    updated_at           INTEGER NOT NULL
+);
+
+-- One row per game session. A session still 'running' when the server starts was cut off by
+-- a crash; the server voids it at start.
+CREATE TABLE game_sessions (
+    id              TEXT PRIMARY KEY,       -- 32 hex digits, also inside every token
+    game_id         TEXT NOT NULL REFERENCES games(id),
+    user_id         INTEGER REFERENCES users(id),   -- NULL for a guest
+    guest_addr      TEXT,                   -- a guest's address, for flags
+    user_agent      TEXT,
+    settings_json   TEXT NOT NULL,          -- the game's settings as the session started
+    started_at      INTEGER NOT NULL,
+    client_start_ts INTEGER NOT NULL,
+    start_token     TEXT NOT NULL,
+    end_token       TEXT,
+    ended_at        INTEGER,
+    end_reason      TEXT,                   -- time_up | burst_limit | server_shutdown | crashed
+    state           TEXT NOT NULL DEFAULT 'running'
+                    CHECK (state IN ('running', 'ended', 'voided', 'submitted'))
+);
+CREATE INDEX game_sessions_user ON game_sessions(user_id, game_id);
+CREATE INDEX game_sessions_state ON game_sessions(state);
+
+CREATE TABLE issued_points (
+    session_id TEXT NOT NULL REFERENCES game_sessions(id),
+    seq        INTEGER NOT NULL,
+    server_ts  INTEGER NOT NULL,
+    client_ts  INTEGER NOT NULL,
+    token      TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+
+-- Evidence for review: points that counted for nothing, and bursts.
+CREATE TABLE rejected_points (
+    session_id TEXT NOT NULL REFERENCES game_sessions(id),
+    server_ts  INTEGER NOT NULL,
+    client_ts  INTEGER NOT NULL,
+    reason     TEXT NOT NULL
+);
+CREATE INDEX rejected_points_session ON rejected_points(session_id);
+
+CREATE TABLE bursts (
+    session_id TEXT NOT NULL REFERENCES game_sessions(id),
+    at_ms      INTEGER NOT NULL
+);
+CREATE INDEX bursts_session ON bursts(session_id);
+
+CREATE TABLE scores (
+    id         INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL UNIQUE REFERENCES game_sessions(id),
+    game_id    TEXT NOT NULL REFERENCES games(id),
+    user_id    INTEGER NOT NULL REFERENCES users(id),
+    score      INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    hidden     INTEGER NOT NULL DEFAULT 0   -- hidden by an admin (scores hide)
+);
+CREATE INDEX scores_board ON scores(game_id, score DESC, created_at);
+CREATE INDEX scores_user ON scores(user_id, game_id);
+
+CREATE TABLE flags (
+    id          INTEGER PRIMARY KEY,
+    created_at  INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    game_id     TEXT,
+    session_id  TEXT,
+    user_id     INTEGER REFERENCES users(id),
+    guest_addr  TEXT,                       -- for a guest (or an unknown submitter)
+    user_agent  TEXT,
+    detail_json TEXT NOT NULL DEFAULT '{}',
+    status      TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'cleared', 'banned')),
+    resolved_at INTEGER,
+    resolution_note TEXT
+);
+CREATE INDEX flags_open ON flags(status, user_id);
+
+-- Public keys that ever signed tokens; the private key lives in the key file.
+CREATE TABLE signing_keys (
+    kid         TEXT PRIMARY KEY,           -- 16 hex digits
+    public_key  BLOB NOT NULL,              -- raw 32 bytes
+    created_at  INTEGER NOT NULL,
+    retired_at  INTEGER                     -- when a rotation replaced it
+);
+
+CREATE TABLE audit (
+    id      INTEGER PRIMARY KEY,
+    at      INTEGER NOT NULL,
+    actor   TEXT NOT NULL,                  -- the OS user or 'admin page'
+    command TEXT NOT NULL,                  -- e.g. 'flags resolve'
+    target  TEXT,
+    note    TEXT
+);
+
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+PRAGMA user_version = 1;
