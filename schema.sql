@@ -31,7 +31,7 @@ CREATE TABLE games (
     latency_ms           INTEGER NOT NULL DEFAULT 1000 CHECK (latency_ms >= 0),
     submission_window_ms INTEGER NOT NULL DEFAULT 300000 CHECK (submission_window_ms >= 0),
     human_floor_ms       INTEGER NOT NULL DEFAULT 60 CHECK (human_floor_ms >= 0),   -- 0: off
-    min_rhythm_cv        REAL NOT NULL DEFAULT 0.1 CHECK (min_rhythm_cv >= 0),      -- 0: off
+    min_rhythm_cv        REAL NOT NULL DEFAULT 0.07 CHECK (min_rhythm_cv >= 0),      -- 0: off
     max_score            INTEGER CHECK (max_score >= 0),                            -- NULL: none
     hold_outliers        INTEGER NOT NULL DEFAULT 0,
     title                TEXT,                                                      -- for pages

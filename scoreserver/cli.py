@@ -121,7 +121,7 @@ def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
         "--min-rhythm-cv",
         type=float,
         help="intervals more regular than this coefficient of variation are flagged"
-        " robotic_rhythm (default 0.1; 0: off)",
+        " robotic_rhythm (default 0.07; 0: off)",
     )
     bound = parser.add_mutually_exclusive_group()
     bound.add_argument(

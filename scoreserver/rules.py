@@ -56,7 +56,7 @@ class GameSettings:
     # Timing analysis (timing.py): points closer than this are not a person's (0: off) ...
     human_floor_ms: int = 60
     # ... and intervals more regular than this coefficient of variation are not either (0: off).
-    min_rhythm_cv: float = 0.1
+    min_rhythm_cv: float = 0.07
     # A result above this is refused as `implausible_score` (None: no bound).
     max_score: int | None = None
     # A saved score far above the game's own population is held off boards until reviewed

@@ -155,7 +155,7 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     # Timing analysis, bounds and titles of games; flags that are for review only.
     for column in (
         "human_floor_ms INTEGER NOT NULL DEFAULT 60 CHECK (human_floor_ms >= 0)",
-        "min_rhythm_cv REAL NOT NULL DEFAULT 0.1 CHECK (min_rhythm_cv >= 0)",
+        "min_rhythm_cv REAL NOT NULL DEFAULT 0.07 CHECK (min_rhythm_cv >= 0)",
         "max_score INTEGER CHECK (max_score >= 0)",
         "hold_outliers INTEGER NOT NULL DEFAULT 0",
         "title TEXT",

@@ -11,19 +11,22 @@ Two rules, each evaluated on both clocks:
     player's clock a few accidental double hits are allowed: the rule needs at least
     `FLOOR_MIN_COUNT` such intervals *and* `FLOOR_SHARE_PLAYER` of all of them. On arrival the
     network may bunch honest points (a stall delivers what queued behind it at once), so there
-    the rule needs `FLOOR_SHARE_ARRIVAL` of all intervals.
+    the rule needs `FLOOR_SHARE_ARRIVAL` of all intervals, and at least `FLOOR_MIN_ARRIVAL`.
 
 ``robotic_rhythm``
     Intervals too regular for a person. The figure is the coefficient of variation of the
     intervals, corrected for jitter::
 
-        rhythm = sqrt(max(0, var(d) + 2 * cov(d[i], d[i+1]))) / mean(d)
+        rhythm = sqrt(max(0, var(d) - min(-2 * cov(d[i], d[i+1]), 2 * JITTER_MS²))) / mean(d)
 
     Independent jitter on each timestamp (network delay, a bot's added noise) adds 2s² to the
     variance of the intervals and -s² to their lag-1 covariance, so it cancels: a fixed rhythm
     seen through 0-30 ms of network jitter scores near 0, while a person's intervals (which are
     independent of one another, or drift as they tire) keep their own variation, 0.2 to 0.6 in
-    studies of tapping. The session's figure is the lower of the two clocks'; below the game's
+    studies of tapping. Only as much is discounted as jitter of `JITTER_MS` could cause, so a
+    person whose intervals happen to alternate short and long keeps their figure. On arrival,
+    a gap the network compressed (a stall delivering what queued behind it) is left out. The
+    session's figure is the lower of the two clocks'; below the game's
     `min_rhythm_cv` over at least `RHYTHM_MIN_POINTS` points, the rule trips.
 
 Timing alone cannot see a patient bot that imitates a person's rhythm and speed; see
@@ -42,7 +45,13 @@ ROBOTIC_RHYTHM = "robotic_rhythm"
 FLOOR_MIN_COUNT = 3
 FLOOR_SHARE_PLAYER = 0.05
 FLOOR_SHARE_ARRIVAL = 0.25
+# ... and at least this many: more than a stall or two bunch, fewer than two clumps of a bot.
+FLOOR_MIN_ARRIVAL = 10
 RHYTHM_MIN_POINTS = 40
+# The most jitter (standard deviation of a timestamp's own noise) the rhythm figure discounts.
+JITTER_MS = 25
+# An arrival gap under 1/NETWORK_COMPRESSION of the player's gap was squeezed by the network.
+NETWORK_COMPRESSION = 4
 # How often a running session is assessed: every this many points received, and at its end.
 ASSESS_EVERY = 16
 
@@ -62,7 +71,8 @@ def intervals(times: Sequence[int]) -> list[int]:
 
 def rhythm_figure(times: Sequence[int]) -> float | None:
     """The jitter-corrected coefficient of variation of the intervals (see the module
-    docstring), or None with fewer than three intervals or no time passing."""
+    docstring), or None with fewer than three intervals. Written out from its definition:
+    `ClockTrack.rhythm` computes the same from running sums."""
     gaps = intervals(times)
     if len(gaps) < 3:
         return None
@@ -73,20 +83,37 @@ def rhythm_figure(times: Sequence[int]) -> float | None:
     lag1 = sum((a - mean) * (b - mean) for a, b in zip(gaps, gaps[1:], strict=False)) / (
         len(gaps) - 1
     )
-    return math.sqrt(max(0.0, variance + 2 * lag1)) / mean
+    return _corrected(variance, lag1, mean)
+
+
+def _corrected(variance: float, lag1: float, mean: float) -> float:
+    """sqrt(variance less the jitter's share) / mean. Jitter shows as a negative lag-1
+    covariance (-s^2 for jitter of deviation s); only as much is taken away as jitter of up to
+    JITTER_MS could explain, so that a person whose intervals happen to alternate short and
+    long is not mistaken for a metronome seen through a noisy network."""
+    jitter_share = min(max(0.0, -2 * lag1), 2 * JITTER_MS * JITTER_MS)
+    return math.sqrt(max(0.0, variance - jitter_share)) / mean
 
 
 class ClockTrack:
-    """The running sums one clock's rules need, updated in O(1) per point."""
+    """The running sums one clock's rules need, updated in O(1) per point.
+
+    A gap may be left out of the rhythm sums (`counted=False`): on arrival, a gap the network
+    compressed (see `TimingTracker.add`). The lag-1 pairs then break there, so the jitter
+    correction only ever pairs two gaps that were both counted.
+    """
 
     __slots__ = (
         "below",
         "count",
-        "first_gap",
         "floor_ms",
+        "gaps",
         "last",
         "last_gap",
         "lag",
+        "pair_first",
+        "pair_second",
+        "pairs",
         "shortest",
         "total",
         "total_sq",
@@ -96,53 +123,53 @@ class ClockTrack:
         self.floor_ms = floor_ms
         self.count = 0  # points seen
         self.last = 0
-        self.first_gap = 0
-        self.last_gap = 0
-        self.total = 0  # sum of the gaps
-        self.total_sq = 0  # sum of their squares
-        self.lag = 0  # sum of the products of consecutive gaps
-        self.below = 0  # gaps under the floor
+        self.below = 0  # gaps under the floor (all of them, counted or not)
         self.shortest: int | None = None
+        self.gaps = 0  # gaps counted for the rhythm
+        self.total = 0  # their sum
+        self.total_sq = 0  # the sum of their squares
+        self.last_gap: int | None = None  # the previous gap, if it was counted
+        self.pairs = 0  # consecutive counted gaps (a, b)
+        self.pair_first = 0  # sum of the a's
+        self.pair_second = 0  # sum of the b's
+        self.lag = 0  # sum of a * b
 
-    def add(self, time: int) -> None:
+    def add(self, time: int, counted: bool = True) -> None:
         if self.count:
             gap = time - self.last
-            if self.count == 1:
-                self.first_gap = gap
-            else:
-                self.lag += self.last_gap * gap
-            self.last_gap = gap
-            self.total += gap
-            self.total_sq += gap * gap
             if gap < self.floor_ms:
                 self.below += 1
             if self.shortest is None or gap < self.shortest:
                 self.shortest = gap
+            if counted:
+                self.gaps += 1
+                self.total += gap
+                self.total_sq += gap * gap
+                if self.last_gap is not None:
+                    self.pairs += 1
+                    self.pair_first += self.last_gap
+                    self.pair_second += gap
+                    self.lag += self.last_gap * gap
+                self.last_gap = gap
+            else:
+                self.last_gap = None
         self.last = time
         self.count += 1
 
-    @property
-    def gaps(self) -> int:
-        return max(0, self.count - 1)
-
     def rhythm(self) -> float | None:
-        """`rhythm_figure` of the times seen so far, from the running sums."""
+        """The jitter-corrected coefficient of variation of the counted gaps (see the module
+        docstring), or None with fewer than three gaps or no pair."""
         n = self.gaps
-        if n < 3:
+        if n < 3 or not self.pairs:
             return None
         mean = self.total / n
         if mean <= 0:
             return 0.0
         variance = self.total_sq / n - mean * mean
-        # Pairs (gap[i], gap[i+1]): the first members sum to total - last_gap, the second
-        # to total - first_gap.
         lag1 = (
-            self.lag
-            - mean * (self.total - self.last_gap)
-            - mean * (self.total - self.first_gap)
-            + (n - 1) * mean * mean
-        ) / (n - 1)
-        return math.sqrt(max(0.0, variance + 2 * lag1)) / mean
+            self.lag - mean * self.pair_first - mean * self.pair_second + self.pairs * mean * mean
+        ) / self.pairs
+        return _corrected(variance, lag1, mean)
 
 
 class TimingTracker:
@@ -157,7 +184,15 @@ class TimingTracker:
         self.player = ClockTrack(human_floor_ms)
 
     def add(self, arrival: int, client_ts: int) -> None:
-        self.arrival.add(arrival)
+        # A gap that arrived compressed to under a quarter of the player's own gap for the
+        # same two points is the network's doing (a stall delivering what queued behind it),
+        # not the player's rhythm: it is left out of the arrival clock's rhythm.
+        counted = True
+        if self.arrival.count:
+            arrival_gap = arrival - self.arrival.last
+            player_gap = client_ts - self.player.last
+            counted = arrival_gap * NETWORK_COMPRESSION >= player_gap
+        self.arrival.add(arrival, counted)
         self.player.add(client_ts)
 
     @property
@@ -171,11 +206,12 @@ class TimingTracker:
         floor = self.human_floor_ms
         if floor > 0 and arrival.count > FLOOR_MIN_COUNT:
             player_trips = (
-                player.below >= FLOOR_MIN_COUNT and player.below >= FLOOR_SHARE_PLAYER * player.gaps
+                player.below >= FLOOR_MIN_COUNT
+                and player.below >= FLOOR_SHARE_PLAYER * (player.count - 1)
             )
             arrival_trips = (
-                arrival.below >= FLOOR_MIN_COUNT
-                and arrival.below >= FLOOR_SHARE_ARRIVAL * arrival.gaps
+                arrival.below >= FLOOR_MIN_ARRIVAL
+                and arrival.below >= FLOOR_SHARE_ARRIVAL * (arrival.count - 1)
             )
             if player_trips or arrival_trips:
                 found.append(
@@ -183,7 +219,7 @@ class TimingTracker:
                         INHUMAN_TIMING,
                         {
                             "human_floor_ms": floor,
-                            "intervals": arrival.gaps,
+                            "intervals": arrival.count - 1,
                             "below_floor_player_clock": player.below,
                             "below_floor_on_arrival": arrival.below,
                             "shortest_ms_player_clock": player.shortest,

@@ -19,6 +19,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from scoreserver.rules import AccountFlagged, GameSession, GameSettings
+
 GAME_MS = 30_000
 BURST_WINDOW_MS = 1000
 BURST_THRESHOLD = 12
@@ -128,3 +130,21 @@ BOTS: dict[str, Callable[[random.Random], Session]] = {
     "clumps of 12 within 4 ms, then 1,001 ms": clumps,
     "burst-threshold hugger": threshold_hugger,
 }
+
+
+def judged(session: Session, settings: GameSettings | None = None) -> list[str]:
+    """The flags the server's own state machine raises for `session`: its points fed to a
+    `GameSession` one by one (assessed every 16 points and at the end, as in play)."""
+    settings = settings or GameSettings(duration_ms=GAME_MS + 5_000, burst_limit=10**6)
+    start = 1_800_000_000_000
+    # The player's clock relates to the server's as it did when the game started.
+    game = GameSession(settings, start, session.client_times[0] - session.arrivals[0])
+    reasons = []
+    for arrival, client_ts in zip(session.arrivals, session.client_times, strict=True):
+        for action in game.receive_point(client_ts, start + arrival):
+            if isinstance(action, AccountFlagged):
+                reasons.append(action.reason)
+    for action in game.expire(start + settings.duration_ms):
+        if isinstance(action, AccountFlagged):
+            reasons.append(action.reason)
+    return reasons
