@@ -49,7 +49,7 @@ FLOOR_SHARE_ARRIVAL = 0.25
 FLOOR_MIN_ARRIVAL = 10
 RHYTHM_MIN_POINTS = 40
 # The most jitter (standard deviation of a timestamp's own noise) the rhythm figure discounts.
-JITTER_MS = 25
+JITTER_MS = 12
 # An arrival gap under 1/NETWORK_COMPRESSION of the player's gap was squeezed by the network.
 NETWORK_COMPRESSION = 4
 # How often a running session is assessed: every this many points received, and at its end.
