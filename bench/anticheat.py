@@ -51,7 +51,8 @@ def row(name: str, sessions: list[Session], expect_flags: bool) -> tuple[str, st
         f"| {name} | {len(sessions):,} | {points:.0f} | {rate} | {which} |"
         f" {low:.3f} to {high:.3f} |"
     )
-    verdict = "ok" if (flagged == 0 if not expect_flags else flagged >= 0.99 * len(sessions)) else "FAILS"
+    good = flagged >= 0.99 * len(sessions) if expect_flags else flagged == 0
+    verdict = "ok" if good else "FAILS"
     return line, verdict
 
 
