@@ -506,9 +506,81 @@ def render_flag(flag: dict[str, Any]) -> str:
             f"  {len(points)} points issued, {len(evidence['rejected'])} rejected,"
             f" {len(evidence['bursts'])} bursts"
         )
+        if evidence.get("timing"):
+            lines.append("")
+            lines.extend(timing_words(evidence["timing"]))
         lines.append("")
         lines.extend(_timeline(start, session.get("ended_at"), points, evidence))
     return "\n".join(lines)
+
+
+def timing_words(timing: dict[str, Any]) -> list[str]:
+    """The timing figures of a session, as a reviewer reads them (docs/anti-cheat.md)."""
+    floor, threshold = timing["human_floor_ms"], timing["min_rhythm_cv"]
+    arrival_gaps = timing["intervals_on_arrival"]
+    player_gaps = timing["intervals_player_clock"]
+    lines = [f"  timing of its {timing['points']} points received:"]
+    if timing["rhythm_figure"] is None:
+        lines.append("    rhythm: too few points to measure")
+    else:
+        judged = "" if timing["rhythm_judged"] else " (too few points to be judged)"
+        verdict = (
+            "too regular for a person"
+            if threshold and timing["rhythm_figure"] < threshold
+            else "within what people show"
+        )
+        limit = f"the game flags below {threshold:g}" if threshold else "the rhythm check is off"
+        lines.append(
+            f"    rhythm: {timing['rhythm_figure']:.3f} ({verdict}; {limit}){judged};"
+            f" player's clock {_figure(timing['rhythm_player_clock'])},"
+            f" on arrival {_figure(timing['rhythm_on_arrival'])}"
+        )
+    population = timing.get("population")
+    if population:
+        lines.append(
+            f"    this game's other players: {population['p5']:.3f} to {population['p95']:.3f},"
+            f" typically {population['p50']:.3f} ({population['sessions']} recent sessions)"
+        )
+    else:
+        lines.append("    this game's other players: not enough sessions yet to compare")
+    if floor:
+        lines.append(
+            f"    closer than the {floor} ms human floor: {timing['below_floor_player_clock']}"
+            f" of {len(player_gaps)} intervals on the player's clock,"
+            f" {timing['below_floor_on_arrival']} on arrival"
+        )
+    else:
+        lines.append("    human floor: off for this game")
+    if arrival_gaps:
+        ordered = sorted(arrival_gaps)
+        lines.append(
+            f"    intervals on arrival: shortest {ordered[0]} ms,"
+            f" median {ordered[len(ordered) // 2]} ms, longest {ordered[-1]} ms"
+        )
+        lines.extend(_histogram(arrival_gaps, floor))
+    return lines
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _histogram(gaps: list[int], floor: int, width: int = 40) -> list[str]:
+    """Intervals in 50 ms bins up to a second (the rest in one), as bars of `#`."""
+    bins = [0] * 21
+    for gap in gaps:
+        bins[min(20, max(0, gap) // 50)] += 1
+    top = max(bins) or 1
+    out = []
+    for index, count in enumerate(bins):
+        if not count:
+            continue
+        low = index * 50
+        label = f"{low:>4}-{low + 49:<4} ms" if index < 20 else "1000+     ms"
+        mark = "  < floor" if floor and low + 49 < floor else ""
+        bar = "#" * max(1, round(count * width / top))
+        out.append(f"    {label} {count:>5} {bar}{mark}")
+    return out
 
 
 def _timeline(

@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from . import children
+from . import children, timing
 from .errors import BannedError, ConflictError, NotFoundError, StoreError
 from .names import skeleton
 from .rules import EndReason, GameSettings, IssuedPoint, SessionRecord, outlier_evidence
@@ -1117,7 +1117,15 @@ def session_evidence(conn: sqlite3.Connection, session_id: str) -> dict[str, Any
         return {}
     info = dict(session)
     info["settings"] = json.loads(info.pop("settings_json"))
+    settings = GameSettings(**info["settings"])
+    arrivals, client_times = _received(conn, session_id)
     return {
+        "timing": {
+            **timing.profile(
+                arrivals, client_times, settings.human_floor_ms, settings.min_rhythm_cv
+            ),
+            "population": rhythm_population(conn, info["game_id"], exclude=session_id),
+        },
         "session": info,
         "points": [
             dict(r)
@@ -1142,6 +1150,50 @@ def session_evidence(conn: sqlite3.Connection, session_id: str) -> dict[str, Any
             )
         ],
     }
+
+
+def _received(conn: sqlite3.Connection, session_id: str) -> tuple[list[int], list[int]]:
+    """Every point a session received while it ran (accepted or refused), in arrival order:
+    (server times, the player's stamps)."""
+    rows = conn.execute(
+        "SELECT server_ts, client_ts FROM ("
+        " SELECT server_ts, client_ts, 0 AS kind, seq AS n FROM issued_points"
+        "  WHERE session_id = :sid"
+        " UNION ALL SELECT server_ts, client_ts, 1, rowid FROM rejected_points"
+        "  WHERE session_id = :sid AND reason != 'game_over'"
+        ") ORDER BY server_ts, kind, n",
+        {"sid": session_id},
+    ).fetchall()
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+POPULATION_SESSIONS = 200
+
+
+def rhythm_population(
+    conn: sqlite3.Connection, game_id: str, *, exclude: str | None = None
+) -> dict[str, object] | None:
+    """The range of rhythm figures that the game's recent unflagged sessions show, for a
+    reviewer to set a flagged one beside (timing.population_range)."""
+    sessions = conn.execute(
+        "SELECT g.id FROM game_sessions g WHERE g.game_id = ? AND g.state IN"
+        " ('ended', 'submitted') AND g.id IS NOT ? AND NOT EXISTS"
+        " (SELECT 1 FROM flags f WHERE f.session_id = g.id)"
+        " ORDER BY g.started_at DESC LIMIT ?",
+        (game_id, exclude, POPULATION_SESSIONS),
+    ).fetchall()
+    figures = []
+    for (session_id,) in sessions:
+        arrivals, client_times = _received(conn, session_id)
+        if len(arrivals) < timing.RHYTHM_MIN_POINTS:
+            continue
+        tracker = timing.TimingTracker(0, 0)
+        for arrival, client_ts in zip(arrivals, client_times, strict=True):
+            tracker.add(arrival, client_ts)
+        found = [f for f in (tracker.player.rhythm(), tracker.arrival.rhythm()) if f is not None]
+        if found:
+            figures.append(min(found))
+    return timing.population_range(figures)
 
 
 def resolve_flag(

@@ -267,3 +267,44 @@ def assess(
     for arrival, client_ts in zip(arrivals, client_times, strict=True):
         tracker.add(arrival, client_ts)
     return tracker.findings()
+
+
+def profile(
+    arrivals: Sequence[int],
+    client_times: Sequence[int],
+    human_floor_ms: int,
+    min_rhythm_cv: float,
+) -> dict[str, object]:
+    """A session's timing as a reviewer sees it: the figures the rules read, and the raw
+    intervals (on both clocks) for the histogram."""
+    tracker = TimingTracker(human_floor_ms, min_rhythm_cv)
+    for arrival, client_ts in zip(arrivals, client_times, strict=True):
+        tracker.add(arrival, client_ts)
+    on_player, on_arrival = tracker.player.rhythm(), tracker.arrival.rhythm()
+    figures = [f for f in (on_player, on_arrival) if f is not None]
+    return {
+        "points": tracker.points,
+        "human_floor_ms": human_floor_ms,
+        "min_rhythm_cv": min_rhythm_cv,
+        "rhythm_figure": _rounded(min(figures)) if figures else None,
+        "rhythm_player_clock": _rounded(on_player),
+        "rhythm_on_arrival": _rounded(on_arrival),
+        "rhythm_judged": tracker.points >= RHYTHM_MIN_POINTS,
+        "below_floor_player_clock": tracker.player.below,
+        "below_floor_on_arrival": tracker.arrival.below,
+        "intervals_player_clock": intervals(client_times),
+        "intervals_on_arrival": intervals(arrivals),
+    }
+
+
+def population_range(figures: Sequence[float]) -> dict[str, object] | None:
+    """The spread of a game's rhythm figures (its unflagged sessions): 5th, 50th and 95th
+    percentiles, or None with fewer than 5 sessions to go by."""
+    if len(figures) < 5:
+        return None
+    ordered = sorted(figures)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+    return {"sessions": len(ordered), "p5": at(0.05), "p50": at(0.5), "p95": at(0.95)}

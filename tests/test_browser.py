@@ -218,15 +218,7 @@ def test_the_client_resumes_by_itself_when_its_socket_drops(server_url: str, pag
     assert "connection lost" in page.locator("#log").inner_text()  # type: ignore[attr-defined]
 
 
-def test_the_review_console_bans_by_id_and_logs_out_on_the_server(
-    server_url: str, page: object
-) -> None:
-    """A name made of path characters is banned from /admin (the API takes the id), and
-    "Log out" ends the session on the server, not only in the page."""
-    registered = httpx.post(
-        f"{server_url}/api/register", json={"name": "../dot", "password": "hunter2hunter2"}
-    )
-    assert registered.status_code == 201, registered.text
+def set_admin_password(server_url: str) -> None:
     subprocess.run(
         [
             sys.executable,
@@ -244,6 +236,25 @@ def test_the_review_console_bans_by_id_and_logs_out_on_the_server(
         capture_output=True,
         timeout=60,
     )
+
+
+def admin_login(page: object, server_url: str) -> None:
+    set_admin_password(server_url)
+    page.goto(f"{server_url}/admin")  # type: ignore[attr-defined]
+    page.fill("#password", "a long admin secret")  # type: ignore[attr-defined]
+    page.click("#login-form button")  # type: ignore[attr-defined]
+
+
+def test_the_review_console_bans_by_id_and_logs_out_on_the_server(
+    server_url: str, page: object
+) -> None:
+    """A name made of path characters is banned from /admin (the API takes the id), and
+    "Log out" ends the session on the server, not only in the page."""
+    registered = httpx.post(
+        f"{server_url}/api/register", json={"name": "../dot", "password": "hunter2hunter2"}
+    )
+    assert registered.status_code == 201, registered.text
+    set_admin_password(server_url)
     page.goto(f"{server_url}/admin")  # type: ignore[attr-defined]
     page.fill("#password", "a long admin secret")  # type: ignore[attr-defined]
     page.click("#login-form button")  # type: ignore[attr-defined]
@@ -263,3 +274,82 @@ def test_the_review_console_bans_by_id_and_logs_out_on_the_server(
     while httpx.get(f"{server_url}/api/admin/users", headers=auth).status_code != 401:
         assert time.monotonic() < deadline, "the session outlived Log out"
         time.sleep(0.1)  # the page's logout request is in flight (real time: a browser)
+
+
+def metronome_bot(server_url: str) -> int:
+    """A script that plays the 4 s demo over a real socket, a point every 90 ms exactly (just
+    under the burst threshold); returns its user id once its game has ended."""
+    import json
+
+    from websockets.sync.client import connect as ws_connect
+
+    account = httpx.post(
+        f"{server_url}/api/register", json={"name": "metronome", "password": "hunter2hunter2"}
+    ).json()
+    port = httpx.get(f"{server_url}/api/config").json()["ws_port"]
+    with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=10) as ws:
+
+        def call(**message: object) -> dict[str, object]:
+            ws.send(json.dumps(message))
+            while (reply := json.loads(ws.recv(timeout=10)))["type"] == "leaderboard":
+                pass
+            return reply  # type: ignore[no-any-return]
+
+        call(type="auth", token=account["token"])
+        call(type="enter_game_room", game_id="demo", user_id=account["user_id"])
+        started = call(type="game_start", client_ts=int(time.time() * 1000))
+        assert started["type"] == "game_started", started
+        ended = False
+        while not ended:
+            time.sleep(0.09)  # the bot's own pacing (the server is a process: real time)
+            ws.send(json.dumps({"type": "point", "client_ts": int(time.time() * 1000)}))
+            while (reply := json.loads(ws.recv(timeout=10)))["type"] == "leaderboard":
+                pass
+            if reply["type"] == "end_game":  # unsolicited; the point's own reply follows
+                ended = True
+            elif reply["type"] == "point_rejected":
+                while json.loads(ws.recv(timeout=10))["type"] != "end_game":
+                    pass
+                ended = True
+    return int(account["user_id"])
+
+
+def test_the_review_console_draws_a_flagged_sessions_evidence(
+    server_url: str, browser: object
+) -> None:
+    user_id = metronome_bot(server_url)
+    for size, name in (((1280, 800), "desktop"), ((390, 844), "phone")):
+        context = browser.new_context(viewport={"width": size[0], "height": size[1]})  # type: ignore[attr-defined]
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        admin_login(page, server_url)
+        row = page.locator("#flags tr", has_text="robotic_rhythm")
+        row.first.wait_for()
+        row.first.click()
+        page.locator("#charts figure").nth(3).wait_for()
+        titles = page.locator("#charts figcaption b").all_inner_texts()
+        assert titles == ["Timeline", "Intervals", "Rhythm", "Clock"]
+        # Drawn: marks in each chart, the flagged figure and the human floor labelled.
+        assert page.locator("#charts figure").nth(0).locator("line").count() > 40
+        assert page.locator("#charts figure").nth(1).locator("rect").count() >= 1
+        rhythm_text = " ".join(
+            page.locator("#charts figure").nth(2).locator("text").all_text_contents()
+        )
+        assert "this session 0.0" in rhythm_text and "flags below 0.07" in rhythm_text
+        assert "human floor" in page.locator("#charts figure").nth(1).text_content()
+        # Nothing cut off: no horizontal overflow, every chart inside the viewport.
+        overflow = page.evaluate(
+            "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth,"
+            " Math.max(...[...document.querySelectorAll('#charts svg')]"
+            ".map(s => s.getBoundingClientRect().right))]"
+        )
+        scroll_width, client_width, rightmost = overflow
+        assert rightmost <= client_width, (name, overflow)
+        if name == "desktop":
+            assert scroll_width <= client_width, (name, overflow)
+        page.locator("#charts").screenshot(path=str(ARTIFACTS / f"evidence-{name}.png"))
+        shot(page, f"admin-evidence-{name}")
+        context.close()
+        assert errors == [], errors
+    assert user_id > 0

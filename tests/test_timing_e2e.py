@@ -1,0 +1,247 @@
+"""Timing analysis and a game's bounds, end to end over real sockets (autojump clock: the
+30-second games take milliseconds)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from scoreserver import cli, moderation
+from scoreserver import store as db
+from scoreserver.app import Server
+from scoreserver.rules import GameSettings
+
+from .conftest import Client, add_game, connect, http, make_config, register, running_server
+
+TIMED = {"human_floor_ms": 60, "min_rhythm_cv": 0.07}  # a new game's defaults, spelled out
+
+
+@pytest.fixture
+async def timed_server(tmp_path: Path) -> AsyncIterator[Server]:
+    path = tmp_path / "test.db"
+    add_game(path, "timed", duration_ms=30_000, **TIMED)
+    add_game(path, "bounded", duration_ms=30_000, max_score=5, **TIMED)
+    add_game(path, "held", duration_ms=10_000, hold_outliers=True)
+    add_game(path, "shown", duration_ms=10_000)
+    async with running_server(make_config(tmp_path, inline=True)) as server:
+        yield server
+
+
+async def play(
+    server: Server, client: Client, game: str, user_id: int | None, gaps_ms: list[float]
+) -> dict[str, Any]:
+    """Score a point after each gap (virtual time), stamped by the server's own clock as a
+    page's Date.now() would be; wait for the end; return what a page submits."""
+
+    def now() -> int:
+        return server.service.clock.now_ms()
+
+    await client.enter(game, user_id)
+    started = await client.start(now())
+    claims = []
+    for gap in gaps_ms:
+        await trio.sleep(gap / 1000)  # game time (virtual)
+        ts = now()
+        reply = await client.call(type="point", client_ts=ts)
+        if reply["type"] == "point_accepted":
+            claims.append({"token": reply["token"], "client_ts": ts})
+    end = await client.recv_type("end_game")
+    return {
+        "start_token": started["start_token"],
+        "end_token": end["end_token"],
+        "points": claims,
+        "session_id": started["session_id"],
+    }
+
+
+def person(rng: random.Random, total_ms: float) -> list[float]:
+    """A person's gaps: log-normal around 300 ms, CV 0.35, none under 80 ms."""
+    sigma = math.sqrt(math.log(1 + 0.35**2))
+    gaps, elapsed = [], 0.0
+    while True:
+        gap = max(80.0, rng.lognormvariate(math.log(300) - sigma**2 / 2, sigma))
+        if elapsed + gap >= total_ms:
+            return gaps
+        gaps.append(gap)
+        elapsed += gap
+
+
+def flags_show(server: Server, flag_id: int) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["flags", "show", str(flag_id), "--db", str(server.config.db_path)]) == 0
+    return out.getvalue()
+
+
+async def board(server: Server, game: str) -> list[tuple[str, int]]:
+    async with http(server) as api:
+        entries = (await api.get(f"/api/games/{game}/leaderboard")).json()["entries"]
+    return [(e["name"], e["score"]) for e in entries]
+
+
+async def submit(client: Client, game: dict[str, Any]) -> dict[str, Any]:
+    body = {k: game[k] for k in ("start_token", "end_token", "points")}
+    return await client.call(type="submit_result", **body)
+
+
+async def flags(server: Server) -> list[dict[str, Any]]:
+    return await server.service.store.read(db.list_flags)
+
+
+async def test_a_metronome_bot_is_flagged_and_held_until_a_reviewer_clears_it(
+    timed_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = timed_server
+    with trio.fail_after(120):
+        bot, ann = await register(server, "metronome"), await register(server, "ann")
+        async with connect(server) as client:
+            await client.login(bot)
+            game = await play(server, client, "timed", bot["user_id"], [150.0] * 190)
+            # Flagged while the game ran, before any submission.
+            found = await flags(server)
+            assert [(f["reason"], f["user_id"]) for f in found] == [
+                ("robotic_rhythm", bot["user_id"])
+            ]
+            assert found[0]["session_id"] == game["session_id"]
+            assert found[0]["detail"]["rhythm_figure"] < 0.01
+            result = await submit(client, game)
+            assert result["accepted"] is True and result["saved"] is True  # saved, and held
+        async with connect(server) as client:
+            await client.login(ann)
+            honest = await play(
+                server, client, "timed", ann["user_id"], person(random.Random(1), 29_000)
+            )
+            assert (await submit(client, honest))["saved"] is True
+        assert await board(server, "timed") == [("ann", len(honest["points"]))]
+        # The reviewer reads the figures in words.
+        words = flags_show(server, found[0]["id"])
+        assert "rhythm: 0.000 (too regular for a person; the game flags below 0.07)" in words
+        assert "this game's other players: not enough sessions yet" in words
+        assert "0 of 189 intervals on the player's clock" in words
+        assert " 150-199  ms   189 ########################################" in words
+        conn = db.connect(server.config.db_path)
+        try:
+            moderation.resolve_flag(
+                conn,
+                found[0]["id"],
+                ban=False,
+                note="a rhythm game pro",
+                actor=moderation.Actor("t", "test"),
+            )
+        finally:
+            conn.close()
+        assert ("metronome", 190) in await board(server, "timed")
+        assert len(await flags(server)) == 1  # the person was not flagged
+
+
+async def test_a_clumping_bot_is_flagged_inhuman(
+    timed_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = timed_server
+    with trio.fail_after(120):
+        bot = await register(server, "clumps")
+        gaps = ([2.0] * 11 + [1001.0]) * 4  # twelve within ~20 ms, then wait out the window
+        async with connect(server) as client:
+            await client.login(bot)
+            await play(server, client, "timed", bot["user_id"], gaps)
+        found = await flags(server)
+        assert [f["reason"] for f in found] == ["inhuman_timing"]
+        # The evidence is what tripped the rule: the first assessment, at the 16th point.
+        evidence = found[0]["detail"]
+        assert evidence["intervals"] == 15
+        assert evidence["below_floor_player_clock"] == evidence["below_floor_on_arrival"] == 14
+
+
+async def test_people_are_not_flagged(
+    timed_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = timed_server
+    with trio.fail_after(300):
+        for n in range(5):
+            account = await register(server, f"player{n}")
+            async with connect(server) as client:
+                await client.login(account)
+                game = await play(
+                    server, client, "timed", account["user_id"], person(random.Random(n), 29_000)
+                )
+                assert (await submit(client, game))["saved"] is True
+        assert await flags(server) == []
+        assert len(await board(server, "timed")) == 5
+
+
+async def test_a_result_above_the_games_bound_is_refused_and_flagged(
+    timed_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = timed_server
+    with trio.fail_after(120):
+        eve = await register(server, "eve")
+        async with connect(server) as client:
+            await client.login(eve)
+            game = await play(server, client, "bounded", eve["user_id"], [400.0] * 6)
+            result = await submit(client, game)
+            assert result == {"type": "result", "accepted": False, "reason": "implausible_score"}
+        found = await flags(server)
+        assert [(f["reason"], f["user_id"]) for f in found] == [
+            ("submission:implausible_score", eve["user_id"])
+        ]
+        assert found[0]["detail"]["max_score"] == 5 and found[0]["detail"]["score"] == 6
+
+
+@pytest.mark.parametrize("game", ["held", "shown"])
+async def test_an_outlier_is_flagged_and_held_only_where_the_game_says(
+    timed_server: Server, autojump_clock: trio.testing.MockClock, game: str
+) -> None:
+    server = timed_server
+    rng = random.Random(4)
+    with trio.fail_after(600):
+        for n in range(20):
+            account = await register(server, f"p{n}")
+            async with connect(server) as client:
+                await client.login(account)
+                points = rng.randint(8, 14)
+                played = await play(server, client, game, account["user_id"], [500.0] * points)
+                assert (await submit(client, played))["saved"] is True
+        assert await flags(server) == []
+        star = await register(server, "star")
+        async with connect(server) as client:
+            await client.login(star)
+            played = await play(server, client, game, star["user_id"], [100.0] * 95)
+            assert (await submit(client, played))["saved"] is True
+        found = await flags(server)
+        assert [(f["reason"], f["user_id"], f["holds"]) for f in found] == [
+            ("outlier_score", star["user_id"], 1 if game == "held" else 0)
+        ]
+        assert found[0]["detail"]["population"] == 20
+        names = [name for name, _ in await board(server, game)]
+        assert ("star" in names) is (game == "shown")
+
+
+def test_game_settings_round_trip_through_the_store(tmp_path: Path) -> None:
+    conn = db.open_database(tmp_path / "g.db")
+    settings = GameSettings(
+        duration_ms=5000,
+        human_floor_ms=0,
+        min_rhythm_cv=0.0,
+        max_score=99,
+        hold_outliers=True,
+        title="Whack-a-mole finals",
+    )
+    with db.transaction(conn):
+        db.insert_game(conn, "g", settings, 0)
+    assert db.get_game(conn, "g") == settings
+    with db.transaction(conn):
+        changed = db.update_game(conn, "g", {"max_score": None, "hold_outliers": False}, 1)
+    assert changed.max_score is None and changed.hold_outliers is False
+    assert db.get_game(conn, "g") == changed
+    with pytest.raises(ValueError, match="coefficient"), db.transaction(conn):
+        db.update_game(conn, "g", {"min_rhythm_cv": -1}, 2)
+    conn.close()
