@@ -322,7 +322,7 @@ def test_the_review_console_draws_a_flagged_sessions_evidence(
         context = browser.new_context(viewport={"width": size[0], "height": size[1]})  # type: ignore[attr-defined]
         page = context.new_page()
         errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("pageerror", lambda error, errors=errors: errors.append(str(error)))
         admin_login(page, server_url)
         row = page.locator("#flags tr", has_text="robotic_rhythm")
         row.first.wait_for()
