@@ -325,3 +325,41 @@ async def test_admin_page(server: Server, monkeypatch: pytest.MonkeyPatch) -> No
                 await api.post("/api/admin/login", json={"password": "guess"})
             limited = await api.post("/api/admin/login", json={"password": "a long admin secret"})
             assert limited.status_code == 429
+
+
+async def test_timing_bounds_and_titles_are_game_settings(server: Server) -> None:
+    """`games add|set|show` carry the timing rules, the score bound, outlier holding and a
+    title; a running server applies them to games started afterwards, without a restart."""
+    with trio.fail_after(30):
+        code, out, _ = run_cli(server, "games", "add", "tap", "--duration", "0.5")
+        assert code == 0
+        assert "human floor         60 ms" in out and "rhythm check        0.07" in out
+        assert "max score           none" in out and "flagged, still shown" in out
+        code, out, _ = run_cli(
+            server,
+            *("games", "set", "tap", "--human-floor-ms", "0", "--min-rhythm-cv", "0.05"),
+            *("--max-score", "40", "--hold-outliers", "--title", "Tap Finals"),
+        )
+        assert code == 0
+        assert "human floor         off" in out and "rhythm check        0.05" in out
+        assert "max score           40" in out and "held off boards until reviewed" in out
+        assert "title               Tap Finals" in out
+        code, out, _ = run_cli(
+            server, "games", "set", "tap", "--no-max-score", "--no-hold-outliers"
+        )
+        assert "max score           none" in out and "flagged, still shown" in out
+        code, _, err = run_cli(server, "games", "set", "tap", "--min-rhythm-cv", "-1")
+        assert code == 1 and "coefficient of variation" in err
+        with pytest.raises(SystemExit) as usage:  # argparse: the two exclude each other
+            run_cli(server, "games", "set", "tap", "--max-score", "5", "--no-max-score")
+        assert usage.value.code == 2
+        await reload(server.service)
+        settings = server.service.games["tap"]
+        assert (settings.human_floor_ms, settings.min_rhythm_cv, settings.max_score) == (
+            0,
+            0.05,
+            None,
+        )
+        assert settings.title == "Tap Finals" and settings.hold_outliers is False
+        code, out, _ = run_cli(server, "audit")
+        assert "games set" in out
