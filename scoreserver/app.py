@@ -315,6 +315,7 @@ async def serve(
                 servers.start_soon(_housekeeping, service, config.reanchor_clock)
                 if config.threaded_store:
                     servers.start_soon(_watch_settings, service)
+                    servers.start_soon(_watch_boards, service, rooms)
                 if config.handle_signals:
                     servers.start_soon(_signals, server)
                 if config.announce:
@@ -466,6 +467,29 @@ async def _watch_settings(service: Service) -> None:
                 await reload(service)
         except Exception:
             logger.exception("reading settings failed; keeping the current ones")
+
+
+BOARD_POLL_S = 1.0
+BOARD_REFRESH_S = 30.0
+
+
+async def _watch_boards(service: Service, rooms: Rooms) -> None:
+    """Bring every open board up to date within about a second of a change made anywhere: a
+    ban from the CLI (another process), a decision on /admin, a flag raised here or by another
+    server. Every BOARD_REFRESH_S the boards are re-read regardless: a temporary ban that runs
+    out writes nothing."""
+    seen = await service.store.read(db.board_fingerprint)
+    last_refresh = trio.current_time()
+    while True:
+        await trio.sleep(BOARD_POLL_S)
+        try:
+            now = await service.store.read(db.board_fingerprint)
+        except Exception:
+            logger.exception("reading the board fingerprint failed")
+            continue
+        if now != seen or trio.current_time() - last_refresh >= BOARD_REFRESH_S:
+            seen, last_refresh = now, trio.current_time()
+            rooms.boards_may_have_changed()
 
 
 async def _signals(server: Server) -> None:

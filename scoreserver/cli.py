@@ -161,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     ban = users.add_parser("ban", parents=[common], help="ban an account")
     ban.add_argument("name")
     ban.add_argument("--days", type=float, help="ban length (default: until unbanned)")
-    ban.add_argument("--note", default="")
+    ban.add_argument("--note", required=True, help="why: every decision is audited with its note (required)")
     unban = users.add_parser("unban", parents=[common], help="lift a ban")
     unban.add_argument("name")
+    unban.add_argument("--note", required=True, help="why: every decision is audited with its note (required)")
 
     games = sub.add_parser("games", help="games and their rules").add_subparsers(
         dest="action", required=True
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("hide", "hide a session's score"), ("restore", "show it again")):
         p = scores.add_parser(name, parents=[common], help=text)
         p.add_argument("session_id")
-        p.add_argument("--note", default="")
+        p.add_argument("--note", required=True, help="why: every decision is audited with its note (required)")
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="action", required=True)
     keys.add_parser("list", parents=[common], help="list signing keys")
@@ -323,7 +324,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         print(f"{args.name} banned {_ban_text(until, now_ms())}")
     elif args.action == "unban":
         conn = _open(args.db)
-        moderation.unban_user(conn, args.name, actor=CLI_ACTOR())
+        moderation.unban_user(conn, args.name, actor=CLI_ACTOR(), note=args.note)
         print(f"{args.name} unbanned")
     return 0
 

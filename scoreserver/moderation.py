@@ -47,6 +47,14 @@ def _length(days: float | None) -> str:
     return "indefinitely" if days is None else f"for {days:g} days"
 
 
+def _require_note(note: str) -> str:
+    """Every decision is audited with why it was taken: no note, no decision."""
+    note = note.strip()
+    if not note:
+        raise ValueError("a decision needs a note (why), for the audit")
+    return note
+
+
 def resolve_flag(
     conn: sqlite3.Connection,
     flag_id: int,
@@ -57,8 +65,7 @@ def resolve_flag(
     days: float | None = None,
 ) -> dict[str, Any]:
     """Clear a flag (the account's scores show again) or ban its account."""
-    if not note.strip():
-        raise ValueError("a decision needs a note")
+    note = _require_note(note)
     if days is not None and not ban:
         raise ValueError("days go with a ban")
     now = _now()
@@ -76,28 +83,29 @@ def resolve_flag(
 
 
 def ban_user(
-    conn: sqlite3.Connection, name: str, *, actor: Actor, days: float | None = None, note: str = ""
+    conn: sqlite3.Connection, name: str, *, actor: Actor, note: str, days: float | None = None
 ) -> int:
+    note = _require_note(note)
     now = _now()
     with db.transaction(conn):
         until = _ban_until(days, now)
-        db.set_ban(conn, name, until, note or None)
-        db.insert_audit(
-            conn, str(actor), "users ban", name, f"{_length(days)}; {note}".rstrip("; "), now
-        )
+        db.set_ban(conn, name, until, note)
+        db.insert_audit(conn, str(actor), "users ban", name, f"{_length(days)}; {note}", now)
     return until
 
 
-def unban_user(conn: sqlite3.Connection, name: str, *, actor: Actor, note: str = "") -> None:
+def unban_user(conn: sqlite3.Connection, name: str, *, actor: Actor, note: str) -> None:
+    note = _require_note(note)
     now = _now()
     with db.transaction(conn):
         db.set_ban(conn, name, None, None)
-        db.insert_audit(conn, str(actor), "users unban", name, note or None, now)
+        db.insert_audit(conn, str(actor), "users unban", name, note, now)
 
 
 def set_score_hidden(
-    conn: sqlite3.Connection, session_id: str, hidden: bool, *, actor: Actor, note: str = ""
+    conn: sqlite3.Connection, session_id: str, hidden: bool, *, actor: Actor, note: str
 ) -> None:
+    note = _require_note(note)
     now = _now()
     with db.transaction(conn):
         db.set_score_hidden(conn, session_id, hidden)
@@ -106,7 +114,7 @@ def set_score_hidden(
             str(actor),
             "scores hide" if hidden else "scores restore",
             session_id,
-            note or None,
+            note,
             now,
         )
 

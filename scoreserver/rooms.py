@@ -501,7 +501,18 @@ class Rooms:
     def score_saved(self, game_id: str) -> None:
         """A score was saved for `game_id`: push the room's top entries if they changed."""
         room = self._rooms.get(game_id)
-        if room is None or not room.members or room.push_pending:
+        if room is not None:
+            self._schedule_push(room)
+
+    def boards_may_have_changed(self) -> None:
+        """Something other than a score may have changed boards (a ban, a flag, a hidden
+        score, a game's settings, a ban running out): every watched room re-reads its top and
+        pushes it where it changed."""
+        for room in self._rooms.values():
+            self._schedule_push(room)
+
+    def _schedule_push(self, room: Room) -> None:
+        if not room.members or room.push_pending:
             return
         room.push_pending = True
         room.nursery.start_soon(self._push_leaderboard, room)

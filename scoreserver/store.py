@@ -1266,6 +1266,17 @@ def leaderboard(
 # --- keys, audit, settings ------------------------------------------------------------------
 
 
+def board_fingerprint(conn: sqlite3.Connection) -> tuple[object, ...]:
+    """Changes whenever something may have changed a leaderboard without a score being saved
+    here: every moderation decision writes an audit row (from the CLI, /admin, any process),
+    every flag a flags row, every game change bumps `updated_at`. Cheap: three index lookups."""
+    row = conn.execute(
+        "SELECT (SELECT MAX(id) FROM audit), (SELECT MAX(id) FROM flags),"
+        " (SELECT COUNT(*) FROM flags WHERE status = 'open'), (SELECT MAX(updated_at) FROM games)"
+    ).fetchone()
+    return tuple(row)
+
+
 def record_signing_key(conn: sqlite3.Connection, kid: str, public_key: bytes, now: int) -> None:
     conn.execute(
         "INSERT INTO signing_keys (kid, public_key, created_at) VALUES (?, ?, ?)"

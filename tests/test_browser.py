@@ -276,6 +276,9 @@ def test_the_review_console_bans_by_id_and_logs_out_on_the_server(
         time.sleep(0.1)  # the page's logout request is in flight (real time: a browser)
 
 
+LONG_NAME = "MetronomeBotWithAThirtyTwoCharsX"  # 32 characters, no space to wrap at
+
+
 def metronome_bot(server_url: str) -> int:
     """A script that plays the 4 s demo over a real socket, a point every 90 ms exactly (just
     under the burst threshold); returns its user id once its game has ended."""
@@ -284,7 +287,7 @@ def metronome_bot(server_url: str) -> int:
     from websockets.sync.client import connect as ws_connect
 
     account = httpx.post(
-        f"{server_url}/api/register", json={"name": "metronome", "password": "hunter2hunter2"}
+        f"{server_url}/api/register", json={"name": LONG_NAME, "password": "hunter2hunter2"}
     ).json()
     port = httpx.get(f"{server_url}/api/config").json()["ws_port"]
     with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=10) as ws:
@@ -346,10 +349,114 @@ def test_the_review_console_draws_a_flagged_sessions_evidence(
         )
         scroll_width, client_width, rightmost = overflow
         assert rightmost <= client_width, (name, overflow)
-        if name == "desktop":
-            assert scroll_width <= client_width, (name, overflow)
+        assert scroll_width <= client_width, (name, overflow)
+        assert LONG_NAME in page.locator("#users").inner_text()
         page.locator("#charts").screenshot(path=str(ARTIFACTS / f"evidence-{name}.png"))
         shot(page, f"admin-evidence-{name}")
         context.close()
         assert errors == [], errors
     assert user_id > 0
+
+
+def honest_score(server_url: str, name: str, points: int) -> dict[str, object]:
+    """A player who registers, plays the demo with a person's spacing and submits."""
+    import json
+    import random
+
+    from websockets.sync.client import connect as ws_connect
+
+    rng = random.Random(name)
+    account = httpx.post(
+        f"{server_url}/api/register", json={"name": name, "password": "hunter2hunter2"}
+    ).json()
+    port = httpx.get(f"{server_url}/api/config").json()["ws_port"]
+    with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=10) as ws:
+
+        def reply_to(message: dict[str, object], kind: str) -> dict[str, object]:
+            ws.send(json.dumps(message))
+            while (reply := json.loads(ws.recv(timeout=10)))["type"] != kind:
+                pass
+            return reply  # type: ignore[no-any-return]
+
+        reply_to({"type": "auth", "token": account["token"]}, "identity")
+        reply_to(
+            {"type": "enter_game_room", "game_id": "demo", "user_id": account["user_id"]},
+            "room_entered",
+        )
+        started = reply_to(
+            {"type": "game_start", "client_ts": int(time.time() * 1000)}, "game_started"
+        )
+        claims = []
+        for _ in range(points):
+            time.sleep(rng.uniform(0.2, 0.35))  # a person's pace (the server is a process)
+            ts = int(time.time() * 1000)
+            accepted = reply_to({"type": "point", "client_ts": ts}, "point_accepted")
+            claims.append({"token": accepted["token"], "client_ts": ts})
+        while (end := json.loads(ws.recv(timeout=10)))["type"] != "end_game":
+            pass
+        result = reply_to(
+            {
+                "type": "submit_result",
+                "start_token": started["start_token"],
+                "end_token": end["end_token"],
+                "points": claims,
+            },
+            "result",
+        )
+    assert result["saved"] is True, result
+    return account  # type: ignore[no-any-return]
+
+
+def cli(server_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator's command, in a process of its own, on the server's database."""
+    return subprocess.run(
+        [sys.executable, "-m", "scoreserver.cli", *args, "--db", DATABASES[server_url]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def test_a_board_drops_a_banned_player_within_two_seconds_and_brings_them_back(
+    server_url: str, page: object
+) -> None:
+    honest_score(server_url, "carol", 6)
+    page.goto(f"{server_url}/board/demo")  # type: ignore[attr-defined]
+    row = page.locator("#rows tr", has_text="carol")  # type: ignore[attr-defined]
+    row.wait_for(timeout=10_000)
+    cli(server_url, "users", "ban", "carol", "--note", "scripted, seen on stream")
+    banned_at = time.monotonic()
+    row.wait_for(state="detached", timeout=2_000)  # within 2 s of the command
+    assert time.monotonic() - banned_at < 2.0
+    cli(server_url, "users", "unban", "carol", "--note", "appeal upheld")
+    page.locator("#rows tr", has_text="carol").wait_for(timeout=2_000)  # type: ignore[attr-defined]
+    shot(page, "board-after-unban")
+
+
+def test_cancel_on_the_consoles_prompts_changes_nothing(server_url: str, page: object) -> None:
+    account = httpx.post(
+        f"{server_url}/api/register", json={"name": "dora", "password": "hunter2hunter2"}
+    ).json()
+    admin_login(page, server_url)
+    row = page.locator("#users tr", has_text="dora")  # type: ignore[attr-defined]
+    row.wait_for()
+    audit_before = cli(server_url, "audit").stdout
+    page.once("dialog", lambda dialog: dialog.dismiss())  # type: ignore[attr-defined]
+    row.locator("button", has_text="Ban").click()
+    page.wait_for_timeout(500)  # type: ignore[attr-defined]  # give a wrong request time to land
+    page.once("dialog", lambda dialog: dialog.accept(""))  # type: ignore[attr-defined]
+    page.once("dialog", lambda dialog: dialog.accept())  # type: ignore[attr-defined]  # the alert
+    row.locator("button", has_text="Ban").click()
+    page.wait_for_timeout(500)  # type: ignore[attr-defined]
+    import sqlite3
+
+    conn = sqlite3.connect(DATABASES[server_url])
+    try:
+        banned_until = conn.execute(
+            "SELECT banned_until FROM users WHERE id = ?", (account["user_id"],)
+        ).fetchone()
+    finally:
+        conn.close()
+    assert banned_until == (None,)
+    assert cli(server_url, "audit").stdout == audit_before

@@ -112,7 +112,7 @@ async def test_flag_hold_clear_and_ban(server: Server) -> None:
             assert (await client.call(type="auth", token=bo["token"]))["code"] == "auth_failed"
         code, out, _ = run_cli(server, "users", "list")
         assert "bo" in out and "until" in out
-        code, _, _ = run_cli(server, "users", "unban", "bo")
+        code, _, _ = run_cli(server, "users", "unban", "bo", "--note", "appeal upheld")
         assert await board(server) == [("ada", 4), ("bo", 2)]
 
 
@@ -150,9 +150,9 @@ async def test_hide_and_restore_one_score(server: Server) -> None:
         await scored_player(server, "eli", 3)
         assert run_cli(server, "scores", "hide", dee["session_id"], "--note", "test run")[0] == 0
         assert await board(server) == [("eli", 3)]
-        assert run_cli(server, "scores", "restore", dee["session_id"])[0] == 0
+        assert run_cli(server, "scores", "restore", dee["session_id"], "--note", "done")[0] == 0
         assert await board(server) == [("dee", 5), ("eli", 3)]
-        code, _, err = run_cli(server, "scores", "hide", "nope")
+        code, _, err = run_cli(server, "scores", "hide", "nope", "--note", "typo")
         assert code == 1 and "no saved score" in err
 
 
@@ -218,7 +218,7 @@ async def test_audit_lists_every_action(server: Server) -> None:
     with trio.fail_after(30):
         await new_player(server, "gus")
         run_cli(server, "users", "ban", "gus", "--days", "1", "--note", "spam")
-        run_cli(server, "users", "unban", "gus")
+        run_cli(server, "users", "unban", "gus", "--note", "served")
         run_cli(server, "games", "add", "g2", "--duration", "10")
         run_cli(server, "games", "set", "g2", "--burst-limit", "1")
         code, out, _ = run_cli(server, "audit")
@@ -363,3 +363,74 @@ async def test_timing_bounds_and_titles_are_game_settings(server: Server) -> Non
         assert settings.title == "Tap Finals" and settings.hold_outliers is False
         code, out, _ = run_cli(server, "audit")
         assert "games set" in out
+
+
+async def test_every_decision_needs_a_note(server: Server) -> None:
+    """No note, no decision: on the command line (argparse refuses) and through /admin (400),
+    and nothing changes."""
+    with trio.fail_after(30):
+        kim = await scored_player(server, "kim", 3)
+        for command in (
+            ("users", "ban", "kim"),
+            ("users", "unban", "kim"),
+            ("scores", "hide", kim["session_id"]),
+            ("scores", "restore", kim["session_id"]),
+        ):
+            with pytest.raises(SystemExit) as usage:
+                run_cli(server, *command)
+            assert usage.value.code == 2, command
+        code, _, err = run_cli(server, "users", "ban", "kim", "--note", "   ")
+        assert code == 1 and "needs a note" in err
+        from .test_edges import set_admin_password
+
+        set_admin_password(server.config.db_path, "a long admin secret")
+        async with http(server) as api:
+            token = (
+                await api.post("/api/admin/login", json={"password": "a long admin secret"})
+            ).json()["token"]
+            auth = {"authorization": f"Bearer {token}"}
+            for path in (
+                f"/api/admin/users/{kim['user_id']}/ban",
+                f"/api/admin/users/{kim['user_id']}/unban",
+                f"/api/admin/scores/{kim['session_id']}/hide",
+            ):
+                for body in ({}, {"note": ""}, {"note": "  "}):
+                    reply = await api.post(path, headers=auth, json=body)
+                    assert reply.status_code == 400 and "note" in reply.json()["message"], path
+        assert await board(server) == [("kim", 3)]
+        assert run_cli(server, "audit")[1].count("users ban") == 0
+
+
+async def test_open_boards_follow_moderation_within_two_seconds(server: Server) -> None:
+    """A ban, an unban, a hidden score, an opened flag: each reaches a watching board by a
+    leaderboard push within 2 s, whichever door it came through (here the command line, which
+    writes the database itself)."""
+    with trio.fail_after(60):
+        await scored_player(server, "lea", 5)
+        mo = await scored_player(server, "mo", 3)
+
+        async def next_board(watcher: Any) -> list[tuple[str, int]]:
+            with trio.fail_after(2):
+                push = await watcher.recv_type("leaderboard")
+            return [(e["name"], e["score"]) for e in push["entries"]]
+
+        async with connect(server) as watcher:
+            await watcher.enter("quick", None)
+            run_cli(server, "users", "ban", "lea", "--note", "alt account")
+            assert await next_board(watcher) == [("mo", 3)]
+            run_cli(server, "users", "unban", "lea", "--note", "appeal upheld")
+            assert await next_board(watcher) == [("lea", 5), ("mo", 3)]
+            run_cli(server, "scores", "hide", mo["session_id"], "--note", "duplicate")
+            assert await next_board(watcher) == [("lea", 5)]
+            await server.service.flag("test", user_id=lea_id(server), game_id="quick")
+            assert await next_board(watcher) == []
+
+
+def lea_id(server: Server) -> int:
+    conn = db.connect(server.config.db_path)
+    try:
+        user = db.user_by_name(conn, "lea")
+        assert user is not None
+        return user.id
+    finally:
+        conn.close()
