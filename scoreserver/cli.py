@@ -32,6 +32,7 @@ from .signer import SIGNER_MODES
 
 DEFAULT_DB = Path("scoreserver.db")
 DEFAULT_KEY = Path("scoreserver.key")
+NOTE_HELP = "why: every decision is audited with its note (required)"
 
 
 def now_ms() -> int:
@@ -161,10 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     ban = users.add_parser("ban", parents=[common], help="ban an account")
     ban.add_argument("name")
     ban.add_argument("--days", type=float, help="ban length (default: until unbanned)")
-    ban.add_argument("--note", required=True, help="why: every decision is audited with its note (required)")
+    ban.add_argument("--note", required=True, help=NOTE_HELP)
     unban = users.add_parser("unban", parents=[common], help="lift a ban")
     unban.add_argument("name")
-    unban.add_argument("--note", required=True, help="why: every decision is audited with its note (required)")
+    unban.add_argument("--note", required=True, help=NOTE_HELP)
 
     games = sub.add_parser("games", help="games and their rules").add_subparsers(
         dest="action", required=True
@@ -204,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("hide", "hide a session's score"), ("restore", "show it again")):
         p = scores.add_parser(name, parents=[common], help=text)
         p.add_argument("session_id")
-        p.add_argument("--note", required=True, help="why: every decision is audited with its note (required)")
+        p.add_argument("--note", required=True, help=NOTE_HELP)
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="action", required=True)
     keys.add_parser("list", parents=[common], help="list signing keys")

@@ -191,7 +191,11 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         return JSONResponse(
             {
                 "games": [
-                    {"game_id": game_id, "duration_ms": settings.duration_ms}
+                    {
+                        "game_id": game_id,
+                        "duration_ms": settings.duration_ms,
+                        "title": settings.title,
+                    }
                     for game_id, settings in sorted(service.games.items())
                 ]
             }
@@ -205,6 +209,13 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
             return FileResponse(path, headers={"cache-control": "no-cache"})
 
         return serve_page
+
+    async def favicon(request: Request) -> Response:
+        return FileResponse(
+            STATIC_DIR / "favicon.svg",
+            media_type="image/svg+xml",
+            headers={"cache-control": "max-age=86400"},
+        )
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(404, "not_found", "no such resource")
@@ -220,6 +231,11 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
 
     async def admin_page(request: Request) -> Response:
         if await admin._password_hash() is None:
+            if "text/html" in request.headers.get("accept", ""):
+                # A person at a browser gets a page that says what to do.
+                response = await page("admin-off.html")(request)
+                response.status_code = 403
+                return response
             return error_response(
                 403,
                 "admin_disabled",
@@ -241,6 +257,9 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         Route("/api/stats", stats, methods=["GET"]),
         Route("/", page("index.html"), methods=["GET"]),
         Route("/board/{game_id}", page("board.html"), methods=["GET"]),
+        Route("/board/", page("games.html"), methods=["GET"]),
+        Route("/board", page("games.html"), methods=["GET"]),
+        Route("/favicon.ico", favicon, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
     middleware = [Middleware(SameHostCORS, allowed_origins=allowed_origins)]

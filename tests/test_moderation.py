@@ -257,6 +257,9 @@ async def test_users_add_from_stdin(server: Server, monkeypatch: pytest.MonkeyPa
 async def test_admin_page(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     with trio.fail_after(60):
         async with http(server) as api:
+            browser = await api.get("/admin", headers={"accept": "text/html"})
+            assert browser.status_code == 403 and "admin set-password" in browser.text
+            assert "<h1>The review console is off</h1>" in browser.text
             refused = await api.get("/admin")
             assert refused.status_code == 403 and refused.json()["error"] == "admin_disabled"
             assert (await api.post("/api/admin/login", json={"password": "x"})).status_code == 403

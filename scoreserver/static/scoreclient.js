@@ -10,17 +10,68 @@
 // The server is the authority on time: a game ends when `end_game` arrives, not when a page
 // timer says so. Events (ScoreClient is an EventTarget; event.detail carries the data):
 //   identity, room, start, point, reject, end, result, leaderboard, disconnect, reconnect,
-//   error. A lost socket is always reported ("disconnect"); mid-game the client reconnects and
+//   error. Every code a player may see (a rejected point's reason, a game's end, a refused
+//   result, an error) has plain words: `explain(code)`, also `detail.words` on reject, end and
+//   result events and `error.words` on a ScoreError. A lost socket is always reported ("disconnect"); mid-game the client reconnects and
 //   resumes by itself, and submits over HTTP if the socket cannot be had.
 
 const TOKEN_KEY = "scoreserver.login";
 const REQUEST_TIMEOUT_MS = 15000;
+
+// Every code a player may meet, in plain words. Pages show `explain(code)`; code keeps the
+// code itself (event.detail.reason, error.code) to decide what to do.
+const WORDS = {
+  // why a point counted for nothing
+  no_session: "No game is running: start one first.",
+  game_over: "Too late: the game had already ended.",
+  burst: "Too fast: points that close together do not count.",
+  clock: "Your device's clock disagreed with the server's, so that point did not count.",
+  // why a game ended
+  time_up: "Time's up!",
+  burst_limit: "Game stopped: too many points too fast. It will be reviewed.",
+  server_shutdown: "Game stopped: the server is restarting. This game cannot be saved.",
+  // why a result was refused
+  bad_start_token: "This result could not be checked (its game is not one the server started).",
+  bad_end_token: "This result could not be checked (the game had not ended properly).",
+  bad_point_token: "This result holds a point the server did not give.",
+  duplicate_point: "This result counts a point twice.",
+  timing_mismatch: "This result's point times do not match when the server counted them.",
+  unknown_session: "The server has no record of this game.",
+  session_voided: "This game was stopped early and cannot be saved.",
+  already_submitted: "This game's result was already sent.",
+  expired: "Too late: this game's result had to be sent sooner.",
+  account_banned: "This account is banned: its results are not saved.",
+  implausible_score: "This score is above what this game allows.",
+  // why a request was refused
+  bad_json: "The server could not read a message from this page.",
+  bad_message: "The server could not understand a message from this page.",
+  unknown_type: "The server did not understand a request from this page.",
+  auth_failed: "Your login has expired or is no longer valid: please log in again.",
+  unknown_game: "There is no such game on this server.",
+  identity_mismatch: "This page is not logged in as that player.",
+  not_in_room: "Join the game before starting it.",
+  session_active: "A game is already running for you (perhaps in another tab).",
+  rate_limited: "Too many requests: wait a moment and try again.",
+  session_elsewhere: "This game is being played on another server; reconnecting there.",
+  busy: "The server is busy: try again in a moment.",
+  name_taken: "That name (or one that looks just like it) is taken.",
+  too_large: "That was too much data for the server.",
+  disconnected: "The connection to the server was lost.",
+  timeout: "The server did not answer in time.",
+};
+
+/** A code of the protocol in plain words (the code itself if it is new to this client). */
+export function explain(code) {
+  return WORDS[code] || String(code).replaceAll("_", " ");
+}
 
 export class ScoreError extends Error {
   constructor(code, message) {
     super(message || code);
     this.name = "ScoreError";
     this.code = code;
+    /** The code in plain words, for players (`message` is the server's own, for developers). */
+    this.words = explain(code);
   }
 }
 
@@ -299,6 +350,7 @@ export class ScoreClient extends EventTarget {
       const token = this.loggedIn && this.storage ? this.storage.getItem(TOKEN_KEY) : null;
       result = await this._post("/api/results", body, token);
     }
+    if (!result.accepted) result = { ...result, words: explain(result.reason) };
     this._emit("result", result);
     return result;
   }
@@ -351,7 +403,8 @@ export class Game {
     try {
       reply = await this.client._request({ type: "point", client_ts: clientTs });
     } catch (error) {
-      const rejected = { accepted: false, reason: error.code || "disconnected" };
+      const reason = error.code || "disconnected";
+      const rejected = { accepted: false, reason, words: explain(reason) };
       this.client._emit("reject", rejected);
       return rejected;
     }
@@ -361,7 +414,7 @@ export class Game {
       this.client._emit("point", accepted);
       return accepted;
     }
-    const rejected = { accepted: false, reason: reply.reason };
+    const rejected = { accepted: false, reason: reply.reason, words: explain(reply.reason) };
     this.client._emit("reject", rejected);
     return rejected;
   }
@@ -382,7 +435,9 @@ export class Game {
     this.running = false;
     this.endToken = end.end_token || null;
     this.endReason = end.reason;
-    this.client._emit("end", end);
+    // The time left when it ended (a game stopped early keeps what was left on its clock).
+    this.stoppedWithMs = Math.max(0, this.durationMs - (end.server_ts - this.serverStart));
+    this.client._emit("end", { ...end, words: explain(end.reason), remaining_ms: this.stoppedWithMs });
     this._resolveEnded(end);
   }
 }
