@@ -6,4 +6,4 @@ import sys
 from scoreserver.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["serve", *sys.argv[1:]]))
+    sys.exit(main(sys.argv[1:], prog="python run.py"))

@@ -12,6 +12,7 @@ the store commits what is queued and closes.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -32,7 +34,7 @@ from trio_websocket import serve_websocket
 
 from . import store as db
 from .clock import ServerClock
-from .errors import StoreError
+from .errors import PortTakenError, StoreError
 from .http import create_app
 from .rooms import Rooms
 from .rules import GameSettings
@@ -291,7 +293,12 @@ async def serve(
                 await servers.start(socket.run_keepalive)
                 if config.monitor_loop:
                     await servers.start(monitor.run)
-                ws_server = await servers.start(
+                ws_server = await _listen(
+                    config,
+                    config.ws_port,
+                    "--ws-port",
+                    "game socket",
+                    servers,
                     partial(
                         serve_websocket,
                         socket.handle,
@@ -303,11 +310,16 @@ async def serve(
                         receive_buffer_size=65536,
                         connect_timeout=config.limits.handshake_timeout_s,
                         disconnect_timeout=2.0,
-                    )
+                    ),
                 )
-                binds = await servers.start(
+                binds = await _listen(
+                    config,
+                    config.http_port,
+                    "--http-port",
+                    "HTTP",
+                    servers,
                     # Starlette is an ASGI app; hypercorn's own ASGI types do not name it.
-                    partial(hypercorn_serve, app, hconfig, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+                    partial(hypercorn_serve, app, hconfig, shutdown_trigger=stop.wait),  # type: ignore[arg-type]
                 )
                 http_port = int(binds[0].rsplit(":", 1)[1])
                 app.state.ws_port = ws_server.port
@@ -379,6 +391,29 @@ def health(store: db.Store, signer: Signer) -> dict[str, object]:
     else:
         signing = mode
     return {"status": status, "writer": writer, "signer": signing}
+
+
+async def _listen(
+    config: Config,
+    port: int,
+    flag: str,
+    what: str,
+    nursery: trio.Nursery,
+    server: Any,
+) -> Any:
+    """Start a listening server; a port in use becomes PortTakenError naming port and flag."""
+    try:
+        return await nursery.start(server)
+    except (OSError, BaseExceptionGroup) as exc:
+        if _address_in_use(exc):
+            raise PortTakenError(port, config.host, flag, what) from None
+        raise
+
+
+def _address_in_use(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_address_in_use(inner) for inner in exc.exceptions)
+    return isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
 
 
 def usable_cores() -> int:

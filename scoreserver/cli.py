@@ -25,7 +25,7 @@ import trio
 
 from . import moderation
 from . import store as db
-from .errors import ConflictError, NotFoundError, ScoreServerError, StoreError
+from .errors import ConflictError, NotFoundError, PortTakenError, ScoreServerError, StoreError
 from .rules import GameSettings
 from .service import PasswordPolicy, validate_credentials
 from .signer import SIGNER_MODES
@@ -107,12 +107,40 @@ def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument(
         "--duration", type=float, required=required, help="seconds (fractions allowed)"
     )
-    parser.add_argument("--burst-window-ms", type=int)
-    parser.add_argument("--burst-threshold", type=int)
-    parser.add_argument("--burst-limit", type=int)
-    parser.add_argument("--burst-period-ms", type=int)
-    parser.add_argument("--latency-ms", type=int)
-    parser.add_argument("--submission-window-s", type=float)
+    defaults = GameSettings(duration_ms=1)
+    parser.add_argument(
+        "--burst-window-ms",
+        type=int,
+        help=f"the window bursts are counted in (default {defaults.burst_window_ms})",
+    )
+    parser.add_argument(
+        "--burst-threshold",
+        type=int,
+        help=f"most points accepted in any burst window (default {defaults.burst_threshold})",
+    )
+    parser.add_argument(
+        "--burst-limit",
+        type=int,
+        help=f"bursts allowed in a burst period; one more ends the game and flags it"
+        f" (default {defaults.burst_limit})",
+    )
+    parser.add_argument(
+        "--burst-period-ms",
+        type=int,
+        help=f"the period bursts are counted in (default {defaults.burst_period_ms})",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=int,
+        help=f"how far a point's time may be from where the player's clock puts it"
+        f" (default {defaults.latency_ms})",
+    )
+    parser.add_argument(
+        "--submission-window-s",
+        type=float,
+        help=f"how long after its end a game may be submitted"
+        f" (default {defaults.submission_window_ms // 1000})",
+    )
     parser.add_argument(
         "--human-floor-ms",
         type=int,
@@ -143,12 +171,50 @@ def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--title", help="a display name for pages (default: the game id)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", type=Path, default=DEFAULT_DB, help="database file")
-    parser = argparse.ArgumentParser(
-        prog="scoreserver", description="Server-authoritative scores for web games."
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none or says it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, [], argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: {default})"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help shows defaults; subcommands are made of the same kind."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+
+def _common() -> Parser:
+    common = Parser(add_help=False)
+    common.add_argument("--db", type=Path, default=DEFAULT_DB, help="the database file")
+    return common
+
+
+def serve_parser(prog: str) -> argparse.ArgumentParser:
+    """The parser of `python run.py`: serve's flags under the name it was started by."""
+    parser = Parser(
+        prog=prog,
+        parents=[_common()],
+        description="Run scoreserver: the game socket, HTTP, and its helper processes.",
     )
+    _add_serve_flags(parser)
+    parser.set_defaults(command="serve")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = Parser(prog="scoreserver", description="Server-authoritative scores for web games.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", parents=[common], help="run the server")
@@ -156,74 +222,82 @@ def build_parser() -> argparse.ArgumentParser:
 
     users = sub.add_parser("users", help="accounts").add_subparsers(dest="action", required=True)
     add = users.add_parser("add", parents=[common], help="create an account")
-    add.add_argument("name")
-    add.add_argument("--password-stdin", action="store_true", required=True)
+    add.add_argument("name", help="the player's name")
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (default: ask for it on the terminal)",
+    )
     users.add_parser("list", parents=[common], help="list accounts")
     ban = users.add_parser("ban", parents=[common], help="ban an account")
-    ban.add_argument("name")
+    ban.add_argument("name", help="the player's name")
     ban.add_argument("--days", type=float, help="ban length (default: until unbanned)")
     ban.add_argument("--note", required=True, help=NOTE_HELP)
     unban = users.add_parser("unban", parents=[common], help="lift a ban")
-    unban.add_argument("name")
+    unban.add_argument("name", help="the player's name")
     unban.add_argument("--note", required=True, help=NOTE_HELP)
 
     games = sub.add_parser("games", help="games and their rules").add_subparsers(
         dest="action", required=True
     )
     gadd = games.add_parser("add", parents=[common], help="create a game")
-    gadd.add_argument("game_id")
+    gadd.add_argument("game_id", help="the new game's id (in URLs: /board/GAME_ID)")
     _game_options(gadd, required=True)
     gset = games.add_parser("set", parents=[common], help="change a game's rules")
-    gset.add_argument("game_id")
+    gset.add_argument("game_id", help="the game to change")
     _game_options(gset, required=False)
     games.add_parser("list", parents=[common], help="list games")
     gshow = games.add_parser("show", parents=[common], help="show a game's rules")
-    gshow.add_argument("game_id", nargs="?")
+    gshow.add_argument("game_id", nargs="?", help="one game (default: all)")
 
     flags = sub.add_parser("flags", help="accounts flagged for review").add_subparsers(
         dest="action", required=True
     )
     flist = flags.add_parser("list", parents=[common], help="list flags")
     flist.add_argument("--open", action="store_true", help="only open flags")
-    flist.add_argument("--game")
-    flist.add_argument("--user")
-    flist.add_argument("--json", action="store_true")
+    flist.add_argument("--game", help="only this game's flags")
+    flist.add_argument("--user", help="only this player's flags")
+    flist.add_argument("--json", action="store_true", help="print JSON, for scripts")
     fshow = flags.add_parser("show", parents=[common], help="a flag with its evidence")
-    fshow.add_argument("flag_id", type=int)
-    fshow.add_argument("--json", action="store_true")
+    fshow.add_argument("flag_id", type=int, help="the flag's number (flags list)")
+    fshow.add_argument("--json", action="store_true", help="print JSON, for scripts")
     fres = flags.add_parser("resolve", parents=[common], help="decide a flag")
-    fres.add_argument("flag_id", type=int)
+    fres.add_argument("flag_id", type=int, help="the flag's number (flags list)")
     how = fres.add_mutually_exclusive_group(required=True)
     how.add_argument("--clear", action="store_true", help="no cheating: restore the scores")
     how.add_argument("--ban", action="store_true", help="cheating: ban the account")
-    fres.add_argument("--days", type=float, help="with --ban: its length")
-    fres.add_argument("--note", required=True)
+    fres.add_argument("--days", type=float, help="with --ban: its length (default: until unbanned)")
+    fres.add_argument("--note", required=True, help=NOTE_HELP)
 
     scores = sub.add_parser("scores", help="single scores").add_subparsers(
         dest="action", required=True
     )
     for name, text in (("hide", "hide a session's score"), ("restore", "show it again")):
         p = scores.add_parser(name, parents=[common], help=text)
-        p.add_argument("session_id")
+        p.add_argument("session_id", help="the session (or an unambiguous prefix of its id)")
         p.add_argument("--note", required=True, help=NOTE_HELP)
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="action", required=True)
     keys.add_parser("list", parents=[common], help="list signing keys")
     rot = keys.add_parser("rotate", parents=[common], help="make a new signing key")
-    rot.add_argument("--key", type=Path, default=DEFAULT_KEY)
+    rot.add_argument("--key", type=Path, default=DEFAULT_KEY, help="the server's key file")
 
     sub.add_parser("audit", parents=[common], help="the admin actions taken")
 
     board = sub.add_parser("leaderboard", parents=[common], help="a game's leaderboard")
-    board.add_argument("game_id")
-    board.add_argument("--limit", type=int, default=10)
-    board.add_argument("--json", action="store_true")
+    board.add_argument("game_id", help="the game")
+    board.add_argument("--limit", type=int, default=10, help="how many places")
+    board.add_argument("--json", action="store_true", help="print JSON, for scripts")
 
     admin = sub.add_parser("admin", help="the admin page").add_subparsers(
         dest="action", required=True
     )
     setpw = admin.add_parser("set-password", parents=[common], help="set the /admin password")
-    setpw.add_argument("--password-stdin", action="store_true")
+    setpw.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (default: ask on the terminal)",
+    )
     return parser
 
 
@@ -249,12 +323,21 @@ def CLI_ACTOR() -> moderation.Actor:  # noqa: N802 - reads as the constant it ne
 
 
 def _read_password(from_stdin: bool) -> str:
+    """The password from standard input (--password-stdin), or asked for twice on a terminal."""
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
-    else:
+        if not password:
+            raise CliError("no password on standard input")
+        return password
+    if not sys.stdin.isatty():
+        raise CliError("no terminal to ask for the password on: pipe it in with --password-stdin")
+    try:
         password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            raise CliError("the passwords differ")
+        again = getpass.getpass("again: ")
+    except EOFError:
+        raise CliError("no password given") from None
+    if again != password:
+        raise CliError("the passwords differ")
     return password
 
 
@@ -283,13 +366,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signer=args.signer,
         store_writer=args.store_writer,
     )
-    trio.run(serve, config)
+    try:
+        trio.run(serve, config)
+    except* PortTakenError as group:
+        raise CliError(str(_leaf(group))) from None
     return 0
+
+
+def _leaf(error: BaseException) -> BaseException:
+    """The first error inside nested exception groups."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def cmd_users(args: argparse.Namespace) -> int:
     if args.action == "add":
-        password = _read_password(True)
+        password = _read_password(args.password_stdin)
         try:
             name, password = validate_credentials(args.name, password)
         except ValueError as exc:
@@ -664,7 +757,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
             os.replace(args.key, backup)
             os.chmod(backup, 0o600)
         write_key(args.key, key)
-        print(f"new signing key {kid} in {args.key}; send the server SIGHUP to sign with it")
+        print(
+            f"new signing key {kid} in {args.key}; a running server signs with it within"
+            " about 2 seconds (tokens of the old key stay valid for their games)"
+        )
     return 0
 
 
@@ -770,8 +866,9 @@ class TerminalSafe:
         return getattr(self._inner, name)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """The `scoreserver` command; with `prog`, `python run.py` (serve alone, by that name)."""
+    args = (serve_parser(prog) if prog else build_parser()).parse_args(argv)
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = TerminalSafe(stdout), TerminalSafe(stderr)
     try:

@@ -8,7 +8,8 @@
     ├── ConflictError      a name already taken, a game that already exists
     ├── NotFoundError      an unknown game, user, flag, session
     ├── BusyError          a bounded queue is full (password checks): try again shortly
-    └── StoreError         the database refused (integrity, schema version)
+    ├── StoreError         the database refused (integrity, schema version)
+    └── PortTakenError     a port to listen on is in use
 
 Lower-level errors (msgspec, sqlite3, cryptography) are mapped to these at the boundary with
 ``raise ... from None``. Only a bug raises anything else out of a handler; the connection that
@@ -62,3 +63,14 @@ class NotFoundError(ScoreServerError):
 
 class StoreError(ScoreServerError):
     """The database is not in a state the server can use."""
+
+
+class PortTakenError(ScoreServerError):
+    """A port the server was to listen on is taken; the message names it and its flag."""
+
+    def __init__(self, port: int, host: str, flag: str, what: str):
+        super().__init__(
+            f"port {port} ({what}) on {host} is taken, perhaps by another scoreserver:"
+            f" stop it, or choose another port with {flag} PORT"
+        )
+        self.port = port

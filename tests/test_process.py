@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import subprocess
@@ -352,3 +353,72 @@ async def test_tls_serves_both_ports(tmp_path: Path) -> None:
                     pass
             assert b"HTTP/" not in received and b"101" not in received
             server.stop()
+
+
+async def test_a_second_server_on_taken_ports_says_which_in_one_line(tmp_path: Path) -> None:
+    async with server_process(tmp_path) as proc:
+        ws_port = int(proc.ws.rsplit(":", 1)[1].rstrip("/"))
+        http_port = int(proc.http.rsplit(":", 1)[1])
+        for flags, port, flag in (
+            (["--ws-port", str(ws_port), "--http-port", "0"], ws_port, "--ws-port"),
+            (["--ws-port", "0", "--http-port", str(http_port)], http_port, "--http-port"),
+        ):
+            second = await trio.run_process(
+                [
+                    sys.executable,
+                    "run.py",
+                    *flags,
+                    "--db",
+                    str(tmp_path / "b.db"),
+                    "--key",
+                    str(tmp_path / "b.key"),
+                ],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                cwd=Path(__file__).parent.parent,
+            )
+            stderr = second.stderr.decode()
+            assert second.returncode == 1
+            # Start-up's INFO log lines, then the error: one line, no traceback.
+            error = stderr.strip().splitlines()[-1]
+            assert error.startswith("scoreserver: error: port"), stderr
+            assert f"port {port}" in error and f"{flag} PORT" in error, error
+            assert "Traceback" not in stderr and "Errno" not in stderr
+
+
+def test_passwords_are_asked_on_a_terminal_and_refused_cleanly_without_one(tmp_path: Path) -> None:
+    for command in (["users", "add", "dan"], ["admin", "set-password"]):
+        done = cli(tmp_path, *command, stdin="")  # no terminal: standard input is a pipe
+        assert done.returncode == 1, done
+        assert "--password-stdin" in done.stderr and "Traceback" not in done.stderr
+    made = cli(tmp_path, "users", "add", "dan", "--password-stdin", stdin="correct horse\n")
+    assert made.returncode == 0 and "dan" in made.stdout
+
+
+def test_help_names_run_py_and_every_option_says_what_it_does_and_its_default() -> None:
+    from scoreserver.cli import build_parser, serve_parser
+
+    shown = subprocess.run(
+        [sys.executable, "run.py", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert shown.stdout.startswith("usage: python run.py"), shown.stdout[:80]
+    assert "(default: 8765)" in shown.stdout and "(default: scoreserver.db)" in shown.stdout
+
+    def parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+        found = [parser]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    found.extend(parsers(child))
+        return found
+
+    for parser in [serve_parser("python run.py"), *parsers(build_parser())]:
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"{parser.prog} {action.option_strings or action.dest}"
