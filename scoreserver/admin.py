@@ -294,7 +294,7 @@ class AdminConsole:
         session_id = request.path_params["session_id"]
         body = await read_json(request, NoteBody, BODY_BYTES)
         actor = self.actor(request)
-        await self._run(
+        session_id = await self._run(
             lambda c: moderation.set_score_hidden(
                 c, session_id, hidden, actor=actor, note=body.note
             )

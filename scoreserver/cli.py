@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import sys
 import time
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from . import moderation
 from . import store as db
@@ -571,6 +575,72 @@ def _who(flag: dict[str, Any]) -> str:
     return f"guest {flag.get('guest_addr') or '?'}"
 
 
+# Words for the keys of a flag's evidence; a key not listed is shown with spaces for `_`.
+DETAIL_LABELS = {
+    "bursts_in_period": "bursts in the period",
+    "burst_limit": "bursts allowed",
+    "burst_period_ms": "burst period",
+    "burst_times": "bursts at",
+    "claimed_user_id": "claimed to be user",
+    "actual_user_id": "is user",
+    "points_submitted": "points submitted",
+    "token_error": "token problem",
+    "submitted_from": "submitted from",
+    "session_owner_user_id": "session belongs to user",
+    "submitted_by_owner": "submitted by its owner",
+    "index": "first bad point (0-based)",
+    "seq": "point number",
+    "client_ts": "player's time",
+    "issued_server_ts": "server time issued",
+    "expected_server_ts": "server time expected",
+    "latency_ms": "allowance",
+    "end_reason": "the game ended by",
+    "ended_at": "the game ended at",
+    "human_floor_ms": "human floor",
+    "intervals": "intervals",
+    "below_floor_player_clock": "under the floor (player)",
+    "below_floor_on_arrival": "under the floor (arrival)",
+    "shortest_ms_player_clock": "shortest interval (player)",
+    "shortest_ms_on_arrival": "shortest interval (arrival)",
+    "tripped_on": "tripped on",
+    "rhythm_figure": "rhythm figure",
+    "rhythm_player_clock": "rhythm (player's clock)",
+    "rhythm_on_arrival": "rhythm (on arrival)",
+    "min_rhythm_cv": "flags below",
+    "points": "points judged",
+    "mean_interval_ms": "mean interval",
+    "max_score": "the game's most",
+    "score": "score",
+    "population": "other players' scores",
+    "fence": "far-out fence",
+    "best_other": "best of the others",
+}
+_TIME_KEYS = ("_ts", "_at", "_times")
+
+
+def _detail_label(key: str) -> str:
+    return DETAIL_LABELS.get(key, key.replace("_", " "))
+
+
+def _detail_value(key: str, value: object) -> str:
+    """Times as times (UTC, to the millisecond), durations with their unit."""
+
+    def when(ms: object) -> str:
+        if isinstance(ms, int) and ms > 10**11:
+            return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
+        return str(ms)
+
+    if key.endswith(_TIME_KEYS):
+        if isinstance(value, list):
+            return ", ".join(when(v) for v in value) or "-"
+        return when(value)
+    if key.endswith("_ms") and isinstance(value, int | float):
+        return f"{value:g} ms"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "-" if value is None else str(value)
+
+
 def render_flag(flag: dict[str, Any]) -> str:
     """A flag as a reviewer reads it: who, why, and the session's timeline."""
     lines = [
@@ -586,7 +656,7 @@ def render_flag(flag: dict[str, Any]) -> str:
             f"  resolved    {fmt_time(flag['resolved_at'])}: {flag.get('resolution_note')}"
         )
     for key, value in (flag.get("detail") or {}).items():
-        lines.append(f"  {key:<11} {value}")
+        lines.append(f"  {_detail_label(key):<26} {_detail_value(key, value)}")
     evidence = flag.get("evidence")
     if evidence and evidence.get("session"):
         session = evidence["session"]
@@ -715,8 +785,10 @@ def _timeline(
 def cmd_scores(args: argparse.Namespace) -> int:
     conn = _open(args.db)
     hide = args.action == "hide"
-    moderation.set_score_hidden(conn, args.session_id, hide, actor=CLI_ACTOR(), note=args.note)
-    print(f"score of session {args.session_id} {'hidden' if hide else 'restored'}")
+    session_id = moderation.set_score_hidden(
+        conn, args.session_id, hide, actor=CLI_ACTOR(), note=args.note
+    )
+    print(f"score of session {session_id} {'hidden' if hide else 'restored'}")
     return 0
 
 
@@ -779,7 +851,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 a["actor"],
                 a["command"],
                 a["target"] or "-",
-                a["note"] or "",
+                _note_words(a["note"]),
             ]
             for a in db.list_audit(conn)
         ],
@@ -787,15 +859,30 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note_words(note: str | None) -> str:
+    """An audit note as words; notes written as JSON by earlier versions become key value."""
+    if not note:
+        return ""
+    if note.startswith("{"):
+        try:
+            return moderation.settings_words(json.loads(note))
+        except (ValueError, AttributeError):
+            return note
+    return note
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     conn = _open(args.db)
     if db.get_game(conn, args.game_id) is None:
         raise CliError(f"no game {args.game_id!r}")
-    entries = db.leaderboard(conn, args.game_id, now_ms(), limit=args.limit)
+    entries = db.leaderboard(conn, args.game_id, now_ms(), limit=args.limit, with_sessions=True)
     if args.json:
         print(json.dumps({"game_id": args.game_id, "entries": entries}, indent=2))
     else:
-        _table(["rank", "player", "score"], [[e["rank"], e["name"], e["score"]] for e in entries])
+        _table(
+            ["rank", "player", "score", "session (for scores hide)"],
+            [[e["rank"], e["name"], e["score"], e["session_id"]] for e in entries],
+        )
     return 0
 
 
@@ -816,15 +903,20 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Rows as a table that fits the terminal and keeps its columns straight for any name
+    (wide CJK characters, emoji): rich measures display widths and wraps what is too long."""
     if not rows:
         print("(none)")
         return
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for n, row in enumerate(cells):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="")
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    width = shutil.get_terminal_size((120, 24)).columns
+    # Plain text only: no colours or styles (output goes to terminals, pipes and files alike).
+    console = Console(file=sys.stdout, width=width, color_system=None, highlight=False, emoji=False)
+    console.print(table)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -7,7 +7,6 @@ decision without its record, and no record of a decision that did not happen.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
@@ -44,7 +43,9 @@ def _ban_until(days: float | None, now: int) -> int:
 
 
 def _length(days: float | None) -> str:
-    return "indefinitely" if days is None else f"for {days:g} days"
+    if days is None:
+        return "indefinitely"
+    return f"for {days:g} day" if days == 1 else f"for {days:g} days"
 
 
 def _require_note(note: str) -> str:
@@ -53,6 +54,21 @@ def _require_note(note: str) -> str:
     if not note:
         raise ValueError("a decision needs a note (why), for the audit")
     return note
+
+
+def settings_words(values: dict[str, object]) -> str:
+    """Game settings for the audit's note column: `duration 30 s, burst threshold 12, ...`."""
+    parts = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        name = key.removesuffix("_ms").replace("_", " ")
+        if key.endswith("_ms") and isinstance(value, int):
+            unit = f"{value // 1000} s" if value >= 1000 and value % 1000 == 0 else f"{value} ms"
+            parts.append(f"{name} {unit}")
+        else:
+            parts.append(f"{name} {value}")
+    return ", ".join(parts)
 
 
 def resolve_flag(
@@ -104,9 +120,12 @@ def unban_user(conn: sqlite3.Connection, name: str, *, actor: Actor, note: str) 
 
 def set_score_hidden(
     conn: sqlite3.Connection, session_id: str, hidden: bool, *, actor: Actor, note: str
-) -> None:
+) -> str:
+    """Hide or restore the score of a session (its id, or an unambiguous prefix of it);
+    returns the session's whole id."""
     note = _require_note(note)
     now = _now()
+    session_id = db.session_by_prefix(conn, session_id)
     with db.transaction(conn):
         db.set_score_hidden(conn, session_id, hidden)
         db.insert_audit(
@@ -117,6 +136,7 @@ def set_score_hidden(
             note,
             now,
         )
+    return session_id
 
 
 def add_game(
@@ -127,7 +147,9 @@ def add_game(
     now = _now()
     with db.transaction(conn):
         db.insert_game(conn, game_id, settings, now)
-        db.insert_audit(conn, str(actor), "games add", game_id, json.dumps(asdict(settings)), now)
+        db.insert_audit(
+            conn, str(actor), "games add", game_id, settings_words(asdict(settings)), now
+        )
 
 
 def set_game(
@@ -138,7 +160,7 @@ def set_game(
     now = _now()
     with db.transaction(conn):
         settings = db.update_game(conn, game_id, changes, now)
-        db.insert_audit(conn, str(actor), "games set", game_id, json.dumps(changes), now)
+        db.insert_audit(conn, str(actor), "games set", game_id, settings_words(changes), now)
     return settings
 
 

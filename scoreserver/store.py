@@ -1213,7 +1213,7 @@ def resolve_flag(
 
 _BOARD_SQL = """
 WITH eligible AS (
-    SELECT s.user_id, s.score, s.created_at, s.id,
+    SELECT s.user_id, s.score, s.created_at, s.id, s.session_id,
            ROW_NUMBER() OVER (
                PARTITION BY s.user_id ORDER BY s.score DESC, s.created_at, s.id
            ) AS nth
@@ -1224,7 +1224,7 @@ WITH eligible AS (
           SELECT 1 FROM flags f WHERE f.user_id = s.user_id AND f.status = 'open' AND f.holds = 1
       )
 ), ranked AS (
-    SELECT user_id, score,
+    SELECT user_id, score, session_id,
            RANK() OVER (ORDER BY score DESC) AS rank,
            ROW_NUMBER() OVER (ORDER BY score DESC, created_at, id) AS position
     FROM eligible WHERE nth = 1
@@ -1241,6 +1241,7 @@ def leaderboard(
     offset: int = 0,
     around: int | None = None,
     since: int = 0,
+    with_sessions: bool = False,
 ) -> list[dict[str, Any]]:
     """Best score per player, highest first, ranks shared by equal scores (1, 2, 2, 4).
 
@@ -1255,12 +1256,29 @@ def leaderboard(
         if row is None:
             return []
         offset = max(0, row[0] - 1 - limit // 2)
+    session = ", r.session_id" if with_sessions else ""
     rows = conn.execute(
-        _BOARD_SQL + "SELECT r.rank, r.user_id, u.name, r.score FROM ranked r"
+        _BOARD_SQL + f"SELECT r.rank, r.user_id, u.name, r.score{session} FROM ranked r"
         " JOIN users u ON u.id = r.user_id ORDER BY r.position LIMIT :limit OFFSET :offset",
         {**params, "limit": limit, "offset": offset},
     ).fetchall()
     return [dict(row) for row in rows]
+
+
+def session_by_prefix(conn: sqlite3.Connection, prefix: str) -> str:
+    """The id of the one session whose id starts with `prefix` (as `flags list` prints it)."""
+    prefix = prefix.strip().lower()
+    if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+        raise NotFoundError(f"no session {prefix!r} (session ids are hexadecimal)")
+    rows = conn.execute(
+        "SELECT id FROM game_sessions WHERE id >= ? AND id < ? ORDER BY id LIMIT 2",
+        (prefix, prefix + "g"),
+    ).fetchall()
+    if not rows:
+        raise NotFoundError(f"no session {prefix!r}")
+    if len(rows) > 1:
+        raise ConflictError(f"{prefix!r} starts more than one session id: give more of it")
+    return str(rows[0][0])
 
 
 # --- keys, audit, settings ------------------------------------------------------------------

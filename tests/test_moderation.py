@@ -15,7 +15,7 @@ from scoreserver import cli
 from scoreserver import store as db
 from scoreserver.app import Server, reload
 
-from .conftest import connect, http
+from .conftest import connect, http, register
 from .test_end_to_end import new_player, play_quick, submit_http
 
 
@@ -153,7 +153,7 @@ async def test_hide_and_restore_one_score(server: Server) -> None:
         assert run_cli(server, "scores", "restore", dee["session_id"], "--note", "done")[0] == 0
         assert await board(server) == [("dee", 5), ("eli", 3)]
         code, _, err = run_cli(server, "scores", "hide", "nope", "--note", "typo")
-        assert code == 1 and "no saved score" in err
+        assert code == 1 and "no session 'nope'" in err
 
 
 async def test_games_commands_and_live_settings(server: Server) -> None:
@@ -437,3 +437,46 @@ def lea_id(server: Server) -> int:
         return user.id
     finally:
         conn.close()
+
+
+async def test_session_ids_are_shown_and_a_prefix_is_enough(server: Server) -> None:
+    with trio.fail_after(60):
+        ann = await scored_player(server, "ann", 4)
+        code, out, _ = run_cli(server, "leaderboard", "quick")
+        assert code == 0 and ann["session_id"] in out
+        listed = json.loads(run_cli(server, "leaderboard", "quick", "--json")[1])
+        assert listed["entries"][0]["session_id"] == ann["session_id"]
+        prefix = ann["session_id"][:12]  # as `flags list` prints it
+        code, out, _ = run_cli(server, "scores", "hide", prefix, "--note", "test")
+        assert code == 0 and ann["session_id"] in out
+        assert await board(server) == []
+        code, _, err = run_cli(server, "scores", "restore", "", "--note", "test")
+        assert code == 1 and "no session" in err
+        await scored_player(server, "ben", 2)
+        code, _, err = run_cli(server, "scores", "restore", "g", "--note", "x")
+        assert code == 1 and "hexadecimal" in err
+        code, out, _ = run_cli(server, "scores", "restore", prefix, "--note", "back")
+        assert code == 0 and await board(server) == [("ann", 4), ("ben", 2)]
+
+
+async def test_tables_align_for_any_name_and_notes_read_as_words(server: Server) -> None:
+    from rich.cells import cell_len
+
+    with trio.fail_after(60):
+        for name in ("李小龙", "🎮gamer", "ann", "x" * 32):
+            await register(server, name)
+        run_cli(server, "users", "ban", "ann", "--days", "1", "--note", "one day")
+        code, out, _ = run_cli(server, "users", "list")
+        rows = [line for line in out.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+        assert len(rows) == 4 and any("李小龙" in row for row in rows)
+        # The column after the name starts at the same display column on every row, whatever
+        # the name's characters (李 takes two columns, 🎮 two, a 32-letter name 32).
+        year = str(time.gmtime().tm_year)
+        starts = {cell_len(row[: row.index(year)]) for row in rows}
+        assert len(starts) == 1, rows
+        assert max(cell_len(row.rstrip()) for row in out.splitlines()) <= 120
+        code, out, _ = run_cli(server, "audit")
+        assert "for 1 day;" in out and "for 1 days" not in out
+        run_cli(server, "games", "add", "tiny", "--duration", "2")
+        code, out, _ = run_cli(server, "audit")
+        assert "duration 2 s" in out and '"duration_ms"' not in out
