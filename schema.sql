@@ -8,7 +8,8 @@ CREATE TABLE users (
     password_hash TEXT NOT NULL,            -- Argon2id, PHC string
     created_at    INTEGER NOT NULL,
     banned_until  INTEGER,                  -- NULL: not banned; a huge value: until unbanned
-    ban_note      TEXT
+    ban_note      TEXT,
+    deleted_at    INTEGER                   -- erased: personal data gone, results kept
 );
 
 -- No two names that look alike (NULL only for accounts older than schema 2 that collided).

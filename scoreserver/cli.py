@@ -240,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     unban = users.add_parser("unban", parents=[common], help="lift a ban")
     unban.add_argument("name", help="the player's name")
     unban.add_argument("--note", required=True, help=NOTE_HELP)
+    delete = users.add_parser(
+        "delete", parents=[common], help="erase an account's personal data (results are kept)"
+    )
+    delete.add_argument("name", help="the player's name")
+    delete.add_argument("--note", required=True, help=NOTE_HELP)
 
     games = sub.add_parser("games", help="games and their rules").add_subparsers(
         dest="action", required=True
@@ -287,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("--key", type=Path, default=DEFAULT_KEY, help="the server's key file")
 
     sub.add_parser("audit", parents=[common], help="the admin actions taken")
+    bk = sub.add_parser("backup", parents=[common], help="a consistent copy of the live database")
+    bk.add_argument("file", type=Path, help="the new file to write (it must not exist)")
 
     board = sub.add_parser("leaderboard", parents=[common], help="a game's leaderboard")
     board.add_argument("game_id", help="the game")
@@ -420,6 +427,13 @@ def cmd_users(args: argparse.Namespace) -> int:
             conn, args.name, actor=CLI_ACTOR(), days=args.days, note=args.note
         )
         print(f"{args.name} banned {_ban_text(until, now_ms())}")
+    elif args.action == "delete":
+        conn = _open(args.db)
+        user_id = moderation.delete_user(conn, args.name, actor=CLI_ACTOR(), note=args.note)
+        print(
+            f"{args.name}'s personal data erased; their results stay as"
+            f" {db.DELETED_NAME.format(id=user_id)!r}"
+        )
     elif args.action == "unban":
         conn = _open(args.db)
         moderation.unban_user(conn, args.name, actor=CLI_ACTOR(), note=args.note)
@@ -919,8 +933,21 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     console.print(table)
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    conn = _open(args.db)
+    started = time.monotonic()
+    db.backup(conn, args.file)
+    size = args.file.stat().st_size
+    print(
+        f"{args.file}: a consistent copy of {args.db} ({size / 1e6:.1f} MB,"
+        f" integrity checked) in {time.monotonic() - started:.1f} s"
+    )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
+    "backup": cmd_backup,
     "users": cmd_users,
     "games": cmd_games,
     "flags": cmd_flags,

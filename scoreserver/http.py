@@ -126,6 +126,27 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         peer.user_id, peer.name = user.id, user.name
         return peer
 
+    class Erasure(msgspec.Struct, frozen=True):
+        password: Annotated[str, msgspec.Meta(max_length=PASSWORD_MAX)]
+
+    @_json_errors
+    async def delete_me(request: Request) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HttpError(401, "auth_failed", "send `Authorization: Bearer LOGIN_TOKEN`")
+        body = await read_json(request, Erasure, CREDENTIALS_BODY_BYTES)
+        try:
+            user_id = await service.delete_account(
+                token.strip(), body.password, peer_of(request).address
+            )
+        except RateLimitedError as exc:
+            raise HttpError(429, "rate_limited", str(exc)) from None
+        except BusyError as exc:
+            raise HttpError(503, "busy", str(exc)) from None
+        except AuthError as exc:
+            raise HttpError(401, "auth_failed", str(exc)) from None
+        return JSONResponse({"deleted": True, "user_id": user_id})
+
     @_json_errors
     async def results(request: Request) -> Response:
         body = await read_json(request, ResultBody)
@@ -249,6 +270,7 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         Route("/api/register", register, methods=["POST"]),
         Route("/api/login", login, methods=["POST"]),
         Route("/api/results", results, methods=["POST"]),
+        Route("/api/me", delete_me, methods=["DELETE"]),
         Route("/api/games", games, methods=["GET"]),
         Route("/api/games/{game_id}/leaderboard", leaderboard, methods=["GET"]),
         Route("/api/keys", keys, methods=["GET"]),

@@ -118,6 +118,19 @@ def unban_user(conn: sqlite3.Connection, name: str, *, actor: Actor, note: str) 
         db.insert_audit(conn, str(actor), "users unban", name, note, now)
 
 
+def delete_user(conn: sqlite3.Connection, name: str, *, actor: Actor, note: str) -> int:
+    """Erase an account's personal data (store.erase_user); audited. Returns its id."""
+    note = _require_note(note)
+    now = _now()
+    with db.transaction(conn):
+        user = db.user_by_name(conn, name)
+        if user is None:
+            raise NotFoundError(f"no user named {name!r}")
+        db.erase_user(conn, user.id, now)
+        db.insert_audit(conn, str(actor), "users delete", f"user {user.id}", note, now)
+    return user.id
+
+
 def set_score_hidden(
     conn: sqlite3.Connection, session_id: str, hidden: bool, *, actor: Actor, note: str
 ) -> str:

@@ -298,6 +298,23 @@ class Service:
             raise AuthError("this account is banned")
         return await self._issue_login_token(user.id, now), user
 
+    async def delete_account(self, token: str, password: object, address: str | None) -> int:
+        """A player erases their own account (their login token and password, both): personal
+        data goes, results stay under a name that is no one's. Audited. Returns the user id."""
+        user = await self.identify(token)
+        if not isinstance(password, str) or len(password) > PASSWORD_MAX:
+            raise AuthError("wrong password")
+        budgets = [(self.limits.account_failures, user.name.casefold())]
+        if address is not None:
+            budgets.append((self.limits.address_attempts, address))
+        charge, *_ = charge_all(budgets, trio.current_time())
+        if not await self._cpu(self.password_policy.verify, password, user.password_hash):
+            raise AuthError("wrong password")
+        self.limits.account_failures.refund(charge)
+        await self.store.write(db.erase_own_account, user.id, self.clock.now_ms())
+        logger.info("user %d erased their account", user.id)
+        return user.id
+
     async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU-heavy work (Argon2id) in its own pool, unless the store runs inline."""
         if not self.store.threaded:

@@ -162,6 +162,7 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     ):
         conn.execute(f"ALTER TABLE games ADD COLUMN {column}")
     conn.execute("ALTER TABLE flags ADD COLUMN holds INTEGER NOT NULL DEFAULT 1")
+    conn.execute("ALTER TABLE users ADD COLUMN deleted_at INTEGER")
 
 
 # From each older version to the next; `ensure_schema` runs them in one transaction.
@@ -766,6 +767,54 @@ def set_ban(conn: sqlite3.Connection, name: str, banned_until: int | None, note:
     if banned_until is not None:
         conn.execute("DELETE FROM login_tokens WHERE user_id = ?", (user.id,))
     return user.id
+
+
+DELETED_NAME = "deleted player {id}"
+
+
+def erase_user(conn: sqlite3.Connection, user_id: int, now: int) -> str:
+    """Erase an account's personal data; keep its results, under a name that is no one's.
+
+    Gone: the name (it becomes free to register again), the password hash, every login
+    token, the user agents recorded with its sessions and flags, a ban note. Kept: the user
+    id, its scores and sessions (ranks and audits stay consistent), flags and decisions.
+    Returns the name the account had.
+    """
+    user = user_by_id(conn, user_id)
+    if user is None or user.password_hash == "":
+        raise NotFoundError(f"no user {user_id}")
+    conn.execute(
+        "UPDATE users SET name = ?, name_skeleton = NULL, password_hash = '', ban_note = NULL,"
+        " deleted_at = ? WHERE id = ?",
+        (DELETED_NAME.format(id=user_id), now, user_id),
+    )
+    conn.execute("DELETE FROM login_tokens WHERE user_id = ?", (user_id,))
+    conn.execute("UPDATE game_sessions SET user_agent = NULL WHERE user_id = ?", (user_id,))
+    conn.execute("UPDATE flags SET user_agent = NULL WHERE user_id = ?", (user_id,))
+    return user.name
+
+
+def erase_own_account(conn: sqlite3.Connection, user_id: int, now: int) -> None:
+    """A player's own erasure (DELETE /api/me), with its audit row, in one unit."""
+    erase_user(conn, user_id, now)
+    insert_audit(conn, "the player", "users delete", f"user {user_id}", "by themselves", now)
+
+
+def backup(conn: sqlite3.Connection, target: Path) -> None:
+    """A consistent copy of the live database at `target` (SQLite's online backup: writers
+    go on meanwhile), readable by its owner only."""
+    if target.exists():
+        raise ConflictError(f"{target} exists: choose a new file")
+    _create_private(target)
+    copy = sqlite3.connect(str(target))
+    try:
+        conn.backup(copy)
+        check_integrity(copy)
+    except BaseException:
+        copy.close()
+        target.unlink(missing_ok=True)
+        raise
+    copy.close()
 
 
 # --- games ----------------------------------------------------------------------------------

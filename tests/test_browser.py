@@ -512,3 +512,23 @@ def test_a_mistyped_game_and_the_pages_browsers_ask_for(server_url: str, page: o
     page.goto(f"{server_url}/?game=empty")  # type: ignore[attr-defined]
     sync_api.expect(page.locator("#board-empty")).to_have_text("No scores yet.")  # type: ignore[attr-defined]
     assert page.locator("#board li").count() == 0  # type: ignore[attr-defined]
+
+
+def test_a_player_deletes_their_account_from_the_demo(server_url: str, page: object) -> None:
+    page.goto(server_url + "/")  # type: ignore[attr-defined]
+    page.fill("#name", "Fleeting")  # type: ignore[attr-defined]
+    page.fill("#password", "correct horse battery")  # type: ignore[attr-defined]
+    page.locator("#register").click()  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#who")).to_have_text("logged in: Fleeting")  # type: ignore[attr-defined]
+    page.locator("#erase summary").click()  # type: ignore[attr-defined]
+    page.fill("#erase-password", "not the password")  # type: ignore[attr-defined]
+    page.locator("#erase-confirm").click()  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#account-error")).not_to_be_empty()  # type: ignore[attr-defined]
+    page.fill("#erase-password", "correct horse battery")  # type: ignore[attr-defined]
+    page.locator("#erase-confirm").click()  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#message")).to_have_text("Your account was deleted.")  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#who")).to_have_text("guest")  # type: ignore[attr-defined]
+    login = httpx.post(
+        f"{server_url}/api/login", json={"name": "Fleeting", "password": "correct horse battery"}
+    )
+    assert login.status_code == 401

@@ -480,3 +480,86 @@ async def test_tables_align_for_any_name_and_notes_read_as_words(server: Server)
         run_cli(server, "games", "add", "tiny", "--duration", "2")
         code, out, _ = run_cli(server, "audit")
         assert "duration 2 s" in out and '"duration_ms"' not in out
+
+
+async def test_a_player_erases_their_account_and_their_results_stay_nameless(
+    server: Server,
+) -> None:
+    with trio.fail_after(60):
+        ada = await scored_player(server, "ada", 4)
+        await scored_player(server, "bo", 2)
+        async with http(server) as api:
+            auth = {"authorization": f"Bearer {ada['token']}"}
+            wrong = await api.request(
+                "DELETE", "/api/me", headers=auth, json={"password": "not it at all"}
+            )
+            assert wrong.status_code == 401
+            anonymous = await api.request("DELETE", "/api/me", json={"password": "x"})
+            assert anonymous.status_code == 401
+            gone = await api.request(
+                "DELETE", "/api/me", headers=auth, json={"password": "hunter2hunter2"}
+            )
+            assert gone.status_code == 200 and gone.json()["user_id"] == ada["user_id"]
+            # The token is dead, the name free, the password useless; the result stays.
+            assert (
+                await api.request("DELETE", "/api/me", headers=auth, json={"password": "x"})
+            ).status_code == 401
+            relogin = await api.post(
+                "/api/login", json={"name": "ada", "password": "hunter2hunter2"}
+            )
+            assert relogin.status_code == 401
+        deleted = f"deleted player {ada['user_id']}"
+        assert await board(server) == [(deleted, 4), ("bo", 2)]
+        again = await new_player(server, "ada")  # the name can be someone's again
+        assert again["user_id"] != ada["user_id"]
+        conn = db.connect(server.config.db_path)
+        try:
+            agents = conn.execute(
+                "SELECT COUNT(*) FROM game_sessions WHERE user_id = ? AND user_agent IS NOT NULL",
+                (ada["user_id"],),
+            ).fetchone()[0]
+            row = conn.execute(
+                "SELECT password_hash, name_skeleton FROM users WHERE id = ?", (ada["user_id"],)
+            ).fetchone()
+        finally:
+            conn.close()
+        assert agents == 0 and tuple(row) == ("", None)
+        code, out, _ = run_cli(server, "audit")
+        assert "users delete" in out and f"user {ada['user_id']}" in out
+
+
+async def test_an_operator_erases_an_account_with_a_note(server: Server) -> None:
+    with trio.fail_after(60):
+        cy = await scored_player(server, "cy", 3)
+        with pytest.raises(SystemExit):
+            run_cli(server, "users", "delete", "cy")  # no note
+        code, out, _ = run_cli(server, "users", "delete", "cy", "--note", "asked by email")
+        assert code == 0 and f"deleted player {cy['user_id']}" in out
+        code, _, err = run_cli(server, "users", "delete", "cy", "--note", "again")
+        assert code == 1 and "no user" in err
+        assert await board(server) == [(f"deleted player {cy['user_id']}", 3)]
+
+
+async def test_a_backup_of_the_live_database_while_it_is_written(server: Server) -> None:
+    with trio.fail_after(60):
+        await scored_player(server, "dee", 3)
+        target = server.config.db_path.parent / "copy.db"
+        async with trio.open_nursery() as nursery:
+
+            async def keep_writing() -> None:
+                for n in range(50):
+                    await server.service.flag(f"busy_{n}", guest_addr="1.2.3.4")
+
+            nursery.start_soon(keep_writing)
+            code, out, _ = run_cli(server, "backup", str(target))
+        assert code == 0 and "integrity checked" in out
+        assert target.stat().st_mode & 0o077 == 0
+        copy = db.connect(target)
+        try:
+            assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            assert db.user_by_name(copy, "dee") is not None
+            assert copy.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 1
+        finally:
+            copy.close()
+        code, _, err = run_cli(server, "backup", str(target))
+        assert code == 1 and "exists" in err

@@ -153,6 +153,21 @@ export class ScoreClient extends EventTarget {
     return this.whoami();
   }
 
+  /** Erase this player's account (their password confirms it); results stay, nameless. */
+  async deleteAccount(password) {
+    const token = this.storage ? this.storage.getItem(TOKEN_KEY) : null;
+    if (!token) throw new ScoreError("auth_failed", "not logged in");
+    const response = await fetch(`${this.httpBase}/api/me`, {
+      method: "DELETE",
+      headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+      body: JSON.stringify({ password }),
+    });
+    const data = await response.json();
+    if (!response.ok) throw new ScoreError(data.error, data.message);
+    await this.logout();
+    return data;
+  }
+
   /** Forget the login; the connection continues as a guest. */
   async logout() {
     if (this.storage) this.storage.removeItem(TOKEN_KEY);
