@@ -16,6 +16,7 @@ the command line, and is audited as "admin page".
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import sqlite3
 import time
@@ -301,6 +302,27 @@ class AdminConsole:
         )
         return {"session_id": session_id, "hidden": hidden}
 
+    async def export(self, request: Request) -> Any:
+        """A game's board (CSV) or board and results (JSON), as a file to download."""
+        game_id = request.path_params["game_id"]
+        form = request.query_params.get("format", "csv")
+        window = request.query_params.get("window", "all")
+        what = request.query_params.get("what", "board")
+        if form not in ("csv", "json") or what not in ("board", "results"):
+            raise ValueError("format is csv or json; what is board or results")
+        data = await self._run(lambda c: moderation.export(c, game_id, window))
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in game_id)
+        if form == "json":
+            body, media = json.dumps(data, indent=2, ensure_ascii=False), "application/json"
+        else:
+            body, media = moderation.export_csv(data, what), "text/csv; charset=utf-8"
+        name = f"{safe}-{what if form == 'csv' else 'export'}-{window}.{form}"
+        return Response(
+            body,
+            media_type=media,
+            headers={"content-disposition": f'attachment; filename="{name}"'},
+        )
+
     async def audit(self, request: Request) -> Any:
         limit, offset = _page(request)
         rows = await self._run(
@@ -323,6 +345,7 @@ class AdminConsole:
             Route("/api/admin/scores/{session_id}/hide", g(self.hide), methods=["POST"]),
             Route("/api/admin/scores/{session_id}/restore", g(self.restore), methods=["POST"]),
             Route("/api/admin/audit", g(self.audit), methods=["GET"]),
+            Route("/api/admin/export/{game_id}", g(self.export), methods=["GET"]),
         ]
 
 

@@ -292,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("--key", type=Path, default=DEFAULT_KEY, help="the server's key file")
 
     sub.add_parser("audit", parents=[common], help="the admin actions taken")
+    ex = sub.add_parser("export", parents=[common], help="a game's board and results, for records")
+    ex.add_argument("game_id", help="the game")
+    ex.add_argument("--format", choices=["csv", "json"], default="csv", help="the output's format")
+    ex.add_argument(
+        "--window", choices=["day", "week", "all"], default="all", help="which results, by age"
+    )
+    ex.add_argument(
+        "--results",
+        action="store_true",
+        help="CSV: every result with its session id, instead of the board as shown (JSON has both)",
+    )
     bk = sub.add_parser("backup", parents=[common], help="a consistent copy of the live database")
     bk.add_argument("file", type=Path, help="the new file to write (it must not exist)")
 
@@ -933,6 +944,15 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     console.print(table)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    data = moderation.export(_open(args.db), args.game_id, args.window)
+    if args.format == "json":
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(moderation.export_csv(data, "results" if args.results else "board"))
+    return 0
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     conn = _open(args.db)
     started = time.monotonic()
@@ -948,6 +968,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "backup": cmd_backup,
+    "export": cmd_export,
     "users": cmd_users,
     "games": cmd_games,
     "flags": cmd_flags,

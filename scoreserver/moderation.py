@@ -7,9 +7,12 @@ decision without its record, and no record of a decision that did not happen.
 
 from __future__ import annotations
 
+import csv
+import io
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from . import store as db
@@ -182,3 +185,79 @@ def user_name(conn: sqlite3.Connection, name: str) -> str:
     if user is None:
         raise NotFoundError(f"no user named {name!r}")
     return user.name
+
+
+# --- export ---------------------------------------------------------------------------------
+
+WINDOWS_MS = {"day": 86_400_000, "week": 7 * 86_400_000, "all": None}
+BOARD_COLUMNS = ("rank", "player", "score", "time", "session_id")
+RESULT_COLUMNS = ("session_id", "player", "score", "time", "shown", "why_not")
+
+
+def export(conn: sqlite3.Connection, game_id: str, window: str = "all") -> dict[str, Any]:
+    """A game's board as shown (rank, player, score, time) and every result with its session
+    id, for prizes and records. Times are UTC, ISO 8601."""
+    if window not in WINDOWS_MS:
+        raise ValueError("window is day, week or all")
+    if db.get_game(conn, game_id) is None:
+        raise NotFoundError(f"no game {game_id!r}")
+    now = _now()
+    span = WINDOWS_MS[window]
+    since = now - span if span else 0
+    board = db.leaderboard(conn, game_id, now, limit=-1, since=since, with_sessions=True)
+    results = db.list_results(conn, game_id, since)
+    return {
+        "game_id": game_id,
+        "window": window,
+        "exported_at": _iso(now),
+        "board": [
+            dict(
+                zip(
+                    BOARD_COLUMNS,
+                    (e["rank"], e["name"], e["score"], _iso(e["created_at"]), e["session_id"]),
+                    strict=True,
+                )
+            )
+            for e in board
+        ],
+        "results": [
+            dict(
+                zip(
+                    RESULT_COLUMNS,
+                    (
+                        r["session_id"],
+                        r["name"],
+                        r["score"],
+                        _iso(r["created_at"]),
+                        not (r["hidden"] or r["banned"] or r["held"]),
+                        _why_not(r),
+                    ),
+                    strict=True,
+                )
+            )
+            for r in results
+        ],
+    }
+
+
+def _why_not(result: dict[str, Any]) -> str:
+    reasons = [
+        word
+        for word, key in (("hidden", "hidden"), ("banned", "banned"), ("under review", "held"))
+        if result[key]
+    ]
+    return ", ".join(reasons)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def export_csv(data: dict[str, Any], what: str = "board") -> str:
+    """One table of `export` as CSV: the board (default) or every result."""
+    out = io.StringIO()
+    columns = BOARD_COLUMNS if what == "board" else RESULT_COLUMNS
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(data[what])
+    return out.getvalue()

@@ -1273,7 +1273,7 @@ WITH eligible AS (
           SELECT 1 FROM flags f WHERE f.user_id = s.user_id AND f.status = 'open' AND f.holds = 1
       )
 ), ranked AS (
-    SELECT user_id, score, session_id,
+    SELECT user_id, score, session_id, created_at,
            RANK() OVER (ORDER BY score DESC) AS rank,
            ROW_NUMBER() OVER (ORDER BY score DESC, created_at, id) AS position
     FROM eligible WHERE nth = 1
@@ -1305,13 +1305,29 @@ def leaderboard(
         if row is None:
             return []
         offset = max(0, row[0] - 1 - limit // 2)
-    session = ", r.session_id" if with_sessions else ""
+    session = ", r.session_id, r.created_at" if with_sessions else ""
     rows = conn.execute(
         _BOARD_SQL + f"SELECT r.rank, r.user_id, u.name, r.score{session} FROM ranked r"
         " JOIN users u ON u.id = r.user_id ORDER BY r.position LIMIT :limit OFFSET :offset",
         {**params, "limit": limit, "offset": offset},
     ).fetchall()
     return [dict(row) for row in rows]
+
+
+def list_results(conn: sqlite3.Connection, game_id: str, since: int = 0) -> list[dict[str, Any]]:
+    """Every saved result of a game since `since`, with what decides whether it is shown."""
+    return [
+        dict(row)
+        for row in conn.execute(
+            "SELECT s.session_id, s.user_id, u.name, s.score, s.created_at, s.hidden,"
+            " (u.banned_until IS NOT NULL AND u.banned_until > :now) AS banned,"
+            " EXISTS (SELECT 1 FROM flags f WHERE f.user_id = s.user_id AND f.status = 'open'"
+            "  AND f.holds = 1) AS held"
+            " FROM scores s JOIN users u ON u.id = s.user_id"
+            " WHERE s.game_id = :game AND s.created_at >= :since ORDER BY s.created_at, s.id",
+            {"game": game_id, "since": since, "now": int(time.time() * 1000)},
+        )
+    ]
 
 
 def session_by_prefix(conn: sqlite3.Connection, prefix: str) -> str:

@@ -563,3 +563,43 @@ async def test_a_backup_of_the_live_database_while_it_is_written(server: Server)
             copy.close()
         code, _, err = run_cli(server, "backup", str(target))
         assert code == 1 and "exists" in err
+
+
+async def test_export_the_board_as_shown_and_every_result(server: Server) -> None:
+    import csv as csvlib
+
+    with trio.fail_after(60):
+        ann = await scored_player(server, "ann", 5)
+        bo = await scored_player(server, "bo", 3)
+        run_cli(server, "users", "ban", "bo", "--note", "alt")
+        code, out, _ = run_cli(server, "export", "quick")
+        board_rows = list(csvlib.DictReader(io.StringIO(out)))
+        assert [(r["rank"], r["player"], r["score"]) for r in board_rows] == [("1", "ann", "5")]
+        assert board_rows[0]["session_id"] == ann["session_id"]
+        assert board_rows[0]["time"].endswith("+00:00")
+        code, out, _ = run_cli(server, "export", "quick", "--results")
+        results = {r["player"]: r for r in csvlib.DictReader(io.StringIO(out))}
+        assert results["bo"]["shown"] == "False" and results["bo"]["why_not"] == "banned"
+        assert results["bo"]["session_id"] == bo["session_id"]
+        code, out, _ = run_cli(server, "export", "quick", "--format", "json", "--window", "day")
+        data = json.loads(out)
+        assert data["window"] == "day" and len(data["board"]) == 1 and len(data["results"]) == 2
+        code, _, err = run_cli(server, "export", "nope")
+        assert code == 1 and "no game" in err
+        from .test_edges import set_admin_password
+
+        set_admin_password(server.config.db_path, "a long admin secret")
+        async with http(server) as api:
+            token = (
+                await api.post("/api/admin/login", json={"password": "a long admin secret"})
+            ).json()["token"]
+            auth = {"authorization": f"Bearer {token}"}
+            download = await api.get(
+                "/api/admin/export/quick?format=csv&what=results", headers=auth
+            )
+            assert download.status_code == 200
+            assert 'filename="quick-results-all.csv"' in download.headers["content-disposition"]
+            assert bo["session_id"] in download.text
+            assert (await api.get("/api/admin/export/quick")).status_code == 401
+            bad = await api.get("/api/admin/export/quick?format=xml", headers=auth)
+            assert bad.status_code == 400
