@@ -92,6 +92,7 @@ class LoopMonitor:
     def __init__(self) -> None:
         self.stalls = 0
         self.max_lag_ms = 0.0
+        self.last_lag_ms = 0.0
         self.samples = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -100,6 +101,7 @@ class LoopMonitor:
             before = trio.current_time()
             await trio.sleep(LOOP_PROBE_S)
             lag_ms = (trio.current_time() - before - LOOP_PROBE_S) * 1000
+            self.last_lag_ms = lag_ms
             self.samples += 1
             self.max_lag_ms = max(self.max_lag_ms, lag_ms)
             if lag_ms > STALL_MS:
@@ -171,6 +173,9 @@ class Config:
     handle_signals: bool = True
     announce: bool = True
     monitor_loop: bool = True
+    # /metrics (Prometheus) on its own port: None is off, 0 any free port.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass(slots=True)
@@ -184,6 +189,7 @@ class Server:
     ws_port: int
     http_port: int
     _stop: trio.Event
+    metrics_port: int | None = None
 
     def stop(self) -> None:
         """Begin a graceful shutdown."""
@@ -268,6 +274,24 @@ async def serve(
     service.signer = signer
     app.state.stats = partial(_stats, service, socket, store, monitor, gc_monitor)
     app.state.health = partial(health, store, signer)
+    metrics = service.metrics
+    store.write_latency = metrics.write_seconds.observe
+    metrics.watch(metrics.connections, lambda: len(socket.connections))
+    metrics.watch(metrics.sessions, lambda: sum(1 for s in service.sessions.values() if s.running))
+    metrics.watch(metrics.loop_lag, lambda: monitor.last_lag_ms / 1000)
+    metrics.watch(metrics.loop_stalls, lambda: monitor.stalls)
+    metrics.watch(
+        metrics.helper_ok,
+        lambda: float(store.failure is None and store.lag_s() < HEALTH_LAG_S),
+        "writer",
+    )
+    metrics.watch(
+        metrics.helper_ok,
+        lambda: float(
+            not isinstance(signer, ProcessSigner) or (signer.live and signer.lag_s() < HEALTH_LAG_S)
+        ),
+        "signer",
+    )
     _tune_gc()
 
     hconfig = HypercornConfig()
@@ -324,6 +348,22 @@ async def serve(
                 http_port = int(binds[0].rsplit(":", 1)[1])
                 app.state.ws_port = ws_server.port
                 server = Server(config, service, rooms, socket, ws_server.port, http_port, stop)
+                if config.metrics_port is not None:
+                    mconfig = HypercornConfig()
+                    mconfig.bind = [f"{_bind_host(config.metrics_host)}:{config.metrics_port}"]
+                    mconfig.accesslog = None
+                    mconfig.errorlog = logging.getLogger("hypercorn.error")
+                    mbinds = await _listen(
+                        config,
+                        config.metrics_port,
+                        "--metrics-port",
+                        "metrics",
+                        servers,
+                        partial(
+                            hypercorn_serve, metrics.asgi(), mconfig, shutdown_trigger=stop.wait
+                        ),
+                    )
+                    server.metrics_port = int(mbinds[0].rsplit(":", 1)[1])
                 servers.start_soon(_housekeeping, service, config.reanchor_clock)
                 if config.threaded_store:
                     servers.start_soon(_watch_settings, service)

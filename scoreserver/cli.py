@@ -105,6 +105,16 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         help="where the database writes run: a child process (default) or a thread",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics at /metrics on this port (default: off; 0: any free)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="the address /metrics listens on (keep it private: it is not for players)",
+    )
 
 
 def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -387,6 +397,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         signer=args.signer,
         store_writer=args.store_writer,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     try:
         trio.run(serve, config)

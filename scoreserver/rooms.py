@@ -369,8 +369,10 @@ class Rooms:
         carried out: the caller ends the game (`_end`) once everything before it is answered."""
         service = self.service
         store = service.store
+        count_point = service.metrics.count_point
         for action in actions:
             if isinstance(action, PointAccepted):
+                count_point("accepted")
                 assert tokens is not None, "accepted points come through _carry_out_run"
                 token = next(tokens)
                 session.points[action.seq] = IssuedPoint(action.seq, action.server_ts, token)
@@ -390,6 +392,7 @@ class Rooms:
                     )
                 )
             elif isinstance(action, PointRejected):
+                count_point(action.reason)
                 store.write_soon(
                     db.insert_rejected_point,
                     session.session_id,

@@ -25,6 +25,7 @@ from . import store as db
 from .clock import ServerClock
 from .errors import AuthError, BannedError, BusyError, ConflictError, TokenError
 from .limits import Budget, charge_all
+from .metrics import Metrics
 from .names import normalize_name
 from .rules import (
     GameSettings,
@@ -205,6 +206,7 @@ class Service:
     key_path: Path | None = None
     settings_fingerprint: tuple[object, ...] = ()
     limits: AccessLimits = field(default_factory=AccessLimits)
+    metrics: Metrics = field(default_factory=Metrics)
     password_work: PasswordWork = field(default_factory=PasswordWork)
     # Set when new settings are applied (then replaced): lets a caller wait for a reload.
     settings_applied: trio.Event = field(default_factory=trio.Event)
@@ -366,6 +368,7 @@ class Service:
             user_agent=peer.user_agent if peer else None,
             detail=detail,
         )
+        self.metrics.child(self.metrics.flags, reason).inc()
         logger.warning(
             "flag %d: %s (user %s, address %s, session %s)",
             flag_id,
@@ -397,6 +400,8 @@ class Service:
         if submitter.address is not None:
             charge = self.limits.failed_submissions.charge(submitter.address, trio.current_time())
         outcome = await self._judge(start_token, end_token, points, submitter)
+        verdict = "accepted" if outcome.accepted else str(outcome.reason)
+        self.metrics.child(self.metrics.submissions, verdict).inc()
         if charge is not None and outcome.flag_id is None:
             self.limits.failed_submissions.refund(charge)  # accepted, or not a flagged failure
         return outcome

@@ -307,6 +307,8 @@ class Store:
         self._awaited: dict[Job, float] = {}  # awaited jobs not yet answered -> when sent
         self._failed_event = trio.Event()
         self._process: trio.Process | None = None
+        # Told how long each awaited write took to its COMMIT (for /metrics), if set.
+        self.write_latency: Callable[[float], None] | None = None
         # The writer in a child process (`_writer_child`) instead of a thread of this one.
         self.child_process = threaded and child_process
         self._pending: list[Job] = []  # child process: units not yet sent
@@ -429,7 +431,9 @@ class Store:
                     )
                 )
         finally:
-            del self._awaited[job]
+            sent_at = self._awaited.pop(job)
+        if self.write_latency is not None:
+            self.write_latency(trio.current_time() - sent_at)
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[no-any-return]

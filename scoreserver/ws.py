@@ -326,6 +326,7 @@ class GameSocket:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 reason = "game_over"
         if reason is not None:
+            self.service.metrics.count_point(reason)
             await conn.send(
                 wire.encode(wire.PointRejected(id=message.id, reason=reason, server_ts=received_at))
             )

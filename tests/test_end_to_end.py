@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -348,3 +349,43 @@ async def test_malformed_http_submissions_are_400(server: Server) -> None:
             assert huge.headers["connection"] == "close"
         async with http(server) as api:
             assert (await api.get("/healthz")).status_code == 200
+
+
+async def test_prometheus_metrics_on_their_own_port_only(tmp_path: Any) -> None:
+    from .conftest import add_game, make_config, running_server
+
+    add_game(tmp_path / "test.db", "quick", duration_ms=1000, submission_window_ms=60_000)
+    config = make_config(tmp_path)
+    config.metrics_port = 0
+    with trio.fail_after(30):
+        async with running_server(config) as server:
+            assert server.metrics_port
+            async with connect(server) as client:
+                game = await play_quick(client, 3, None)
+                late = await client.call(type="point", client_ts=wall_ms())
+                assert late["reason"] in ("no_session", "game_over")
+                result = await client.call(
+                    type="submit_result",
+                    **{k: game[k] for k in ("start_token", "end_token", "points")},
+                )
+                assert result["accepted"] is True
+                await client.call(type="submit_result", start_token="x", end_token="y", points=[])
+                async with httpx.AsyncClient() as api:
+                    text = (await api.get(f"http://127.0.0.1:{server.metrics_port}/metrics")).text
+                    public = await api.get(f"{server.http_url}/metrics")
+            assert public.status_code == 404
+            lines = dict(
+                line.rsplit(" ", 1)
+                for line in text.splitlines()
+                if line and not line.startswith("#")
+            )
+            assert lines['scoreserver_points_total{outcome="accepted"}'] == "3.0"
+            late_key = 'scoreserver_points_total{outcome="' + late["reason"] + '"}'
+            assert float(lines[late_key]) == 1.0
+            assert lines['scoreserver_submissions_total{verdict="accepted"}'] == "1.0"
+            assert lines['scoreserver_submissions_total{verdict="bad_start_token"}'] == "1.0"
+            assert lines['scoreserver_flags_total{reason="submission:bad_start_token"}'] == "1.0"
+            assert lines["scoreserver_connections"] == "1.0"
+            assert lines['scoreserver_helper_ok{helper="writer"}'] == "1.0"
+            assert lines['scoreserver_helper_ok{helper="signer"}'] == "1.0"
+            assert float(lines["scoreserver_store_write_seconds_count"]) >= 3
