@@ -424,6 +424,18 @@ def test_a_mistyped_game_and_the_pages_browsers_ask_for(server_url: str, page: o
     page.goto(f"{server_url}/?game=empty")  # type: ignore[attr-defined]
     sync_api.expect(page.locator("#board-empty")).to_have_text("No scores yet.")  # type: ignore[attr-defined]
     assert page.locator("#board li").count() == 0  # type: ignore[attr-defined]
+    # A 32-character name with no space stays inside the demo's sidebar.
+    honest_score(server_url, "W" * 32, 3)
+    page.goto(f"{server_url}/")  # type: ignore[attr-defined]
+    entry = page.locator("#board li", has_text="W" * 32)  # type: ignore[attr-defined]
+    entry.wait_for()
+    inside = page.evaluate(
+        "() => { const li = [...document.querySelectorAll('#board li')].find("
+        "l => l.textContent.includes('WWWW')); const box = li.closest('.panel')"
+        ".getBoundingClientRect(); const r = li.getBoundingClientRect();"
+        " return r.right <= box.right && li.scrollWidth <= li.clientWidth; }"
+    )
+    assert inside
 
 
 def test_a_player_deletes_their_account_from_the_demo(server_url: str, page: object) -> None:
