@@ -34,7 +34,7 @@ from . import store as db
 from .errors import BusyError, ConflictError, NotFoundError, RateLimitedError
 from .limits import Budget, charge_all
 from .service import PasswordWork
-from .webio import HttpError, int_param, read_json
+from .webio import HttpError, bearer, int_param, read_json
 
 ADMIN_PASSWORD_SETTING = "admin_password_hash"
 SESSION_TTL_S = 8 * 3600
@@ -184,11 +184,9 @@ class AdminConsole:
 
     @staticmethod
     def _presented(request: Request) -> bytes | None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
+        token = bearer(request)
         # Looked up by its hash: the comparison never touches the token itself.
-        return _token_hash(token.strip())
+        return None if token is None else _token_hash(token)
 
     async def logout(self, request: Request) -> Response:
         presented = self._presented(request)

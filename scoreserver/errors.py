@@ -4,7 +4,7 @@
     ├── ProtocolError      a client message that cannot be acted on (carries a wire code)
     ├── TokenError         a token that is malformed, mis-signed or of the wrong purpose
     ├── AuthError          a name/password or login token that does not hold
-    │   └── RateLimitedError   too many login attempts for now
+    ├── RateLimitedError   too many attempts for now (logins, failed submissions)
     ├── ConflictError      a name already taken, a game that already exists
     ├── NotFoundError      an unknown game, user, flag, session
     ├── BusyError          a bounded queue is full (password checks): try again shortly
@@ -41,8 +41,9 @@ class AuthError(ScoreServerError):
     """Credentials or a login token that do not hold."""
 
 
-class RateLimitedError(AuthError):
-    """Too many login attempts for this account or from this address, for now."""
+class RateLimitedError(ScoreServerError):
+    """Too many attempts for now (logins of an account or from an address, failed
+    submissions); not an AuthError, so that no handler mistakes it for wrong credentials."""
 
 
 class ConflictError(ScoreServerError):

@@ -28,7 +28,7 @@ from .admin import AdminConsole
 from .errors import AuthError, BusyError, ConflictError, RateLimitedError
 from .service import PASSWORD_MAX, Peer, Service
 from .tokens import b64encode, raw_public
-from .webio import HttpError, error_response, int_param, read_json
+from .webio import HttpError, bearer, error_response, int_param, read_json
 from .ws import origin_allowed
 
 logger = logging.getLogger(__name__)
@@ -64,9 +64,17 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _json_errors(handler: Handler) -> Handler:
+    """Errors as JSON, and the refusals every route shares: a spent budget is 429, a full
+    password queue 503."""
+
     async def wrapped(request: Request) -> Response:
         try:
-            return await handler(request)
+            try:
+                return await handler(request)
+            except RateLimitedError as exc:
+                raise HttpError(429, "rate_limited", str(exc)) from None
+            except BusyError as exc:
+                raise HttpError(503, "busy", str(exc)) from None
         except HttpError as exc:
             response = error_response(exc.status, exc.code, exc.message)
             if exc.status == 413:
@@ -88,10 +96,6 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
             token, user = await service.register(body.name, body.password, peer_of(request).address)
         except ValueError as exc:
             raise HttpError(400, "bad_request", str(exc)) from None
-        except RateLimitedError as exc:
-            raise HttpError(429, "rate_limited", str(exc)) from None
-        except BusyError as exc:
-            raise HttpError(503, "busy", str(exc)) from None
         except ConflictError:
             raise HttpError(409, "name_taken", "that name is taken") from None
         return JSONResponse({"token": token, "user_id": user.id, "name": user.name}, 201)
@@ -101,10 +105,6 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         body = await read_json(request, Credentials, CREDENTIALS_BODY_BYTES)
         try:
             token, user = await service.login(body.name, body.password, peer_of(request).address)
-        except RateLimitedError as exc:
-            raise HttpError(429, "rate_limited", str(exc)) from None
-        except BusyError as exc:
-            raise HttpError(503, "busy", str(exc)) from None
         except AuthError as exc:
             raise HttpError(401, "auth_failed", str(exc)) from None
         return JSONResponse({"token": token, "user_id": user.id, "name": user.name})
@@ -113,14 +113,13 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         """Who submits: anyone may (the tokens authorize a submission), but a player who sends
         their login token is known by it, so a failure is held against them, not an address."""
         peer = peer_of(request)
-        header = request.headers.get("authorization")
-        if header is None:
+        if "authorization" not in request.headers:
             return peer
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = bearer(request)
+        if token is None:
             raise HttpError(401, "auth_failed", "use `Authorization: Bearer LOGIN_TOKEN`")
         try:
-            user = await service.identify(token.strip())
+            user = await service.identify(token)
         except AuthError as exc:
             raise HttpError(401, "auth_failed", str(exc)) from None
         peer.user_id, peer.name = user.id, user.name
@@ -131,18 +130,12 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
 
     @_json_errors
     async def delete_me(request: Request) -> Response:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer(request)
+        if token is None:
             raise HttpError(401, "auth_failed", "send `Authorization: Bearer LOGIN_TOKEN`")
         body = await read_json(request, Erasure, CREDENTIALS_BODY_BYTES)
         try:
-            user_id = await service.delete_account(
-                token.strip(), body.password, peer_of(request).address
-            )
-        except RateLimitedError as exc:
-            raise HttpError(429, "rate_limited", str(exc)) from None
-        except BusyError as exc:
-            raise HttpError(503, "busy", str(exc)) from None
+            user_id = await service.delete_account(token, body.password, peer_of(request).address)
         except AuthError as exc:
             raise HttpError(401, "auth_failed", str(exc)) from None
         return JSONResponse({"deleted": True, "user_id": user_id})
@@ -150,12 +143,9 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
     @_json_errors
     async def results(request: Request) -> Response:
         body = await read_json(request, ResultBody)
-        try:
-            outcome = await service.submit(
-                body.start_token, body.end_token, body.points, await submitter(request)
-            )
-        except RateLimitedError as exc:
-            raise HttpError(429, "rate_limited", str(exc)) from None
+        outcome = await service.submit(
+            body.start_token, body.end_token, body.points, await submitter(request)
+        )
         answer: dict[str, Any] = {"type": "result", "accepted": outcome.accepted}
         if outcome.accepted:
             answer.update(score=outcome.score, saved=outcome.saved)

@@ -54,3 +54,10 @@ def int_param(request: Request, name: str, default: int | None, low: int, high: 
     if not low <= value <= high:
         raise HttpError(400, "bad_request", f"`{name}` must be between {low} and {high}")
     return value
+
+
+def bearer(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header, or None."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None

@@ -287,6 +287,14 @@ async def raw_login(server: Server, headers: bytes, body: list[bytes]) -> bytes:
         return await stream.receive_some()
 
 
+async def admin_headers(server: Server, api: httpx.AsyncClient) -> dict[str, str]:
+    """Set the admin password, log in, and return the Authorization header of the session."""
+    set_admin_password(server.config.db_path, "a long admin secret")
+    reply = await api.post("/api/admin/login", json={"password": "a long admin secret"})
+    assert reply.status_code == 200, reply.text
+    return {"authorization": f"Bearer {reply.json()['token']}"}
+
+
 async def test_every_admin_body_is_bounded(tmp_path: Path) -> None:
     async with await admin_server(tmp_path) as server, http(server) as api:
         with trio.fail_after(60):
@@ -428,12 +436,8 @@ async def test_failed_submissions_sent_at_once_are_limited_per_address(server: S
 async def test_users_whose_names_hold_path_characters_are_banned_by_id(server: Server) -> None:
     with trio.fail_after(60):
         odd = [await register(server, name) for name in ("..", "a/b", "%2e%2e", "?x#y")]
-        set_admin_password(server.config.db_path, "a long admin secret")
         async with http(server) as api:
-            token = (
-                await api.post("/api/admin/login", json={"password": "a long admin secret"})
-            ).json()["token"]
-            auth = {"authorization": f"Bearer {token}"}
+            auth = await admin_headers(server, api)
             for account in odd:
                 reply = await api.post(
                     f"/api/admin/users/{account['user_id']}/ban",
@@ -603,9 +607,10 @@ async def test_health_reports_a_slow_writer_before_it_times_out(
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(register, server, "slow")  # an awaited write
-                    await trio.sleep(1.2)
                     async with http(server) as api:
-                        health = await api.get("/healthz")
+                        # Until the write has gone unanswered for a second (bounded above).
+                        while (health := await api.get("/healthz")).json()["status"] == "ok":
+                            await trio.sleep(0.05)
                     nursery.cancel_scope.cancel()
             finally:
                 os.kill(writer, signal.SIGCONT)

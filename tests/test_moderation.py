@@ -384,14 +384,10 @@ async def test_every_decision_needs_a_note(server: Server) -> None:
             assert usage.value.code == 2, command
         code, _, err = run_cli(server, "users", "ban", "kim", "--note", "   ")
         assert code == 1 and "needs a note" in err
-        from .test_edges import set_admin_password
+        from .test_edges import admin_headers
 
-        set_admin_password(server.config.db_path, "a long admin secret")
         async with http(server) as api:
-            token = (
-                await api.post("/api/admin/login", json={"password": "a long admin secret"})
-            ).json()["token"]
-            auth = {"authorization": f"Bearer {token}"}
+            auth = await admin_headers(server, api)
             for path in (
                 f"/api/admin/users/{kim['user_id']}/ban",
                 f"/api/admin/users/{kim['user_id']}/unban",
@@ -586,14 +582,10 @@ async def test_export_the_board_as_shown_and_every_result(server: Server) -> Non
         assert data["window"] == "day" and len(data["board"]) == 1 and len(data["results"]) == 2
         code, _, err = run_cli(server, "export", "nope")
         assert code == 1 and "no game" in err
-        from .test_edges import set_admin_password
+        from .test_edges import admin_headers
 
-        set_admin_password(server.config.db_path, "a long admin secret")
         async with http(server) as api:
-            token = (
-                await api.post("/api/admin/login", json={"password": "a long admin secret"})
-            ).json()["token"]
-            auth = {"authorization": f"Bearer {token}"}
+            auth = await admin_headers(server, api)
             download = await api.get(
                 "/api/admin/export/quick?format=csv&what=results", headers=auth
             )
