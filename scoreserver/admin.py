@@ -300,6 +300,15 @@ class AdminConsole:
         )
         return {"session_id": session_id, "hidden": hidden}
 
+    async def scores(self, request: Request) -> Any:
+        """Every result of a game (newest first), with its session id and whether it shows."""
+        game_id = request.path_params["game_id"]
+        limit, offset = _page(request)
+        data = await self._run(lambda c: moderation.export(c, game_id, "all"))
+        results = list(reversed(data["results"]))
+        page = results[offset : offset + limit + 1]
+        return {"scores": page[:limit], **_paging(limit, offset, len(page))}
+
     async def export(self, request: Request) -> Any:
         """A game's board (CSV) or board and results (JSON), as a file to download."""
         game_id = request.path_params["game_id"]
@@ -344,6 +353,7 @@ class AdminConsole:
             Route("/api/admin/scores/{session_id}/restore", g(self.restore), methods=["POST"]),
             Route("/api/admin/audit", g(self.audit), methods=["GET"]),
             Route("/api/admin/export/{game_id}", g(self.export), methods=["GET"]),
+            Route("/api/admin/games/{game_id}/scores", g(self.scores), methods=["GET"]),
         ]
 
 

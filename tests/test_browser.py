@@ -456,3 +456,31 @@ def test_a_player_deletes_their_account_from_the_demo(server_url: str, page: obj
         f"{server_url}/api/login", json={"name": "Fleeting", "password": "correct horse battery"}
     )
     assert login.status_code == 401
+
+
+def test_the_console_shows_session_ids_and_hides_and_restores_a_score(
+    server_url: str, page: object
+) -> None:
+    account = honest_score(server_url, "Hana", 4)
+
+    def on_board() -> bool:
+        entries = httpx.get(f"{server_url}/api/games/demo/leaderboard?limit=100").json()["entries"]
+        return any(e["user_id"] == account["user_id"] for e in entries)
+
+    assert on_board()
+    admin_login(page, server_url)
+    row = page.locator("#scores tr", has_text="Hana")  # type: ignore[attr-defined]
+    row.wait_for()
+    results = cli(server_url, "export", "demo", "--results").stdout
+    session = next(line.split(",")[0] for line in results.splitlines() if ",Hana," in line)
+    assert session[:12] in row.inner_text()
+    page.once("dialog", lambda dialog: dialog.accept("test: hide"))  # type: ignore[attr-defined]
+    row.locator("button", has_text="Hide").click()
+    page.locator("#scores tr", has_text="Hana").locator("button", has_text="Restore").wait_for()  # type: ignore[attr-defined]
+    assert not on_board()
+    page.once("dialog", lambda dialog: dialog.accept("test: restore"))  # type: ignore[attr-defined]
+    page.locator("#scores tr", has_text="Hana").locator("button", has_text="Restore").click()  # type: ignore[attr-defined]
+    page.locator("#scores tr", has_text="Hana").locator("button", has_text="Hide").wait_for()  # type: ignore[attr-defined]
+    assert on_board()
+    audit = cli(server_url, "audit").stdout
+    assert "test: hide" in audit and "test: restore" in audit
