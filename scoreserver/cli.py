@@ -544,7 +544,7 @@ def cmd_games(args: argparse.Namespace) -> int:
         games = db.list_games(conn)
         if args.game_id is not None:
             if args.game_id not in games:
-                raise CliError(f"no game {args.game_id!r}")
+                raise NotFoundError(f"no game {args.game_id!r}")
             games = {args.game_id: games[args.game_id]}
         for game_id, settings in games.items():
             _print_game(game_id, settings)
@@ -911,7 +911,7 @@ def _note_words(note: str | None) -> str:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     conn = _open(args.db)
     if db.get_game(conn, args.game_id) is None:
-        raise CliError(f"no game {args.game_id!r}")
+        raise NotFoundError(f"no game {args.game_id!r}")
     entries = db.leaderboard(conn, args.game_id, now_ms(), limit=args.limit, with_sessions=True)
     if args.json:
         print(json.dumps({"game_id": args.game_id, "entries": entries}, indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -26,8 +27,6 @@ def run_cli(
     monkeypatch: pytest.MonkeyPatch | None = None,
 ) -> tuple[int, str, str]:
     """Run `scoreserver ARGS --db <the server's db>` in-process; (exit code, stdout, stderr)."""
-    import contextlib
-
     out, err = io.StringIO(), io.StringIO()
     if stdin is not None:
         assert monkeypatch is not None
@@ -595,3 +594,31 @@ async def test_export_the_board_as_shown_and_every_result(server: Server) -> Non
             assert (await api.get("/api/admin/export/quick")).status_code == 401
             bad = await api.get("/api/admin/export/quick?format=xml", headers=auth)
             assert bad.status_code == 400
+
+
+def test_every_command_words_an_unknown_thing_the_same_way(tmp_path: Path) -> None:
+    """The command line on its own database (no server needed): one line, one wording."""
+    db.open_database(tmp_path / "s.db").close()
+
+    def run(*args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main([*args, "--db", str(tmp_path / "s.db")])
+        return code, out.getvalue(), err.getvalue()
+
+    for command in (
+        ("flags", "show", "99"),
+        ("flags", "resolve", "99", "--clear", "--note", "x"),
+        ("users", "ban", "nobody", "--note", "x"),
+        ("users", "unban", "nobody", "--note", "x"),
+        ("users", "delete", "nobody", "--note", "x"),
+        ("scores", "hide", "abc", "--note", "x"),
+        ("games", "set", "nope", "--duration", "3"),
+        ("games", "show", "nope"),
+        ("leaderboard", "nope"),
+        ("export", "nope"),
+    ):
+        code, out, err = run(*command)
+        assert code == 1 and out == "", command
+        assert err.startswith("scoreserver: not found: no "), (command, err)
+        assert err.count("\n") == 1, (command, err)
