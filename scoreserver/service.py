@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from . import store as db
 from .clock import ServerClock
-from .errors import AuthError, BannedError, BusyError, ConflictError, TokenError
+from .errors import AuthError, BannedError, BusyError, ConflictError, RateLimitedError, TokenError
 from .limits import Budget, charge_all
 from .metrics import Metrics
 from .names import normalize_name
@@ -393,17 +393,18 @@ class Service:
         A failed submission is held against whoever submitted it (their account, or their
         address), never against the session's owner unless the owner sent it: holding a copy
         of someone's start token must not let anyone put them under review. Failures are
-        limited per address (RateLimitedError), charged before the check so that a volley
-        sent at once is limited too.
+        limited per address (RateLimitedError): refused at once when the address's budget is
+        spent, and charged as each one is decided (see `_reject`).
         """
-        charge = None
-        if submitter.address is not None:
-            charge = self.limits.failed_submissions.charge(submitter.address, trio.current_time())
+        budget = self.limits.failed_submissions
+        if (
+            submitter.address is not None
+            and budget.remaining(submitter.address, trio.current_time()) == 0
+        ):
+            raise RateLimitedError(budget.message)
         outcome = await self._judge(start_token, end_token, points, submitter)
         verdict = "accepted" if outcome.accepted else str(outcome.reason)
         self.metrics.child(self.metrics.submissions, verdict).inc()
-        if charge is not None and outcome.flag_id is None:
-            self.limits.failed_submissions.refund(charge)  # accepted, or not a flagged failure
         return outcome
 
     async def _judge(
@@ -466,9 +467,17 @@ class Service:
         record: SessionRecord | None,
         detail: dict[str, object],
     ) -> ResultOutcome:
-        """Refuse a submission; flag the submitter for the reasons that flag (see `submit`)."""
+        """Refuse a submission; flag the submitter for the reasons that flag (see `submit`).
+
+        A failure is charged to the submitter's address the moment it is decided, before its
+        flag is written and with no await in between: failures sent at once are counted one
+        by one, and past the budget they are refused (RateLimitedError) instead of flagged.
+        Honest submissions are never charged, however many arrive together.
+        """
         if not reason.flags_account:
             return ResultOutcome(False, reason=str(reason))
+        if submitter.address is not None:
+            self.limits.failed_submissions.charge(submitter.address, trio.current_time())
         if record is not None:
             detail = {
                 **detail,

@@ -691,3 +691,37 @@ async def test_the_cli_prints_control_characters_escaped(tmp_path: Path) -> None
         assert not any(c in text for c in "\x1b\x07\x9b"), repr(text)
         if args[1] == "show":
             assert "\\x1b]52" in text, text  # shown, escaped, for the reviewer to read
+
+
+async def test_honest_submissions_sent_at_once_from_one_address_are_never_limited(
+    server: Server,
+) -> None:
+    """A room full of players behind one address (a LAN's NAT, a load generator) all submit
+    together: none is refused, though more than the failure budget are in flight at once."""
+    with trio.fail_after(60):
+        games: list[dict[str, Any]] = []
+
+        async def play_one() -> None:
+            async with connect(server) as client:
+                games.append(await play_quick(client, 1, None))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(40):
+                nursery.start_soon(play_one)
+        bodies = [{k: g[k] for k in ("start_token", "end_token", "points")} for g in games]
+        async with http(server) as api:
+
+            async def submit(index: int) -> dict[str, Any]:
+                reply = await api.post("/api/results", json=bodies[index])
+                assert reply.status_code == 200, reply.text
+                return reply.json()  # type: ignore[no-any-return]
+
+            results = await all_at_once(40, submit)
+            assert all(r["accepted"] for r in results)
+            # And the budget still holds for failures from the same address.
+            junk = {"start_token": "a", "end_token": "b", "points": []}
+            codes = Counter(
+                r.status_code
+                for r in await all_at_once(35, lambda i: api.post("/api/results", json=junk))
+            )
+        assert codes == {200: 30, 429: 5}
