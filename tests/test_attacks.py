@@ -317,7 +317,7 @@ async def test_resume_a_running_game_on_a_new_connection(
             assert resumed["session_id"] == started["session_id"]
             assert resumed["seq"] == 3 and resumed["remaining_ms"] == 30_000 - 8_000
             for _ in range(2):
-                await trio.sleep(1)
+                await trio.sleep(1)  # game time (virtual)
                 reply = await second.call(type="point", client_ts=now())
                 assert reply["type"] == "point_accepted"
                 claims.append({"token": reply["token"], "client_ts": now()})
@@ -342,7 +342,7 @@ async def test_resume_after_the_end_sends_end_game_again(
             await first.login(fay)
             await first.enter("demo", fay["user_id"])
             started = await first.start(inline_server.service.clock.now_ms())
-        await trio.sleep(40)  # the game ended while away
+        await trio.sleep(40)  # the game ended while away (virtual time)
         async with connect(inline_server) as second:
             await second.login(fay)
             again = await second.call(type="resume", start_token=started["start_token"])

@@ -91,7 +91,7 @@ async def idle(server: Server) -> None:
             tasks = sum(len(room.nursery.child_tasks) for room in server.rooms.rooms())
             if not server.socket.connections and not tasks and not server.service.running_by_user:
                 return
-            await trio.sleep(0.5)
+            await trio.sleep(0.5)  # virtual: its callers run under autojump_clock
 
 
 async def test_latency_both_ways_is_within_the_allowance(
@@ -106,7 +106,7 @@ async def test_latency_both_ways_is_within_the_allowance(
             started = await client.start(now())
             claims = []
             for _ in range(10):
-                await trio.sleep(1)
+                await trio.sleep(1)  # game time (virtual)
                 ts = now()
                 reply = await client.call(type="point", client_ts=ts)
                 assert reply["type"] == "point_accepted", reply
@@ -137,7 +137,7 @@ async def test_reset_mid_game_then_resume_counts_nothing_twice(
                     await client.enter("demo", bo["user_id"])
                     started = await client.start(now())
                     for n in range(6):
-                        await trio.sleep(1)
+                        await trio.sleep(1)  # game time (virtual)
                         if n == 4:
                             await proxy.reset_all()  # the network drops mid-game
                         ts = now()
@@ -146,7 +146,7 @@ async def test_reset_mid_game_then_resume_counts_nothing_twice(
             except Exception as exc:  # the client sees its connection fail
                 assert "closed" in repr(exc).lower() or "broken" in repr(exc).lower(), exc
             assert len(claims) == 4
-            await trio.sleep(2)
+            await trio.sleep(2)  # virtual time (autojump_clock)
             async with via(proxy) as client:
                 await client.login(bo)
                 resumed = await client.call(type="resume", start_token=started["start_token"])
@@ -154,7 +154,7 @@ async def test_reset_mid_game_then_resume_counts_nothing_twice(
                 counted = resumed["seq"]
                 assert counted in (4, 5)
                 for _ in range(3):
-                    await trio.sleep(1)
+                    await trio.sleep(1)  # virtual time (autojump_clock)
                     ts = now()
                     reply = await client.call(type="point", client_ts=ts)
                     claims.append({"token": reply["token"], "client_ts": ts})

@@ -81,7 +81,7 @@ async def test_points_carry_consecutive_seq_and_server_time(
             now = player_clock(inline_server)
             seqs = []
             for _ in range(5):
-                await trio.sleep(0.5)
+                await trio.sleep(0.5)  # virtual time (autojump_clock)
                 reply = await client.call(type="point", client_ts=now())
                 seqs.append(reply["seq"])
                 assert reply["server_ts"] == now() + PLAYER_LAG_MS
@@ -283,7 +283,7 @@ async def test_a_point_being_answered_when_time_runs_out_still_gets_its_answer(
 
     async def slow_send(self: Connection, text: str) -> bool:
         if '"point_accepted"' in text:
-            await trio.sleep(0.5)  # a congested socket
+            await trio.sleep(0.5)  # a congested socket; virtual time
         return await original(self, text)
 
     with trio.fail_after(60):
@@ -292,7 +292,7 @@ async def test_a_point_being_answered_when_time_runs_out_still_gets_its_answer(
             now = inline_server.service.clock.now_ms
             started = await client.start(now())
             monkeypatch.setattr(Connection, "send", slow_send)
-            await trio.sleep(29.8)  # the reply will still be in flight at 30 s
+            await trio.sleep(29.8)  # the reply will still be in flight at 30 s; virtual time
             await client.send(type="point", client_ts=now(), id="last")
             reply = await client.recv()
             assert reply["type"] == "point_accepted" and reply["id"] == "last"
@@ -309,10 +309,10 @@ async def test_points_queued_at_the_end_are_judged_by_arrival_and_answered_befor
             now = inline_server.service.clock.now_ms
             await client.start(now())
             slow_replies(monkeypatch, '"point_accepted"', 0.3)
-            await trio.sleep(29.5)
+            await trio.sleep(29.5)  # virtual time (autojump_clock)
             for n in range(6):  # in time, though their replies will run past the end
                 await client.send(type="point", client_ts=now(), id=n)
-            await trio.sleep(0.7)  # now past the end, while the session still answers
+            await trio.sleep(0.7)  # now past the end, while the session still answers; virtual time
             for n in range(6, 9):
                 await client.send(type="point", client_ts=now(), id=n)
             replies = []

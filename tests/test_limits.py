@@ -33,7 +33,7 @@ async def normal_game(server: Server, points: int = 10) -> None:
         await player.enter("demo", None)
         started = await player.start(now())
         for _ in range(points):
-            await trio.sleep(1)
+            await trio.sleep(1)  # virtual time (autojump_clock)
             reply = await player.call(type="point", client_ts=now())
             assert reply["type"] == "point_accepted", reply
         end = await player.recv_type("end_game")
@@ -66,7 +66,7 @@ async def test_message_rate_limit_then_1008(
                     assert (await client.call(type="whoami", id=n))["type"] == "identity"
                 refused = await client.call(type="whoami", id="over")
                 assert refused["type"] == "error" and refused["code"] == "rate_limited"
-                await trio.sleep(1.0)  # 10 tokens come back
+                await trio.sleep(1.0)  # 10 tokens come back; virtual time
                 for _ in range(10):
                     assert (await client.call(type="whoami"))["type"] == "identity"
                 for _ in range(5):
@@ -148,7 +148,7 @@ async def test_a_peer_that_stops_answering_pings_is_closed(
             assert not server.socket.connections
             await raw.aclose()
             async with connect(server) as client:  # a client that answers pings stays
-                await trio.sleep(30)
+                await trio.sleep(30)  # virtual time (autojump_clock)
                 assert (await client.call(type="whoami"))["type"] == "identity"
 
 
@@ -190,7 +190,9 @@ async def test_a_peer_that_never_reads_stalls_nobody(
                 nursery.start_soon(reads_again_after_the_timeout)
                 await normal_game(server)  # on time, while the flooder's replies back up
                 while server.socket.connections:
-                    await trio.sleep(1)  # the server drops the peer that does not read
+                    await trio.sleep(
+                        1
+                    )  # the server drops the peer that does not read; virtual time
             # What it was sent: whole replies, perhaps one cut short by the timeout, and then
             # nothing: no close frame written after (or into) a cut frame.
             await raw.aclose()

@@ -123,7 +123,7 @@ async def well_behaved_player(server: Server) -> None:
         started = await player.start(now())
         claims = []
         for _ in range(8):
-            await trio.sleep(2)
+            await trio.sleep(2)  # virtual time (autojump_clock)
             reply = await player.call(type="point", client_ts=now())
             assert reply["type"] == "point_accepted", reply
             claims.append({"token": reply["token"], "client_ts": now()})
