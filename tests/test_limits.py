@@ -190,9 +190,8 @@ async def test_a_peer_that_never_reads_stalls_nobody(
                 nursery.start_soon(reads_again_after_the_timeout)
                 await normal_game(server)  # on time, while the flooder's replies back up
                 while server.socket.connections:
-                    await trio.sleep(
-                        1
-                    )  # the server drops the peer that does not read; virtual time
+                    # The server drops the peer that does not read (virtual time).
+                    await trio.sleep(1)
             # What it was sent: whole replies, perhaps one cut short by the timeout, and then
             # nothing: no close frame written after (or into) a cut frame.
             await raw.aclose()
