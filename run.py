@@ -3,7 +3,7 @@
 
 import sys
 
-from scoreserver.cli import main
+from scoreserver.ops.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], prog="python run.py"))

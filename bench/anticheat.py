@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scoreserver.rules import GameSettings  # noqa: E402
-from scoreserver.timing import TimingTracker  # noqa: E402
+from scoreserver.core.rules import GameSettings  # noqa: E402
+from scoreserver.core.timing import TimingTracker  # noqa: E402
 from tests.timing_sim import BOTS, GAME_MS, Session, honest, judged  # noqa: E402
 
 DOC = ROOT / "docs" / "anti-cheat.md"

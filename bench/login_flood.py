@@ -24,7 +24,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scoreserver.app import parse_banner, serve_command  # noqa: E402
+from scoreserver.server.app import parse_banner, serve_command  # noqa: E402
 
 ADDRESSES = [f"127.0.0.{n}" for n in range(2, 11)]
 
@@ -121,7 +121,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         db, key = Path(folder) / "f.db", Path(folder) / "f.key"
         subprocess.run(
-            [sys.executable, "-m", "scoreserver.cli", "admin", "set-password"]
+            [sys.executable, "-m", "scoreserver.ops.cli", "admin", "set-password"]
             + ["--password-stdin", "--db", str(db)],
             input="a long admin secret\n",
             text=True,

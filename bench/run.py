@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scoreserver import store as db  # noqa: E402
-from scoreserver.app import parse_banner, serve_command  # noqa: E402
-from scoreserver.rules import GameSettings  # noqa: E402
+from scoreserver.core.rules import GameSettings  # noqa: E402
+from scoreserver.server.app import parse_banner, serve_command  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

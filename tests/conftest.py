@@ -14,10 +14,10 @@ import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from scoreserver import store as db
-from scoreserver.app import Config, Server, serve
-from scoreserver.rules import GameSettings
-from scoreserver.service import PasswordPolicy
-from scoreserver.ws import Limits
+from scoreserver.core.rules import GameSettings
+from scoreserver.server.app import Config, Server, serve
+from scoreserver.server.service import PasswordPolicy
+from scoreserver.server.ws import Limits
 
 # Cheap Argon2id for tests that create many accounts; production uses OWASP's parameters,
 # and test_accounts checks those.

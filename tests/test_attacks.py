@@ -13,8 +13,8 @@ import trio.testing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from scoreserver import store as db
-from scoreserver.app import Server
-from scoreserver.tokens import KeyRing, Purpose, b64decode, b64encode
+from scoreserver.server.app import Server
+from scoreserver.wire.tokens import KeyRing, Purpose, b64decode, b64encode
 
 from .conftest import Client, connect, register
 
@@ -209,7 +209,7 @@ async def test_two_submissions_at_once_count_once(
 async def test_an_old_key_stops_verifying_after_its_window(
     inline_server: Server, autojump_clock: trio.testing.MockClock
 ) -> None:
-    from scoreserver.tokens import VerifyKey
+    from scoreserver.wire.tokens import VerifyKey
 
     with trio.fail_after(120):
         async with connect(inline_server) as client:

@@ -11,7 +11,7 @@ import trio.testing
 from trio_websocket import ConnectionClosed
 
 from scoreserver import store as db
-from scoreserver.app import Server
+from scoreserver.server.app import Server
 
 from .conftest import Client, connect, register
 

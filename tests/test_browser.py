@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scoreserver.app import parse_banner, serve_command
+from scoreserver.server.app import parse_banner, serve_command
 
 from .players import LONG_NAME, honest_score, metronome_bot
 
@@ -43,7 +43,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "scoreserver.cli",
+            "scoreserver.ops.cli",
             "games",
             "add",
             "demo",
@@ -244,7 +244,7 @@ def set_admin_password(server_url: str) -> None:
         [
             sys.executable,
             "-m",
-            "scoreserver.cli",
+            "scoreserver.ops.cli",
             "admin",
             "set-password",
             "--password-stdin",
@@ -284,7 +284,7 @@ def test_the_review_console_bans_by_id_and_logs_out_on_the_server(
     page.once("dialog", lambda dialog: dialog.accept("alt account"))  # type: ignore[attr-defined]
     row.locator("button", has_text="Ban").click()
     page.locator("#users tr", has_text="../dot").locator("button", has_text="Unban").wait_for()  # type: ignore[attr-defined]
-    token = page.evaluate("sessionStorage.getItem('scoreserver.admin')")  # type: ignore[attr-defined]
+    token = page.evaluate("sessionStorage.getItem('scoreserver.server.admin')")  # type: ignore[attr-defined]
     auth = {"authorization": f"Bearer {token}"}
     users = httpx.get(f"{server_url}/api/admin/users", headers=auth).json()["users"]
     assert [u["banned_until"] is not None for u in users if u["name"] == "../dot"] == [True]
@@ -341,7 +341,7 @@ def test_the_review_console_draws_a_flagged_sessions_evidence(
 def cli(server_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """The operator's command, in a process of its own, on the server's database."""
     return subprocess.run(
-        [sys.executable, "-m", "scoreserver.cli", *args, "--db", DATABASES[server_url]],
+        [sys.executable, "-m", "scoreserver.ops.cli", *args, "--db", DATABASES[server_url]],
         capture_output=True,
         text=True,
         timeout=60,

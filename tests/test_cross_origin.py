@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from scoreserver.ws import origin_allowed
+from scoreserver.server.ws import origin_allowed
 
 from .conftest import connect, http, make_config, running_server
 

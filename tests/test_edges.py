@@ -18,10 +18,10 @@ import pytest
 import trio
 import trio.testing
 
-from scoreserver import cli
 from scoreserver import store as db
-from scoreserver.app import Server
-from scoreserver.service import PasswordPolicy
+from scoreserver.ops import cli
+from scoreserver.server.app import Server
+from scoreserver.server.service import PasswordPolicy
 
 from .conftest import (
     add_game,
@@ -106,8 +106,8 @@ async def test_game_starts_raced_on_many_sockets_give_one_game(server: Server) -
 
 def test_the_database_refuses_a_second_running_game(tmp_path: Path) -> None:
     """The backstop for every process: a unique index, whatever the server's memory says."""
+    from scoreserver.core.rules import GameSettings
     from scoreserver.errors import ConflictError
-    from scoreserver.rules import GameSettings
 
     conn = db.open_database(tmp_path / "d.db")
     settings = GameSettings(duration_ms=1000)
@@ -546,7 +546,7 @@ async def test_a_signer_that_stalls_or_dies_mid_game_costs_speed_not_the_game(
                 await client.enter("two", account["user_id"])
                 started = await client.start(wall_ms())
                 claims = await client.score(wall_ms, 2, 0.05)
-                (signer,) = child_processes("_signer_child")
+                (signer,) = child_processes("signer_child")
                 os.kill(signer, how)
                 claims += await client.score(wall_ms, 3, 0.05)
                 end = await client.recv_type("end_game")
@@ -562,7 +562,7 @@ async def test_a_signer_that_stalls_or_dies_mid_game_costs_speed_not_the_game(
                     points=claims,
                 )
                 assert result["accepted"] is True and result["score"] == 5
-            while child_processes("_signer_child"):  # killed and reaped, also when stopped
+            while child_processes("signer_child"):  # killed and reaped, also when stopped
                 await trio.sleep(0.05)
 
 
@@ -582,7 +582,7 @@ async def test_a_writer_that_stalls_or_dies_mid_game_stops_the_server_cleanly(
                     await client.start(wall_ms())
                     await guest.start(wall_ms())
                     await client.score(wall_ms, 1, 0.05)
-                    (writer,) = child_processes("_writer_child")
+                    (writer,) = child_processes("writer_child")
                     os.kill(writer, how)
                     # Every running game gets its end_game: void, with no end token, since
                     # its end could not be committed.
@@ -594,7 +594,7 @@ async def test_a_writer_that_stalls_or_dies_mid_game_stops_the_server_cleanly(
         except* db.StoreError as group:
             failures.extend(group.exceptions)
     assert len(failures) == 1
-    assert child_processes("_writer_child") == []
+    assert child_processes("writer_child") == []
 
 
 async def test_health_reports_a_slow_writer_before_it_times_out(
@@ -602,7 +602,7 @@ async def test_health_reports_a_slow_writer_before_it_times_out(
 ) -> None:
     async with await stall_server(tmp_path) as server:
         with trio.fail_after(30):
-            (writer,) = child_processes("_writer_child")
+            (writer,) = child_processes("writer_child")
             os.kill(writer, signal.SIGSTOP)
             try:
                 async with trio.open_nursery() as nursery:

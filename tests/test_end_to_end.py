@@ -14,8 +14,8 @@ import trio
 import trio.testing
 
 from scoreserver import store as db
-from scoreserver.app import Server
-from scoreserver.tokens import b64decode, b64encode
+from scoreserver.server.app import Server
+from scoreserver.wire.tokens import b64decode, b64encode
 
 from .conftest import Client, connect, http
 
@@ -308,7 +308,7 @@ async def test_unknown_session_is_flagged(server: Server) -> None:
         # server's own key, as only a leaked key could.
         import os
 
-        from scoreserver.tokens import Purpose
+        from scoreserver.wire.tokens import Purpose
 
         keys = server.service.keys
         ghost = keys.sign(Purpose.START, os.urandom(16), None, "quick", wall_ms())

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, HandshakeError
 
-from scoreserver.app import Server
+from scoreserver.server.app import Server
 
 from .conftest import Client, open_client, register
 

@@ -8,7 +8,7 @@ import trio
 import trio.testing
 
 from scoreserver import store as db
-from scoreserver.app import Server
+from scoreserver.server.app import Server
 
 from .conftest import Client, connect, register
 
@@ -154,7 +154,7 @@ async def test_the_burst_limit_ends_the_game_and_flags_first(
 def slow_replies(monkeypatch: Any, marker: str, delay_s: float) -> None:
     """From now on, frames containing `marker` take `delay_s` to send: the session is busy
     answering, so the player's next points queue up in its inbox."""
-    from scoreserver.ws import Connection
+    from scoreserver.server.ws import Connection
 
     original = Connection.send
 
@@ -277,7 +277,7 @@ async def test_a_point_being_answered_when_time_runs_out_still_gets_its_answer(
 ) -> None:
     """The timer ends the wait for points, never the handling of one: a reply in flight
     when the time is up is still delivered (before end_game)."""
-    from scoreserver.ws import Connection
+    from scoreserver.server.ws import Connection
 
     original = Connection.send
 

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from scoreserver import store as db
-from scoreserver.app import Server
-from scoreserver.rules import GameSettings
+from scoreserver.core.rules import GameSettings
+from scoreserver.server.app import Server
 
 from .conftest import http
 

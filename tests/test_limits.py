@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from scoreserver.app import Server
+from scoreserver.server.app import Server
 
 from .conftest import add_game, connect, http, make_config, running_server
 from .rawws import RawSocket, close_code

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import trio
 
-from scoreserver import cli
 from scoreserver import store as db
-from scoreserver.app import Server, reload
+from scoreserver.ops import cli
+from scoreserver.server.app import Server, reload
 
 from .conftest import connect, http, register
 from .test_end_to_end import new_player, play_quick, submit_http

@@ -18,7 +18,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from scoreserver.app import parse_banner, serve_command
+from scoreserver.server.app import parse_banner, serve_command
 
 from .conftest import open_client
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 def cli(tmp_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "scoreserver.cli", *args, "--db", str(tmp_path / "s.db")],
+        [sys.executable, "-m", "scoreserver.ops.cli", *args, "--db", str(tmp_path / "s.db")],
         input=stdin,
         capture_output=True,
         text=True,
@@ -293,7 +293,7 @@ async def test_tls_serves_both_ports(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    from scoreserver.app import Config, serve
+    from scoreserver.server.app import Config, serve
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
@@ -397,7 +397,7 @@ def test_passwords_are_asked_on_a_terminal_and_refused_cleanly_without_one(tmp_p
 
 
 def test_help_names_run_py_and_every_option_says_what_it_does_and_its_default() -> None:
-    from scoreserver.cli import build_parser, serve_parser
+    from scoreserver.ops.cli import build_parser, serve_parser
 
     shown = subprocess.run(
         [sys.executable, "run.py", "--help"],

@@ -14,7 +14,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scoreserver.app import Server
+from scoreserver.server.app import Server
 
 from .conftest import add_game, connect, make_config, running_server
 

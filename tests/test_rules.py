@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from scoreserver import rules
-from scoreserver.rules import (
+from scoreserver.core import rules
+from scoreserver.core.rules import (
     AccountFlagged,
     BurstRecorded,
     EndReason,

@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import scoreserver
-from scoreserver import _signer_child
-from scoreserver.app import make_signer, usable_cores
 from scoreserver.children import python_module
-from scoreserver.signer import InlineSigner, ProcessSigner
-from scoreserver.tokens import KeyRing, Purpose
+from scoreserver.server import signer_child as _signer_child
+from scoreserver.server.app import make_signer, usable_cores
+from scoreserver.server.signer import InlineSigner, ProcessSigner
+from scoreserver.wire.tokens import KeyRing, Purpose
 
 from .conftest import (
     add_game,
@@ -100,7 +100,7 @@ async def test_a_killed_child_costs_speed_not_tokens() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(signer.run)
             first = await sign_many(signer, keys, range(1, 11))
-            child = child_processes("_signer_child")
+            child = child_processes("signer_child")
             assert len(child) == 1
             os.kill(child[0], signal.SIGKILL)
             # Signatures asked for while and after the child dies are all made, here.
@@ -202,8 +202,8 @@ async def test_a_game_over_real_sockets_gets_its_point_tokens_from_the_child(tmp
 
 def test_helper_processes_import_the_servers_own_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
-    command, env = python_module("scoreserver._signer_child")
-    assert command == [sys.executable, "-m", "scoreserver._signer_child"]
+    command, env = python_module("scoreserver.server.signer_child")
+    assert command == [sys.executable, "-m", "scoreserver.server.signer_child"]
     paths = env["PYTHONPATH"].split(os.pathsep)
     assert paths == [str(Path(scoreserver.__file__).resolve().parent.parent), "/somewhere/else"]
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from scoreserver import _writer_child
 from scoreserver import store as db
+from scoreserver.core.rules import GameSettings
 from scoreserver.errors import ConflictError
-from scoreserver.rules import GameSettings
+from scoreserver.store import writer_child as _writer_child
 
 from .conftest import child_processes
 
@@ -142,7 +142,7 @@ async def test_a_dead_writer_process_stops_the_store_and_fails_its_waiters(
             async with trio.open_nursery() as nursery:
                 await nursery.start(writer.run)
                 await writer.write(db.insert_user, "first", "x", 0)
-                (child,) = child_processes("_writer_child")
+                (child,) = child_processes("writer_child")
                 os.kill(child, signal.SIGKILL)
                 nursery.start_soon(wait_for_a_write)
                 await trio.sleep_forever()  # the store's failure ends this nursery

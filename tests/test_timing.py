@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from scoreserver.rules import (
+from scoreserver.core.rules import (
     AccountFlagged,
     EndReason,
     GameEnded,
@@ -23,7 +23,7 @@ from scoreserver.rules import (
     check_submission,
     outlier_evidence,
 )
-from scoreserver.timing import (
+from scoreserver.core.timing import (
     ASSESS_EVERY,
     INHUMAN_TIMING,
     ROBOTIC_RHYTHM,

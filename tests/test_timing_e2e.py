@@ -15,10 +15,11 @@ import pytest
 import trio
 import trio.testing
 
-from scoreserver import cli, moderation
 from scoreserver import store as db
-from scoreserver.app import Server
-from scoreserver.rules import GameSettings
+from scoreserver.core.rules import GameSettings
+from scoreserver.ops import cli
+from scoreserver.server import moderation
+from scoreserver.server.app import Server
 
 from .conftest import Client, add_game, connect, http, make_config, register, running_server
 

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from scoreserver.errors import TokenError
-from scoreserver.tokens import (
+from scoreserver.wire.tokens import (
     KeyRing,
     Purpose,
     VerifyKey,

@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scoreserver.rules import AccountFlagged, GameSession, GameSettings
+from scoreserver.core.rules import AccountFlagged, GameSession, GameSettings
 
 GAME_MS = 30_000
 BURST_WINDOW_MS = 1000

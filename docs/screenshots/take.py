@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from scoreserver.app import parse_banner, serve_command  # noqa: E402
+from scoreserver.server.app import parse_banner, serve_command  # noqa: E402
 from tests.players import honest_score, metronome_bot  # noqa: E402
 
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
@@ -31,7 +31,7 @@ PASSWORD = "a long admin secret"
 
 def cli(db: Path, *args: str, stdin: str | None = None) -> None:
     subprocess.run(
-        [sys.executable, "-m", "scoreserver.cli", *args, "--db", str(db)],
+        [sys.executable, "-m", "scoreserver.ops.cli", *args, "--db", str(db)],
         input=stdin,
         text=True,
         check=True,

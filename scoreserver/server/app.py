@@ -32,17 +32,17 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from trio_websocket import serve_websocket
 
-from . import store as db
-from .clock import ServerClock
-from .errors import PortTakenError, StoreError
-from .http import create_app
-from .rooms import Rooms
-from .rules import GameSettings
-from .service import DEMO_GAME, DEMO_SETTINGS, PasswordPolicy, Service
-from .signer import SIGNER_MODES, InlineSigner, ProcessSigner, Signer
-from .store import STORE_WRITERS
-from .tokens import KeyRing
-from .ws import GameSocket, Limits
+from scoreserver import store as db
+from scoreserver.core.rules import GameSettings
+from scoreserver.errors import PortTakenError, StoreError
+from scoreserver.server.clock import ServerClock
+from scoreserver.server.http import create_app
+from scoreserver.server.rooms import Rooms
+from scoreserver.server.service import DEMO_GAME, DEMO_SETTINGS, PasswordPolicy, Service
+from scoreserver.server.signer import SIGNER_MODES, InlineSigner, ProcessSigner, Signer
+from scoreserver.server.ws import GameSocket, Limits
+from scoreserver.store import STORE_WRITERS
+from scoreserver.wire.tokens import KeyRing
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def serve_command(db: Path, key: Path, *flags: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "scoreserver.cli",
+        "scoreserver.ops.cli",
         "serve",
         "--ws-port",
         "0",

@@ -3,7 +3,7 @@
 Every accepted point carries an Ed25519 signature. A signature costs about 52 µs in a tight
 loop on the project's machine, but taking it out of the server's point path saved about 140 µs
 of event-loop time per point (measured with the load generator; see docs/performance.md). So
-the server hands point signatures to a child process, `python -m scoreserver._signer_child`,
+the server hands point signatures to a child process, `python -m scoreserver.server.signer_child`,
 which holds the signing key and signs in batches while the event loop goes on with other
 players. A session task waits for its own point's signature only; the reply order per session
 is kept because the task awaits each signature before the next point.
@@ -32,15 +32,15 @@ from typing import Protocol
 import trio
 from cryptography.hazmat.primitives import serialization
 
-from . import children
-from .tokens import SIGNATURE_SIZE, KeyRing, finish
+from scoreserver import children
+from scoreserver.wire.tokens import SIGNATURE_SIZE, KeyRing, finish
 
 logger = logging.getLogger(__name__)
 
 FRAME = struct.Struct(">cBH")
 KEY_FRAME = b"K"
 SIGN_FRAME = b"S"
-CHILD_MODULE = "scoreserver._signer_child"
+CHILD_MODULE = "scoreserver.server.signer_child"
 READ_SIZE = 65536
 SIGNER_MODES = ("auto", "process", "inline")
 

@@ -19,12 +19,12 @@ import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
-from . import protocol as wire
-from . import store as db
-from .errors import AuthError, ConflictError, ProtocolError, RateLimitedError, TokenError
-from .rooms import LiveSession, PointIn, Room, Rooms
-from .service import Peer, Service
-from .tokens import Purpose
+from scoreserver import store as db
+from scoreserver.errors import AuthError, ConflictError, ProtocolError, RateLimitedError, TokenError
+from scoreserver.server.rooms import LiveSession, PointIn, Room, Rooms
+from scoreserver.server.service import Peer, Service
+from scoreserver.wire import protocol as wire
+from scoreserver.wire.tokens import Purpose
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import store as db
-from .errors import ConflictError, NotFoundError
-from .rules import GameSettings
+from scoreserver import store as db
+from scoreserver.core.rules import GameSettings
+from scoreserver.errors import ConflictError, NotFoundError
 
 DAY_MS = 86_400_000
 

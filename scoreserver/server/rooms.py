@@ -24,10 +24,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from . import protocol as wire
-from . import store as db
-from .errors import ConflictError, StoreError
-from .rules import (
+from scoreserver import store as db
+from scoreserver.core.rules import (
     AccountFlagged,
     Action,
     BurstRecorded,
@@ -41,10 +39,12 @@ from .rules import (
     SessionRecord,
     SessionState,
 )
-from .tokens import Purpose
+from scoreserver.errors import ConflictError, StoreError
+from scoreserver.wire import protocol as wire
+from scoreserver.wire.tokens import Purpose
 
 if TYPE_CHECKING:
-    from .service import Peer, Service
+    from scoreserver.server.service import Peer, Service
 
 logger = logging.getLogger(__name__)
 

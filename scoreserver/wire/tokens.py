@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from .errors import TokenError
+from scoreserver.errors import TokenError
 
 MAGIC = b"SS"
 VERSION = 1

@@ -22,18 +22,18 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import protocol as wire
-from . import store as db
-from .admin import AdminConsole
-from .errors import AuthError, BusyError, ConflictError, RateLimitedError
-from .service import PASSWORD_MAX, Peer, Service
-from .tokens import b64encode, raw_public
-from .webio import HttpError, bearer, error_response, int_param, read_json
-from .ws import origin_allowed
+from scoreserver import store as db
+from scoreserver.errors import AuthError, BusyError, ConflictError, RateLimitedError
+from scoreserver.server.admin import AdminConsole
+from scoreserver.server.service import PASSWORD_MAX, Peer, Service
+from scoreserver.server.webio import HttpError, bearer, error_response, int_param, read_json
+from scoreserver.server.ws import origin_allowed
+from scoreserver.wire import protocol as wire
+from scoreserver.wire.tokens import b64encode, raw_public
 
 logger = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).with_name("static")
+STATIC_DIR = Path(__file__).parent.parent / "static"
 WINDOWS_MS = {"day": 86_400_000, "week": 7 * 86_400_000}
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from .errors import RateLimitedError
+from scoreserver.errors import RateLimitedError
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The database writer as a child process: `python -m scoreserver._writer_child DB_PATH`.
+"""The database writer as a child process: `python -m scoreserver.store.writer_child DB_PATH`.
 
 The server sends batches of units on stdin; each frame is a 4-byte big-endian length and a
 pickled list of ``(operation, args, awaited)``, the operations being the named functions of
@@ -21,8 +21,8 @@ import signal
 import sys
 from typing import Any
 
-from . import store as db
-from .errors import StoreError
+from scoreserver import store as db
+from scoreserver.errors import StoreError
 
 logger = logging.getLogger("scoreserver.store.writer")
 LENGTH = db.FRAME_LENGTH
@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if len(argv) != 2:
-        print("usage: python -m scoreserver._writer_child DB_PATH", file=sys.stderr)
+        print("usage: python -m scoreserver.store.writer_child DB_PATH", file=sys.stderr)
         return 2
     try:
         return serve(argv[1], sys.stdin.fileno(), sys.stdout.fileno())

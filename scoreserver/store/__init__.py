@@ -15,7 +15,7 @@ the command line and the tests run the same SQL. The server runs writes through 
 * `await store.read(op, ...)` runs a query on a reader connection in a worker thread.
 
 The writer is a child process (`Store(..., child_process=True)`, the server's default; see
-`_writer_child.py` for why and for its frames) or a thread of this process. Both run batches
+`writer_child.py` for why and for its frames) or a thread of this process. Both run batches
 with `run_batch`. `Store(..., threaded=False)` runs the same units inline on the event loop's
 thread: the autojump-clock tests use it, because time would otherwise jump while a task waits
 on a thread or a pipe.
@@ -45,15 +45,22 @@ from typing import Any, TypeVar
 
 import trio
 
-from . import children, timing
-from .errors import BannedError, ConflictError, NotFoundError, StoreError
-from .names import skeleton
-from .rules import EndReason, GameSettings, IssuedPoint, SessionRecord, outlier_evidence
+from scoreserver import children
+from scoreserver.core import timing
+from scoreserver.core.names import skeleton
+from scoreserver.core.rules import (
+    EndReason,
+    GameSettings,
+    IssuedPoint,
+    SessionRecord,
+    outlier_evidence,
+)
+from scoreserver.errors import BannedError, ConflictError, NotFoundError, StoreError
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-SCHEMA_PATH = Path(__file__).with_name("schema.sql")
+SCHEMA_PATH = Path(__file__).with_name("sqlite.sql")
 BATCH_LIMIT = 1000
 # How long the writer may hold a batch of queued rows open for more. A unit someone awaits
 # (an end, a result, a flag) closes the batch at once.
@@ -61,7 +68,7 @@ LINGER_S = 0.005
 STOP_TIMEOUT_S = 15.0
 # SQLite's busy timeout (10 s: the CLI may hold the write lock that long) plus room to commit.
 ANSWER_TIMEOUT_S = 15.0
-WRITER_CHILD_MODULE = "scoreserver._writer_child"
+WRITER_CHILD_MODULE = "scoreserver.store.writer_child"
 STORE_WRITERS = ("process", "thread")
 FRAME_LENGTH = struct.Struct(">I")
 FOREVER = 2**62  # banned_until of a ban without an end
@@ -309,7 +316,7 @@ class Store:
         self._process: trio.Process | None = None
         # Told how long each awaited write took to its COMMIT (for /metrics), if set.
         self.write_latency: Callable[[float], None] | None = None
-        # The writer in a child process (`_writer_child`) instead of a thread of this one.
+        # The writer in a child process (`writer_child`) instead of a thread of this one.
         self.child_process = threaded and child_process
         self._pending: list[Job] = []  # child process: units not yet sent
         self._sent: deque[list[Job]] = deque()  # child process: batches awaiting their reply

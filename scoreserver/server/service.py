@@ -21,13 +21,10 @@ import trio
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from . import store as db
-from .clock import ServerClock
-from .errors import AuthError, BannedError, BusyError, ConflictError, RateLimitedError, TokenError
-from .limits import Budget, charge_all
-from .metrics import Metrics
-from .names import normalize_name
-from .rules import (
+from scoreserver import store as db
+from scoreserver.core.limits import Budget, charge_all
+from scoreserver.core.names import normalize_name
+from scoreserver.core.rules import (
     GameSettings,
     PointLike,
     ResultReason,
@@ -35,8 +32,18 @@ from .rules import (
     SubmissionAccepted,
     check_submission,
 )
-from .signer import InlineSigner, Signer
-from .tokens import (
+from scoreserver.errors import (
+    AuthError,
+    BannedError,
+    BusyError,
+    ConflictError,
+    RateLimitedError,
+    TokenError,
+)
+from scoreserver.server.clock import ServerClock
+from scoreserver.server.metrics import Metrics
+from scoreserver.server.signer import InlineSigner, Signer
+from scoreserver.wire.tokens import (
     KeyRing,
     Purpose,
     VerifyKey,
@@ -48,7 +55,7 @@ from .tokens import (
 )
 
 if TYPE_CHECKING:
-    from .rooms import LiveSession, Rooms
+    from scoreserver.server.rooms import LiveSession, Rooms
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

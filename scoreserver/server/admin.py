@@ -29,12 +29,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import moderation
-from . import store as db
-from .errors import BusyError, ConflictError, NotFoundError, RateLimitedError
-from .limits import Budget, charge_all
-from .service import PasswordWork
-from .webio import HttpError, bearer, int_param, read_json
+from scoreserver import store as db
+from scoreserver.core.limits import Budget, charge_all
+from scoreserver.errors import BusyError, ConflictError, NotFoundError, RateLimitedError
+from scoreserver.server import moderation
+from scoreserver.server.service import PasswordWork
+from scoreserver.server.webio import HttpError, bearer, int_param, read_json
 
 ADMIN_PASSWORD_SETTING = "admin_password_hash"
 SESSION_TTL_S = 8 * 3600
@@ -236,7 +236,7 @@ class AdminConsole:
         return {"flags": rows[:limit], **_paging(limit, offset, len(rows))}
 
     async def flag(self, request: Request) -> Any:
-        from .cli import render_flag
+        from scoreserver.ops.cli import render_flag
 
         flag_id = _path_id(request, "flag_id")
         flag = await self._run(lambda c: db.get_flag(c, flag_id))

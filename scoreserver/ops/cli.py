@@ -27,12 +27,18 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from . import moderation
-from . import store as db
-from .errors import ConflictError, NotFoundError, PortTakenError, ScoreServerError, StoreError
-from .rules import GameSettings
-from .service import PasswordPolicy, validate_credentials
-from .signer import SIGNER_MODES
+from scoreserver import store as db
+from scoreserver.core.rules import GameSettings
+from scoreserver.errors import (
+    ConflictError,
+    NotFoundError,
+    PortTakenError,
+    ScoreServerError,
+    StoreError,
+)
+from scoreserver.server import moderation
+from scoreserver.server.service import PasswordPolicy, validate_credentials
+from scoreserver.server.signer import SIGNER_MODES
 
 DEFAULT_DB = Path("scoreserver.db")
 DEFAULT_KEY = Path("scoreserver.key")
@@ -374,8 +380,8 @@ def _read_password(from_stdin: bool) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .app import Config, serve
-    from .ws import Limits
+    from scoreserver.server.app import Config, serve
+    from scoreserver.server.ws import Limits
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -832,7 +838,7 @@ def cmd_scores(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from .tokens import key_id, raw_public, write_key
+    from scoreserver.wire.tokens import key_id, raw_public, write_key
 
     conn = _open_or_create(args.db)
     if args.action == "list":
@@ -924,7 +930,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
-    from .admin import ADMIN_PASSWORD_SETTING, end_admin_sessions
+    from scoreserver.server.admin import ADMIN_PASSWORD_SETTING, end_admin_sessions
 
     password = _read_password(args.password_stdin)
     if len(password) < 12:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
-from .errors import ProtocolError
+from scoreserver.errors import ProtocolError
 
 # Bounds on every integer a peer may send: what the rules, the tokens (signed 64-bit fields)
 # and the database (SQLite's INTEGER) can all hold, and what a JavaScript number keeps exact.

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from .timing import ASSESS_EVERY, TimingTracker
+from scoreserver.core.timing import ASSESS_EVERY, TimingTracker
 
 # --- settings ------------------------------------------------------------------------------
 
