@@ -13,11 +13,12 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from scoreserver import store as db
-from scoreserver.core.rules import GameSettings
 from scoreserver.server.app import Config, Server, serve
 from scoreserver.server.service import PasswordPolicy
 from scoreserver.server.ws import Limits
+
+from . import databases
+from .databases import NO_TIMING, add_game, location
 
 # Cheap Argon2id for tests that create many accounts; production uses OWASP's parameters,
 # and test_accounts checks those.
@@ -29,11 +30,11 @@ def make_config(tmp_path: Path, *, inline: bool = False, **limits: Any) -> Confi
         host="127.0.0.1",
         ws_port=0,
         http_port=0,
-        db_path=tmp_path / "test.db",
+        db_path=location(tmp_path),
         key_path=tmp_path / "test.key",
         limits=Limits(**limits),
         password_policy=FAST_PASSWORDS,
-        threaded_store=not inline,
+        store_writer="inline" if inline else "process",
         # Under autojump_clock a child process's answer is real I/O the clock would jump past.
         signer="inline" if inline else "process",
         reanchor_clock=False,
@@ -43,19 +44,35 @@ def make_config(tmp_path: Path, *, inline: bool = False, **limits: Any) -> Confi
     )
 
 
-# Test games do not run the timing analysis unless a test asks for it: their scripted players
-# score at machine rhythm (test_timing.py is where that is judged).
-NO_TIMING = {"human_floor_ms": 0, "min_rhythm_cv": 0.0}
+# Test games do not run the timing analysis unless a test asks for it (NO_TIMING): their
+# scripted players score at machine rhythm (test_timing.py is where that is judged).
+__all__ = ["NO_TIMING", "add_game"]
 
 
-def add_game(path: Path, game_id: str, **settings: Any) -> None:
-    """Create a game in the database before the server starts."""
-    conn = db.open_database(path)
-    with db.transaction(conn):
-        db.insert_game(
-            conn, game_id, GameSettings(**{"duration_ms": 30_000, **NO_TIMING, **settings}), 0
-        )
-    conn.close()
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "engines: runs once on SQLite and once on PostgreSQL (tests/databases.py)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("engines") is not None:
+        metafunc.parametrize("engine", databases.ENGINES, indirect=True)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    databases.stop_cluster()
+
+
+@pytest.fixture(autouse=True)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The engine under test: "sqlite", or for tests marked `engines` each in turn. On
+    PostgreSQL, tmp_path's database files stand for new databases of the test cluster."""
+    name: str = getattr(request, "param", "sqlite")
+    if name == "postgres":
+        databases.cluster()  # skips (or, in CI, fails) without PostgreSQL
+        databases.use_postgres(request.getfixturevalue("tmp_path"))
+    return name
 
 
 @asynccontextmanager

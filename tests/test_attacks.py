@@ -12,10 +12,10 @@ import trio
 import trio.testing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from scoreserver import store as db
 from scoreserver.server.app import Server
 from scoreserver.wire.tokens import KeyRing, Purpose, b64decode, b64encode
 
+from . import databases
 from .conftest import Client, connect, register
 
 LAG = 7_000  # the player's clock runs 7 s behind
@@ -53,7 +53,7 @@ async def submit(client: Client, submission: dict[str, Any]) -> dict[str, Any]:
 
 
 async def flag_count(server: Server) -> int:
-    return len(await server.service.store.read(db.list_flags))
+    return len(await server.service.store.flags())
 
 
 # --- tokens ---------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ async def test_tokens_of_another_session_user_game_or_key(
             unknown_kid = stranger.sign(Purpose.START, os.urandom(16), ann["user_id"], "demo", 0)
             result = await submit(a, {**body(mine), "start_token": unknown_kid})
             assert result["reason"] == "bad_start_token"
-            flags = await inline_server.service.store.read(db.list_flags)
+            flags = await inline_server.service.store.flags()
             assert len(flags) == len(cases) + 1
             assert all(f["user_id"] == ann["user_id"] for f in flags[: len(cases)])
             assert (await submit(a, body(mine)))["accepted"] is True
@@ -179,9 +179,7 @@ async def test_a_submission_replayed_on_a_second_connection(
         async with connect(inline_server) as second:  # a thief with the same tokens
             replay = await submit(second, body(game))
             assert replay == {"type": "result", "accepted": False, "reason": "already_submitted"}
-        scores = await inline_server.service.store.read(
-            lambda c: c.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
-        )
+        scores = databases.sql(inline_server.config.db_path, "SELECT COUNT(*) FROM scores")[0][0]
         assert scores == 1
 
 

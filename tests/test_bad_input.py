@@ -10,7 +10,6 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed
 
-from scoreserver import store as db
 from scoreserver.server.app import Server
 
 from .conftest import Client, connect, register
@@ -187,7 +186,7 @@ async def test_identity_mismatch_is_refused_and_flagged(
             )
             assert other["code"] == "identity_mismatch"
             await still_serving(inline_server, client)
-        flags = await inline_server.service.store.read(db.list_flags)
+        flags = await inline_server.service.store.flags()
         assert [(f["reason"], f["user_id"], f["guest_addr"]) for f in flags] == [
             ("identity_mismatch", None, "127.0.0.1"),
             ("identity_mismatch", dan["user_id"], None),

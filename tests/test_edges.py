@@ -18,11 +18,15 @@ import pytest
 import trio
 import trio.testing
 
-from scoreserver import store as db
+from scoreserver.errors import StoreError
 from scoreserver.ops import cli
 from scoreserver.server.app import Server
 from scoreserver.server.service import PasswordPolicy
+from scoreserver.store import ops, sqlite
+from scoreserver.store.connect import open_database
+from scoreserver.store.engine import transaction
 
+from . import databases
 from .conftest import (
     add_game,
     child_processes,
@@ -109,21 +113,21 @@ def test_the_database_refuses_a_second_running_game(tmp_path: Path) -> None:
     from scoreserver.core.rules import GameSettings
     from scoreserver.errors import ConflictError
 
-    conn = db.open_database(tmp_path / "d.db")
+    conn = open_database(databases.resolve(tmp_path / "d.db"))
     settings = GameSettings(duration_ms=1000)
-    with db.transaction(conn):
-        db.insert_game(conn, "g", settings, 0)
-        user = db.insert_user(conn, "ann", "x", 0)
+    with transaction(conn):
+        ops.insert_game(conn, "g", settings, 0)
+        user = ops.insert_user(conn, "ann", "x", 0)
     args = ("g", user, None, None, settings, 0, 0, "start")
-    with db.transaction(conn):
-        db.insert_session(conn, "s1", *args)
-    with pytest.raises(ConflictError), db.transaction(conn):
-        db.insert_session(conn, "s2", *args)
-    with db.transaction(conn):
-        db.insert_session(conn, "g1", "g", None, "1.2.3.4", None, settings, 0, 0, "t")
-        db.insert_session(conn, "g2", "g", None, "1.2.3.4", None, settings, 0, 0, "t")  # guests
-        db.end_session(conn, "s1", "end", 5, "time_up")
-        db.insert_session(conn, "s3", *args)  # the first ended: a new one may run
+    with transaction(conn):
+        ops.insert_session(conn, "s1", *args)
+    with pytest.raises(ConflictError), transaction(conn):
+        ops.insert_session(conn, "s2", *args)
+    with transaction(conn):
+        ops.insert_session(conn, "g1", "g", None, "1.2.3.4", None, settings, 0, 0, "t")
+        ops.insert_session(conn, "g2", "g", None, "1.2.3.4", None, settings, 0, 0, "t")  # guests
+        ops.end_session(conn, "s1", "end", 5, "time_up")
+        ops.insert_session(conn, "s3", *args)  # the first ended: a new one may run
     conn.close()
 
 
@@ -133,7 +137,7 @@ def test_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     # The schema as version 1 shipped it.
-    for statement in db._split_sql((Path(__file__).parent / "data/schema_v1.sql").read_text()):
+    for statement in sqlite._split_sql((Path(__file__).parent / "data/schema_v1.sql").read_text()):
         conn.execute(statement)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     conn.execute(
@@ -150,8 +154,8 @@ def test_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
             (sid,),
         )
     conn.close()
-    upgraded = db.open_database(path)
-    assert upgraded.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    upgraded = open_database(databases.resolve(path))
+    assert upgraded.execute("PRAGMA user_version").fetchone()[0] == sqlite.SCHEMA_VERSION
     states = dict(upgraded.execute("SELECT id, state FROM game_sessions").fetchall())
     assert states == {"a": "voided", "b": "running"}
     skeletons = upgraded.execute("SELECT name, name_skeleton FROM users ORDER BY id").fetchall()
@@ -212,7 +216,7 @@ async def test_a_successful_login_gives_its_charge_back(tmp_path: Path) -> None:
 
 async def admin_server(tmp_path: Path) -> Any:
     config = make_config(tmp_path)
-    db.open_database(config.db_path).close()
+    open_database(databases.resolve(config.db_path)).close()
     set_admin_password(config.db_path, "a long admin secret")
     return running_server(config)
 
@@ -396,7 +400,7 @@ async def test_a_copy_of_a_victims_tokens_cannot_flag_or_hide_them(server: Serve
             await sock.login(mal)
             reply = await sock.call(type="submit_result", **{**honest, "start_token": "x"})
             assert reply["reason"] == "bad_start_token"
-        flags = await server.service.store.read(db.list_flags)
+        flags = await server.service.store.flags()
         assert flags, "the attempts are flagged"
         assert all(f["user_id"] != vic["user_id"] for f in flags)
         assert {f["user_id"] for f in flags} == {None, mal["user_id"]}
@@ -415,7 +419,7 @@ async def test_failed_submissions_sent_at_once_are_limited_per_address(server: S
 
         codes = Counter(await all_at_once(45, submit))
         assert codes == {200: 30, 429: 15}
-        flags = await server.service.store.read(db.list_flags)
+        flags = await server.service.store.flags()
         assert len(flags) == 30  # no flag without a charge
         async with connect(server) as client:  # from 127.0.0.1: its own budget
             reply = await client.call(type="submit_result", **junk)
@@ -479,17 +483,17 @@ async def test_a_start_being_committed_when_shutdown_begins_is_ended_properly(
     inline_server: Server, autojump_clock: trio.testing.MockClock
 ) -> None:
     store = inline_server.service.store
-    real_write = store.write
+    real_write = store._write
     release = trio.Event()
     held = trio.Event()
 
     async def slow_write(op: Any, *args: Any, **kwargs: Any) -> Any:
-        if op is db.insert_session:
+        if op is ops.insert_session:
             held.set()
             await release.wait()
         return await real_write(op, *args, **kwargs)
 
-    store.write = slow_write  # type: ignore[method-assign]
+    store._write = slow_write  # type: ignore[method-assign]
     with trio.fail_after(30):
         async with connect(inline_server) as client:
             await client.enter("demo", None)
@@ -501,7 +505,7 @@ async def test_a_start_being_committed_when_shutdown_begins_is_ended_properly(
             started = await client.recv_type("game_started")
             end = await client.recv_type("end_game")
             assert end["reason"] == "server_shutdown" and end["session_id"] == started["session_id"]
-            row = await store.read(db.load_session, started["session_id"])
+            row = await store.session(started["session_id"])
             assert row is not None and row.end_reason is not None
 
 
@@ -591,7 +595,7 @@ async def test_a_writer_that_stalls_or_dies_mid_game_stops_the_server_cleanly(
                         assert end["reason"] == "server_shutdown" and "end_token" not in end
                     assert server.service.store.failure is not None
                     await trio.sleep_forever()  # the server stops by itself
-        except* db.StoreError as group:
+        except* StoreError as group:
             failures.extend(group.exceptions)
     assert len(failures) == 1
     assert child_processes("writer_child") == []
@@ -657,9 +661,9 @@ async def test_look_alike_and_invisible_names_are_refused(tmp_path: Path) -> Non
 
 
 def test_database_files_are_private(tmp_path: Path) -> None:
-    conn = db.open_database(tmp_path / "p.db")
-    with db.transaction(conn):
-        db.set_setting(conn, "k", "v")
+    conn = open_database(databases.resolve(tmp_path / "p.db"))
+    with transaction(conn):
+        ops.set_setting(conn, "k", "v")
     for suffix in ("", "-wal", "-shm"):
         path = tmp_path / f"p.db{suffix}"
         assert path.exists(), path
@@ -672,9 +676,9 @@ async def test_the_cli_prints_control_characters_escaped(tmp_path: Path) -> None
     import io
 
     path = tmp_path / "c.db"
-    conn = db.open_database(path)
-    with db.transaction(conn):
-        flag = db.insert_flag(
+    conn = open_database(databases.resolve(path))
+    with transaction(conn):
+        flag = ops.insert_flag(
             conn,
             "identity_mismatch",
             0,

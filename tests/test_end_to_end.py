@@ -13,10 +13,10 @@ import pytest
 import trio
 import trio.testing
 
-from scoreserver import store as db
 from scoreserver.server.app import Server
 from scoreserver.wire.tokens import b64decode, b64encode
 
+from . import databases
 from .conftest import Client, connect, http
 
 
@@ -63,7 +63,7 @@ async def submit_http(
 
 
 async def flags_of(server: Server) -> list[dict[str, Any]]:
-    return await server.service.store.read(db.list_flags)
+    return await server.service.store.flags()
 
 
 # --- accounts -------------------------------------------------------------------------------
@@ -104,12 +104,10 @@ async def test_register_login_and_identity(server: Server) -> None:
 async def test_passwords_are_stored_as_argon2id(server: Server) -> None:
     with trio.fail_after(30):
         await new_player(server, "hashcheck")
-        user = await server.service.store.read(db.user_by_name, "hashcheck")
+        user = await server.service.store.user_by_name("hashcheck")
         assert user is not None and user.password_hash.startswith("$argon2id$")
         assert "hunter2" not in user.password_hash
-        tokens = await server.service.store.read(
-            lambda c: c.execute("SELECT token_hash FROM login_tokens").fetchall()
-        )
+        tokens = databases.sql(server.config.db_path, "SELECT token_hash FROM login_tokens")
         assert all(len(row[0]) == 32 for row in tokens)  # SHA-256, not the token
 
 

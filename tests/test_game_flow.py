@@ -7,9 +7,9 @@ from typing import Any
 import trio
 import trio.testing
 
-from scoreserver import store as db
 from scoreserver.server.app import Server
 
+from . import databases
 from .conftest import Client, connect, register
 
 PLAYER_LAG_MS = 10_000  # the player's clock runs 10 s behind the server's
@@ -65,8 +65,8 @@ async def test_a_full_30_second_game(
                 "score": 25,
                 "saved": True,
             }
-        board = await inline_server.service.store.read(
-            db.leaderboard, "demo", inline_server.service.clock.now_ms()
+        board = await inline_server.service.store.leaderboard(
+            "demo", inline_server.service.clock.now_ms()
         )
         assert board == [{"rank": 1, "user_id": alice["user_id"], "name": "alice", "score": 25}]
 
@@ -108,9 +108,8 @@ async def test_a_guest_plays_but_nothing_is_saved(
                 points=points,
             )
             assert result == {"type": "result", "accepted": True, "score": 3, "saved": False}
-        conn = inline_server.service.store
-        rows = await conn.read(lambda c: c.execute("SELECT COUNT(*) FROM scores").fetchone()[0])
-        assert rows == 0
+        rows = databases.sql(inline_server.config.db_path, "SELECT COUNT(*) FROM scores")
+        assert rows[0][0] == 0
 
 
 async def test_the_burst_limit_ends_the_game_and_flags_first(
@@ -131,7 +130,7 @@ async def test_the_burst_limit_ends_the_game_and_flags_first(
             end = await client.recv_type("end_game")
             assert end["reason"] == "burst_limit" and "end_token" not in end
             # The flag was committed before end_game revealed it.
-            flags = await inline_server.service.store.read(db.list_flags)
+            flags = await inline_server.service.store.flags()
             assert [(f["reason"], f["user_id"]) for f in flags] == [
                 ("burst_limit", mallory["user_id"])
             ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,10 +9,13 @@ from typing import Any
 import pytest
 import trio
 
-from scoreserver import store as db
 from scoreserver.core.rules import GameSettings
 from scoreserver.server.app import Server
+from scoreserver.store import ops
+from scoreserver.store.connect import open_database
+from scoreserver.store.engine import transaction
 
+from . import databases
 from .conftest import http
 
 NOW = 1_800_000_000_000
@@ -21,11 +23,11 @@ DAY = 86_400_000
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = db.open_database(tmp_path / "board.db")
-    with db.transaction(connection):
-        db.insert_game(connection, "g", GameSettings(duration_ms=1000), 0)
-        db.insert_game(connection, "other", GameSettings(duration_ms=1000), 0)
+def conn(tmp_path: Path) -> Iterator[Any]:
+    connection = open_database(databases.resolve(tmp_path / "board.db"))
+    with transaction(connection):
+        ops.insert_game(connection, "g", GameSettings(duration_ms=1000), 0)
+        ops.insert_game(connection, "other", GameSettings(duration_ms=1000), 0)
     yield connection
     connection.close()
 
@@ -33,26 +35,26 @@ def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
 _sessions = iter(range(10**6))
 
 
-def score(conn: sqlite3.Connection, name: str, value: int, at: int, game: str = "g") -> str:
+def score(conn: Any, name: str, value: int, at: int, game: str = "g") -> str:
     """Save a score for `name` (created if new) at time `at`; returns the session id."""
-    user = db.user_by_name(conn, name)
-    with db.transaction(conn):
-        user_id = user.id if user else db.insert_user(conn, name, "x", 0)
+    user = ops.user_by_name(conn, name)
+    with transaction(conn):
+        user_id = user.id if user else ops.insert_user(conn, name, "x", 0)
         session_id = f"s{next(_sessions)}"
-        db.insert_session(
+        ops.insert_session(
             conn, session_id, game, user_id, None, None, GameSettings(duration_ms=1000), at, at, "t"
         )
-        db.end_session(conn, session_id, "e", at, "time_up")
+        ops.end_session(conn, session_id, "e", at, "time_up")
         conn.execute("UPDATE game_sessions SET state = 'ended' WHERE id = ?", (session_id,))
-        db.save_result(conn, session_id, game, user_id, value, at)
+        ops.save_result(conn, session_id, game, user_id, value, at)
     return session_id
 
 
-def board(conn: sqlite3.Connection, **kwargs: Any) -> list[tuple[int, str, int]]:
-    return [(e["rank"], e["name"], e["score"]) for e in db.leaderboard(conn, "g", NOW, **kwargs)]
+def board(conn: Any, **kwargs: Any) -> list[tuple[int, str, int]]:
+    return [(e["rank"], e["name"], e["score"]) for e in ops.leaderboard(conn, "g", NOW, **kwargs)]
 
 
-def test_best_score_per_player_highest_first(conn: sqlite3.Connection) -> None:
+def test_best_score_per_player_highest_first(conn: Any) -> None:
     score(conn, "ann", 10, NOW - 50)
     score(conn, "ann", 30, NOW - 40)
     score(conn, "ann", 20, NOW - 30)
@@ -61,7 +63,7 @@ def test_best_score_per_player_highest_first(conn: sqlite3.Connection) -> None:
     assert board(conn) == [(1, "ann", 30), (2, "ben", 25)]
 
 
-def test_ties_share_a_rank_and_the_earlier_comes_first(conn: sqlite3.Connection) -> None:
+def test_ties_share_a_rank_and_the_earlier_comes_first(conn: Any) -> None:
     score(conn, "late", 20, NOW - 10)
     score(conn, "top", 50, NOW - 100)
     score(conn, "early", 20, NOW - 90)
@@ -77,7 +79,7 @@ def test_ties_share_a_rank_and_the_earlier_comes_first(conn: sqlite3.Connection)
 
 
 def test_a_player_tied_with_themselves_counts_once_at_the_first_time(
-    conn: sqlite3.Connection,
+    conn: Any,
 ) -> None:
     score(conn, "ann", 20, NOW - 10)
     score(conn, "ben", 20, NOW - 50)
@@ -85,7 +87,7 @@ def test_a_player_tied_with_themselves_counts_once_at_the_first_time(
     assert board(conn) == [(1, "ann", 20), (1, "ben", 20)]
 
 
-def test_paging_keeps_ranks_across_pages(conn: sqlite3.Connection) -> None:
+def test_paging_keeps_ranks_across_pages(conn: Any) -> None:
     for n, value in enumerate([90, 80, 80, 80, 70, 60, 60, 50]):
         score(conn, f"p{n}", value, NOW - 1000 + n)
     first = board(conn, limit=3)
@@ -97,10 +99,10 @@ def test_paging_keeps_ranks_across_pages(conn: sqlite3.Connection) -> None:
     assert board(conn, limit=3, offset=9) == []
 
 
-def test_around_centres_on_the_player(conn: sqlite3.Connection) -> None:
+def test_around_centres_on_the_player(conn: Any) -> None:
     for n in range(10):
         score(conn, f"p{n}", 100 - n, NOW - 1000 + n)
-    me = db.user_by_name(conn, "p6")
+    me = ops.user_by_name(conn, "p6")
     assert me is not None
     assert board(conn, limit=5, around=me.id) == [
         (5, "p4", 96),
@@ -109,13 +111,13 @@ def test_around_centres_on_the_player(conn: sqlite3.Connection) -> None:
         (8, "p7", 93),
         (9, "p8", 92),
     ]
-    top = db.user_by_name(conn, "p0")
+    top = ops.user_by_name(conn, "p0")
     assert top is not None
     assert board(conn, limit=5, around=top.id)[0] == (1, "p0", 100)
     assert board(conn, limit=5, around=99999) == []
 
 
-def test_windows_count_recent_scores_only(conn: sqlite3.Connection) -> None:
+def test_windows_count_recent_scores_only(conn: Any) -> None:
     score(conn, "old", 99, NOW - 10 * DAY)
     score(conn, "week", 50, NOW - 3 * DAY)
     score(conn, "today", 10, NOW - 1000)
@@ -126,25 +128,25 @@ def test_windows_count_recent_scores_only(conn: sqlite3.Connection) -> None:
 
 
 def test_flagged_banned_and_hidden_are_left_out_and_ranks_close_up(
-    conn: sqlite3.Connection,
+    conn: Any,
 ) -> None:
     score(conn, "flagged", 90, NOW - 100)
     score(conn, "banned", 80, NOW - 90)
     hidden_session = score(conn, "hider", 70, NOW - 80)
     score(conn, "hider", 30, NOW - 75)
     score(conn, "honest", 60, NOW - 70)
-    flagged = db.user_by_name(conn, "flagged")
+    flagged = ops.user_by_name(conn, "flagged")
     assert flagged is not None
-    with db.transaction(conn):
-        flag_id = db.insert_flag(conn, "timing_mismatch", NOW, user_id=flagged.id)
-        db.set_ban(conn, "banned", NOW + DAY, "cheat")
-        db.set_score_hidden(conn, hidden_session, True)
+    with transaction(conn):
+        flag_id = ops.insert_flag(conn, "timing_mismatch", NOW, user_id=flagged.id)
+        ops.set_ban(conn, "banned", NOW + DAY, "cheat")
+        ops.set_score_hidden(conn, hidden_session, True)
     assert board(conn) == [(1, "honest", 60), (2, "hider", 30)]
-    with db.transaction(conn):
-        db.resolve_flag(conn, flag_id, "cleared", "false alarm", NOW)
-        db.set_score_hidden(conn, hidden_session, False)
+    with transaction(conn):
+        ops.resolve_flag(conn, flag_id, "cleared", "false alarm", NOW)
+        ops.set_score_hidden(conn, hidden_session, False)
     assert board(conn) == [(1, "flagged", 90), (2, "hider", 70), (3, "honest", 60)]
-    with db.transaction(conn):
+    with transaction(conn):
         conn.execute("UPDATE users SET banned_until = ? WHERE name = 'banned'", (NOW - 1,))
     assert board(conn)[1] == (2, "banned", 80)  # an ended ban shows the scores again
 

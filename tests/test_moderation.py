@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 import trio
 
-from scoreserver import store as db
 from scoreserver.ops import cli
 from scoreserver.server.app import Server, reload
+from scoreserver.store import ops
+from scoreserver.store.connect import connect as db_connect
+from scoreserver.store.connect import open_database
 
+from . import databases
 from .conftest import connect, http, register
 from .test_end_to_end import new_player, play_quick, submit_http
 
@@ -61,7 +64,7 @@ async def cheat(server: Server, player: dict[str, Any]) -> int:
     body = {k: game[k] for k in ("start_token", "end_token", "points")}
     # Sent as the player (their login token): a failed submission flags whoever submitted it.
     assert (await submit_http(server, body, player["token"]))["reason"] == "timing_mismatch"
-    flags = await server.service.store.read(db.list_flags)
+    flags = await server.service.store.flags()
     return int(flags[-1]["id"])
 
 
@@ -425,9 +428,9 @@ async def test_open_boards_follow_moderation_within_two_seconds(server: Server) 
 
 
 def lea_id(server: Server) -> int:
-    conn = db.connect(server.config.db_path)
+    conn = db_connect(databases.resolve(server.config.db_path))
     try:
-        user = db.user_by_name(conn, "lea")
+        user = ops.user_by_name(conn, "lea")
         assert user is not None
         return user.id
     finally:
@@ -507,7 +510,7 @@ async def test_a_player_erases_their_account_and_their_results_stay_nameless(
         assert await board(server) == [(deleted, 4), ("bo", 2)]
         again = await new_player(server, "ada")  # the name can be someone's again
         assert again["user_id"] != ada["user_id"]
-        conn = db.connect(server.config.db_path)
+        conn = db_connect(databases.resolve(server.config.db_path))
         try:
             agents = conn.execute(
                 "SELECT COUNT(*) FROM game_sessions WHERE user_id = ? AND user_agent IS NOT NULL",
@@ -538,7 +541,7 @@ async def test_an_operator_erases_an_account_with_a_note(server: Server) -> None
 async def test_a_backup_of_the_live_database_while_it_is_written(server: Server) -> None:
     with trio.fail_after(60):
         await scored_player(server, "dee", 3)
-        target = server.config.db_path.parent / "copy.db"
+        target = Path(server.config.db_path).parent / "copy.db"
         async with trio.open_nursery() as nursery:
 
             async def keep_writing() -> None:
@@ -549,10 +552,10 @@ async def test_a_backup_of_the_live_database_while_it_is_written(server: Server)
             code, out, _ = run_cli(server, "backup", str(target))
         assert code == 0 and "integrity checked" in out
         assert target.stat().st_mode & 0o077 == 0
-        copy = db.connect(target)
+        copy = db_connect(databases.resolve(target))
         try:
             assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-            assert db.user_by_name(copy, "dee") is not None
+            assert ops.user_by_name(copy, "dee") is not None
             assert copy.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 1
         finally:
             copy.close()
@@ -598,7 +601,7 @@ async def test_export_the_board_as_shown_and_every_result(server: Server) -> Non
 
 def test_every_command_words_an_unknown_thing_the_same_way(tmp_path: Path) -> None:
     """The command line on its own database (no server needed): one line, one wording."""
-    db.open_database(tmp_path / "s.db").close()
+    open_database(databases.resolve(tmp_path / "s.db")).close()
 
     def run(*args: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()

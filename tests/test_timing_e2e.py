@@ -15,12 +15,15 @@ import pytest
 import trio
 import trio.testing
 
-from scoreserver import store as db
 from scoreserver.core.rules import GameSettings
 from scoreserver.ops import cli
 from scoreserver.server import moderation
 from scoreserver.server.app import Server
+from scoreserver.store import ops
+from scoreserver.store.connect import open_database
+from scoreserver.store.engine import transaction
 
+from . import databases
 from .conftest import Client, add_game, connect, http, make_config, register, running_server
 
 TIMED = {"human_floor_ms": 60, "min_rhythm_cv": 0.07}  # a new game's defaults, spelled out
@@ -95,7 +98,7 @@ async def submit(client: Client, game: dict[str, Any]) -> dict[str, Any]:
 
 
 async def flags(server: Server) -> list[dict[str, Any]]:
-    return await server.service.store.read(db.list_flags)
+    return await server.service.store.flags()
 
 
 async def test_a_metronome_bot_is_flagged_and_held_until_a_reviewer_clears_it(
@@ -129,17 +132,13 @@ async def test_a_metronome_bot_is_flagged_and_held_until_a_reviewer_clears_it(
         assert "this game's other players: not enough sessions yet" in words
         assert "0 of 189 intervals on the player's clock" in words
         assert " 150-199  ms   189 ########################################" in words
-        conn = db.connect(server.config.db_path)
-        try:
-            moderation.resolve_flag(
-                conn,
-                found[0]["id"],
-                ban=False,
-                note="a rhythm game pro",
-                actor=moderation.Actor("t", "test"),
-            )
-        finally:
-            conn.close()
+        await moderation.resolve_flag(
+            server.service.store,
+            found[0]["id"],
+            ban=False,
+            note="a rhythm game pro",
+            actor=moderation.Actor("t", "test"),
+        )
         assert ("metronome", 190) in await board(server, "timed")
         assert len(await flags(server)) == 1  # the person was not flagged
 
@@ -227,7 +226,7 @@ async def test_an_outlier_is_flagged_and_held_only_where_the_game_says(
 
 
 def test_game_settings_round_trip_through_the_store(tmp_path: Path) -> None:
-    conn = db.open_database(tmp_path / "g.db")
+    conn = open_database(databases.resolve(tmp_path / "g.db"))
     settings = GameSettings(
         duration_ms=5000,
         human_floor_ms=0,
@@ -236,13 +235,13 @@ def test_game_settings_round_trip_through_the_store(tmp_path: Path) -> None:
         hold_outliers=True,
         title="Whack-a-mole finals",
     )
-    with db.transaction(conn):
-        db.insert_game(conn, "g", settings, 0)
-    assert db.get_game(conn, "g") == settings
-    with db.transaction(conn):
-        changed = db.update_game(conn, "g", {"max_score": None, "hold_outliers": False}, 1)
+    with transaction(conn):
+        ops.insert_game(conn, "g", settings, 0)
+    assert ops.get_game(conn, "g") == settings
+    with transaction(conn):
+        changed = ops.update_game(conn, "g", {"max_score": None, "hold_outliers": False}, 1)
     assert changed.max_score is None and changed.hold_outliers is False
-    assert db.get_game(conn, "g") == changed
-    with pytest.raises(ValueError, match="coefficient"), db.transaction(conn):
-        db.update_game(conn, "g", {"min_rhythm_cv": -1}, 2)
+    assert ops.get_game(conn, "g") == changed
+    with pytest.raises(ValueError, match="coefficient"), transaction(conn):
+        ops.update_game(conn, "g", {"min_rhythm_cv": -1}, 2)
     conn.close()

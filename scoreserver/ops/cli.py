@@ -8,17 +8,16 @@ table with the OS user who ran them and the command line's note.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import getpass
 import json
 import logging
 import os
 import re
 import shutil
-import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from scoreserver import store as db
+from scoreserver.core.evidence import fmt_time, render_flag, who
 from scoreserver.core.rules import GameSettings
 from scoreserver.errors import (
     ConflictError,
@@ -39,6 +38,7 @@ from scoreserver.errors import (
 from scoreserver.server import moderation
 from scoreserver.server.service import PasswordPolicy, validate_credentials
 from scoreserver.server.signer import SIGNER_MODES
+from scoreserver.store import DELETED_NAME, FOREVER, STORE_WRITERS, Location, Store, WriterMode
 
 DEFAULT_DB = Path("scoreserver.db")
 DEFAULT_KEY = Path("scoreserver.key")
@@ -47,12 +47,6 @@ NOTE_HELP = "why: every decision is audited with its note (required)"
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def fmt_time(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def actor() -> str:
@@ -106,7 +100,7 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--store-writer",
-        choices=db.STORE_WRITERS,
+        choices=STORE_WRITERS,
         default="process",
         help="where the database writes run: a child process (default) or a thread",
     )
@@ -216,7 +210,11 @@ class Parser(argparse.ArgumentParser):
 
 def _common() -> Parser:
     common = Parser(add_help=False)
-    common.add_argument("--db", type=Path, default=DEFAULT_DB, help="the database file")
+    common.add_argument(
+        "--db",
+        default=str(DEFAULT_DB),
+        help="a SQLite file, or a PostgreSQL URL: postgresql://...",
+    )
     return common
 
 
@@ -321,6 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bk = sub.add_parser("backup", parents=[common], help="a consistent copy of the live database")
     bk.add_argument("file", type=Path, help="the new file to write (it must not exist)")
+    mg = sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="copy the database (--db) into a new, empty one (--to), checked row for row",
+    )
+    mg.add_argument(
+        "--to",
+        required=True,
+        help="the new database: a PostgreSQL URL (postgresql://user@host/dbname) or a file",
+    )
 
     board = sub.add_parser("leaderboard", parents=[common], help="a game's leaderboard")
     board.add_argument("game_id", help="the game")
@@ -342,18 +350,39 @@ def build_parser() -> argparse.ArgumentParser:
 # --- commands -------------------------------------------------------------------------------
 
 
-def _open(path: Path) -> sqlite3.Connection:
-    if not path.exists():
-        raise CliError(f"no database at {path} (start the server once, or pass --db)")
-    return db.open_database(path)
+def _run_loop(main: Callable[[], Awaitable[int]]) -> int:
+    """`trio.run(main)`; called from inside a trio run (tests, a program embedding the
+    command line), on a thread of its own: one thread cannot run two loops."""
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return trio.run(main)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(trio.run, main).result()
 
 
-def _open_or_create(path: Path) -> sqlite3.Connection:
-    return db.open_database(path)
+StoreCommand = Callable[[argparse.Namespace, Store], Awaitable[int]]
 
 
-def _audit(conn: sqlite3.Connection, command: str, target: str | None, note: str | None) -> None:
-    db.insert_audit(conn, str(CLI_ACTOR()), command, target, note, now_ms())
+def with_store(
+    command: StoreCommand, *, create: bool = False
+) -> Callable[[argparse.Namespace], int]:
+    """Run `command` with the database of `--db` open (a Store with the inline writer: this
+    process writes only while the command runs). Without `create`, a SQLite file that does
+    not exist is an error rather than a new empty database."""
+
+    def run(args: argparse.Namespace) -> int:
+        location = Location.of(args.db)
+        if location.dialect == "sqlite" and not create and not location.path.exists():
+            raise CliError(f"no database at {location} (start the server once, or pass --db)")
+
+        async def main() -> int:
+            async with Store(location, writer=WriterMode.INLINE).opened() as store:
+                return await command(args, store)
+
+        return _run_loop(main)
+
+    return run
 
 
 def CLI_ACTOR() -> moderation.Actor:  # noqa: N802 - reads as the constant it nearly is
@@ -420,7 +449,7 @@ def _leaf(error: BaseException) -> BaseException:
     return error
 
 
-def cmd_users(args: argparse.Namespace) -> int:
+async def cmd_users(args: argparse.Namespace, store: Store) -> int:
     if args.action == "add":
         password = _read_password(args.password_stdin)
         try:
@@ -428,14 +457,11 @@ def cmd_users(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(str(exc)) from None
         encoded = PasswordPolicy().hash(password)
-        conn = _open_or_create(args.db)
-        with db.transaction(conn):
-            user_id = db.insert_user(conn, name, encoded, now_ms())
+        user_id = await store.add_user(name, encoded, now_ms())
         print(f"user {name} created (id {user_id})")
     elif args.action == "list":
-        conn = _open(args.db)
         now = now_ms()
-        rows = db.list_users(conn)
+        rows = await store.users()
         _table(
             ["id", "name", "created", "scores", "open flags", "banned until"],
             [
@@ -451,21 +477,18 @@ def cmd_users(args: argparse.Namespace) -> int:
             ],
         )
     elif args.action == "ban":
-        conn = _open(args.db)
-        until = moderation.ban_user(
-            conn, args.name, actor=CLI_ACTOR(), days=args.days, note=args.note
+        until = await moderation.ban_user(
+            store, args.name, actor=CLI_ACTOR(), days=args.days, note=args.note
         )
         print(f"{args.name} banned {_ban_text(until, now_ms())}")
     elif args.action == "delete":
-        conn = _open(args.db)
-        user_id = moderation.delete_user(conn, args.name, actor=CLI_ACTOR(), note=args.note)
+        user_id = await moderation.delete_user(store, args.name, actor=CLI_ACTOR(), note=args.note)
         print(
             f"{args.name}'s personal data erased; their results stay as"
-            f" {db.DELETED_NAME.format(id=user_id)!r}"
+            f" {DELETED_NAME.format(id=user_id)!r}"
         )
     elif args.action == "unban":
-        conn = _open(args.db)
-        moderation.unban_user(conn, args.name, actor=CLI_ACTOR(), note=args.note)
+        await moderation.unban_user(store, args.name, actor=CLI_ACTOR(), note=args.note)
         print(f"{args.name} unbanned")
     return 0
 
@@ -473,7 +496,7 @@ def cmd_users(args: argparse.Namespace) -> int:
 def _ban_text(until: int | None, now: int) -> str:
     if until is None or until <= now:
         return "-"
-    return "until unbanned" if until >= db.FOREVER else f"until {fmt_time(until)}"
+    return "until unbanned" if until >= FOREVER else f"until {fmt_time(until)}"
 
 
 def _game_changes(args: argparse.Namespace) -> dict[str, object]:
@@ -502,24 +525,21 @@ def _game_changes(args: argparse.Namespace) -> dict[str, object]:
     return changes
 
 
-def cmd_games(args: argparse.Namespace) -> int:
+async def cmd_games(args: argparse.Namespace, store: Store) -> int:
     if args.action == "add":
-        conn = _open_or_create(args.db)
         settings = GameSettings(**_game_changes(args))  # type: ignore[arg-type]
-        moderation.add_game(conn, args.game_id, settings, actor=CLI_ACTOR())
+        await moderation.add_game(store, args.game_id, settings, actor=CLI_ACTOR())
         print(f"game {args.game_id} created; a running server picks it up within seconds")
         _print_game(args.game_id, settings)
     elif args.action == "set":
-        conn = _open(args.db)
         changes = _game_changes(args)
         if not changes:
             raise CliError("nothing to change: give at least one option")
-        settings = moderation.set_game(conn, args.game_id, changes, actor=CLI_ACTOR())
+        settings = await moderation.set_game(store, args.game_id, changes, actor=CLI_ACTOR())
         print(f"game {args.game_id} changed; new sessions use it (running ones keep theirs)")
         _print_game(args.game_id, settings)
     elif args.action == "list":
-        conn = _open(args.db)
-        games = db.list_games(conn)
+        games = await store.games()
         _table(
             [
                 "game",
@@ -546,8 +566,7 @@ def cmd_games(args: argparse.Namespace) -> int:
             ],
         )
     elif args.action == "show":
-        conn = _open(args.db)
-        games = db.list_games(conn)
+        games = await store.games()
         if args.game_id is not None:
             if args.game_id not in games:
                 raise NotFoundError(f"no game {args.game_id!r}")
@@ -576,10 +595,9 @@ def _print_game(game_id: str, s: GameSettings) -> None:
         print(f"  title               {s.title}")
 
 
-def cmd_flags(args: argparse.Namespace) -> int:
-    conn = _open(args.db)
+async def cmd_flags(args: argparse.Namespace, store: Store) -> int:
     if args.action == "list":
-        flags = db.list_flags(conn, open_only=args.open, game_id=args.game, user_name=args.user)
+        flags = await store.flags(open_only=args.open, game_id=args.game, user_name=args.user)
         if args.json:
             print(json.dumps(flags, indent=2))
             return 0
@@ -592,259 +610,43 @@ def cmd_flags(args: argparse.Namespace) -> int:
                     f["status"],
                     f["reason"],
                     f["game_id"] or "-",
-                    _who(f),
+                    who(f),
                     (f["session_id"] or "-")[:12],
                 ]
                 for f in flags
             ],
         )
     elif args.action == "show":
-        flag = db.get_flag(conn, args.flag_id)
+        flag = await store.flag(args.flag_id)
         if args.json:
             print(json.dumps(flag, indent=2))
         else:
             print(render_flag(flag))
     elif args.action == "resolve":
-        moderation.resolve_flag(
-            conn, args.flag_id, ban=args.ban, days=args.days, note=args.note, actor=CLI_ACTOR()
+        await moderation.resolve_flag(
+            store, args.flag_id, ban=args.ban, days=args.days, note=args.note, actor=CLI_ACTOR()
         )
         print(f"flag {args.flag_id} {'resolved: banned' if args.ban else 'cleared'}")
     return 0
 
 
-def _who(flag: dict[str, Any]) -> str:
-    if flag.get("user_id") is not None:
-        return f"{flag.get('user_name')} (#{flag['user_id']})"
-    return f"guest {flag.get('guest_addr') or '?'}"
-
-
-# Words for the keys of a flag's evidence; a key not listed is shown with spaces for `_`.
-DETAIL_LABELS = {
-    "bursts_in_period": "bursts in the period",
-    "burst_limit": "bursts allowed",
-    "burst_period_ms": "burst period",
-    "burst_times": "bursts at",
-    "claimed_user_id": "claimed to be user",
-    "actual_user_id": "is user",
-    "points_submitted": "points submitted",
-    "token_error": "token problem",
-    "submitted_from": "submitted from",
-    "session_owner_user_id": "session belongs to user",
-    "submitted_by_owner": "submitted by its owner",
-    "index": "first bad point (0-based)",
-    "seq": "point number",
-    "client_ts": "player's time",
-    "issued_server_ts": "server time issued",
-    "expected_server_ts": "server time expected",
-    "latency_ms": "allowance",
-    "end_reason": "the game ended by",
-    "ended_at": "the game ended at",
-    "human_floor_ms": "human floor",
-    "intervals": "intervals",
-    "below_floor_player_clock": "under the floor (player)",
-    "below_floor_on_arrival": "under the floor (arrival)",
-    "shortest_ms_player_clock": "shortest interval (player)",
-    "shortest_ms_on_arrival": "shortest interval (arrival)",
-    "tripped_on": "tripped on",
-    "rhythm_figure": "rhythm figure",
-    "rhythm_player_clock": "rhythm (player's clock)",
-    "rhythm_on_arrival": "rhythm (on arrival)",
-    "min_rhythm_cv": "flags below",
-    "points": "points judged",
-    "mean_interval_ms": "mean interval",
-    "max_score": "the game's most",
-    "score": "score",
-    "population": "other players' scores",
-    "fence": "far-out fence",
-    "best_other": "best of the others",
-}
-_TIME_KEYS = ("_ts", "_at", "_times")
-
-
-def _detail_label(key: str) -> str:
-    return DETAIL_LABELS.get(key, key.replace("_", " "))
-
-
-def _detail_value(key: str, value: object) -> str:
-    """Times as times (UTC, to the millisecond), durations with their unit."""
-
-    def when(ms: object) -> str:
-        if isinstance(ms, int) and ms > 10**11:
-            return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
-        return str(ms)
-
-    if key.endswith(_TIME_KEYS):
-        if isinstance(value, list):
-            return ", ".join(when(v) for v in value) or "-"
-        return when(value)
-    if key.endswith("_ms") and isinstance(value, int | float):
-        return f"{value:g} ms"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return "-" if value is None else str(value)
-
-
-def render_flag(flag: dict[str, Any]) -> str:
-    """A flag as a reviewer reads it: who, why, and the session's timeline."""
-    lines = [
-        f"flag {flag['id']}: {flag['reason']}  [{flag['status']}]",
-        f"  when        {fmt_time(flag['created_at'])}",
-        f"  who         {_who(flag)}",
-        f"  user agent  {flag.get('user_agent') or '-'}",
-        f"  game        {flag.get('game_id') or '-'}",
-        f"  session     {flag.get('session_id') or '-'}",
-    ]
-    if flag.get("resolved_at"):
-        lines.append(
-            f"  resolved    {fmt_time(flag['resolved_at'])}: {flag.get('resolution_note')}"
-        )
-    for key, value in (flag.get("detail") or {}).items():
-        lines.append(f"  {_detail_label(key):<26} {_detail_value(key, value)}")
-    evidence = flag.get("evidence")
-    if evidence and evidence.get("session"):
-        session = evidence["session"]
-        start = session["started_at"]
-        lines.append("")
-        lines.append(
-            f"  session: started {fmt_time(start)}, ended {fmt_time(session['ended_at'])}"
-            f" ({session['end_reason'] or 'running'}), state {session['state']}"
-        )
-        points = evidence["points"]
-        lines.append(
-            f"  {len(points)} points issued, {len(evidence['rejected'])} rejected,"
-            f" {len(evidence['bursts'])} bursts"
-        )
-        if evidence.get("timing"):
-            lines.append("")
-            lines.extend(timing_words(evidence["timing"]))
-        lines.append("")
-        lines.extend(_timeline(start, session.get("ended_at"), points, evidence))
-    return "\n".join(lines)
-
-
-def timing_words(timing: dict[str, Any]) -> list[str]:
-    """The timing figures of a session, as a reviewer reads them (docs/anti-cheat.md)."""
-    floor, threshold = timing["human_floor_ms"], timing["min_rhythm_cv"]
-    arrival_gaps = timing["intervals_on_arrival"]
-    player_gaps = timing["intervals_player_clock"]
-    lines = [f"  timing of its {timing['points']} points received:"]
-    if timing["rhythm_figure"] is None:
-        lines.append("    rhythm: too few points to measure")
-    else:
-        judged = "" if timing["rhythm_judged"] else " (too few points to be judged)"
-        verdict = (
-            "too regular for a person"
-            if threshold and timing["rhythm_figure"] < threshold
-            else "within what people show"
-        )
-        limit = f"the game flags below {threshold:g}" if threshold else "the rhythm check is off"
-        lines.append(
-            f"    rhythm: {timing['rhythm_figure']:.3f} ({verdict}; {limit}){judged};"
-            f" player's clock {_figure(timing['rhythm_player_clock'])},"
-            f" on arrival {_figure(timing['rhythm_on_arrival'])}"
-        )
-    population = timing.get("population")
-    if population:
-        lines.append(
-            f"    this game's other players: {population['p5']:.3f} to {population['p95']:.3f},"
-            f" typically {population['p50']:.3f} ({population['sessions']} recent sessions)"
-        )
-    else:
-        lines.append("    this game's other players: not enough sessions yet to compare")
-    if floor:
-        lines.append(
-            f"    closer than the {floor} ms human floor: {timing['below_floor_player_clock']}"
-            f" of {len(player_gaps)} intervals on the player's clock,"
-            f" {timing['below_floor_on_arrival']} on arrival"
-        )
-    else:
-        lines.append("    human floor: off for this game")
-    if arrival_gaps:
-        ordered = sorted(arrival_gaps)
-        lines.append(
-            f"    intervals on arrival: shortest {ordered[0]} ms,"
-            f" median {ordered[len(ordered) // 2]} ms, longest {ordered[-1]} ms"
-        )
-        lines.extend(_histogram(arrival_gaps, floor))
-    return lines
-
-
-def _figure(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _histogram(gaps: list[int], floor: int, width: int = 40) -> list[str]:
-    """Intervals in 50 ms bins up to a second (the rest in one), as bars of `#`."""
-    bins = [0] * 21
-    for gap in gaps:
-        bins[min(20, max(0, gap) // 50)] += 1
-    top = max(bins) or 1
-    out = []
-    for index, count in enumerate(bins):
-        if not count:
-            continue
-        low = index * 50
-        label = f"{low:>4}-{low + 49:<4} ms" if index < 20 else "1000+     ms"
-        mark = "  < floor" if floor and low + 49 < floor else ""
-        bar = "#" * max(1, round(count * width / top))
-        out.append(f"    {label} {count:>5} {bar}{mark}")
-    return out
-
-
-def _timeline(
-    start: int, end: int | None, points: list[dict[str, Any]], evidence: dict[str, Any]
-) -> list[str]:
-    """Points per second, as a bar per second of the game, with rejections and bursts."""
-    last = max(
-        [end or start]
-        + [p["server_ts"] for p in points]
-        + [r["server_ts"] for r in evidence["rejected"]]
-    )
-    seconds = max(1, (last - start) // 1000 + 1)
-    accepted = [0] * seconds
-    rejected = [0] * seconds
-    bursts = [0] * seconds
-    for p in points:
-        accepted[min(seconds - 1, max(0, (p["server_ts"] - start) // 1000))] += 1
-    for r in evidence["rejected"]:
-        rejected[min(seconds - 1, max(0, (r["server_ts"] - start) // 1000))] += 1
-    for b in evidence["bursts"]:
-        bursts[min(seconds - 1, max(0, (b - start) // 1000))] += 1
-    out = ["  second  accepted  rejected  (# accepted, x rejected, ! burst)"]
-    for second in range(min(seconds, 600)):
-        bar = "#" * min(accepted[second], 40) + "x" * min(rejected[second], 20)
-        mark = " !" * min(bursts[second], 5)
-        out.append(f"  {second:>6}  {accepted[second]:>8}  {rejected[second]:>8}  {bar}{mark}")
-    offsets = [p["server_ts"] - p["client_ts"] for p in points]
-    if offsets:
-        out.append("")
-        out.append(
-            f"  clock offset (server - client) over points: min {min(offsets)} ms,"
-            f" max {max(offsets)} ms, spread {max(offsets) - min(offsets)} ms"
-        )
-    return out
-
-
-def cmd_scores(args: argparse.Namespace) -> int:
-    conn = _open(args.db)
+async def cmd_scores(args: argparse.Namespace, store: Store) -> int:
     hide = args.action == "hide"
-    session_id = moderation.set_score_hidden(
-        conn, args.session_id, hide, actor=CLI_ACTOR(), note=args.note
+    session_id = await moderation.set_score_hidden(
+        store, args.session_id, hide, actor=CLI_ACTOR(), note=args.note
     )
     print(f"score of session {session_id} {'hidden' if hide else 'restored'}")
     return 0
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
+async def cmd_keys(args: argparse.Namespace, store: Store) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from scoreserver.wire.tokens import key_id, raw_public, write_key
 
-    conn = _open_or_create(args.db)
     if args.action == "list":
         now = now_ms()
-        lifetime = db.retired_key_lifetime_ms(conn)
-        rows = db.list_signing_keys(conn)
+        lifetime, rows = await store.key_history()
         _table(
             ["kid", "created", "retired", "verifies until"],
             [
@@ -863,10 +665,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         key = Ed25519PrivateKey.generate()
         kid = key_id(key.public_key()).hex()
         now = now_ms()
-        with db.transaction(conn):
-            db.record_signing_key(conn, kid, raw_public(key.public_key()), now)
-            db.retire_other_keys(conn, kid, now)
-            _audit(conn, "keys rotate", kid, str(args.key))
+        await store.use_signing_key(kid, raw_public(key.public_key()), now)
+        await store.record_command(str(CLI_ACTOR()), "keys rotate", kid, str(args.key), now)
         if args.key.exists():
             backup = args.key.with_name(f"{args.key.name}.{now}.old")
             os.replace(args.key, backup)
@@ -883,8 +683,7 @@ def _verifies_until(until: int, now: int) -> str:
     return fmt_time(until) if until > now else f"expired {fmt_time(until)}"
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    conn = _open(args.db)
+async def cmd_audit(args: argparse.Namespace, store: Store) -> int:
     _table(
         ["id", "when", "who", "command", "target", "note"],
         [
@@ -896,7 +695,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 a["target"] or "-",
                 _note_words(a["note"]),
             ]
-            for a in db.list_audit(conn)
+            for a in await store.audit()
         ],
     )
     return 0
@@ -914,11 +713,10 @@ def _note_words(note: str | None) -> str:
     return note
 
 
-def cmd_leaderboard(args: argparse.Namespace) -> int:
-    conn = _open(args.db)
-    if db.get_game(conn, args.game_id) is None:
+async def cmd_leaderboard(args: argparse.Namespace, store: Store) -> int:
+    if await store.game(args.game_id) is None:
         raise NotFoundError(f"no game {args.game_id!r}")
-    entries = db.leaderboard(conn, args.game_id, now_ms(), limit=args.limit, with_sessions=True)
+    entries = await store.leaderboard(args.game_id, now_ms(), limit=args.limit, with_sessions=True)
     if args.json:
         print(json.dumps({"game_id": args.game_id, "entries": entries}, indent=2))
     else:
@@ -929,18 +727,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_admin(args: argparse.Namespace) -> int:
-    from scoreserver.server.admin import ADMIN_PASSWORD_SETTING, end_admin_sessions
-
+async def cmd_admin(args: argparse.Namespace, store: Store) -> int:
     password = _read_password(args.password_stdin)
     if len(password) < 12:
         raise CliError("the admin password must have at least 12 characters")
-    conn = _open_or_create(args.db)
     encoded = PasswordPolicy().hash(password)
-    with db.transaction(conn):
-        db.set_setting(conn, ADMIN_PASSWORD_SETTING, encoded)
-        ended = end_admin_sessions(conn)
-        _audit(conn, "admin set-password", None, f"ended {ended} admin sessions")
+    ended = await store.set_admin_password(encoded, str(CLI_ACTOR()), now_ms())
     print(f"admin password set; /admin is open to it ({ended} earlier admin sessions ended)")
     return 0
 
@@ -962,8 +754,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     console.print(table)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    data = moderation.export(_open(args.db), args.game_id, args.window)
+async def cmd_export(args: argparse.Namespace, store: Store) -> int:
+    data = await moderation.export(store, args.game_id, args.window)
     if args.format == "json":
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
@@ -971,10 +763,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_backup(args: argparse.Namespace) -> int:
-    conn = _open(args.db)
+async def cmd_backup(args: argparse.Namespace, store: Store) -> int:
     started = time.monotonic()
-    db.backup(conn, args.file)
+    await store.backup(args.file)
     size = args.file.stat().st_size
     print(
         f"{args.file}: a consistent copy of {args.db} ({size / 1e6:.1f} MB,"
@@ -983,18 +774,35 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from scoreserver.store.migrate import copy
+
+    source, target = Location.of(args.db), Location.of(args.to)
+    if source.dialect == "sqlite" and not source.path.exists():
+        raise CliError(f"no database at {source}")
+    started = time.monotonic()
+    counts = copy(source, target, report=lambda table, rows: print(f"  {table}: {rows} rows"))
+    print(
+        f"copied {sum(counts.values())} rows of {len(counts)} tables from {source} to {target}"
+        f" in {time.monotonic() - started:.1f} s; every row checked. Start the server with"
+        f" --db {target} (stop the old one first: it would go on writing to {source})"
+    )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
-    "backup": cmd_backup,
-    "export": cmd_export,
-    "users": cmd_users,
-    "games": cmd_games,
-    "flags": cmd_flags,
-    "scores": cmd_scores,
-    "keys": cmd_keys,
-    "audit": cmd_audit,
-    "leaderboard": cmd_leaderboard,
-    "admin": cmd_admin,
+    "backup": with_store(cmd_backup),
+    "export": with_store(cmd_export),
+    "users": with_store(cmd_users, create=True),
+    "games": with_store(cmd_games, create=True),
+    "flags": with_store(cmd_flags),
+    "scores": with_store(cmd_scores),
+    "keys": with_store(cmd_keys, create=True),
+    "audit": with_store(cmd_audit),
+    "leaderboard": with_store(cmd_leaderboard),
+    "admin": with_store(cmd_admin, create=True),
+    "migrate": cmd_migrate,
 }
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -29,14 +28,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from scoreserver import store as db
+from scoreserver.core.evidence import render_flag
 from scoreserver.core.limits import Budget, charge_all
 from scoreserver.errors import BusyError, ConflictError, NotFoundError, RateLimitedError
 from scoreserver.server import moderation
 from scoreserver.server.service import PasswordWork
 from scoreserver.server.webio import HttpError, bearer, int_param, read_json
+from scoreserver.store import Store
 
-ADMIN_PASSWORD_SETTING = "admin_password_hash"
 SESSION_TTL_S = 8 * 3600
 FAILED_LOGINS_PER_ADDRESS = 5  # a minute
 FAILED_LOGINS_IN_ALL = 10  # a minute, for the one admin account, whatever the addresses
@@ -77,41 +76,11 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# --- the admin sessions table (also used by `admin set-password`) ---------------------------
-
-
-def insert_admin_session(
-    conn: sqlite3.Connection, token_hash: bytes, now: int, address: str | None
-) -> None:
-    conn.execute("DELETE FROM admin_sessions WHERE expires_at <= ?", (now,))
-    conn.execute(
-        "INSERT INTO admin_sessions (token_hash, created_at, expires_at, address)"
-        " VALUES (?, ?, ?, ?)",
-        (token_hash, now, now + SESSION_TTL_S * 1000, address),
-    )
-
-
-def admin_state(conn: sqlite3.Connection, token_hash: bytes, now: int) -> tuple[bool, bool]:
-    """(a password is set, this token is a live session)."""
-    password = db.get_setting(conn, ADMIN_PASSWORD_SETTING) is not None
-    row = conn.execute(
-        "SELECT 1 FROM admin_sessions WHERE token_hash = ? AND expires_at > ?", (token_hash, now)
-    ).fetchone()
-    return password, row is not None
-
-
-def end_admin_sessions(conn: sqlite3.Connection, token_hash: bytes | None = None) -> int:
-    """End one admin session, or (None) all of them."""
-    if token_hash is None:
-        return conn.execute("DELETE FROM admin_sessions").rowcount
-    return conn.execute("DELETE FROM admin_sessions WHERE token_hash = ?", (token_hash,)).rowcount
-
-
 class AdminConsole:
     """Login, sessions and the admin API's handlers."""
 
-    def __init__(self, db_path: Any, password_policy: Any, password_work: PasswordWork):
-        self.db_path = db_path
+    def __init__(self, store: Store, password_policy: Any, password_work: PasswordWork):
+        self.store = store
         self.password_policy = password_policy
         self.password_work = password_work
         self.address_failures = Budget(
@@ -121,29 +90,10 @@ class AdminConsole:
             FAILED_LOGINS_IN_ALL, message="too many failed admin logins; wait a minute"
         )
 
-    # -- running the CLI's code in a worker thread, on a connection of its own --
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        def work() -> Any:
-            conn = db.connect(self.db_path)
-            try:
-                return fn(conn)
-            finally:
-                conn.close()
-
-        return await trio.to_thread.run_sync(work)
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        def in_transaction(conn: sqlite3.Connection) -> Any:
-            with db.transaction(conn):
-                return fn(conn)
-
-        return await self._run(in_transaction)
-
     # -- authentication --
 
     async def _password_hash(self) -> str | None:
-        return await self._run(lambda c: db.get_setting(c, ADMIN_PASSWORD_SETTING))  # type: ignore[no-any-return]
+        return await self.store.admin_password_hash()
 
     async def login(self, request: Request) -> Response:
         try:
@@ -179,7 +129,10 @@ class AdminConsole:
         self.address_failures.refund(charges[0])
         self.account_failures.refund(charges[1])
         token = secrets.token_urlsafe(32)
-        await self._write(lambda c: insert_admin_session(c, _token_hash(token), _now_ms(), address))
+        now = _now_ms()
+        await self.store.add_admin_session(
+            _token_hash(token), now, now + SESSION_TTL_S * 1000, address
+        )
         return JSONResponse({"token": token, "expires_in_s": SESSION_TTL_S})
 
     @staticmethod
@@ -191,7 +144,7 @@ class AdminConsole:
     async def logout(self, request: Request) -> Response:
         presented = self._presented(request)
         if presented is not None:
-            await self._write(lambda c: end_admin_sessions(c, presented))
+            await self.store.end_admin_sessions(presented)
         return JSONResponse({"logged_out": True})
 
     def guarded(
@@ -199,9 +152,7 @@ class AdminConsole:
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             presented = self._presented(request) or b""
-            password_set, authorized = await self._run(
-                lambda c: admin_state(c, presented, _now_ms())
-            )
+            password_set, authorized = await self.store.admin_state(presented, _now_ms())
             if not password_set:
                 return _error(403, "admin_disabled", "no admin password is set")
             if not authorized:
@@ -230,16 +181,12 @@ class AdminConsole:
     async def flags(self, request: Request) -> Any:
         open_only = request.query_params.get("status", "open") == "open"
         limit, offset = _page(request)
-        rows = await self._run(
-            lambda c: db.list_flags(c, open_only=open_only, limit=limit + 1, offset=offset)
-        )
+        rows = await self.store.flags(open_only=open_only, limit=limit + 1, offset=offset)
         return {"flags": rows[:limit], **_paging(limit, offset, len(rows))}
 
     async def flag(self, request: Request) -> Any:
-        from scoreserver.ops.cli import render_flag
-
         flag_id = _path_id(request, "flag_id")
-        flag = await self._run(lambda c: db.get_flag(c, flag_id))
+        flag = await self.store.flag(flag_id)
         return {"flag": flag, "text": render_flag(flag)}
 
     async def resolve(self, request: Request) -> Any:
@@ -248,31 +195,34 @@ class AdminConsole:
         if body.action not in ("clear", "ban"):
             raise ValueError("action is clear or ban")
         actor = self.actor(request)
-        await self._run(
-            lambda c: moderation.resolve_flag(
-                c, flag_id, ban=body.action == "ban", days=body.days, note=body.note, actor=actor
-            )
+        await moderation.resolve_flag(
+            self.store,
+            flag_id,
+            ban=body.action == "ban",
+            days=body.days,
+            note=body.note,
+            actor=actor,
         )
         return {"flag_id": flag_id, "status": "banned" if body.action == "ban" else "cleared"}
 
     async def users(self, request: Request) -> Any:
         limit, offset = _page(request)
-        rows = await self._run(lambda c: db.list_users(c, limit=limit + 1, offset=offset))
+        rows = await self.store.users(limit=limit + 1, offset=offset)
         return {"users": rows[:limit], **_paging(limit, offset, len(rows))}
 
     async def _user_name(self, request: Request) -> str:
         user_id = _path_id(request, "user_id")
-        user = await self._run(lambda c: db.user_by_id(c, user_id))
+        user = await self.store.user_by_id(user_id)
         if user is None:
             raise NotFoundError(f"no user {user_id}")
-        return user.name  # type: ignore[no-any-return]
+        return user.name
 
     async def ban(self, request: Request) -> Any:
         name = await self._user_name(request)
         body = await read_json(request, BanBody, BODY_BYTES)
         actor = self.actor(request)
-        until = await self._run(
-            lambda c: moderation.ban_user(c, name, actor=actor, days=body.days, note=body.note)
+        until = await moderation.ban_user(
+            self.store, name, actor=actor, days=body.days, note=body.note
         )
         return {"user_id": _path_id(request, "user_id"), "name": name, "banned_until": until}
 
@@ -280,7 +230,7 @@ class AdminConsole:
         name = await self._user_name(request)
         body = await read_json(request, NoteBody, BODY_BYTES)
         actor = self.actor(request)
-        await self._run(lambda c: moderation.unban_user(c, name, actor=actor, note=body.note))
+        await moderation.unban_user(self.store, name, actor=actor, note=body.note)
         return {"user_id": _path_id(request, "user_id"), "name": name, "banned_until": None}
 
     async def hide(self, request: Request) -> Any:
@@ -293,10 +243,8 @@ class AdminConsole:
         session_id = request.path_params["session_id"]
         body = await read_json(request, NoteBody, BODY_BYTES)
         actor = self.actor(request)
-        session_id = await self._run(
-            lambda c: moderation.set_score_hidden(
-                c, session_id, hidden, actor=actor, note=body.note
-            )
+        session_id = await moderation.set_score_hidden(
+            self.store, session_id, hidden, actor=actor, note=body.note
         )
         return {"session_id": session_id, "hidden": hidden}
 
@@ -304,7 +252,7 @@ class AdminConsole:
         """Every result of a game (newest first), with its session id and whether it shows."""
         game_id = request.path_params["game_id"]
         limit, offset = _page(request)
-        data = await self._run(lambda c: moderation.export(c, game_id, "all"))
+        data = await moderation.export(self.store, game_id, "all")
         results = list(reversed(data["results"]))
         page = results[offset : offset + limit + 1]
         return {"scores": page[:limit], **_paging(limit, offset, len(page))}
@@ -317,7 +265,7 @@ class AdminConsole:
         what = request.query_params.get("what", "board")
         if form not in ("csv", "json") or what not in ("board", "results"):
             raise ValueError("format is csv or json; what is board or results")
-        data = await self._run(lambda c: moderation.export(c, game_id, window))
+        data = await moderation.export(self.store, game_id, window)
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in game_id)
         if form == "json":
             body, media = json.dumps(data, indent=2, ensure_ascii=False), "application/json"
@@ -332,9 +280,7 @@ class AdminConsole:
 
     async def audit(self, request: Request) -> Any:
         limit, offset = _page(request)
-        rows = await self._run(
-            lambda c: db.list_audit(c, limit=limit + 1, offset=offset, newest_first=True)
-        )
+        rows = await self.store.audit(limit=limit + 1, offset=offset, newest_first=True)
         return {"audit": rows[:limit], **_paging(limit, offset, len(rows))}
 
     def routes(self, page: Callable[[Request], Awaitable[Response]]) -> list[Route]:

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import signal
-import sqlite3
 import ssl
 import sys
 import time
@@ -32,8 +31,6 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from trio_websocket import serve_websocket
 
-from scoreserver import store as db
-from scoreserver.core.rules import GameSettings
 from scoreserver.errors import PortTakenError, StoreError
 from scoreserver.server.clock import ServerClock
 from scoreserver.server.http import create_app
@@ -41,8 +38,7 @@ from scoreserver.server.rooms import Rooms
 from scoreserver.server.service import DEMO_GAME, DEMO_SETTINGS, PasswordPolicy, Service
 from scoreserver.server.signer import SIGNER_MODES, InlineSigner, ProcessSigner, Signer
 from scoreserver.server.ws import GameSocket, Limits
-from scoreserver.store import STORE_WRITERS
-from scoreserver.wire.tokens import KeyRing
+from scoreserver.store import ANSWER_TIMEOUT_S, STORE_WRITERS, Store, WriterMode
 
 logger = logging.getLogger(__name__)
 
@@ -151,24 +147,25 @@ class Config:
     host: str = "127.0.0.1"
     ws_port: int = 8765
     http_port: int = 8080
-    db_path: Path = Path("scoreserver.db")
+    # A SQLite file, or a PostgreSQL URL (store.Location).
+    db_path: str | Path = Path("scoreserver.db")
     key_path: Path = Path("scoreserver.key")
     limits: Limits = field(default_factory=Limits)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     password_policy: PasswordPolicy = field(default_factory=PasswordPolicy)
-    # Tests under autojump_clock turn these off: no writer thread, no wall-clock re-anchor,
-    # no process signal handlers.
-    threaded_store: bool = True
+    # Tests under autojump_clock turn these off: no wall-clock re-anchor, no process signal
+    # handlers (and they run the store's writer inline).
     # Where point tokens are signed: "process" (a child process, on another core), "inline"
     # (on the event loop), or "auto" (process when this process may use more than one core).
     signer: str = "auto"
-    # The database writer: "process" (a child process) or "thread" (a thread of this one).
+    # The database writer: "process" (a child process), "thread" (a thread of this one) or
+    # "inline" (on the event loop's thread: the autojump-clock tests).
     store_writer: str = "process"
     # How long a helper process may owe an answer before it counts as stalled: the signer is
     # then replaced by signing on the loop; a stalled writer stops the server cleanly.
     signer_timeout_s: float = 2.0
-    writer_timeout_s: float = db.ANSWER_TIMEOUT_S
+    writer_timeout_s: float = ANSWER_TIMEOUT_S
     reanchor_clock: bool = True
     handle_signals: bool = True
     announce: bool = True
@@ -212,30 +209,23 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def prepare_database(config: Config, now: int) -> tuple[Service, db.Store]:
-    """The synchronous start-up work, before any socket listens."""
-    conn = db.open_database(config.db_path)
-    try:
-        db.check_integrity(conn)
-        with db.transaction(conn):
-            voided = db.void_running_sessions(conn, now)
-            if not db.list_games(conn):
-                db.insert_game(conn, DEMO_GAME, DEMO_SETTINGS, now)
-                logger.info("created the demo game (%d s)", DEMO_SETTINGS.duration_ms // 1000)
+async def prepare_database(config: Config, now: int) -> tuple[Service, Store]:
+    """The start-up work, before any socket listens: the schema, sessions a crash cut off,
+    the demo game in an empty database, the signing key, the games."""
+    if config.store_writer not in (*STORE_WRITERS, WriterMode.INLINE):
+        raise ValueError(f"store writer must be one of {', '.join(STORE_WRITERS)}")
+    # A store of its own, inline, for the few start-up steps: the server's store (with its
+    # writer process) starts in the root nursery.
+    async with Store(config.db_path, writer=WriterMode.INLINE).opened() as once:
+        voided = await once.start_up(now, DEMO_GAME, DEMO_SETTINGS)
         if voided:
             logger.warning("voided %d sessions cut off by a previous crash", voided)
-        with db.transaction(conn):
-            keys = Service.load_keyring(conn, config.key_path, now)
-        games = db.list_games(conn)
-        fingerprint = _settings_fingerprint(conn)
-    finally:
-        conn.close()
-    if config.store_writer not in STORE_WRITERS:
-        raise ValueError(f"store writer must be one of {', '.join(STORE_WRITERS)}")
-    store = db.Store(
+        keys = await Service.load_keyring(once, config.key_path, now)
+        games = await once.games()
+        fingerprint = await once.settings_fingerprint()
+    store = Store(
         config.db_path,
-        threaded=config.threaded_store,
-        child_process=config.store_writer == "process",
+        writer=config.store_writer,
         answer_timeout_s=config.writer_timeout_s,
     )
     service = Service(
@@ -262,7 +252,7 @@ async def serve(
     config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run the server until it is stopped (a signal, or `Server.stop()`)."""
-    service, store = prepare_database(config, int(time.time() * 1000))
+    service, store = await prepare_database(config, int(time.time() * 1000))
     rooms = Rooms(service)
     service.rooms = rooms
     socket = GameSocket(service, rooms, config.limits)
@@ -365,7 +355,7 @@ async def serve(
                     )
                     server.metrics_port = int(mbinds[0].rsplit(":", 1)[1])
                 servers.start_soon(_housekeeping, service, config.reanchor_clock)
-                if config.threaded_store:
+                if store.threaded:
                     servers.start_soon(_watch_settings, service)
                     servers.start_soon(_watch_boards, service, rooms)
                 if config.handle_signals:
@@ -392,9 +382,7 @@ async def serve(
     logger.info("stopped")
 
 
-async def _run_store(
-    store: db.Store, stop: trio.Event, *, task_status: trio.TaskStatus[None]
-) -> None:
+async def _run_store(store: Store, stop: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
     """Run the writer; if it dies or stalls, stop the server the graceful way (every running
     game gets its end_game) instead of tearing everything down at once."""
     try:
@@ -409,7 +397,7 @@ async def _run_store(
 HEALTH_LAG_S = 1.0
 
 
-def health(store: db.Store, signer: Signer) -> dict[str, object]:
+def health(store: Store, signer: Signer) -> dict[str, object]:
     """What /healthz says: `ok`, `degraded` (slower but correct: a helper is slow or signing
     fell back to the loop) or `failing` (the writer is gone: nothing can be saved)."""
     status = "ok"
@@ -490,7 +478,7 @@ def _tune_gc() -> None:
 def _stats(
     service: Service,
     socket: GameSocket,
-    store: db.Store,
+    store: Store,
     monitor: LoopMonitor,
     gc_monitor: GcMonitor,
 ) -> dict[str, object]:
@@ -523,12 +511,6 @@ async def _housekeeping(service: Service, reanchor: bool) -> None:
 SETTINGS_POLL_S = 2.0
 
 
-def _settings_fingerprint(conn: sqlite3.Connection) -> tuple[object, ...]:
-    games = conn.execute("SELECT COUNT(*), MAX(updated_at) FROM games").fetchone()
-    keys = conn.execute("SELECT COUNT(*), MAX(created_at) FROM signing_keys").fetchone()
-    return (*games, *keys)
-
-
 async def _watch_settings(service: Service) -> None:
     """Notice `games add|set` and `keys rotate` by themselves, without waiting for SIGHUP."""
     # The baseline is what start-up loaded, so a change made since is not missed.
@@ -536,7 +518,7 @@ async def _watch_settings(service: Service) -> None:
     while True:
         await trio.sleep(SETTINGS_POLL_S)
         try:
-            now = await service.store.read(_settings_fingerprint)
+            now = await service.store.settings_fingerprint()
             if now != seen:
                 seen = now
                 await reload(service)
@@ -553,12 +535,12 @@ async def _watch_boards(service: Service, rooms: Rooms) -> None:
     ban from the CLI (another process), a decision on /admin, a flag raised here or by another
     server. Every BOARD_REFRESH_S the boards are re-read regardless: a temporary ban that runs
     out writes nothing."""
-    seen = await service.store.read(db.board_fingerprint)
+    seen = await service.store.board_fingerprint()
     last_refresh = trio.current_time()
     while True:
         await trio.sleep(BOARD_POLL_S)
         try:
-            now = await service.store.read(db.board_fingerprint)
+            now = await service.store.board_fingerprint()
         except Exception:
             logger.exception("reading the board fingerprint failed")
             continue
@@ -579,14 +561,5 @@ async def _signals(server: Server) -> None:
 
 async def reload(service: Service) -> None:
     """Pick up changed game settings and a rotated key (what SIGHUP does)."""
-    now = service.clock.now_ms()
-
-    def load() -> tuple[dict[str, GameSettings], KeyRing]:
-        conn = db.connect(service.store.path)
-        try:
-            return service.load_settings(conn, now)
-        finally:
-            conn.close()
-
-    games, keys = await trio.to_thread.run_sync(load)
+    games, keys = await service.load_settings(service.clock.now_ms())
     service.apply_settings(games, keys)

@@ -22,7 +22,6 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scoreserver import store as db
 from scoreserver.errors import AuthError, BusyError, ConflictError, RateLimitedError
 from scoreserver.server.admin import AdminConsole
 from scoreserver.server.service import PASSWORD_MAX, Peer, Service
@@ -166,8 +165,8 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
             raise HttpError(400, "bad_request", "`window` is day, week or all")
         now = service.clock.now_ms()
         since = now - WINDOWS_MS[window] if window in WINDOWS_MS else 0
-        entries = await service.store.read(
-            db.leaderboard, game_id, now, limit=limit, offset=offset, around=around, since=since
+        entries = await service.store.leaderboard(
+            game_id, now, limit=limit, offset=offset, around=around, since=since
         )
         return JSONResponse({"game_id": game_id, "entries": entries})
 
@@ -238,7 +237,7 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         logger.exception("HTTP handler failed", exc_info=exc)
         return error_response(500, "internal_error", "internal error")
 
-    admin = AdminConsole(service.store.path, service.password_policy, service.password_work)
+    admin = AdminConsole(service.store, service.password_policy, service.password_work)
 
     async def admin_page(request: Request) -> Response:
         if await admin._password_hash() is None:

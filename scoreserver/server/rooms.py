@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from scoreserver import store as db
 from scoreserver.core.rules import (
     AccountFlagged,
     Action,
@@ -218,8 +217,7 @@ class Rooms:
         try:
             # Committed before the start token is handed out: a token that outlives a crash
             # always names a known session (voided at restart), never an unknown one.
-            await service.store.write(
-                db.insert_session,
+            await service.store.add_session(
                 session_id,
                 room.game_id,
                 peer.user_id,
@@ -376,8 +374,7 @@ class Rooms:
                 assert tokens is not None, "accepted points come through _carry_out_run"
                 token = next(tokens)
                 session.points[action.seq] = IssuedPoint(action.seq, action.server_ts, token)
-                store.write_soon(
-                    db.insert_point,
+                store.add_point_soon(
                     session.session_id,
                     action.seq,
                     action.server_ts,
@@ -393,8 +390,7 @@ class Rooms:
                 )
             elif isinstance(action, PointRejected):
                 count_point(action.reason)
-                store.write_soon(
-                    db.insert_rejected_point,
+                store.add_rejected_point_soon(
                     session.session_id,
                     action.server_ts,
                     action.client_ts,
@@ -408,7 +404,7 @@ class Rooms:
                     )
                 )
             elif isinstance(action, BurstRecorded):
-                store.write_soon(db.insert_burst, session.session_id, action.at_ms)
+                store.add_burst_soon(session.session_id, action.at_ms)
             elif isinstance(action, AccountFlagged):
                 with trio.CancelScope(shield=True):
                     try:
@@ -435,8 +431,8 @@ class Rooms:
                 Purpose.END, session_bytes, session.user_id, session.game_id, ended.at_ms
             )
         try:
-            await service.store.write(
-                db.end_session, session.session_id, end_token, ended.at_ms, str(ended.reason)
+            await service.store.end_session(
+                session.session_id, end_token, ended.at_ms, str(ended.reason)
             )
         except StoreError as exc:
             # The writer is gone or stalled (the server is stopping): the end cannot be kept,
@@ -527,15 +523,20 @@ class Rooms:
         room.last_push_at = trio.current_time()
         try:
             now = self.service.clock.now_ms()
-            rows = await self.service.store.read(
-                db.leaderboard, room.game_id, now, limit=LEADERBOARD_PUSH_SIZE
+            rows = await self.service.store.leaderboard(
+                room.game_id, now, limit=LEADERBOARD_PUSH_SIZE
             )
         except Exception:
             logger.exception("leaderboard push for %s failed", room.game_id)
             return
         finally:
             room.push_pending = False
-        entries = [wire.LeaderboardEntry(**row) for row in rows]
+        entries = [
+            wire.LeaderboardEntry(
+                rank=row["rank"], user_id=row["user_id"], name=row["name"], score=row["score"]
+            )
+            for row in rows
+        ]
         if entries == room.last_top:
             return
         room.last_top = entries

@@ -21,7 +21,6 @@ import trio
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from scoreserver import store as db
 from scoreserver.core.limits import Budget, charge_all
 from scoreserver.core.names import normalize_name
 from scoreserver.core.rules import (
@@ -43,6 +42,7 @@ from scoreserver.errors import (
 from scoreserver.server.clock import ServerClock
 from scoreserver.server.metrics import Metrics
 from scoreserver.server.signer import InlineSigner, Signer
+from scoreserver.store import Store, User
 from scoreserver.wire.tokens import (
     KeyRing,
     Purpose,
@@ -199,7 +199,7 @@ class ResultOutcome:
 
 @dataclass(slots=True)
 class Service:
-    store: db.Store
+    store: Store
     clock: ServerClock
     keys: KeyRing
     password_policy: PasswordPolicy = field(default_factory=PasswordPolicy)
@@ -222,15 +222,15 @@ class Service:
     # -- start-up and reload --
 
     @classmethod
-    def load_keyring(cls, conn: Any, key_path: Path, now: int) -> KeyRing:
+    async def load_keyring(cls, store: Store, key_path: Path, now: int) -> KeyRing:
         """The key file's key, plus every earlier key still inside a submission window."""
         signing_key = load_or_create_key(key_path)
         kid = key_id(signing_key.public_key())
-        db.record_signing_key(conn, kid.hex(), raw_public(signing_key.public_key()), now)
-        db.retire_other_keys(conn, kid.hex(), now)
-        lifetime = db.retired_key_lifetime_ms(conn)
+        lifetime, history = await store.use_signing_key(
+            kid.hex(), raw_public(signing_key.public_key()), now
+        )
         others = []
-        for row in db.list_signing_keys(conn):
+        for row in history:
             if row["kid"] == kid.hex() or row["retired_at"] is None:
                 continue
             valid_until = row["retired_at"] + lifetime
@@ -243,13 +243,12 @@ class Service:
             )
         return KeyRing(signing_key, others)
 
-    def load_settings(self, conn: Any, now: int) -> tuple[dict[str, GameSettings], KeyRing]:
-        """Read game settings and keys afresh (for SIGHUP); safe to call from a thread."""
-        games = db.list_games(conn)
+    async def load_settings(self, now: int) -> tuple[dict[str, GameSettings], KeyRing]:
+        """Read game settings and keys afresh (for SIGHUP)."""
+        games = await self.store.games()
         keys = self.keys
         if self.key_path is not None:
-            with db.transaction(conn):
-                keys = self.load_keyring(conn, self.key_path, now)
+            keys = await self.load_keyring(self.store, self.key_path, now)
         return games, keys
 
     def apply_settings(self, games: dict[str, GameSettings], keys: KeyRing) -> None:
@@ -264,20 +263,20 @@ class Service:
 
     async def register(
         self, name: str, password: str, address: str | None = None
-    ) -> tuple[str, db.User]:
+    ) -> tuple[str, User]:
         name, password = validate_credentials(name, password)
         # Registrations share the address's login budget: no account factories.
         if address is not None:
             self.limits.address_attempts.charge(address, trio.current_time())
         encoded = await self._cpu(self.password_policy.hash, password)
         now = self.clock.now_ms()
-        user_id = await self.store.write(db.insert_user, name, encoded, now)
+        user_id = await self.store.add_user(name, encoded, now)
         token = await self._issue_login_token(user_id, now)
-        return token, db.User(user_id, name, encoded, None)
+        return token, User(user_id, name, encoded, None)
 
     async def login(
         self, name: object, password: object, address: str | None = None
-    ) -> tuple[str, db.User]:
+    ) -> tuple[str, User]:
         if not isinstance(name, str) or not isinstance(password, str):
             raise AuthError("name and password must be strings")
         try:
@@ -293,7 +292,7 @@ class Service:
         account_charge, *_ = charge_all(budgets, trio.current_time())
         if len(password) > PASSWORD_MAX:
             raise AuthError("wrong name or password")
-        user = await self.store.read(db.user_by_name, name)
+        user = await self.store.user_by_name(name)
         if user is not None:
             encoded = user.password_hash
         else:  # made once, in the password pool: the first unknown name must not stall the loop
@@ -320,7 +319,7 @@ class Service:
         if not await self._cpu(self.password_policy.verify, password, user.password_hash):
             raise AuthError("wrong password")
         self.limits.account_failures.refund(charge)
-        await self.store.write(db.erase_own_account, user.id, self.clock.now_ms())
+        await self.store.erase_own_account(user.id, self.clock.now_ms())
         logger.info("user %d erased their account", user.id)
         return user.id
 
@@ -332,15 +331,15 @@ class Service:
 
     async def _issue_login_token(self, user_id: int, now: int) -> str:
         token = secrets.token_urlsafe(32)
-        await self.store.write(
-            db.insert_login_token, hash_login_token(token), user_id, now, now + LOGIN_TOKEN_TTL_MS
+        await self.store.add_login_token(
+            hash_login_token(token), user_id, now, now + LOGIN_TOKEN_TTL_MS
         )
         return token
 
-    async def identify(self, token: str) -> db.User:
+    async def identify(self, token: str) -> User:
         """The user a login token belongs to; AuthError if none, expired, or banned."""
         now = self.clock.now_ms()
-        user = await self.store.read(db.user_by_login_token, hash_login_token(token), now)
+        user = await self.store.user_by_login_token(hash_login_token(token), now)
         if user is None:
             raise AuthError("unknown or expired login token")
         if user.banned(now):
@@ -364,8 +363,7 @@ class Service:
         if peer is not None:
             user_id = user_id if user_id is not None else peer.user_id
             guest_addr = guest_addr or peer.address
-        flag_id = await self.store.write(
-            db.insert_flag,
+        flag_id = await self.store.add_flag(
             reason,
             self.clock.now_ms(),
             game_id=game_id,
@@ -444,8 +442,8 @@ class Service:
         try:
             # The ban check is inside the saving transaction: one trip to the writer, and no
             # gap between checking and saving.
-            saved = await self.store.write(
-                db.save_result, session_id, record.game_id, record.user_id, verdict.score, now
+            saved = await self.store.save_result(
+                session_id, record.game_id, record.user_id, verdict.score, now
             )
         except ConflictError:
             return ResultOutcome(False, reason=ResultReason.ALREADY_SUBMITTED)
@@ -465,7 +463,7 @@ class Service:
         live = self.sessions.get(session_id)
         if live is not None:
             return live.record()
-        return await self.store.read(db.load_session, session_id)
+        return await self.store.session(session_id)
 
     async def _reject(
         self,

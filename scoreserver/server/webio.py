@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 import msgspec
 from starlette.requests import Request
@@ -41,6 +41,14 @@ async def read_json(request: Request, kind: type[Any], limit: int = MAX_BODY_BYT
         raise HttpError(400, "bad_request", str(exc)) from None
     except RecursionError:
         raise HttpError(400, "bad_request", "the body is nested too deeply") from None
+
+
+@overload
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int: ...
+
+
+@overload
+def int_param(request: Request, name: str, default: None, low: int, high: int) -> int | None: ...
 
 
 def int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:

@@ -19,7 +19,6 @@ import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
-from scoreserver import store as db
 from scoreserver.errors import AuthError, ConflictError, ProtocolError, RateLimitedError, TokenError
 from scoreserver.server.rooms import LiveSession, PointIn, Room, Rooms
 from scoreserver.server.service import Peer, Service
@@ -402,7 +401,7 @@ class GameSocket:
     async def _resume_from_store(
         self, conn: Connection, session_id: str, message: wire.Resume, unknown: ProtocolError
     ) -> None:
-        record = await self.service.store.read(db.load_session, session_id)
+        record = await self.service.store.session(session_id)
         if (
             record is None
             or record.user_id != conn.peer.user_id

@@ -1,8 +1,8 @@
-"""The database writer as a child process: `python -m scoreserver.store.writer_child DB_PATH`.
+"""The database writer as a child process: `python -m scoreserver.store.writer_child DB`.
 
 The server sends batches of units on stdin; each frame is a 4-byte big-endian length and a
 pickled list of ``(operation, args, awaited)``, the operations being the named functions of
-`store` (pickled by name). Each batch runs in one transaction (`store.run_batch`: a savepoint
+`store.ops` (pickled by name). Each batch runs in one transaction (`run_batch`: a savepoint
 per unit, runs of rows as one `executemany`) and is answered on stdout, in order, with a frame
 holding ``(committed, [(result, error) for each awaited unit])``. At the end of its input the
 process has committed everything it was sent, and exits.
@@ -21,11 +21,13 @@ import signal
 import sys
 from typing import Any
 
-from scoreserver import store as db
 from scoreserver.errors import StoreError
+from scoreserver.store.connect import connect
+from scoreserver.store.engine import Location
+from scoreserver.store.writer import FRAME_LENGTH, URL_VARIABLE, Job, run_batch
 
 logger = logging.getLogger("scoreserver.store.writer")
-LENGTH = db.FRAME_LENGTH
+LENGTH = FRAME_LENGTH
 
 
 def _read_exactly(fd: int, size: int, buffer: bytearray) -> bool:
@@ -60,8 +62,8 @@ def _failed_reply(exc: BaseException) -> bytes:
     return LENGTH.pack(len(payload)) + payload
 
 
-def serve(path: str, read_fd: int, write_fd: int) -> int:
-    conn = db.connect(path)
+def serve(location: str, read_fd: int, write_fd: int) -> int:
+    conn = connect(Location.of(location))
     buffer = bytearray()
     try:
         while True:
@@ -74,12 +76,12 @@ def serve(path: str, read_fd: int, write_fd: int) -> int:
             del buffer[: LENGTH.size + length]
             try:
                 units = pickle.loads(frame)
-                jobs = [db.Job(op, tuple(args), None, waited) for op, args, waited in units]
+                jobs = [Job(op, tuple(args), None, waited) for op, args, waited in units]
             except Exception as exc:  # a batch that cannot be read fails whole; the writer goes on
                 logger.exception("a write batch could not be read")
                 _write_all(write_fd, _failed_reply(exc))
                 continue
-            committed = db.run_batch(conn, jobs)
+            committed = run_batch(conn, jobs)
             _write_all(write_fd, _reply(committed, jobs))
     finally:
         conn.close()
@@ -94,10 +96,13 @@ def main(argv: list[str]) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if len(argv) != 2:
-        print("usage: python -m scoreserver.store.writer_child DB_PATH", file=sys.stderr)
+        print("usage: python -m scoreserver.store.writer_child DB", file=sys.stderr)
         return 2
+    # A PostgreSQL URL comes in the environment (it may hold a password); argv shows it
+    # without one, for `ps`.
+    location = os.environ.pop(URL_VARIABLE, None) or argv[1]
     try:
-        return serve(argv[1], sys.stdin.fileno(), sys.stdout.fileno())
+        return serve(location, sys.stdin.fileno(), sys.stdout.fileno())
     except BrokenPipeError:
         return 0
 

@@ -1,0 +1,227 @@
+"""A flag and its evidence in words: what a reviewer reads in a terminal (`flags show`) and on
+/admin. Pure: a flag record in, text out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+
+def fmt_time(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def who(flag: Mapping[str, Any]) -> str:
+    if flag.get("user_id") is not None:
+        return f"{flag.get('user_name')} (#{flag['user_id']})"
+    return f"guest {flag.get('guest_addr') or '?'}"
+
+
+# Words for the keys of a flag's evidence; a key not listed is shown with spaces for `_`.
+DETAIL_LABELS = {
+    "bursts_in_period": "bursts in the period",
+    "burst_limit": "bursts allowed",
+    "burst_period_ms": "burst period",
+    "burst_times": "bursts at",
+    "claimed_user_id": "claimed to be user",
+    "actual_user_id": "is user",
+    "points_submitted": "points submitted",
+    "token_error": "token problem",
+    "submitted_from": "submitted from",
+    "session_owner_user_id": "session belongs to user",
+    "submitted_by_owner": "submitted by its owner",
+    "index": "first bad point (0-based)",
+    "seq": "point number",
+    "client_ts": "player's time",
+    "issued_server_ts": "server time issued",
+    "expected_server_ts": "server time expected",
+    "latency_ms": "allowance",
+    "end_reason": "the game ended by",
+    "ended_at": "the game ended at",
+    "human_floor_ms": "human floor",
+    "intervals": "intervals",
+    "below_floor_player_clock": "under the floor (player)",
+    "below_floor_on_arrival": "under the floor (arrival)",
+    "shortest_ms_player_clock": "shortest interval (player)",
+    "shortest_ms_on_arrival": "shortest interval (arrival)",
+    "tripped_on": "tripped on",
+    "rhythm_figure": "rhythm figure",
+    "rhythm_player_clock": "rhythm (player's clock)",
+    "rhythm_on_arrival": "rhythm (on arrival)",
+    "min_rhythm_cv": "flags below",
+    "points": "points judged",
+    "mean_interval_ms": "mean interval",
+    "max_score": "the game's most",
+    "score": "score",
+    "population": "other players' scores",
+    "fence": "far-out fence",
+    "best_other": "best of the others",
+}
+_TIME_KEYS = ("_ts", "_at", "_times")
+
+
+def _detail_label(key: str) -> str:
+    return DETAIL_LABELS.get(key, key.replace("_", " "))
+
+
+def _detail_value(key: str, value: object) -> str:
+    """Times as times (UTC, to the millisecond), durations with their unit."""
+
+    def when(ms: object) -> str:
+        if isinstance(ms, int) and ms > 10**11:
+            return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
+        return str(ms)
+
+    if key.endswith(_TIME_KEYS):
+        if isinstance(value, list):
+            return ", ".join(when(v) for v in value) or "-"
+        return when(value)
+    if key.endswith("_ms") and isinstance(value, int | float):
+        return f"{value:g} ms"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "-" if value is None else str(value)
+
+
+def render_flag(flag: Mapping[str, Any]) -> str:
+    """A flag as a reviewer reads it: who, why, and the session's timeline."""
+    lines = [
+        f"flag {flag['id']}: {flag['reason']}  [{flag['status']}]",
+        f"  when        {fmt_time(flag['created_at'])}",
+        f"  who         {who(flag)}",
+        f"  user agent  {flag.get('user_agent') or '-'}",
+        f"  game        {flag.get('game_id') or '-'}",
+        f"  session     {flag.get('session_id') or '-'}",
+    ]
+    if flag.get("resolved_at"):
+        lines.append(
+            f"  resolved    {fmt_time(flag['resolved_at'])}: {flag.get('resolution_note')}"
+        )
+    for key, value in (flag.get("detail") or {}).items():
+        lines.append(f"  {_detail_label(key):<26} {_detail_value(key, value)}")
+    evidence = flag.get("evidence")
+    if evidence and evidence.get("session"):
+        session = evidence["session"]
+        start = session["started_at"]
+        lines.append("")
+        lines.append(
+            f"  session: started {fmt_time(start)}, ended {fmt_time(session['ended_at'])}"
+            f" ({session['end_reason'] or 'running'}), state {session['state']}"
+        )
+        points = evidence["points"]
+        lines.append(
+            f"  {len(points)} points issued, {len(evidence['rejected'])} rejected,"
+            f" {len(evidence['bursts'])} bursts"
+        )
+        if evidence.get("timing"):
+            lines.append("")
+            lines.extend(timing_words(evidence["timing"]))
+        lines.append("")
+        lines.extend(_timeline(start, session.get("ended_at"), points, evidence))
+    return "\n".join(lines)
+
+
+def timing_words(timing: dict[str, Any]) -> list[str]:
+    """The timing figures of a session, as a reviewer reads them (docs/anti-cheat.md)."""
+    floor, threshold = timing["human_floor_ms"], timing["min_rhythm_cv"]
+    arrival_gaps = timing["intervals_on_arrival"]
+    player_gaps = timing["intervals_player_clock"]
+    lines = [f"  timing of its {timing['points']} points received:"]
+    if timing["rhythm_figure"] is None:
+        lines.append("    rhythm: too few points to measure")
+    else:
+        judged = "" if timing["rhythm_judged"] else " (too few points to be judged)"
+        verdict = (
+            "too regular for a person"
+            if threshold and timing["rhythm_figure"] < threshold
+            else "within what people show"
+        )
+        limit = f"the game flags below {threshold:g}" if threshold else "the rhythm check is off"
+        lines.append(
+            f"    rhythm: {timing['rhythm_figure']:.3f} ({verdict}; {limit}){judged};"
+            f" player's clock {_figure(timing['rhythm_player_clock'])},"
+            f" on arrival {_figure(timing['rhythm_on_arrival'])}"
+        )
+    population = timing.get("population")
+    if population:
+        lines.append(
+            f"    this game's other players: {population['p5']:.3f} to {population['p95']:.3f},"
+            f" typically {population['p50']:.3f} ({population['sessions']} recent sessions)"
+        )
+    else:
+        lines.append("    this game's other players: not enough sessions yet to compare")
+    if floor:
+        lines.append(
+            f"    closer than the {floor} ms human floor: {timing['below_floor_player_clock']}"
+            f" of {len(player_gaps)} intervals on the player's clock,"
+            f" {timing['below_floor_on_arrival']} on arrival"
+        )
+    else:
+        lines.append("    human floor: off for this game")
+    if arrival_gaps:
+        ordered = sorted(arrival_gaps)
+        lines.append(
+            f"    intervals on arrival: shortest {ordered[0]} ms,"
+            f" median {ordered[len(ordered) // 2]} ms, longest {ordered[-1]} ms"
+        )
+        lines.extend(_histogram(arrival_gaps, floor))
+    return lines
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _histogram(gaps: list[int], floor: int, width: int = 40) -> list[str]:
+    """Intervals in 50 ms bins up to a second (the rest in one), as bars of `#`."""
+    bins = [0] * 21
+    for gap in gaps:
+        bins[min(20, max(0, gap) // 50)] += 1
+    top = max(bins) or 1
+    out = []
+    for index, count in enumerate(bins):
+        if not count:
+            continue
+        low = index * 50
+        label = f"{low:>4}-{low + 49:<4} ms" if index < 20 else "1000+     ms"
+        mark = "  < floor" if floor and low + 49 < floor else ""
+        bar = "#" * max(1, round(count * width / top))
+        out.append(f"    {label} {count:>5} {bar}{mark}")
+    return out
+
+
+def _timeline(
+    start: int, end: int | None, points: list[dict[str, Any]], evidence: dict[str, Any]
+) -> list[str]:
+    """Points per second, as a bar per second of the game, with rejections and bursts."""
+    last = max(
+        [end or start]
+        + [p["server_ts"] for p in points]
+        + [r["server_ts"] for r in evidence["rejected"]]
+    )
+    seconds = max(1, (last - start) // 1000 + 1)
+    accepted = [0] * seconds
+    rejected = [0] * seconds
+    bursts = [0] * seconds
+    for p in points:
+        accepted[min(seconds - 1, max(0, (p["server_ts"] - start) // 1000))] += 1
+    for r in evidence["rejected"]:
+        rejected[min(seconds - 1, max(0, (r["server_ts"] - start) // 1000))] += 1
+    for b in evidence["bursts"]:
+        bursts[min(seconds - 1, max(0, (b - start) // 1000))] += 1
+    out = ["  second  accepted  rejected  (# accepted, x rejected, ! burst)"]
+    for second in range(min(seconds, 600)):
+        bar = "#" * min(accepted[second], 40) + "x" * min(rejected[second], 20)
+        mark = " !" * min(bursts[second], 5)
+        out.append(f"  {second:>6}  {accepted[second]:>8}  {rejected[second]:>8}  {bar}{mark}")
+    offsets = [p["server_ts"] - p["client_ts"] for p in points]
+    if offsets:
+        out.append("")
+        out.append(
+            f"  clock offset (server - client) over points: min {min(offsets)} ms,"
+            f" max {max(offsets)} ms, spread {max(offsets) - min(offsets)} ms"
+        )
+    return out

@@ -1,0 +1,918 @@
+"""The store's named operations: each a function of a connection (`engine.Connection`), in
+SQL both engines run (SQLite's placeholders; `postgres.PgConnection` translates them). The
+store runs writes in its writer's transactions and reads on reader connections; nothing
+outside this package writes SQL.
+
+Operations are module-level functions so that the writer process can unpickle them by name.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from typing import Any, cast
+
+from ..core import timing
+from ..core.names import skeleton
+from ..core.rules import EndReason, GameSettings, IssuedPoint, SessionRecord, outlier_evidence
+from ..errors import BannedError, ConflictError, NotFoundError
+from .engine import INTEGRITY_ERRORS, Connection, is_unique_violation, no_limit
+from .records import (
+    AuditEntry,
+    BoardEntry,
+    Flag,
+    Result,
+    SigningKey,
+    User,
+    UserSummary,
+)
+
+FOREVER = 2**62  # banned_until of a ban without an end
+
+
+# --- named operations: users and login tokens -----------------------------------------------
+
+
+def _user(row: Any | None) -> User | None:
+    if row is None:
+        return None
+    return User(row["id"], row["name"], row["password_hash"], row["banned_until"])
+
+
+def insert_user(conn: Connection, name: str, password_hash: str, now: int) -> int:
+    """A new account; ConflictError if the name, or a name that looks like it, is taken."""
+    try:
+        row = conn.execute(
+            "INSERT INTO users (name, name_skeleton, password_hash, created_at)"
+            " VALUES (?, ?, ?, ?) RETURNING id",
+            (name, skeleton(name), password_hash, now),
+        ).fetchone()
+    except INTEGRITY_ERRORS:
+        raise ConflictError(f"the name {name!r} (or one that looks like it) is taken") from None
+    return int(row[0])
+
+
+def user_by_name(conn: Connection, name: str) -> User | None:
+    # Names are unique without regard to ASCII case: SQLite's column says so (COLLATE
+    # NOCASE), PostgreSQL's index is on lower(name).
+    where = "name = ?" if conn.dialect == "sqlite" else "lower(name) = lower(?)"
+    return _user(conn.execute(f"SELECT * FROM users WHERE {where}", (name,)).fetchone())
+
+
+def user_by_id(conn: Connection, user_id: int) -> User | None:
+    return _user(conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone())
+
+
+def insert_login_token(
+    conn: Connection, token_hash: bytes, user_id: int, now: int, expires_at: int
+) -> None:
+    conn.execute(
+        "INSERT INTO login_tokens (token_hash, user_id, created_at, expires_at)"
+        " VALUES (?, ?, ?, ?)",
+        (token_hash, user_id, now, expires_at),
+    )
+    conn.execute("DELETE FROM login_tokens WHERE expires_at <= ?", (now,))
+
+
+def user_by_login_token(conn: Connection, token_hash: bytes, now: int) -> User | None:
+    return _user(
+        conn.execute(
+            "SELECT u.* FROM login_tokens t JOIN users u ON u.id = t.user_id"
+            " WHERE t.token_hash = ? AND t.expires_at > ?",
+            (token_hash, now),
+        ).fetchone()
+    )
+
+
+def list_users(conn: Connection, *, limit: int = -1, offset: int = 0) -> list[UserSummary]:
+    rows = conn.execute(
+        "SELECT u.id, u.name, u.created_at, u.banned_until, u.ban_note,"
+        " (SELECT COUNT(*) FROM flags f WHERE f.user_id = u.id AND f.status = 'open')"
+        "   AS open_flags,"
+        " (SELECT COUNT(*) FROM scores s WHERE s.user_id = u.id) AS scores"
+        " FROM users u ORDER BY u.id LIMIT ? OFFSET ?",
+        (no_limit(limit), offset),
+    ).fetchall()
+    return [cast(UserSummary, dict(row)) for row in rows]
+
+
+def set_ban(conn: Connection, name: str, banned_until: int | None, note: str | None) -> int:
+    user = user_by_name(conn, name)
+    if user is None:
+        raise NotFoundError(f"no user named {name!r}")
+    conn.execute(
+        "UPDATE users SET banned_until = ?, ban_note = ? WHERE id = ?",
+        (banned_until, note, user.id),
+    )
+    if banned_until is not None:
+        conn.execute("DELETE FROM login_tokens WHERE user_id = ?", (user.id,))
+    return user.id
+
+
+DELETED_NAME = "deleted player {id}"
+
+
+def erase_user(conn: Connection, user_id: int, now: int) -> str:
+    """Erase an account's personal data; keep its results, under a name that is no one's.
+
+    Gone: the name (it becomes free to register again), the password hash, every login
+    token, the user agents recorded with its sessions and flags, a ban note. Kept: the user
+    id, its scores and sessions (ranks and audits stay consistent), flags and decisions.
+    Returns the name the account had.
+    """
+    user = user_by_id(conn, user_id)
+    if user is None or user.password_hash == "":
+        raise NotFoundError(f"no user {user_id}")
+    conn.execute(
+        "UPDATE users SET name = ?, name_skeleton = NULL, password_hash = '', ban_note = NULL,"
+        " deleted_at = ? WHERE id = ?",
+        (DELETED_NAME.format(id=user_id), now, user_id),
+    )
+    conn.execute("DELETE FROM login_tokens WHERE user_id = ?", (user_id,))
+    conn.execute("UPDATE game_sessions SET user_agent = NULL WHERE user_id = ?", (user_id,))
+    conn.execute("UPDATE flags SET user_agent = NULL WHERE user_id = ?", (user_id,))
+    return user.name
+
+
+def erase_own_account(conn: Connection, user_id: int, now: int) -> None:
+    """A player's own erasure (DELETE /api/me), with its audit row, in one unit."""
+    erase_user(conn, user_id, now)
+    insert_audit(conn, "the player", "users delete", f"user {user_id}", "by themselves", now)
+
+
+# --- games ----------------------------------------------------------------------------------
+
+GAME_FIELDS = (
+    "duration_ms",
+    "burst_window_ms",
+    "burst_threshold",
+    "burst_limit",
+    "burst_period_ms",
+    "latency_ms",
+    "submission_window_ms",
+    "human_floor_ms",
+    "min_rhythm_cv",
+    "max_score",
+    "hold_outliers",
+    "title",
+)
+
+
+def _game_values(settings: GameSettings) -> dict[str, object]:
+    """A game's columns: flags as 0/1 (an INTEGER on SQLite, a BIGINT on PostgreSQL)."""
+    values = asdict(settings)
+    values["hold_outliers"] = int(values["hold_outliers"])
+    return values
+
+
+def insert_game(conn: Connection, game_id: str, settings: GameSettings, now: int) -> None:
+    values = _game_values(settings)
+    try:
+        conn.execute(
+            f"INSERT INTO games (id, {', '.join(GAME_FIELDS)}, created_at, updated_at)"
+            f" VALUES (?, {', '.join('?' for _ in GAME_FIELDS)}, ?, ?)",
+            (game_id, *(values[f] for f in GAME_FIELDS), now, now),
+        )
+    except INTEGRITY_ERRORS:
+        raise ConflictError(f"game {game_id!r} exists (use `games set`)") from None
+
+
+def update_game(
+    conn: Connection, game_id: str, changes: Mapping[str, object], now: int
+) -> GameSettings:
+    current = get_game(conn, game_id)
+    if current is None:
+        raise NotFoundError(f"no game {game_id!r}")
+    merged = GameSettings(**{**asdict(current), **changes})  # validates
+    values = _game_values(merged)
+    conn.execute(
+        f"UPDATE games SET {', '.join(f'{f} = ?' for f in GAME_FIELDS)}, updated_at = ?"
+        " WHERE id = ?",
+        (*(values[f] for f in GAME_FIELDS), now, game_id),
+    )
+    return merged
+
+
+def _settings(row: Any) -> GameSettings:
+    values = {f: row[f] for f in GAME_FIELDS}
+    values["hold_outliers"] = bool(values["hold_outliers"])
+    return GameSettings(**values)
+
+
+def get_game(conn: Connection, game_id: str) -> GameSettings | None:
+    row = conn.execute("SELECT * FROM games WHERE id = ?", (game_id,)).fetchone()
+    return None if row is None else _settings(row)
+
+
+def list_games(conn: Connection) -> dict[str, GameSettings]:
+    return {row["id"]: _settings(row) for row in conn.execute("SELECT * FROM games ORDER BY id")}
+
+
+# --- game sessions --------------------------------------------------------------------------
+
+
+def insert_session(
+    conn: Connection,
+    session_id: str,
+    game_id: str,
+    user_id: int | None,
+    guest_addr: str | None,
+    user_agent: str | None,
+    settings: GameSettings,
+    started_at: int,
+    client_start_ts: int,
+    start_token: str,
+) -> None:
+    try:
+        conn.execute(
+            "INSERT INTO game_sessions (id, game_id, user_id, guest_addr, user_agent,"
+            " settings_json, started_at, client_start_ts, start_token)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                session_id,
+                game_id,
+                user_id,
+                guest_addr,
+                user_agent,
+                json.dumps(asdict(settings)),
+                started_at,
+                client_start_ts,
+                start_token,
+            ),
+        )
+    except INTEGRITY_ERRORS as exc:
+        if not is_unique_violation(exc):
+            raise
+        raise ConflictError("you already have a game of this kind running") from None
+
+
+def row_insert(sql: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Mark an operation as one row of `sql`, its arguments the row's parameters in order.
+
+    The writer runs a queued run of such rows as one `executemany` (group commit without a
+    statement and a savepoint per row).
+    """
+
+    def mark(op: Callable[..., None]) -> Callable[..., None]:
+        op.row_sql = sql  # type: ignore[attr-defined]
+        return op
+
+    return mark
+
+
+@row_insert(
+    "INSERT INTO issued_points (session_id, seq, server_ts, client_ts, token)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+def insert_point(
+    conn: Connection, session_id: str, seq: int, server_ts: int, client_ts: int, token: str
+) -> None:
+    conn.execute(insert_point.row_sql, (session_id, seq, server_ts, client_ts, token))  # type: ignore[attr-defined]
+
+
+@row_insert(
+    "INSERT INTO rejected_points (session_id, server_ts, client_ts, reason) VALUES (?, ?, ?, ?)"
+)
+def insert_rejected_point(
+    conn: Connection, session_id: str, server_ts: int, client_ts: int, reason: str
+) -> None:
+    conn.execute(insert_rejected_point.row_sql, (session_id, server_ts, client_ts, reason))  # type: ignore[attr-defined]
+
+
+@row_insert("INSERT INTO bursts (session_id, at_ms) VALUES (?, ?)")
+def insert_burst(conn: Connection, session_id: str, at_ms: int) -> None:
+    conn.execute(insert_burst.row_sql, (session_id, at_ms))  # type: ignore[attr-defined]
+
+
+def end_session(
+    conn: Connection,
+    session_id: str,
+    end_token: str | None,
+    ended_at: int,
+    reason: str,
+) -> None:
+    state = "ended" if reason == EndReason.TIME_UP else "voided"
+    conn.execute(
+        "UPDATE game_sessions SET end_token = ?, ended_at = ?, end_reason = ?, state = ?"
+        " WHERE id = ? AND state = 'running'",
+        (end_token, ended_at, reason, state, session_id),
+    )
+
+
+def void_running_sessions(conn: Connection, now: int) -> int:
+    """Sessions left running by a crash are void: nobody can submit them. No flag."""
+    cur = conn.execute(
+        "UPDATE game_sessions SET state = 'voided', end_reason = 'crashed', ended_at = ?"
+        " WHERE state = 'running'",
+        (now,),
+    )
+    return int(cur.rowcount)
+
+
+def load_session(conn: Connection, session_id: str) -> SessionRecord | None:
+    row = conn.execute("SELECT * FROM game_sessions WHERE id = ?", (session_id,)).fetchone()
+    if row is None:
+        return None
+    points = {
+        p["seq"]: IssuedPoint(p["seq"], p["server_ts"], p["token"])
+        for p in conn.execute(
+            "SELECT seq, server_ts, token FROM issued_points WHERE session_id = ?",
+            (session_id,),
+        )
+    }
+    reason = row["end_reason"]
+    end_reason = EndReason(reason) if reason in EndReason.__members__.values() else None
+    if reason == "crashed":
+        end_reason = EndReason.SERVER_SHUTDOWN
+    return SessionRecord(
+        session_id=row["id"],
+        game_id=row["game_id"],
+        user_id=row["user_id"],
+        settings=GameSettings(**json.loads(row["settings_json"])),
+        started_at=row["started_at"],
+        offset_ms=row["started_at"] - row["client_start_ts"],
+        start_token=row["start_token"],
+        end_token=row["end_token"],
+        ended_at=row["ended_at"],
+        end_reason=end_reason,
+        points=points,
+        submitted=row["state"] == "submitted",
+    )
+
+
+def save_result(
+    conn: Connection,
+    session_id: str,
+    game_id: str,
+    user_id: int | None,
+    score: int,
+    now: int,
+) -> bool:
+    """Close the session with its accepted result; keep the score of a logged-in player.
+
+    Returns whether the score was saved. Raises ConflictError if the session was closed, and
+    BannedError (changing nothing) if the player is banned at `now`.
+    """
+    owner = user_by_id(conn, user_id) if user_id is not None else None
+    if owner is not None and owner.banned(now):
+        raise BannedError("account banned")
+    cur = conn.execute(
+        "UPDATE game_sessions SET state = 'submitted' WHERE id = ? AND state = 'ended'",
+        (session_id,),
+    )
+    if cur.rowcount != 1:
+        raise ConflictError("session already submitted")
+    if user_id is None:
+        return False
+    population = [
+        row[0]
+        for row in conn.execute(
+            "SELECT MAX(score) FROM scores WHERE game_id = ? AND user_id != ? AND hidden = 0"
+            " GROUP BY user_id",
+            (game_id, user_id),
+        )
+    ]
+    conn.execute(
+        "INSERT INTO scores (session_id, game_id, user_id, score, created_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (session_id, game_id, user_id, score, now),
+    )
+    evidence = outlier_evidence(score, population)
+    if evidence is not None:
+        # In the saving transaction: the flag is committed with the score it questions.
+        settings = get_game(conn, game_id)
+        insert_flag(
+            conn,
+            "outlier_score",
+            now,
+            game_id=game_id,
+            session_id=session_id,
+            user_id=user_id,
+            detail=evidence,
+            holds=settings is not None and settings.hold_outliers,
+        )
+    return True
+
+
+def set_score_hidden(conn: Connection, session_id: str, hidden: bool) -> None:
+    cur = conn.execute(
+        "UPDATE scores SET hidden = ? WHERE session_id = ?", (int(hidden), session_id)
+    )
+    if cur.rowcount != 1:
+        raise NotFoundError(f"no saved score for session {session_id!r}")
+
+
+# --- flags ----------------------------------------------------------------------------------
+
+
+def insert_flag(
+    conn: Connection,
+    reason: str,
+    now: int,
+    *,
+    game_id: str | None = None,
+    session_id: str | None = None,
+    user_id: int | None = None,
+    guest_addr: str | None = None,
+    user_agent: str | None = None,
+    detail: Mapping[str, object] | None = None,
+    holds: bool = True,
+) -> int:
+    """A flag for review; while open, one that `holds` keeps the player off boards."""
+    row = conn.execute(
+        "INSERT INTO flags (created_at, reason, game_id, session_id, user_id, guest_addr,"
+        " user_agent, detail_json, holds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (
+            now,
+            reason,
+            game_id,
+            session_id,
+            user_id,
+            None if user_id is not None else guest_addr,
+            user_agent,
+            json.dumps(dict(detail or {}), default=str),
+            int(holds),
+        ),
+    ).fetchone()
+    return int(row[0])
+
+
+def list_flags(
+    conn: Connection,
+    *,
+    open_only: bool = False,
+    game_id: str | None = None,
+    user_name: str | None = None,
+    limit: int = -1,
+    offset: int = 0,
+) -> list[Flag]:
+    """Flags, oldest first; `limit`/`offset` page them (-1: no limit)."""
+    sql = (
+        "SELECT f.*, u.name AS user_name FROM flags f LEFT JOIN users u ON u.id = f.user_id"
+        " WHERE 1 = 1"
+    )
+    params: list[Any] = []
+    if open_only:
+        sql += " AND f.status = 'open'"
+    if game_id is not None:
+        sql += " AND f.game_id = ?"
+        params.append(game_id)
+    if user_name is not None:
+        sql += " AND u.name = ?" if conn.dialect == "sqlite" else " AND lower(u.name) = lower(?)"
+        params.append(user_name)
+    sql += " ORDER BY f.id LIMIT ? OFFSET ?"
+    return [_flag_dict(row) for row in conn.execute(sql, [*params, no_limit(limit), offset])]
+
+
+def _flag_dict(row: Any) -> Flag:
+    flag = dict(row)
+    flag["detail"] = json.loads(flag.pop("detail_json"))
+    return cast(Flag, flag)
+
+
+def get_flag(conn: Connection, flag_id: int) -> Flag:
+    row = conn.execute(
+        "SELECT f.*, u.name AS user_name FROM flags f LEFT JOIN users u ON u.id = f.user_id"
+        " WHERE f.id = ?",
+        (flag_id,),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no flag {flag_id}")
+    flag = _flag_dict(row)
+    if flag["session_id"]:
+        flag["evidence"] = session_evidence(conn, flag["session_id"])
+    return flag
+
+
+def session_evidence(conn: Connection, session_id: str) -> dict[str, Any]:
+    """A session's timeline for a reviewer: points, rejections, bursts."""
+    session = conn.execute(
+        "SELECT id, game_id, user_id, guest_addr, user_agent, started_at, client_start_ts,"
+        " ended_at, end_reason, state, settings_json FROM game_sessions WHERE id = ?",
+        (session_id,),
+    ).fetchone()
+    if session is None:
+        return {}
+    info = dict(session)
+    info["settings"] = json.loads(info.pop("settings_json"))
+    settings = GameSettings(**info["settings"])
+    arrivals, client_times = _received(conn, session_id)
+    return {
+        "timing": {
+            **timing.profile(
+                arrivals, client_times, settings.human_floor_ms, settings.min_rhythm_cv
+            ),
+            "population": rhythm_population(conn, info["game_id"], exclude=session_id),
+        },
+        "session": info,
+        "points": [
+            dict(r)
+            for r in conn.execute(
+                "SELECT seq, server_ts, client_ts FROM issued_points WHERE session_id = ?"
+                " ORDER BY seq",
+                (session_id,),
+            )
+        ],
+        "rejected": [
+            dict(r)
+            for r in conn.execute(
+                "SELECT server_ts, client_ts, reason FROM rejected_points WHERE session_id = ?"
+                " ORDER BY rowid",
+                (session_id,),
+            )
+        ],
+        "bursts": [
+            r[0]
+            for r in conn.execute(
+                "SELECT at_ms FROM bursts WHERE session_id = ? ORDER BY rowid", (session_id,)
+            )
+        ],
+    }
+
+
+def _received(conn: Connection, session_id: str) -> tuple[list[int], list[int]]:
+    """Every point a session received while it ran (accepted or refused), in arrival order:
+    (server times, the player's stamps)."""
+    rows = conn.execute(
+        "SELECT server_ts, client_ts FROM ("
+        " SELECT server_ts, client_ts, 0 AS kind, seq AS n FROM issued_points"
+        "  WHERE session_id = :sid"
+        " UNION ALL SELECT server_ts, client_ts, 1, rowid FROM rejected_points"
+        "  WHERE session_id = :sid AND reason != 'game_over'"
+        ") ORDER BY server_ts, kind, n",
+        {"sid": session_id},
+    ).fetchall()
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+POPULATION_SESSIONS = 200
+
+
+def rhythm_population(
+    conn: Connection, game_id: str, *, exclude: str | None = None
+) -> dict[str, object] | None:
+    """The range of rhythm figures that the game's recent unflagged sessions show, for a
+    reviewer to set a flagged one beside (timing.population_range)."""
+    sessions = conn.execute(
+        "SELECT g.id FROM game_sessions g WHERE g.game_id = ? AND g.state IN"
+        " ('ended', 'submitted') AND g.id != ? AND NOT EXISTS"
+        " (SELECT 1 FROM flags f WHERE f.session_id = g.id)"
+        " ORDER BY g.started_at DESC LIMIT ?",
+        (game_id, exclude or "", POPULATION_SESSIONS),
+    ).fetchall()
+    figures = []
+    for (session_id,) in sessions:
+        arrivals, client_times = _received(conn, session_id)
+        if len(arrivals) < timing.RHYTHM_MIN_POINTS:
+            continue
+        tracker = timing.TimingTracker(0, 0)
+        for arrival, client_ts in zip(arrivals, client_times, strict=True):
+            tracker.add(arrival, client_ts)
+        found = [f for f in (tracker.player.rhythm(), tracker.arrival.rhythm()) if f is not None]
+        if found:
+            figures.append(min(found))
+    return timing.population_range(figures)
+
+
+def resolve_flag(conn: Connection, flag_id: int, status: str, note: str, now: int) -> Flag:
+    flag = get_flag(conn, flag_id)
+    if flag["status"] != "open":
+        raise ConflictError(f"flag {flag_id} is already resolved ({flag['status']})")
+    conn.execute(
+        "UPDATE flags SET status = ?, resolved_at = ?, resolution_note = ? WHERE id = ?",
+        (status, now, note, flag_id),
+    )
+    return flag
+
+
+# --- the leaderboard ------------------------------------------------------------------------
+
+_BOARD_SQL = """
+WITH eligible AS (
+    SELECT s.user_id, s.score, s.created_at, s.id, s.session_id,
+           ROW_NUMBER() OVER (
+               PARTITION BY s.user_id ORDER BY s.score DESC, s.created_at, s.id
+           ) AS nth
+    FROM scores s JOIN users u ON u.id = s.user_id
+    WHERE s.game_id = :game_id AND s.hidden = 0 AND s.created_at >= :since
+      AND (u.banned_until IS NULL OR u.banned_until <= :now)
+      AND NOT EXISTS (
+          SELECT 1 FROM flags f WHERE f.user_id = s.user_id AND f.status = 'open' AND f.holds = 1
+      )
+), ranked AS (
+    SELECT user_id, score, session_id, created_at,
+           RANK() OVER (ORDER BY score DESC) AS rank,
+           ROW_NUMBER() OVER (ORDER BY score DESC, created_at, id) AS position
+    FROM eligible WHERE nth = 1
+)
+"""
+
+
+def leaderboard(
+    conn: Connection,
+    game_id: str,
+    now: int,
+    *,
+    limit: int = 10,
+    offset: int = 0,
+    around: int | None = None,
+    since: int = 0,
+    with_sessions: bool = False,
+) -> list[BoardEntry]:
+    """Best score per player, highest first, ranks shared by equal scores (1, 2, 2, 4).
+
+    With `around`, the page is centred on that player's position (empty if not ranked).
+    """
+    params: dict[str, Any] = {"game_id": game_id, "since": since, "now": now}
+    if around is not None:
+        row = conn.execute(
+            _BOARD_SQL + "SELECT position FROM ranked WHERE user_id = :user_id",
+            {**params, "user_id": around},
+        ).fetchone()
+        if row is None:
+            return []
+        offset = max(0, row[0] - 1 - limit // 2)
+    session = ", r.session_id, r.created_at" if with_sessions else ""
+    rows = conn.execute(
+        _BOARD_SQL + f"SELECT r.rank, r.user_id, u.name, r.score{session} FROM ranked r"
+        " JOIN users u ON u.id = r.user_id ORDER BY r.position LIMIT :limit OFFSET :offset",
+        {**params, "limit": no_limit(limit), "offset": offset},
+    ).fetchall()
+    return [cast(BoardEntry, dict(row)) for row in rows]
+
+
+def list_results(conn: Connection, game_id: str, since: int = 0) -> list[Result]:
+    """Every saved result of a game since `since`, with what decides whether it is shown."""
+    return [
+        cast(Result, dict(row))
+        for row in conn.execute(
+            "SELECT s.session_id, s.user_id, u.name, s.score, s.created_at, s.hidden,"
+            " CASE WHEN u.banned_until IS NOT NULL AND u.banned_until > :now THEN 1 ELSE 0 END"
+            "  AS banned,"
+            " CASE WHEN EXISTS (SELECT 1 FROM flags f WHERE f.user_id = s.user_id"
+            "  AND f.status = 'open' AND f.holds = 1) THEN 1 ELSE 0 END AS held"
+            " FROM scores s JOIN users u ON u.id = s.user_id"
+            " WHERE s.game_id = :game AND s.created_at >= :since ORDER BY s.created_at, s.id",
+            {"game": game_id, "since": since, "now": int(time.time() * 1000)},
+        )
+    ]
+
+
+def session_by_prefix(conn: Connection, prefix: str) -> str:
+    """The id of the one session whose id starts with `prefix` (as `flags list` prints it)."""
+    prefix = prefix.strip().lower()
+    if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+        raise NotFoundError(f"no session {prefix!r} (session ids are hexadecimal)")
+    rows = conn.execute(
+        "SELECT id FROM game_sessions WHERE id >= ? AND id < ? ORDER BY id LIMIT 2",
+        (prefix, prefix + "g"),
+    ).fetchall()
+    if not rows:
+        raise NotFoundError(f"no session {prefix!r}")
+    if len(rows) > 1:
+        raise ConflictError(f"{prefix!r} starts more than one session id: give more of it")
+    return str(rows[0][0])
+
+
+# --- keys, audit, settings ------------------------------------------------------------------
+
+
+def board_fingerprint(conn: Connection) -> tuple[object, ...]:
+    """Changes whenever something may have changed a leaderboard without a score being saved
+    here: every moderation decision writes an audit row (from the CLI, /admin, any process),
+    every flag a flags row, every game change bumps `updated_at`. Cheap: three index lookups."""
+    row = conn.execute(
+        "SELECT (SELECT MAX(id) FROM audit), (SELECT MAX(id) FROM flags),"
+        " (SELECT COUNT(*) FROM flags WHERE status = 'open'), (SELECT MAX(updated_at) FROM games)"
+    ).fetchone()
+    return tuple(row)
+
+
+def record_signing_key(conn: Connection, kid: str, public_key: bytes, now: int) -> None:
+    conn.execute(
+        "INSERT INTO signing_keys (kid, public_key, created_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (kid) DO NOTHING",
+        (kid, public_key, now),
+    )
+
+
+def retire_other_keys(conn: Connection, current_kid: str, now: int) -> None:
+    conn.execute(
+        "UPDATE signing_keys SET retired_at = ? WHERE kid != ? AND retired_at IS NULL",
+        (now, current_kid),
+    )
+
+
+def list_signing_keys(conn: Connection) -> list[SigningKey]:
+    rows = conn.execute("SELECT * FROM signing_keys ORDER BY created_at")
+    return [cast(SigningKey, {**dict(r), "public_key": bytes(r["public_key"])}) for r in rows]
+
+
+def retired_key_lifetime_ms(conn: Connection) -> int:
+    """How long a retired key still verifies: a session that began just before the rotation
+    may run the longest game and then be submitted within the longest submission window."""
+    row = conn.execute("SELECT MAX(duration_ms), MAX(submission_window_ms) FROM games").fetchone()
+    return int(row[0] or 0) + int(row[1] or 0)
+
+
+def insert_audit(
+    conn: Connection,
+    actor: str,
+    command: str,
+    target: str | None,
+    note: str | None,
+    now: int,
+) -> None:
+    conn.execute(
+        "INSERT INTO audit (at, actor, command, target, note) VALUES (?, ?, ?, ?, ?)",
+        (now, actor, command, target, note),
+    )
+
+
+def list_audit(
+    conn: Connection, *, limit: int = -1, offset: int = 0, newest_first: bool = False
+) -> list[AuditEntry]:
+    order = "DESC" if newest_first else "ASC"
+    return [
+        cast(AuditEntry, dict(r))
+        for r in conn.execute(
+            f"SELECT * FROM audit ORDER BY id {order} LIMIT ? OFFSET ?",
+            (no_limit(limit), offset),
+        )
+    ]
+
+
+def get_setting(conn: Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_setting(conn: Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO settings (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def settings_fingerprint(conn: Connection) -> tuple[object, ...]:
+    """Changes when a game is added or changed or a signing key is recorded (from any process):
+    the server then reloads its settings."""
+    games = conn.execute("SELECT COUNT(*), MAX(updated_at) FROM games").fetchone()
+    keys = conn.execute("SELECT COUNT(*), MAX(created_at) FROM signing_keys").fetchone()
+    return (*games, *keys)
+
+
+def use_signing_key(
+    conn: Connection, kid: str, public_key: bytes, now: int
+) -> tuple[int, list[SigningKey]]:
+    """Record the key the server signs with now and retire every other; returns how long a
+    retired key still verifies and every key ever recorded."""
+    record_signing_key(conn, kid, public_key, now)
+    retire_other_keys(conn, kid, now)
+    return key_history(conn)
+
+
+def key_history(conn: Connection) -> tuple[int, list[SigningKey]]:
+    return retired_key_lifetime_ms(conn), list_signing_keys(conn)
+
+
+def start_up(conn: Connection, now: int, demo_id: str, demo: GameSettings) -> int:
+    """At a server's start: void the sessions a crash cut off; give an empty database the demo
+    game. Returns how many sessions were voided."""
+    voided = void_running_sessions(conn, now)
+    if conn.execute("SELECT 1 FROM games LIMIT 1").fetchone() is None:
+        insert_game(conn, demo_id, demo, now)
+    return voided
+
+
+# --- decisions: each with its audit row, in one unit ----------------------------------------
+
+
+def decide_flag(
+    conn: Connection,
+    flag_id: int,
+    *,
+    ban_until: int | None,
+    note: str,
+    actor: str,
+    audit_note: str,
+    now: int,
+) -> Flag:
+    """Clear a flag, or (`ban_until` given) resolve it by banning its account."""
+    flag = resolve_flag(conn, flag_id, "banned" if ban_until is not None else "cleared", note, now)
+    if ban_until is not None:
+        if flag["user_id"] is None or flag["user_name"] is None:
+            raise ConflictError("a guest's flag has no account to ban; clear it instead")
+        set_ban(conn, flag["user_name"], ban_until, note)
+    insert_audit(conn, actor, "flags resolve", f"flag {flag_id}", audit_note, now)
+    return flag
+
+
+def decide_ban(
+    conn: Connection,
+    name: str,
+    *,
+    ban_until: int | None,
+    note: str,
+    actor: str,
+    audit_note: str,
+    now: int,
+) -> int:
+    """Ban an account until `ban_until`, or (None) lift its ban. Returns the user's id."""
+    user_id = set_ban(conn, name, ban_until, note if ban_until is not None else None)
+    command = "users ban" if ban_until is not None else "users unban"
+    insert_audit(conn, actor, command, name, audit_note, now)
+    return user_id
+
+
+def decide_delete(conn: Connection, name: str, *, actor: str, note: str, now: int) -> int:
+    """Erase an account's personal data (erase_user), audited. Returns its id."""
+    user = user_by_name(conn, name)
+    if user is None:
+        raise NotFoundError(f"no user named {name!r}")
+    erase_user(conn, user.id, now)
+    insert_audit(conn, actor, "users delete", f"user {user.id}", note, now)
+    return user.id
+
+
+def decide_hidden(
+    conn: Connection, session_id: str, hidden: bool, *, actor: str, note: str, now: int
+) -> str:
+    """Hide or restore a session's score (its id or an unambiguous prefix). Returns the id."""
+    session_id = session_by_prefix(conn, session_id)
+    set_score_hidden(conn, session_id, hidden)
+    command = "scores hide" if hidden else "scores restore"
+    insert_audit(conn, actor, command, session_id, note, now)
+    return session_id
+
+
+def decide_new_game(
+    conn: Connection, game_id: str, settings: GameSettings, *, actor: str, audit_note: str, now: int
+) -> None:
+    insert_game(conn, game_id, settings, now)
+    insert_audit(conn, actor, "games add", game_id, audit_note, now)
+
+
+def decide_game_changes(
+    conn: Connection,
+    game_id: str,
+    changes: Mapping[str, object],
+    *,
+    actor: str,
+    audit_note: str,
+    now: int,
+) -> GameSettings:
+    settings = update_game(conn, game_id, changes, now)
+    insert_audit(conn, actor, "games set", game_id, audit_note, now)
+    return settings
+
+
+def record_command(
+    conn: Connection, actor: str, command: str, target: str | None, note: str | None, now: int
+) -> None:
+    """An audit row for a command that changed something outside the database (a key file)."""
+    insert_audit(conn, actor, command, target, note, now)
+
+
+# --- the admin console: its password and sessions -------------------------------------------
+
+ADMIN_PASSWORD_SETTING = "admin_password_hash"
+
+
+def set_admin_password(conn: Connection, password_hash: str, actor: str, now: int) -> int:
+    """A new admin password ends every admin session. Returns how many were ended."""
+    set_setting(conn, ADMIN_PASSWORD_SETTING, password_hash)
+    ended = end_admin_sessions(conn)
+    insert_audit(conn, actor, "admin set-password", None, f"ended {ended} admin sessions", now)
+    return ended
+
+
+def insert_admin_session(
+    conn: Connection, token_hash: bytes, now: int, expires_at: int, address: str | None
+) -> None:
+    conn.execute("DELETE FROM admin_sessions WHERE expires_at <= ?", (now,))
+    conn.execute(
+        "INSERT INTO admin_sessions (token_hash, created_at, expires_at, address)"
+        " VALUES (?, ?, ?, ?)",
+        (token_hash, now, expires_at, address),
+    )
+
+
+def admin_state(conn: Connection, token_hash: bytes, now: int) -> tuple[bool, bool]:
+    """(a password is set, this token is a live session)."""
+    password = get_setting(conn, ADMIN_PASSWORD_SETTING) is not None
+    row = conn.execute(
+        "SELECT 1 FROM admin_sessions WHERE token_hash = ? AND expires_at > ?", (token_hash, now)
+    ).fetchone()
+    return password, row is not None
+
+
+def end_admin_sessions(conn: Connection, token_hash: bytes | None = None) -> int:
+    """End one admin session, or (None) all of them."""
+    if token_hash is None:
+        return int(conn.execute("DELETE FROM admin_sessions").rowcount)
+    cur = conn.execute("DELETE FROM admin_sessions WHERE token_hash = ?", (token_hash,))
+    return int(cur.rowcount)

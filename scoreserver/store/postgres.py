@@ -1,0 +1,178 @@
+"""PostgreSQL, the second engine: connections through psycopg 3, and its schema.
+
+The store's operations are written once, with SQLite's placeholders; `PgConnection` translates
+them (`?` -> `%s`, `:name` -> `%(name)s`) once per statement text and keeps the result, and
+returns rows that read by position and by column name, as `sqlite3.Row` does. It runs in
+autocommit mode so that the store's writer says BEGIN and COMMIT itself, as it does on SQLite;
+PostgreSQL's READ COMMITTED isolation and the unique indexes keep what SQLite's one writer
+keeps (one running game per user and game, a session submitted once).
+
+psycopg's async API does not run under trio, so connections are used from worker threads (the
+store's readers, a psycopg_pool pool) or from the writer thread or process, never on the
+event loop's thread except in the inline mode the autojump-clock tests use.
+
+Durability: PostgreSQL's default `synchronous_commit = on` makes a COMMIT durable before it
+returns; the store acknowledges after its COMMIT, as on SQLite.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from ..errors import StoreError
+from .engine import redact
+
+SCHEMA_VERSION = 2
+SCHEMA_PATH = Path(__file__).with_name("postgres.sql")
+CONNECT_TIMEOUT_S = 10
+SCHEMA_LOCK = 0x5C0E5E  # the advisory lock held while the schema is created or checked
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - installed with scoreserver
+        raise StoreError(
+            "PostgreSQL needs psycopg: pip install 'psycopg[binary]' psycopg_pool"
+        ) from None
+    return psycopg
+
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@functools.lru_cache(maxsize=512)
+def translate(sql: str) -> str:
+    """SQLite's placeholders as psycopg's: `?` -> `%s`, `:name` -> `%(name)s`."""
+    sql = sql.replace("%", "%%")
+    sql = _NAMED.sub(r"%(\1)s", sql)
+    return sql.replace("?", "%s")
+
+
+class Row(tuple[Any, ...]):
+    """A row that reads by position and by column name, like sqlite3.Row."""
+
+    __slots__ = ()
+    _names: tuple[str, ...] = ()
+    _index: dict[str, int] = {}  # noqa: RUF012 - set per class by _row_class
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._index[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+@functools.lru_cache(maxsize=256)
+def _row_class(names: tuple[str, ...]) -> type[Row]:
+    return type("Row", (Row,), {"_names": names, "_index": {n: i for i, n in enumerate(names)}})
+
+
+def _row_factory(cursor: Any) -> Any:
+    if cursor.description is None:
+        return None
+    cls = _row_class(tuple(column.name for column in cursor.description))
+    return cls
+
+
+class PgConnection:
+    """A psycopg connection that runs the store's SQLite-worded statements."""
+
+    dialect: Final = "postgres"
+
+    def __init__(self, conn: Any):
+        self.raw = conn
+
+    def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = (), /) -> Any:
+        cursor = self.raw.cursor(row_factory=_row_factory)
+        cursor.execute(translate(sql), params if params else None, prepare=False)
+        return cursor
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]], /) -> Any:
+        cursor = self.raw.cursor()
+        cursor.executemany(translate(sql), rows)
+        return cursor
+
+    @property
+    def in_transaction(self) -> bool:
+        psycopg = _psycopg()
+        return bool(self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __iter__(self) -> Iterator[Any]:  # pragma: no cover - not a cursor
+        raise TypeError("iterate a cursor, not the connection")
+
+
+def connect(url: str) -> PgConnection:
+    psycopg = _psycopg()
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.OperationalError as exc:
+        raise StoreError(f"cannot connect to {redact(url)}: {_first_line(exc)}") from None
+    return PgConnection(conn)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def ensure_schema(conn: PgConnection) -> None:
+    """Create the schema in an empty database; refuse one of another version."""
+    conn.execute("BEGIN")
+    try:
+        # One starter at a time creates it (a second node starting at the same moment waits).
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+        row = conn.execute("SELECT to_regclass('scoreserver_schema')").fetchone()
+        if row[0] is None:
+            tables = conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema ="
+                " current_schema() AND table_name IN ('users', 'games', 'game_sessions')"
+            ).fetchone()[0]
+            if tables:
+                raise StoreError("this database has tables of another program; use an empty one")
+            conn.raw.execute(SCHEMA_PATH.read_text(encoding="utf-8"))
+        else:
+            version = conn.execute("SELECT version FROM scoreserver_schema").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"database schema version {version}, this scoreserver knows {SCHEMA_VERSION}"
+                )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def open_database(url: str) -> PgConnection:
+    conn = connect(url)
+    try:
+        ensure_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def reader_pool(url: str, size: int) -> Any:
+    """A psycopg_pool pool of reading connections (autocommit: each query sees the latest
+    commits)."""
+    try:
+        from psycopg_pool import ConnectionPool
+    except ImportError:  # pragma: no cover - installed with scoreserver
+        raise StoreError("PostgreSQL needs psycopg_pool: pip install psycopg_pool") from None
+    return ConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+        open=True,
+        name="scoreserver-readers",
+    )

@@ -1,0 +1,95 @@
+"""What the store returns: typed records, one per kind of row a caller reads.
+
+`User` is a frozen dataclass (the server keeps it); the rows that go on to pages, JSON and
+terminal tables are TypedDicts, so that mypy checks every field a caller reads while they
+stay plain dicts for `json`/msgspec. A session as the submission check needs it is
+`core.rules.SessionRecord`; game settings are `core.rules.GameSettings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    name: str
+    password_hash: str
+    banned_until: int | None
+
+    def banned(self, now: int) -> bool:
+        return self.banned_until is not None and self.banned_until > now
+
+
+class UserSummary(TypedDict):
+    id: int
+    name: str
+    created_at: int
+    banned_until: int | None
+    ban_note: str | None
+    open_flags: int
+    scores: int
+
+
+class Flag(TypedDict, total=False):
+    id: int
+    created_at: int
+    reason: str
+    game_id: str | None
+    session_id: str | None
+    user_id: int | None
+    user_name: str | None
+    guest_addr: str | None
+    user_agent: str | None
+    detail: dict[str, Any]
+    status: str
+    holds: int
+    resolved_at: int | None
+    resolution_note: str | None
+    evidence: dict[str, Any]  # get_flag only: the session's timeline (ops.session_evidence)
+
+
+class BoardEntry(TypedDict, total=False):
+    rank: int
+    user_id: int
+    name: str
+    score: int
+    session_id: str  # with_sessions only
+    created_at: int  # with_sessions only
+
+
+class Result(TypedDict):
+    session_id: str
+    user_id: int
+    name: str
+    score: int
+    created_at: int
+    hidden: int
+    banned: int
+    held: int
+
+
+class SigningKey(TypedDict):
+    kid: str
+    public_key: bytes
+    created_at: int
+    retired_at: int | None
+
+
+class AuditEntry(TypedDict):
+    id: int
+    at: int
+    actor: str
+    command: str
+    target: str | None
+    note: str | None
+
+
+class Export(TypedDict):
+    game_id: str
+    window: str
+    exported_at: str
+    board: list[dict[str, Any]]
+    results: list[dict[str, Any]]

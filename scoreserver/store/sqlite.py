@@ -1,0 +1,177 @@
+"""SQLite, the embedded engine: its connections, its schema (schema.sql at the top of the
+repository) and its upgrades, integrity check and online backup.
+
+Every connection runs in WAL mode with synchronous=NORMAL: a COMMIT survives the process being
+killed (SIGKILL); only a power cut may lose the last commits before a checkpoint. A new
+database file is created readable by its owner only (it holds password hashes and guests'
+addresses); SQLite gives its -wal and -shm files the same mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Final
+
+from ..core.names import skeleton
+from ..errors import ConflictError, StoreError
+from .engine import transaction
+
+logger = logging.getLogger("scoreserver.store")
+
+SCHEMA_VERSION = 2
+SCHEMA_PATH = Path(__file__).with_name("sqlite.sql")
+
+
+class SqliteConnection(sqlite3.Connection):
+    """sqlite3's connection, saying which engine it is (`engine.Connection`)."""
+
+    dialect: Final = "sqlite"
+
+
+def connect(path: str | Path) -> SqliteConnection:
+    """A connection with the pragmas every part of scoreserver relies on.
+
+    A new database file is created readable by its owner only (it holds password hashes and
+    guests' addresses); SQLite gives its -wal and -shm files the same mode.
+    """
+    _create_private(Path(path))
+    conn = sqlite3.connect(
+        str(path),
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=10.0,
+        factory=SqliteConnection,
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _create_private(path: Path) -> None:
+    if str(path) == ":memory:" or path.exists():
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:  # made meanwhile by another connection: fine
+        pass
+
+
+def ensure_schema(conn: SqliteConnection) -> None:
+    """Create the schema in a new database, bring an older one up to date; refuse a newer."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version in MIGRATIONS:
+        with transaction(conn):
+            if conn.execute("PRAGMA user_version").fetchone()[0] == version:  # not raced
+                for step in range(version, SCHEMA_VERSION):
+                    MIGRATIONS[step](conn)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        logger.info("database schema upgraded from version %d to %d", version, SCHEMA_VERSION)
+        return
+    if version != 0:
+        raise StoreError(
+            f"database schema version {version}, this scoreserver knows {SCHEMA_VERSION}"
+        )
+    script = SCHEMA_PATH.read_text(encoding="utf-8")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # executescript would COMMIT first; run the statements inside our transaction.
+        for statement in _split_sql(script):
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _migrate_1_to_2(conn: SqliteConnection) -> None:
+    """Schema 2: name skeletons, one running game per user and game, admin sessions."""
+    conn.execute("ALTER TABLE users ADD COLUMN name_skeleton TEXT")
+    taken: set[str] = set()
+    for user_id, name in conn.execute("SELECT id, name FROM users ORDER BY id").fetchall():
+        key = skeleton(name)
+        if key not in taken:  # an older look-alike keeps no skeleton (NULLs never collide)
+            taken.add(key)
+            conn.execute("UPDATE users SET name_skeleton = ? WHERE id = ?", (key, user_id))
+    conn.execute("CREATE UNIQUE INDEX users_name_skeleton ON users(name_skeleton)")
+    # Sessions a race let run side by side: all but the newest of each are void.
+    conn.execute(
+        "UPDATE game_sessions SET state = 'voided', end_reason = 'crashed',"
+        " ended_at = started_at WHERE state = 'running' AND user_id IS NOT NULL AND rowid NOT IN"
+        " (SELECT MAX(rowid) FROM game_sessions WHERE state = 'running'"
+        "  AND user_id IS NOT NULL GROUP BY user_id, game_id)"
+    )
+    conn.execute(
+        "CREATE UNIQUE INDEX game_sessions_one_running ON game_sessions(user_id, game_id)"
+        " WHERE state = 'running' AND user_id IS NOT NULL"
+    )
+    conn.execute(
+        "CREATE TABLE admin_sessions (token_hash BLOB PRIMARY KEY, created_at INTEGER NOT NULL,"
+        " expires_at INTEGER NOT NULL, address TEXT) WITHOUT ROWID"
+    )
+    # Timing analysis, bounds and titles of games; flags that are for review only.
+    for column in (
+        "human_floor_ms INTEGER NOT NULL DEFAULT 60 CHECK (human_floor_ms >= 0)",
+        "min_rhythm_cv REAL NOT NULL DEFAULT 0.07 CHECK (min_rhythm_cv >= 0)",
+        "max_score INTEGER CHECK (max_score >= 0)",
+        "hold_outliers INTEGER NOT NULL DEFAULT 0",
+        "title TEXT",
+    ):
+        conn.execute(f"ALTER TABLE games ADD COLUMN {column}")
+    conn.execute("ALTER TABLE flags ADD COLUMN holds INTEGER NOT NULL DEFAULT 1")
+    conn.execute("ALTER TABLE users ADD COLUMN deleted_at INTEGER")
+
+
+# From each older version to the next; `ensure_schema` runs them in one transaction.
+MIGRATIONS: dict[int, Callable[[SqliteConnection], None]] = {1: _migrate_1_to_2}
+
+
+def _split_sql(script: str) -> Iterator[str]:
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                yield buffer
+            buffer = ""
+    if buffer.strip():
+        yield buffer
+
+
+def check_integrity(conn: sqlite3.Connection) -> None:
+    result = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    if result != "ok":
+        raise StoreError(f"database integrity check failed: {result}")
+
+
+def open_database(path: str | Path) -> SqliteConnection:
+    conn = connect(path)
+    ensure_schema(conn)
+    return conn
+
+
+def backup(conn: SqliteConnection, target: Path) -> None:
+    """A consistent copy of the live database at `target` (SQLite's online backup: writers
+    go on meanwhile), readable by its owner only."""
+    if target.exists():
+        raise ConflictError(f"{target} exists: choose a new file")
+    _create_private(target)
+    copy = sqlite3.connect(str(target))
+    try:
+        conn.backup(copy)
+        check_integrity(copy)
+    except BaseException:
+        copy.close()
+        target.unlink(missing_ok=True)
+        raise
+    copy.close()
