@@ -18,6 +18,8 @@ from scoreserver.wire.tokens import KeyRing, Purpose, b64decode, b64encode
 from . import databases
 from .conftest import Client, connect, register
 
+pytestmark = pytest.mark.engines
+
 LAG = 7_000  # the player's clock runs 7 s behind
 
 

@@ -19,6 +19,8 @@ from scoreserver.wire.tokens import b64decode, b64encode
 from . import databases
 from .conftest import Client, connect, http
 
+pytestmark = pytest.mark.engines
+
 
 def wall_ms() -> int:
     return int(time.time() * 1000)

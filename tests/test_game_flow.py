@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -11,6 +12,8 @@ from scoreserver.server.app import Server
 
 from . import databases
 from .conftest import Client, connect, register
+
+pytestmark = pytest.mark.engines
 
 PLAYER_LAG_MS = 10_000  # the player's clock runs 10 s behind the server's
 

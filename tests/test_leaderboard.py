@@ -18,6 +18,8 @@ from scoreserver.store.engine import transaction
 from . import databases
 from .conftest import http
 
+pytestmark = pytest.mark.engines
+
 NOW = 1_800_000_000_000
 DAY = 86_400_000
 

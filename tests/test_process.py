@@ -19,15 +19,20 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from scoreserver.server.app import parse_banner, serve_command
+from scoreserver.store.connect import connect as db_connect
 
+from . import databases
 from .conftest import open_client
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.engines]
 
 
-def cli(tmp_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    tmp_path: Path, *args: str, stdin: str | None = None, db: str = "s.db"
+) -> subprocess.CompletedProcess[str]:
+    where = databases.location(tmp_path, db)
     return subprocess.run(
-        [sys.executable, "-m", "scoreserver.ops.cli", *args, "--db", str(tmp_path / "s.db")],
+        [sys.executable, "-m", "scoreserver.ops.cli", *args, "--db", where],
         input=stdin,
         capture_output=True,
         text=True,
@@ -46,7 +51,7 @@ class Proc:
 @asynccontextmanager
 async def server_process(tmp_path: Path) -> AsyncIterator[Proc]:
     process = await trio.lowlevel.open_process(
-        serve_command(tmp_path / "s.db", tmp_path / "s.key"),
+        serve_command(databases.location(tmp_path, "s.db"), tmp_path / "s.key"),
         stdout=subprocess.PIPE,
         cwd=tmp_path,
     )
@@ -203,7 +208,6 @@ async def test_twenty_sigkills_under_load_lose_no_acknowledged_result(tmp_path: 
     """Players play and submit 0.3 s games in a loop; the server dies by SIGKILL at a random
     moment, 20 times. After each restart every acknowledged result is there, intact."""
     import random
-    import sqlite3
 
     rng = random.Random(20)
     flash = ("games", "add", "flash", "--duration", "0.3", "--human-floor-ms", "0")
@@ -244,9 +248,10 @@ async def test_twenty_sigkills_under_load_lose_no_acknowledged_result(tmp_path: 
                         nursery.start_soon(player, proc, account)
                     await trio.sleep(rng.uniform(0.3, 1.5))
                     proc.process.send_signal(signal.SIGKILL)
-            conn = sqlite3.connect(tmp_path / "s.db")
+            conn = db_connect(databases.location(tmp_path, "s.db"))
             try:
-                assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+                if conn.dialect == "sqlite":
+                    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
                 saved = {row[0] for row in conn.execute("SELECT session_id FROM scores")}
                 missing = acknowledged - saved
                 assert not missing, f"round {round_}: acknowledged but lost: {missing}"
@@ -266,20 +271,30 @@ async def test_twenty_sigkills_under_load_lose_no_acknowledged_result(tmp_path: 
 
 
 async def test_a_damaged_or_foreign_database_is_refused_at_start(tmp_path: Path) -> None:
+    where = databases.location(tmp_path, "s.db")
+    serve = ("serve", "--ws-port", "0", "--http-port", "0", "--key", str(tmp_path / "k"))
+    if databases.is_postgres(where):
+        databases.opened(where).__enter__().close()
+        databases.sql(where, "UPDATE scoreserver_schema SET version = 99")
+        refused = cli(tmp_path, *serve)
+        assert refused.returncode == 1 and "schema version 99" in refused.stderr
+        # Another program's tables, and no schema of ours: refused, nothing touched.
+        other = databases.location(tmp_path, "other.db")
+        databases.sql(other, "CREATE TABLE users (id BIGINT, login TEXT)")
+        foreign = cli(tmp_path, *serve, db="other.db")
+        assert foreign.returncode == 1 and "another program" in foreign.stderr
+        assert databases.sql(other, "SELECT to_regclass('games')")[0][0] is None
+        return
     import sqlite3
 
-    foreign = tmp_path / "s.db"
-    conn = sqlite3.connect(foreign)
+    path = Path(where)
+    conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
-    refused = cli(
-        tmp_path, "serve", "--ws-port", "0", "--http-port", "0", "--key", str(tmp_path / "k")
-    )
+    refused = cli(tmp_path, *serve)
     assert refused.returncode == 1 and "schema version 99" in refused.stderr
-    foreign.write_bytes(b"SQLite format 3\x00" + b"\x00" * 84 + b"garbage" * 1000)
-    damaged = cli(
-        tmp_path, "serve", "--ws-port", "0", "--http-port", "0", "--key", str(tmp_path / "k")
-    )
+    path.write_bytes(b"SQLite format 3\x00" + b"\x00" * 84 + b"garbage" * 1000)
+    damaged = cli(tmp_path, *serve)
     assert damaged.returncode == 1 and "database" in damaged.stderr
 
 
@@ -324,7 +339,7 @@ async def test_tls_serves_both_ports(tmp_path: Path) -> None:
     config = Config(
         ws_port=0,
         http_port=0,
-        db_path=tmp_path / "t.db",
+        db_path=databases.location(tmp_path, "t.db"),
         key_path=tmp_path / "t.key",
         tls_cert=tmp_path / "cert.pem",
         tls_key=tmp_path / "key.pem",
@@ -369,7 +384,7 @@ async def test_a_second_server_on_taken_ports_says_which_in_one_line(tmp_path: P
                     "run.py",
                     *flags,
                     "--db",
-                    str(tmp_path / "b.db"),
+                    databases.location(tmp_path, "b.db"),
                     "--key",
                     str(tmp_path / "b.key"),
                 ],

@@ -765,11 +765,11 @@ async def cmd_export(args: argparse.Namespace, store: Store) -> int:
 
 async def cmd_backup(args: argparse.Namespace, store: Store) -> int:
     started = time.monotonic()
-    await store.backup(args.file)
+    kind = await store.backup(args.file)
     size = args.file.stat().st_size
     print(
-        f"{args.file}: a consistent copy of {args.db} ({size / 1e6:.1f} MB,"
-        f" integrity checked) in {time.monotonic() - started:.1f} s"
+        f"{args.file}: a consistent copy of {Location.of(args.db)} ({size / 1e6:.1f} MB,"
+        f" {kind}) in {time.monotonic() - started:.1f} s"
     )
     return 0
 

@@ -47,7 +47,7 @@ HOUSEKEEPING_INTERVAL_S = 60.0
 BANNER = re.compile(r"game socket wss?://\S+:(\d+)/\s+HTTP https?://\S+:(\d+)/")
 
 
-def serve_command(db: Path, key: Path, *flags: str) -> list[str]:
+def serve_command(db: str | Path, key: Path, *flags: str) -> list[str]:
     """The command line of a server process on free ports (for tests and benchmarks)."""
     return [
         sys.executable,

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from ..core.rules import GameSettings, SessionRecord
-from . import ops, sqlite
+from . import ops, postgres, sqlite
 from .engine import Location
 from .ops import DELETED_NAME, FOREVER
 from .records import (
@@ -350,11 +350,16 @@ class Store(Transport):
 
     # -- files --
 
-    async def backup(self, target: Path) -> None:
-        """A consistent copy of a SQLite database (online: writers go on meanwhile)."""
-        if self.location.dialect != "sqlite":
-            raise ValueError("backup copies a SQLite file; for PostgreSQL use pg_dump")
-        await self._read(sqlite.backup, target)
+    async def backup(self, target: Path) -> str:
+        """A consistent copy of the live database in the new file `target`, readable by its
+        owner only; writers go on meanwhile. SQLite: a database file (online backup,
+        integrity checked). PostgreSQL: pg_dump's custom format (one snapshot; restore with
+        pg_restore), checked by reading its table of contents back. Returns what it is."""
+        if self.location.dialect == "sqlite":
+            await self._read(sqlite.backup, target)
+            return "a SQLite database, integrity checked"
+        await trio.to_thread.run_sync(postgres.dump, self.location.target, target)
+        return "a pg_dump archive (restore with pg_restore), its contents checked"
 
 
 def _check_integrity(conn: Any) -> None:

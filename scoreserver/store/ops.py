@@ -541,7 +541,7 @@ def _received(conn: Connection, session_id: str) -> tuple[list[int], list[int]]:
         "  WHERE session_id = :sid"
         " UNION ALL SELECT server_ts, client_ts, 1, rowid FROM rejected_points"
         "  WHERE session_id = :sid AND reason != 'game_over'"
-        ") ORDER BY server_ts, kind, n",
+        ") AS received ORDER BY server_ts, kind, n",
         {"sid": session_id},
     ).fetchall()
     return [r[0] for r in rows], [r[1] for r in rows]

@@ -18,12 +18,15 @@ returns; the store acknowledges after its COMMIT, as on SQLite.
 from __future__ import annotations
 
 import functools
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from ..errors import StoreError
+from ..errors import ConflictError, StoreError
 from .engine import redact
 
 SCHEMA_VERSION = 2
@@ -176,3 +179,31 @@ def reader_pool(url: str, size: int) -> Any:
         open=True,
         name="scoreserver-readers",
     )
+
+
+def dump(url: str, target: Path) -> None:
+    """`pg_dump --format=custom` of the database into the new file `target` (mode 0600), then
+    `pg_restore --list` of it: a dump that cannot be read back is removed and an error."""
+    if target.exists():
+        raise ConflictError(f"{target} exists: choose a new file")
+    programs = [shutil.which(name) for name in ("pg_dump", "pg_restore")]
+    if None in programs:
+        raise StoreError("a PostgreSQL backup needs pg_dump and pg_restore (PostgreSQL's client)")
+    pg_dump, pg_restore = (str(p) for p in programs)
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        _run_tool([pg_dump, "--format=custom", f"--file={target}", f"--dbname={url}"], url)
+        listing = _run_tool([pg_restore, "--list", str(target)], url)
+        if "TABLE DATA" not in listing or "scores" not in listing:
+            raise StoreError(f"the dump in {target} does not read back whole")
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def _run_tool(command: list[str], url: str) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        message = done.stderr.strip().replace(url, redact(url)) or f"exit {done.returncode}"
+        raise StoreError(f"{Path(command[0]).name} failed: {message}")
+    return done.stdout
