@@ -18,6 +18,8 @@ hit it is closed, the server goes on.
 
 from __future__ import annotations
 
+from scoreserver.codes import ErrorCode
+
 
 class ScoreServerError(Exception):
     """Base of every error scoreserver raises on purpose."""
@@ -26,7 +28,7 @@ class ScoreServerError(Exception):
 class ProtocolError(ScoreServerError):
     """A client message the server could not act on; `code` is the contract's error code."""
 
-    def __init__(self, code: str, message: str, request_id: str | int | None = None):
+    def __init__(self, code: ErrorCode, message: str, request_id: str | int | None = None):
         super().__init__(message)
         self.code = code
         self.message = message

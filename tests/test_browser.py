@@ -284,7 +284,7 @@ def test_the_review_console_bans_by_id_and_logs_out_on_the_server(
     page.once("dialog", lambda dialog: dialog.accept("alt account"))  # type: ignore[attr-defined]
     row.locator("button", has_text="Ban").click()
     page.locator("#users tr", has_text="../dot").locator("button", has_text="Unban").wait_for()  # type: ignore[attr-defined]
-    token = page.evaluate("sessionStorage.getItem('scoreserver.server.admin')")  # type: ignore[attr-defined]
+    token = page.evaluate("sessionStorage.getItem('scoreserver.admin')")  # type: ignore[attr-defined]
     auth = {"authorization": f"Bearer {token}"}
     users = httpx.get(f"{server_url}/api/admin/users", headers=auth).json()["users"]
     assert [u["banned_until"] is not None for u in users if u["name"] == "../dot"] == [True]

@@ -131,7 +131,7 @@ class TestBursts:
         assert isinstance(timing, AccountFlagged) and timing.reason == "inhuman_timing"
         assert timing.detail["below_floor_on_arrival"] == 3
         assert actions[4] == GameEnded(EndReason.BURST_LIMIT, T0 + 130)
-        assert session.state is SessionState.ENDED
+        assert session.state is SessionState.VOIDED  # ended early: never submitted
         assert session.burst_times == [T0 + 110, T0 + 120, T0 + 130]
 
     def test_bursts_spread_beyond_the_period_do_not_end_the_game(self) -> None:
@@ -338,8 +338,6 @@ class TestSubmission:
     def test_flagging_reasons(self) -> None:
         assert not ResultReason.ALREADY_SUBMITTED.flags_account
         assert not ResultReason.EXPIRED.flags_account
-        assert all(
-            r.flags_account
-            for r in ResultReason
-            if r not in (ResultReason.ALREADY_SUBMITTED, ResultReason.EXPIRED)
-        )
+        assert not ResultReason.ACCOUNT_BANNED.flags_account  # already decided by a person
+        quiet = (ResultReason.ALREADY_SUBMITTED, ResultReason.EXPIRED, ResultReason.ACCOUNT_BANNED)
+        assert all(r.flags_account for r in ResultReason if r not in quiet)

@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from scoreserver.core.lifecycle import SessionState, after
 from scoreserver.core.timing import ASSESS_EVERY, TimingTracker
 
 # --- settings ------------------------------------------------------------------------------
@@ -142,11 +143,6 @@ class AccountFlagged:
 Action = PointAccepted | PointRejected | BurstRecorded | GameEnded | AccountFlagged
 
 
-class SessionState(enum.Enum):
-    RUNNING = "running"
-    ENDED = "ended"
-
-
 # --- the session state machine --------------------------------------------------------------
 
 
@@ -191,7 +187,7 @@ class GameSession:
 
     def receive_point(self, client_ts: int, now: int) -> tuple[Action, ...]:
         """A point arrived at server time `now`, stamped `client_ts` by the player."""
-        if self.state is SessionState.ENDED or now >= self.ends_at or now < self.started_at:
+        if self.state is not SessionState.RUNNING or now >= self.ends_at or now < self.started_at:
             return (PointRejected(RejectReason.GAME_OVER, now, client_ts),)
         timing = self.timing
         assert timing is not None
@@ -253,18 +249,18 @@ class GameSession:
 
     def expire(self, now: int) -> tuple[Action, ...]:
         """The timer fired. Ends the game if its time is up; otherwise nothing happens."""
-        if self.state is SessionState.ENDED or now < self.ends_at:
+        if self.state is not SessionState.RUNNING or now < self.ends_at:
             return ()
         return self._end(EndReason.TIME_UP, now)
 
     def shutdown(self, now: int) -> tuple[Action, ...]:
         """The server is stopping: the game ends without an end token and can't be submitted."""
-        if self.state is SessionState.ENDED:
+        if self.state is not SessionState.RUNNING:
             return ()
         return self._end(EndReason.SERVER_SHUTDOWN, now)
 
     def _end(self, reason: EndReason, now: int) -> tuple[Action, ...]:
-        self.state = SessionState.ENDED
+        self.state = after(self.state, reason)  # ENDED if time is up, else VOIDED
         self.end_reason = reason
         self.ended_at = now
         # The last assessment comes first: a flag is committed before the end that reveals it.
@@ -285,10 +281,15 @@ class ResultReason(enum.StrEnum):
     ALREADY_SUBMITTED = "already_submitted"
     EXPIRED = "expired"
     IMPLAUSIBLE_SCORE = "implausible_score"
+    ACCOUNT_BANNED = "account_banned"  # the player was banned before the result was saved
 
     @property
     def flags_account(self) -> bool:
-        return self not in (ResultReason.ALREADY_SUBMITTED, ResultReason.EXPIRED)
+        return self not in (
+            ResultReason.ALREADY_SUBMITTED,
+            ResultReason.EXPIRED,
+            ResultReason.ACCOUNT_BANNED,
+        )
 
 
 class IssuedPoint(NamedTuple):

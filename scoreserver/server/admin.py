@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from scoreserver.codes import HttpCode
 from scoreserver.core.evidence import render_flag
 from scoreserver.core.limits import Budget, charge_all
 from scoreserver.errors import BusyError, ConflictError, NotFoundError, RateLimitedError
@@ -106,7 +107,7 @@ class AdminConsole:
         if encoded is None:
             return _error(
                 403,
-                "admin_disabled",
+                HttpCode.ADMIN_DISABLED,
                 "no admin password is set: run `scoreserver admin set-password`",
             )
         body = await read_json(request, AdminLogin, BODY_BYTES)
@@ -117,15 +118,15 @@ class AdminConsole:
                 trio.current_time(),
             )
         except RateLimitedError as exc:
-            return _error(429, "rate_limited", str(exc))
+            return _error(429, HttpCode.RATE_LIMITED, str(exc))
         try:
             ok = await self.password_work.run(self.password_policy.verify, body.password, encoded)
         except BusyError as exc:
             self.address_failures.refund(charges[0])
             self.account_failures.refund(charges[1])
-            return _error(503, "busy", str(exc))
+            return _error(503, HttpCode.BUSY, str(exc))
         if not ok:
-            return _error(401, "auth_failed", "wrong admin password")
+            return _error(401, HttpCode.AUTH_FAILED, "wrong admin password")
         self.address_failures.refund(charges[0])
         self.account_failures.refund(charges[1])
         token = secrets.token_urlsafe(32)
@@ -154,19 +155,19 @@ class AdminConsole:
             presented = self._presented(request) or b""
             password_set, authorized = await self.store.admin_state(presented, _now_ms())
             if not password_set:
-                return _error(403, "admin_disabled", "no admin password is set")
+                return _error(403, HttpCode.ADMIN_DISABLED, "no admin password is set")
             if not authorized:
-                return _error(401, "auth_required", "log in to the admin console first")
+                return _error(401, HttpCode.AUTH_REQUIRED, "log in to the admin console first")
             try:
                 result = await handler(request)
             except HttpError as exc:
                 return _error(exc.status, exc.code, exc.message)
             except ValueError as exc:
-                return _error(400, "bad_request", str(exc))
+                return _error(400, HttpCode.BAD_REQUEST, str(exc))
             except NotFoundError as exc:
-                return _error(404, "not_found", str(exc))
+                return _error(404, HttpCode.NOT_FOUND, str(exc))
             except ConflictError as exc:
-                return _error(409, "conflict", str(exc))
+                return _error(409, HttpCode.CONFLICT, str(exc))
             return result if isinstance(result, Response) else JSONResponse(result)
 
         return endpoint
@@ -322,5 +323,5 @@ def _paging(limit: int, offset: int, fetched: int) -> dict[str, Any]:
     return {"limit": limit, "offset": offset, "next_offset": offset + limit if more else None}
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
+def _error(status: int, code: HttpCode, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)

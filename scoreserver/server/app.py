@@ -29,7 +29,6 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
-from trio_websocket import serve_websocket
 
 from scoreserver.errors import PortTakenError, StoreError
 from scoreserver.server.clock import ServerClock
@@ -37,6 +36,7 @@ from scoreserver.server.http import create_app
 from scoreserver.server.rooms import Rooms
 from scoreserver.server.service import DEMO_GAME, DEMO_SETTINGS, PasswordPolicy, Service
 from scoreserver.server.signer import SIGNER_MODES, InlineSigner, ProcessSigner, Signer
+from scoreserver.server.transport import serve_game_socket
 from scoreserver.server.ws import GameSocket, Limits
 from scoreserver.store import ANSWER_TIMEOUT_S, STORE_WRITERS, Store, WriterMode
 
@@ -314,8 +314,9 @@ async def serve(
                     "game socket",
                     servers,
                     partial(
-                        serve_websocket,
+                        serve_game_socket,
                         socket.handle,
+                        socket.streams,
                         config.host,
                         config.ws_port,
                         _ssl_context(config),

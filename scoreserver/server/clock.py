@@ -32,14 +32,3 @@ class ServerClock:
     def reanchor(self) -> None:
         self._wall_anchor = time.time() * 1000
         self._trio_anchor = trio.current_time()
-
-    async def run_reanchor(
-        self,
-        interval_s: float = 60.0,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        task_status.started()
-        while True:
-            await trio.sleep(interval_s)
-            self.reanchor()

@@ -22,9 +22,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from scoreserver.codes import HttpCode
 from scoreserver.errors import AuthError, BusyError, ConflictError, RateLimitedError
 from scoreserver.server.admin import AdminConsole
-from scoreserver.server.service import PASSWORD_MAX, Peer, Service
+from scoreserver.server.service import PASSWORD_MAX, Service
+from scoreserver.server.sessions import Peer
 from scoreserver.server.webio import HttpError, bearer, error_response, int_param, read_json
 from scoreserver.server.ws import origin_allowed
 from scoreserver.wire import protocol as wire
@@ -71,9 +73,9 @@ def _json_errors(handler: Handler) -> Handler:
             try:
                 return await handler(request)
             except RateLimitedError as exc:
-                raise HttpError(429, "rate_limited", str(exc)) from None
+                raise HttpError(429, HttpCode.RATE_LIMITED, str(exc)) from None
             except BusyError as exc:
-                raise HttpError(503, "busy", str(exc)) from None
+                raise HttpError(503, HttpCode.BUSY, str(exc)) from None
         except HttpError as exc:
             response = error_response(exc.status, exc.code, exc.message)
             if exc.status == 413:
@@ -94,9 +96,9 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         try:
             token, user = await service.register(body.name, body.password, peer_of(request).address)
         except ValueError as exc:
-            raise HttpError(400, "bad_request", str(exc)) from None
+            raise HttpError(400, HttpCode.BAD_REQUEST, str(exc)) from None
         except ConflictError:
-            raise HttpError(409, "name_taken", "that name is taken") from None
+            raise HttpError(409, HttpCode.NAME_TAKEN, "that name is taken") from None
         return JSONResponse({"token": token, "user_id": user.id, "name": user.name}, 201)
 
     @_json_errors
@@ -105,7 +107,7 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         try:
             token, user = await service.login(body.name, body.password, peer_of(request).address)
         except AuthError as exc:
-            raise HttpError(401, "auth_failed", str(exc)) from None
+            raise HttpError(401, HttpCode.AUTH_FAILED, str(exc)) from None
         return JSONResponse({"token": token, "user_id": user.id, "name": user.name})
 
     async def submitter(request: Request) -> Peer:
@@ -116,11 +118,11 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
             return peer
         token = bearer(request)
         if token is None:
-            raise HttpError(401, "auth_failed", "use `Authorization: Bearer LOGIN_TOKEN`")
+            raise HttpError(401, HttpCode.AUTH_FAILED, "use `Authorization: Bearer LOGIN_TOKEN`")
         try:
             user = await service.identify(token)
         except AuthError as exc:
-            raise HttpError(401, "auth_failed", str(exc)) from None
+            raise HttpError(401, HttpCode.AUTH_FAILED, str(exc)) from None
         peer.user_id, peer.name = user.id, user.name
         return peer
 
@@ -131,12 +133,12 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
     async def delete_me(request: Request) -> Response:
         token = bearer(request)
         if token is None:
-            raise HttpError(401, "auth_failed", "send `Authorization: Bearer LOGIN_TOKEN`")
+            raise HttpError(401, HttpCode.AUTH_FAILED, "send `Authorization: Bearer LOGIN_TOKEN`")
         body = await read_json(request, Erasure, CREDENTIALS_BODY_BYTES)
         try:
             user_id = await service.delete_account(token, body.password, peer_of(request).address)
         except AuthError as exc:
-            raise HttpError(401, "auth_failed", str(exc)) from None
+            raise HttpError(401, HttpCode.AUTH_FAILED, str(exc)) from None
         return JSONResponse({"deleted": True, "user_id": user_id})
 
     @_json_errors
@@ -156,13 +158,13 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
     async def leaderboard(request: Request) -> Response:
         game_id = request.path_params["game_id"]
         if game_id not in service.games:
-            raise HttpError(404, "unknown_game", f"no game {game_id!r}")
+            raise HttpError(404, HttpCode.UNKNOWN_GAME, f"no game {game_id!r}")
         limit = int_param(request, "limit", 10, 1, 100)
         offset = int_param(request, "offset", 0, 0, 10**9)
         around = int_param(request, "around", None, 0, 2**62)
         window = request.query_params.get("window", "all")
         if window not in ("day", "week", "all"):
-            raise HttpError(400, "bad_request", "`window` is day, week or all")
+            raise HttpError(400, HttpCode.BAD_REQUEST, "`window` is day, week or all")
         now = service.clock.now_ms()
         since = now - WINDOWS_MS[window] if window in WINDOWS_MS else 0
         entries = await service.store.leaderboard(
@@ -215,7 +217,7 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         async def serve_page(request: Request) -> Response:
             path = STATIC_DIR / name
             if not path.exists():
-                return error_response(404, "not_found", f"{name} is not installed")
+                return error_response(404, HttpCode.NOT_FOUND, f"{name} is not installed")
             return FileResponse(path, headers={"cache-control": "no-cache"})
 
         return serve_page
@@ -228,14 +230,14 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         )
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return error_response(404, "not_found", "no such resource")
+        return error_response(404, HttpCode.NOT_FOUND, "no such resource")
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        return error_response(405, "method_not_allowed", "method not allowed")
+        return error_response(405, HttpCode.METHOD_NOT_ALLOWED, "method not allowed")
 
     async def server_error(request: Request, exc: Exception) -> Response:
         logger.exception("HTTP handler failed", exc_info=exc)
-        return error_response(500, "internal_error", "internal error")
+        return error_response(500, HttpCode.INTERNAL_ERROR, "internal error")
 
     admin = AdminConsole(service.store, service.password_policy, service.password_work)
 
@@ -248,7 +250,7 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
                 return response
             return error_response(
                 403,
-                "admin_disabled",
+                HttpCode.ADMIN_DISABLED,
                 "the review console is off until an admin password is set:"
                 " scoreserver admin set-password",
             )

@@ -35,15 +35,15 @@ from scoreserver.core.rules import (
     IssuedPoint,
     PointAccepted,
     PointRejected,
-    SessionRecord,
-    SessionState,
+    RejectReason,
 )
 from scoreserver.errors import ConflictError, StoreError
+from scoreserver.server.sessions import LiveSession, Peer, Player, PointIn
 from scoreserver.wire import protocol as wire
 from scoreserver.wire.tokens import Purpose
 
 if TYPE_CHECKING:
-    from scoreserver.server.service import Peer, Service
+    from scoreserver.server.service import Service
 
 logger = logging.getLogger(__name__)
 
@@ -52,76 +52,6 @@ LEADERBOARD_PUSH_SIZE = 10
 # At most one leaderboard push per room per interval: when a room full of players finishes at
 # once, every saved score would otherwise broadcast to everyone (N players x N sends).
 LEADERBOARD_PUSH_INTERVAL_S = 1.0
-
-
-class Player(Protocol):
-    """The sending side of a player's connection."""
-
-    async def send(self, text: str) -> bool:
-        """Send one frame; False if the connection is gone. Never raises for a dead peer."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class PointIn:
-    client_ts: int
-    received_at: int
-    request_id: str | int | None
-
-
-@dataclass(eq=False, slots=True)
-class LiveSession:
-    """A session in this process: its rules, its tokens, its player, its inbox."""
-
-    session_id: str
-    game_id: str
-    peer: Peer
-    rules: GameSession
-    start_token: str
-    player: Player | None
-    request_id: str | int | None = None
-    end_token: str | None = None
-    points: dict[int, IssuedPoint] = field(default_factory=dict)
-    submitted: bool = False
-    inbox_send: trio.MemorySendChannel[PointIn] | None = None
-    inbox_receive: trio.MemoryReceiveChannel[PointIn] | None = None
-    scope: trio.CancelScope | None = None
-    shutting_down: bool = False
-    finished: trio.Event = field(default_factory=trio.Event)
-    end_message: wire.EndGame | None = None  # the session's end_game, once sent
-
-    @property
-    def user_id(self) -> int | None:
-        return self.peer.user_id
-
-    @property
-    def running(self) -> bool:
-        return self.rules.state is SessionState.RUNNING
-
-    def record(self) -> SessionRecord:
-        return SessionRecord(
-            session_id=self.session_id,
-            game_id=self.game_id,
-            user_id=self.peer.user_id,
-            settings=self.rules.settings,
-            started_at=self.rules.started_at,
-            offset_ms=self.rules.offset_ms,
-            start_token=self.start_token,
-            end_token=self.end_token,
-            ended_at=self.rules.ended_at,
-            end_reason=self.rules.end_reason,
-            points=self.points,
-            submitted=self.submitted,
-        )
-
-    def request_shutdown(self) -> None:
-        self.shutting_down = True
-        if self.scope is not None:
-            self.scope.cancel()
-
-    async def send(self, text: str) -> None:
-        if self.player is not None:
-            await self.player.send(text)
 
 
 class Member(Protocol):
@@ -426,7 +356,7 @@ class Rooms:
     async def _end(self, session: LiveSession, session_bytes: bytes, ended: GameEnded) -> None:
         service = self.service
         end_token = None
-        if ended.reason == "time_up":
+        if ended.reason is EndReason.TIME_UP:
             end_token = service.keys.sign(
                 Purpose.END, session_bytes, session.user_id, session.game_id, ended.at_ms
             )
@@ -447,7 +377,7 @@ class Rooms:
         # Points that arrived before the end but were still queued are answered (game_over)
         # before end_game, so that end_game is the session's last word to its player.
         await self._drain_inbox(session)
-        if ended.reason != "time_up":
+        if ended.reason is not EndReason.TIME_UP:
             service.sessions.pop(session.session_id, None)
         session.end_message = wire.EndGame(
             reason=str(ended.reason),
@@ -479,7 +409,9 @@ class Rooms:
                 await session.send(
                     wire.encode(
                         wire.PointRejected(
-                            id=point.request_id, reason="game_over", server_ts=point.received_at
+                            id=point.request_id,
+                            reason=RejectReason.GAME_OVER,
+                            server_ts=point.received_at,
                         )
                     )
                 )

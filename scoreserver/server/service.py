@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 from cryptography.exceptions import InvalidKey
@@ -41,6 +41,7 @@ from scoreserver.errors import (
 )
 from scoreserver.server.clock import ServerClock
 from scoreserver.server.metrics import Metrics
+from scoreserver.server.sessions import LiveSession, Peer
 from scoreserver.server.signer import InlineSigner, Signer
 from scoreserver.store import Store, User
 from scoreserver.wire.tokens import (
@@ -54,8 +55,12 @@ from scoreserver.wire.tokens import (
     raw_public,
 )
 
-if TYPE_CHECKING:
-    from scoreserver.server.rooms import LiveSession, Rooms
+
+class ScoreListener(Protocol):
+    """Who is told that a score was saved (the rooms, which push the new board)."""
+
+    def score_saved(self, game_id: str) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -178,16 +183,6 @@ class AccessLimits:
 # --- who is on the other end ----------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Peer:
-    """The identity and origin of a request, for checks and for flags."""
-
-    user_id: int | None = None
-    name: str | None = None
-    address: str | None = None
-    user_agent: str | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class ResultOutcome:
     accepted: bool
@@ -208,7 +203,7 @@ class Service:
     sessions: dict[str, LiveSession] = field(default_factory=dict)
     # The running session of each (user, game): a user plays one game of a kind at a time.
     running_by_user: dict[tuple[int, str], LiveSession] = field(default_factory=dict)
-    rooms: Rooms | None = None
+    rooms: ScoreListener | None = None
     signer: Signer = field(default_factory=InlineSigner)
     key_path: Path | None = None
     settings_fingerprint: tuple[object, ...] = ()
@@ -217,7 +212,9 @@ class Service:
     password_work: PasswordWork = field(default_factory=PasswordWork)
     # Set when new settings are applied (then replaced): lets a caller wait for a reload.
     settings_applied: trio.Event = field(default_factory=trio.Event)
-    _submitting: set[str] = field(default_factory=set)
+    # The sessions in state SUBMITTING (core/lifecycle.py): a submission of each is being
+    # checked and saved by this process. The state is never stored: a crash leaves them ENDED.
+    submitting: set[str] = field(default_factory=set)
 
     # -- start-up and reload --
 
@@ -432,13 +429,13 @@ class Service:
             return await self._reject(
                 ResultReason.UNKNOWN_SESSION, submitter, None, {"session_id": session_id}
             )
-        if session_id in self._submitting:
+        if session_id in self.submitting:
             return ResultOutcome(False, reason=ResultReason.ALREADY_SUBMITTED)
         verdict = check_submission(record, start_token, end_token, points, peek_seq, now)
         if not isinstance(verdict, SubmissionAccepted):
             detail = {"points_submitted": len(points), **verdict.detail}
             return await self._reject(verdict.reason, submitter, record, detail)
-        self._submitting.add(session_id)
+        self.submitting.add(session_id)
         try:
             # The ban check is inside the saving transaction: one trip to the writer, and no
             # gap between checking and saving.
@@ -448,9 +445,9 @@ class Service:
         except ConflictError:
             return ResultOutcome(False, reason=ResultReason.ALREADY_SUBMITTED)
         except BannedError:
-            return ResultOutcome(False, reason="account_banned")
+            return ResultOutcome(False, reason=ResultReason.ACCOUNT_BANNED)
         finally:
-            self._submitting.discard(session_id)
+            self.submitting.discard(session_id)
         live = self.sessions.pop(session_id, None)
         if live is not None:
             live.submitted = True

@@ -8,25 +8,27 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from scoreserver.codes import HttpCode
+
 MAX_BODY_BYTES = 256 * 1024
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: HttpCode, message: str):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
+def error_response(status: int, code: HttpCode, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
 async def read_json(request: Request, kind: type[Any], limit: int = MAX_BODY_BYTES) -> Any:
     """The request body decoded as `kind`; 413 past `limit` bytes (read no further), 400 if
     malformed. Every route that takes a body reads it through here."""
-    too_large = HttpError(413, "too_large", f"the body is limited to {limit} bytes")
+    too_large = HttpError(413, HttpCode.TOO_LARGE, f"the body is limited to {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise too_large
@@ -38,9 +40,9 @@ async def read_json(request: Request, kind: type[Any], limit: int = MAX_BODY_BYT
     try:
         return msgspec.json.decode(bytes(body or b"{}"), type=kind)
     except msgspec.DecodeError as exc:
-        raise HttpError(400, "bad_request", str(exc)) from None
+        raise HttpError(400, HttpCode.BAD_REQUEST, str(exc)) from None
     except RecursionError:
-        raise HttpError(400, "bad_request", "the body is nested too deeply") from None
+        raise HttpError(400, HttpCode.BAD_REQUEST, "the body is nested too deeply") from None
 
 
 @overload
@@ -58,9 +60,9 @@ def int_param(request: Request, name: str, default: int | None, low: int, high: 
     try:
         value = int(raw)
     except ValueError:
-        raise HttpError(400, "bad_request", f"`{name}` must be an integer") from None
+        raise HttpError(400, HttpCode.BAD_REQUEST, f"`{name}` must be an integer") from None
     if not low <= value <= high:
-        raise HttpError(400, "bad_request", f"`{name}` must be between {low} and {high}")
+        raise HttpError(400, HttpCode.BAD_REQUEST, f"`{name}` must be between {low} and {high}")
     return value
 
 

@@ -12,16 +12,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
+from scoreserver.core.rules import RejectReason
 from scoreserver.errors import AuthError, ConflictError, ProtocolError, RateLimitedError, TokenError
-from scoreserver.server.rooms import LiveSession, PointIn, Room, Rooms
-from scoreserver.server.service import Peer, Service
+from scoreserver.server.rooms import Room, Rooms
+from scoreserver.server.service import Service
+from scoreserver.server.sessions import LiveSession, Peer, PointIn
+from scoreserver.server.transport import ObservedStream, Streams
 from scoreserver.wire import protocol as wire
 from scoreserver.wire.tokens import Purpose
 
@@ -75,13 +78,12 @@ class Connection:
 
     ws: WebSocketConnection
     peer: Peer
+    stream: ObservedStream
     room: Room | None = None
     session: LiveSession | None = None
     bucket: TokenBucket | None = None
     strikes: int = 0
     closed: bool = False
-    frames_in: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
 
     async def send(self, text: str) -> bool:
         if self.closed:
@@ -98,19 +100,9 @@ class Connection:
             # after half a frame would be garbage): the transport is dropped.
             logger.info("dropping connection from %s: not reading", self.peer.address)
             self.closed = True
-            await drop_transport(self.ws)
+            await self.stream.drop()
             return False
         return True
-
-
-async def drop_transport(ws: WebSocketConnection) -> None:
-    """Close the connection's TCP stream without writing anything more to it.
-
-    For a peer that does not read (a close handshake would never complete) or when a frame may
-    have been cut short. trio-websocket has no public call for this; its stream attribute is
-    the one private name this module touches for it.
-    """
-    await ws._stream.aclose()
 
 
 class GameSocket:
@@ -120,26 +112,28 @@ class GameSocket:
         self.service = service
         self.rooms = rooms
         self.limits = limits
+        self.streams = Streams()  # the accepted connections (transport.py)
         self.connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
 
     # -- a connection's life --
 
     async def handle(self, request: WebSocketRequest) -> None:
-        remote = request.remote
-        address = str(getattr(remote, "address", remote))
+        stream = self.streams.of(request)
+        address = stream.peer
         limits = self.limits
         if (limits.max_conns and len(self.connections) >= limits.max_conns) or (
             limits.max_conns_per_addr and self._per_address[address] >= limits.max_conns_per_addr
         ):
             await request.reject(429, body=b"too many connections")
             return
-        if not self._origin_allowed(request):
+        if not self._origin_allowed(request, stream):
             await request.reject(403, body=b"origin not allowed")
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
         ws = await request.accept()
-        conn = Connection(ws, Peer(address=address, user_agent=headers.get("user-agent", "")[:200]))
+        peer = Peer(address=address, user_agent=headers.get("user-agent", "")[:200])
+        conn = Connection(ws, peer, stream)
         if limits.max_msg_rate:
             conn.bucket = TokenBucket(limits.max_msg_rate, limits.msg_burst)
         self.connections.add(conn)
@@ -162,23 +156,19 @@ class GameSocket:
             if conn.session is not None and conn.session.player is conn:
                 conn.session.player = None
 
-    def _origin_allowed(self, request: WebSocketRequest) -> bool:
+    def _origin_allowed(self, request: WebSocketRequest, stream: ObservedStream) -> bool:
         origin = None
         for key, value in request.headers:
             if key.lower() == b"origin":
                 origin = value.decode("latin-1")
         if origin is None:
             return True  # not a browser: there is no origin to check
-        # trio-websocket passes Host on wsproto's request event, not among `headers`.
-        host = getattr(getattr(request, "_event", None), "host", None)
-        if host is None:
-            host = str(getattr(request.local, "address", ""))
-        return origin_allowed(origin, host, self.limits.allowed_origins)
+        # wsproto keeps Host off the request's headers: the stream read it as it passed.
+        return origin_allowed(origin, stream.host, self.limits.allowed_origins)
 
     async def _serve(self, conn: Connection) -> None:
         while True:
             frame = await conn.ws.get_message()
-            conn.frames_in += 1
             if conn.bucket is not None and not conn.bucket.take():
                 conn.strikes += 1
                 if conn.strikes > self.limits.rate_strikes:
@@ -196,7 +186,6 @@ class GameSocket:
                 await self._reply_error(conn, exc)
 
     async def _reply_error(self, conn: Connection, exc: ProtocolError) -> None:
-        conn.errors[exc.code] += 1
         await conn.send(
             wire.encode(wire.Error(id=exc.request_id, code=exc.code, message=exc.message))
         )
@@ -289,7 +278,7 @@ class GameSocket:
 
     async def _game_start(self, conn: Connection, message: wire.GameStart) -> None:
         if self.rooms.closing:
-            raise ProtocolError("server_shutdown", "the server is shutting down", message.id)
+            raise ProtocolError(wire.SERVER_SHUTDOWN, "the server is shutting down", message.id)
         room = conn.room
         if room is None:
             raise ProtocolError(wire.NOT_IN_ROOM, "enter a game room first", message.id)
@@ -310,9 +299,9 @@ class GameSocket:
         session = conn.session
         reason = None
         if session is None:
-            reason = "no_session"
+            reason = RejectReason.NO_SESSION
         elif not session.running or session.inbox_send is None:
-            reason = "game_over"
+            reason = RejectReason.GAME_OVER
         else:
             point = PointIn(message.client_ts, received_at, message.id)
             try:
@@ -323,7 +312,7 @@ class GameSocket:
                 except trio.WouldBlock:
                     await session.inbox_send.send(point)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                reason = "game_over"
+                reason = RejectReason.GAME_OVER
         if reason is not None:
             self.service.metrics.count_point(reason)
             await conn.send(
@@ -454,7 +443,7 @@ class GameSocket:
             with trio.move_on_after(2):
                 await conn.ws.aclose(1001, "keepalive timeout")
             # A peer that answers nothing will not complete the close handshake either.
-            await drop_transport(conn.ws)
+            await conn.stream.drop()
 
     # -- shutdown --
 

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import postgres, sqlite
 from .engine import Connection, Location
+from .postgres import connect as postgres_connect
+from .postgres import open_database as postgres_database
+from .sqlite import connect as sqlite_connect
+from .sqlite import open_database as sqlite_database
 
 
 def connect(location: str | Path | Location) -> Connection:
     """A connection with what every part of scoreserver relies on (see each engine)."""
     location = Location.of(location)
     if location.dialect == "postgres":
-        return postgres.connect(location.target)
-    return sqlite.connect(location.path)
+        return postgres_connect(location.target)
+    return sqlite_connect(location.path)
 
 
 def open_database(location: str | Path | Location) -> Connection:
     """A connection to a database whose schema is created or checked (and upgraded)."""
     location = Location.of(location)
     if location.dialect == "postgres":
-        return postgres.open_database(location.target)
-    return sqlite.open_database(location.path)
+        return postgres_database(location.target)
+    return sqlite_database(location.path)

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import Any, cast
 
 from ..core import timing
+from ..core.lifecycle import Move, SessionState, after
 from ..core.names import skeleton
 from ..core.rules import EndReason, GameSettings, IssuedPoint, SessionRecord, outlier_evidence
 from ..errors import BannedError, ConflictError, NotFoundError
@@ -293,20 +294,19 @@ def end_session(
     ended_at: int,
     reason: str,
 ) -> None:
-    state = "ended" if reason == EndReason.TIME_UP else "voided"
+    state = after(SessionState.RUNNING, reason)
     conn.execute(
         "UPDATE game_sessions SET end_token = ?, ended_at = ?, end_reason = ?, state = ?"
-        " WHERE id = ? AND state = 'running'",
-        (end_token, ended_at, reason, state, session_id),
+        " WHERE id = ? AND state = ?",
+        (end_token, ended_at, reason, state, session_id, SessionState.RUNNING),
     )
 
 
 def void_running_sessions(conn: Connection, now: int) -> int:
     """Sessions left running by a crash are void: nobody can submit them. No flag."""
     cur = conn.execute(
-        "UPDATE game_sessions SET state = 'voided', end_reason = 'crashed', ended_at = ?"
-        " WHERE state = 'running'",
-        (now,),
+        "UPDATE game_sessions SET state = ?, end_reason = ?, ended_at = ? WHERE state = ?",
+        (after(SessionState.RUNNING, Move.CRASHED), Move.CRASHED, now, SessionState.RUNNING),
     )
     return int(cur.rowcount)
 
@@ -338,7 +338,7 @@ def load_session(conn: Connection, session_id: str) -> SessionRecord | None:
         ended_at=row["ended_at"],
         end_reason=end_reason,
         points=points,
-        submitted=row["state"] == "submitted",
+        submitted=row["state"] == SessionState.SUBMITTED,
     )
 
 
@@ -359,8 +359,8 @@ def save_result(
     if owner is not None and owner.banned(now):
         raise BannedError("account banned")
     cur = conn.execute(
-        "UPDATE game_sessions SET state = 'submitted' WHERE id = ? AND state = 'ended'",
-        (session_id,),
+        "UPDATE game_sessions SET state = ? WHERE id = ? AND state = ?",
+        (SessionState.SUBMITTED, session_id, SessionState.ENDED),
     )
     if cur.rowcount != 1:
         raise ConflictError("session already submitted")
@@ -556,11 +556,16 @@ def rhythm_population(
     """The range of rhythm figures that the game's recent unflagged sessions show, for a
     reviewer to set a flagged one beside (timing.population_range)."""
     sessions = conn.execute(
-        "SELECT g.id FROM game_sessions g WHERE g.game_id = ? AND g.state IN"
-        " ('ended', 'submitted') AND g.id != ? AND NOT EXISTS"
-        " (SELECT 1 FROM flags f WHERE f.session_id = g.id)"
+        "SELECT g.id FROM game_sessions g WHERE g.game_id = ? AND g.state IN (?, ?)"
+        " AND g.id != ? AND NOT EXISTS (SELECT 1 FROM flags f WHERE f.session_id = g.id)"
         " ORDER BY g.started_at DESC LIMIT ?",
-        (game_id, exclude or "", POPULATION_SESSIONS),
+        (
+            game_id,
+            SessionState.ENDED,
+            SessionState.SUBMITTED,
+            exclude or "",
+            POPULATION_SESSIONS,
+        ),
     ).fetchall()
     figures = []
     for (session_id,) in sessions:

@@ -37,9 +37,9 @@ import trio
 
 from .. import children
 from ..errors import StoreError
-from . import postgres
 from .connect import connect, open_database
 from .engine import Connection, Location, transaction
+from .postgres import PgConnection, reader_pool
 
 logger = logging.getLogger("scoreserver.store")
 
@@ -543,9 +543,9 @@ class Transport:
         if self.location.dialect == "postgres":
             with self._readers_lock:
                 if self._pool is None:
-                    self._pool = postgres.reader_pool(self.location.target, READER_POOL_SIZE)
+                    self._pool = reader_pool(self.location.target, READER_POOL_SIZE)
             with self._pool.connection() as raw:
-                return op(postgres.PgConnection(raw), *args)
+                return op(PgConnection(raw), *args)
         conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect(self.location)

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
+from scoreserver.codes import ErrorCode
 from scoreserver.errors import ProtocolError
 
 # Bounds on every integer a peer may send: what the rules, the tokens (signed 64-bit fields)
@@ -32,18 +33,19 @@ Token = Annotated[str, Meta(max_length=400)]
 Timestamp = Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP_MS)]
 UserId = Annotated[int, Meta(ge=0, le=MAX_SAFE_INTEGER)]
 
-# --- error codes ----------------------------------------------------------------------------
+# --- error codes (wire.codes.ErrorCode) -------------------------------------------------------
 
-BAD_JSON = "bad_json"
-BAD_MESSAGE = "bad_message"
-UNKNOWN_TYPE = "unknown_type"
-AUTH_FAILED = "auth_failed"
-UNKNOWN_GAME = "unknown_game"
-IDENTITY_MISMATCH = "identity_mismatch"
-NOT_IN_ROOM = "not_in_room"
-SESSION_ACTIVE = "session_active"
-UNKNOWN_SESSION = "unknown_session"
-RATE_LIMITED = "rate_limited"
+BAD_JSON = ErrorCode.BAD_JSON
+BAD_MESSAGE = ErrorCode.BAD_MESSAGE
+UNKNOWN_TYPE = ErrorCode.UNKNOWN_TYPE
+AUTH_FAILED = ErrorCode.AUTH_FAILED
+UNKNOWN_GAME = ErrorCode.UNKNOWN_GAME
+IDENTITY_MISMATCH = ErrorCode.IDENTITY_MISMATCH
+NOT_IN_ROOM = ErrorCode.NOT_IN_ROOM
+SESSION_ACTIVE = ErrorCode.SESSION_ACTIVE
+UNKNOWN_SESSION = ErrorCode.UNKNOWN_SESSION
+RATE_LIMITED = ErrorCode.RATE_LIMITED
+SERVER_SHUTDOWN = ErrorCode.SERVER_SHUTDOWN
 
 # --- client to server -----------------------------------------------------------------------
 

@@ -1,0 +1,146 @@
+"""The game socket's byte streams, as trio-websocket reads them and as we see them.
+
+trio-websocket serves listeners it is given (`WebSocketServer`). Ours hand it each accepted
+connection wrapped in an `ObservedStream`, which passes every byte through unchanged and gives
+the server, through public calls only, the three things trio-websocket does not:
+
+* the peer's address (for the per-address limits and flags);
+* the `Host` of the opening handshake (the same-origin check needs it; wsproto keeps it off
+  the request's headers), read from the first bytes as they pass;
+* a way to drop the connection without a close handshake (`drop`), for a peer that does not
+  read or a frame cut short.
+
+trio-websocket names a connection whose stream is not a plain socket by the stream's
+`repr()`; ours is a key into the registry (`Streams`) that the connection handler looks up.
+"""
+
+from __future__ import annotations
+
+import itertools
+import ssl
+import weakref
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketRequest, WebSocketServer
+
+# The most of a handshake read for its Host (browsers send well under 4 KiB; the WebSocket
+# server refuses larger handshakes by itself).
+HEAD_LIMIT = 16 * 1024
+_numbers = itertools.count(1)
+
+
+class ObservedStream(trio.abc.HalfCloseableStream):
+    """One accepted connection: its bytes pass through; its peer and Host are kept."""
+
+    def __init__(self, inner: trio.SocketStream | trio.SSLStream[trio.SocketStream]):
+        self.inner = inner
+        raw = inner.transport_stream if isinstance(inner, trio.SSLStream) else inner
+        self.peer: str = str(raw.socket.getpeername()[0])
+        self.key = f"scoreserver-connection-{next(_numbers)}"
+        self.host: str | None = None
+        self._head: bytearray | None = bytearray()
+
+    def __repr__(self) -> str:
+        return self.key
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        if self._head is not None:
+            self._see(data)
+        return data
+
+    def _see(self, data: bytes | bytearray) -> None:
+        assert self._head is not None
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0 and len(self._head) < HEAD_LIMIT:
+            return
+        for line in bytes(self._head[: end if end >= 0 else HEAD_LIMIT]).split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"host":
+                self.host = value.strip().decode("latin-1")
+                break
+        self._head = None  # the handshake is over: the rest is frames, not looked at
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if isinstance(self.inner, trio.SocketStream):
+            await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def drop(self) -> None:
+        """Close the TCP connection without writing anything more to it."""
+        raw = self.inner.transport_stream if isinstance(self.inner, trio.SSLStream) else self.inner
+        await raw.aclose()
+
+
+class Streams:
+    """The connections accepted and not yet closed, by the name trio-websocket gives them."""
+
+    def __init__(self) -> None:
+        self._by_key: weakref.WeakValueDictionary[str, ObservedStream] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def add(self, stream: ObservedStream) -> None:
+        self._by_key[stream.key] = stream
+
+    def of(self, request: WebSocketRequest) -> ObservedStream:
+        return self._by_key[str(request.remote)]
+
+
+class ObservingListener(trio.abc.Listener[ObservedStream]):
+    def __init__(self, inner: trio.abc.Listener[Any], streams: Streams):
+        self.inner = inner
+        self.streams = streams
+
+    async def accept(self) -> ObservedStream:
+        stream = ObservedStream(await self.inner.accept())
+        self.streams.add(stream)
+        return stream
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class GameSocketServer:
+    """What `serve` started: the port it listens on."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+
+async def serve_game_socket(
+    handler: Callable[[WebSocketRequest], Coroutine[Any, Any, None]],
+    streams: Streams,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    task_status: trio.TaskStatus[GameSocketServer] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """trio-websocket's server on our listeners (see the module docstring)."""
+    sockets = await trio.open_tcp_listeners(port, host=host)
+    listeners: list[trio.abc.Listener[Any]] = list(sockets)
+    if ssl_context is not None:
+        listeners = [trio.SSLListener(s, ssl_context, https_compatible=True) for s in sockets]
+    server = WebSocketServer(
+        handler,
+        # Typed for trio's listeners; any listener serves (its `listeners` names others by repr).
+        [ObservingListener(listener, streams) for listener in listeners],  # type: ignore[misc]
+        **options,
+    )
+    bound = int(sockets[0].socket.getsockname()[1])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        task_status.started(GameSocketServer(bound))
