@@ -13,8 +13,8 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
+from scoreserver.server.accounts import PasswordPolicy
 from scoreserver.server.app import Config, Server, serve
-from scoreserver.server.service import PasswordPolicy
 from scoreserver.server.ws import Limits
 
 from . import databases

@@ -36,7 +36,7 @@ from scoreserver.errors import (
     StoreError,
 )
 from scoreserver.server import moderation
-from scoreserver.server.service import PasswordPolicy, validate_credentials
+from scoreserver.server.accounts import PasswordPolicy, validate_credentials
 from scoreserver.server.signer import SIGNER_MODES
 from scoreserver.store import DELETED_NAME, FOREVER, STORE_WRITERS, Location, Store, WriterMode
 

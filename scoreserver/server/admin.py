@@ -33,7 +33,7 @@ from scoreserver.core.evidence import render_flag
 from scoreserver.core.limits import Budget, charge_all
 from scoreserver.errors import BusyError, ConflictError, NotFoundError, RateLimitedError
 from scoreserver.server import moderation
-from scoreserver.server.service import PasswordWork
+from scoreserver.server.accounts import PasswordWork
 from scoreserver.server.webio import HttpError, bearer, int_param, read_json
 from scoreserver.store import Store
 

@@ -31,10 +31,11 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from scoreserver.errors import PortTakenError, StoreError
+from scoreserver.server.accounts import PasswordPolicy
 from scoreserver.server.clock import ServerClock
 from scoreserver.server.http import create_app
 from scoreserver.server.rooms import Rooms
-from scoreserver.server.service import DEMO_GAME, DEMO_SETTINGS, PasswordPolicy, Service
+from scoreserver.server.service import DEMO_GAME, DEMO_SETTINGS, Service
 from scoreserver.server.signer import SIGNER_MODES, InlineSigner, ProcessSigner, Signer
 from scoreserver.server.transport import serve_game_socket
 from scoreserver.server.ws import GameSocket, Limits

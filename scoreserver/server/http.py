@@ -24,8 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scoreserver.codes import HttpCode
 from scoreserver.errors import AuthError, BusyError, ConflictError, RateLimitedError
+from scoreserver.server.accounts import PASSWORD_MAX
 from scoreserver.server.admin import AdminConsole
-from scoreserver.server.service import PASSWORD_MAX, Service
+from scoreserver.server.service import Service
 from scoreserver.server.sessions import Peer
 from scoreserver.server.webio import HttpError, bearer, error_response, int_param, read_json
 from scoreserver.server.ws import origin_allowed

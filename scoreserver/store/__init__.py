@@ -61,23 +61,17 @@ class Store(Transport):
 
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[Store]:
-        """Run the store for the length of a block (the command line, start-up, tests).
-        An error of the block comes out as itself, not inside an exception group."""
-        if not self.threaded:
-            self.open()
-            self._running = True
-            try:
-                yield self
-            finally:
-                self._running = False
-                self._close()
-            return
-        async with trio.open_nursery(strict_exception_groups=False) as nursery:
-            await nursery.start(self.run)
-            try:
-                yield self
-            finally:
-                nursery.cancel_scope.cancel()
+        """Open an inline store for the length of a block (the command line, start-up). The
+        writer process and thread are run by a nursery instead (`run`), as the server does."""
+        if self.threaded:
+            raise ValueError("opened() is for the inline writer; start run() in a nursery")
+        self.open()
+        self._running = True
+        try:
+            yield self
+        finally:
+            self._running = False
+            self._close()
 
     # -- start-up and settings --
 

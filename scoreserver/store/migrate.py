@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import ConflictError, StoreError
 from .connect import open_database
 from .engine import Connection, Location
+from .ops import GAME_FIELDS
 
 logger = logging.getLogger("scoreserver.store.migrate")
 
@@ -51,27 +52,7 @@ TABLES = (
         identity="id",
     ),
     Table("login_tokens", ("token_hash", "user_id", "created_at", "expires_at"), ("token_hash",)),
-    Table(
-        "games",
-        (
-            "id",
-            "duration_ms",
-            "burst_window_ms",
-            "burst_threshold",
-            "burst_limit",
-            "burst_period_ms",
-            "latency_ms",
-            "submission_window_ms",
-            "human_floor_ms",
-            "min_rhythm_cv",
-            "max_score",
-            "hold_outliers",
-            "title",
-            "created_at",
-            "updated_at",
-        ),
-        ("id",),
-    ),
+    Table("games", ("id", *GAME_FIELDS, "created_at", "updated_at"), ("id",)),
     Table(
         "game_sessions",
         (

@@ -18,10 +18,10 @@ import pytest
 
 from scoreserver.server.app import parse_banner, serve_command
 
-from .players import LONG_NAME, honest_score, metronome_bot
+from ..players import LONG_NAME, honest_score, metronome_bot
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).parent.parent / "artifacts"
 DATABASES: dict[str, str] = {}  # the database file behind each server URL
 
 pytestmark = pytest.mark.browser

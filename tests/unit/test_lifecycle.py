@@ -12,8 +12,8 @@ from scoreserver.core.lifecycle import STORED, TRANSITIONS, InvalidMove, Move, S
 from scoreserver.core.rules import EndReason
 
 SCHEMAS = [
-    Path(__file__).parent.parent / "schema.sql",
-    Path(__file__).parent.parent / "scoreserver/store/postgres.sql",
+    Path(__file__).parent.parent.parent / "schema.sql",
+    Path(__file__).parent.parent.parent / "scoreserver/store/postgres.sql",
 ]
 
 

@@ -9,7 +9,7 @@ import trio
 
 from scoreserver.server.ws import origin_allowed
 
-from .conftest import connect, http, make_config, running_server
+from ..conftest import connect, http, make_config, running_server
 
 GAME_SITE = "https://games.example"
 

@@ -20,14 +20,14 @@ import trio.testing
 
 from scoreserver.errors import StoreError
 from scoreserver.ops import cli
+from scoreserver.server.accounts import PasswordPolicy
 from scoreserver.server.app import Server
-from scoreserver.server.service import PasswordPolicy
 from scoreserver.store import ops, sqlite
 from scoreserver.store.connect import open_database
 from scoreserver.store.engine import transaction
 
-from . import databases
-from .conftest import (
+from .. import databases
+from ..conftest import (
     add_game,
     child_processes,
     connect,
@@ -137,7 +137,9 @@ def test_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     # The schema as version 1 shipped it.
-    for statement in sqlite._split_sql((Path(__file__).parent / "data/schema_v1.sql").read_text()):
+    for statement in sqlite._split_sql(
+        (Path(__file__).parent.parent / "data/schema_v1.sql").read_text()
+    ):
         conn.execute(statement)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     conn.execute(

@@ -15,8 +15,8 @@ from scoreserver.store import ops
 from scoreserver.store.connect import open_database
 from scoreserver.store.engine import transaction
 
-from . import databases
-from .conftest import http
+from .. import databases
+from ..conftest import http
 
 pytestmark = pytest.mark.engines
 

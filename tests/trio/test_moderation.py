@@ -18,8 +18,8 @@ from scoreserver.store import ops
 from scoreserver.store.connect import connect as db_connect
 from scoreserver.store.connect import open_database
 
-from . import databases
-from .conftest import connect, http, register
+from .. import databases
+from ..conftest import connect, http, register
 from .test_end_to_end import new_player, play_quick, submit_http
 
 pytestmark = pytest.mark.engines

@@ -12,7 +12,7 @@ from trio_websocket import ConnectionClosed
 
 from scoreserver.server.app import Server
 
-from .conftest import Client, connect, register
+from ..conftest import Client, connect, register
 
 
 async def still_serving(server: Server, client: Client) -> None:

@@ -16,7 +16,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 
 from scoreserver.server.app import Server
 
-from .conftest import Client, open_client, register
+from ..conftest import Client, open_client, register
 
 
 class FaultProxy:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from scoreserver.server.app import Server
 
-from .conftest import add_game, connect, make_config, running_server
+from ..conftest import add_game, connect, make_config, running_server
 
 SERVER_TYPES = {
     "identity",

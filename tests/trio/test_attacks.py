@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from scoreserver.server.app import Server
 from scoreserver.wire.tokens import KeyRing, Purpose, b64decode, b64encode
 
-from . import databases
-from .conftest import Client, connect, register
+from .. import databases
+from ..conftest import Client, connect, register
 
 pytestmark = pytest.mark.engines
 

@@ -16,8 +16,8 @@ import trio.testing
 from scoreserver.server.app import Server
 from scoreserver.wire.tokens import b64decode, b64encode
 
-from . import databases
-from .conftest import Client, connect, http
+from .. import databases
+from ..conftest import Client, connect, http
 
 pytestmark = pytest.mark.engines
 
@@ -178,7 +178,7 @@ async def test_keys_and_health(server: Server) -> None:
 async def test_stats_report_connections_and_loop_stalls(
     tmp_path: Any, autojump_clock: trio.testing.MockClock
 ) -> None:
-    from .conftest import make_config, running_server
+    from ..conftest import make_config, running_server
 
     config = make_config(tmp_path, inline=True)
     config.monitor_loop = True
@@ -352,7 +352,7 @@ async def test_malformed_http_submissions_are_400(server: Server) -> None:
 
 
 async def test_prometheus_metrics_on_their_own_port_only(tmp_path: Any) -> None:
-    from .conftest import add_game, make_config, running_server
+    from ..conftest import add_game, make_config, running_server
 
     add_game(tmp_path / "test.db", "quick", duration_ms=1000, submission_window_ms=60_000)
     config = make_config(tmp_path)

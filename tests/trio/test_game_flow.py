@@ -10,8 +10,8 @@ import trio.testing
 
 from scoreserver.server.app import Server
 
-from . import databases
-from .conftest import Client, connect, register
+from .. import databases
+from ..conftest import Client, connect, register
 
 pytestmark = pytest.mark.engines
 

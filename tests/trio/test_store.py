@@ -20,8 +20,8 @@ from scoreserver.store import writer_child as _writer_child
 from scoreserver.store.engine import DATABASE_ERRORS
 from scoreserver.store.writer import FRAME_LENGTH
 
-from . import databases
-from .conftest import child_processes
+from .. import databases
+from ..conftest import child_processes
 
 pytestmark = pytest.mark.engines
 WRITERS = pytest.mark.parametrize("mode", ["process", "thread"])

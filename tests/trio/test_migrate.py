@@ -16,8 +16,8 @@ from scoreserver.errors import StoreError
 from scoreserver.ops import cli
 from scoreserver.store import migrate, ops
 
-from . import databases
-from .conftest import connect, http, make_config, running_server
+from .. import databases
+from ..conftest import connect, http, make_config, running_server
 from .test_end_to_end import new_player, play_quick, submit_http
 
 

@@ -8,7 +8,7 @@ import ast
 import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).parent.parent / "scoreserver"
+PACKAGE = Path(__file__).parent.parent.parent / "scoreserver"
 LAYERS = ("core", "wire", "store", "server", "ops")  # each may import those before it
 
 

@@ -32,7 +32,7 @@ from scoreserver.core.timing import (
     rhythm_figure,
 )
 
-from .timing_sim import BOTS, honest, judged
+from ..timing_sim import BOTS, honest, judged
 
 FLOOR_MS = GameSettings(duration_ms=1).human_floor_ms
 MIN_CV = GameSettings(duration_ms=1).min_rhythm_cv

@@ -21,8 +21,8 @@ from trio_websocket import ConnectionClosed
 from scoreserver.server.app import parse_banner, serve_command
 from scoreserver.store.connect import connect as db_connect
 
-from . import databases
-from .conftest import open_client
+from .. import databases
+from ..conftest import open_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.engines]
 
@@ -391,7 +391,7 @@ async def test_a_second_server_on_taken_ports_says_which_in_one_line(tmp_path: P
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
-                cwd=Path(__file__).parent.parent,
+                cwd=Path(__file__).parent.parent.parent,
             )
             stderr = second.stderr.decode()
             assert second.returncode == 1
@@ -419,7 +419,7 @@ def test_help_names_run_py_and_every_option_says_what_it_does_and_its_default() 
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).parent.parent.parent,
     )
     assert shown.stdout.startswith("usage: python run.py"), shown.stdout[:80]
     assert "(default: 8765)" in shown.stdout and "(default: scoreserver.db)" in shown.stdout

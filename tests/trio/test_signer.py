@@ -24,7 +24,7 @@ from scoreserver.server.app import make_signer, usable_cores
 from scoreserver.server.signer import InlineSigner, ProcessSigner
 from scoreserver.wire.tokens import KeyRing, Purpose
 
-from .conftest import (
+from ..conftest import (
     add_game,
     child_processes,
     connect,

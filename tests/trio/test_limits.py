@@ -15,8 +15,8 @@ import trio.testing
 
 from scoreserver.server.app import Server
 
-from .conftest import add_game, connect, http, make_config, running_server
-from .rawws import RawSocket, close_code
+from ..conftest import add_game, connect, http, make_config, running_server
+from ..rawws import RawSocket, close_code
 
 
 @asynccontextmanager

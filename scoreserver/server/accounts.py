@@ -1,0 +1,135 @@
+"""Accounts' building blocks: Argon2id passwords (and the pool they are checked in), player
+names and passwords as accepted, login-token hashes, and the budgets that keep guessing slow.
+`Service` (service.py) uses them for registration, login and erasure; /admin and the command
+line use the same password policy."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+from cryptography.exceptions import InvalidKey
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+from scoreserver.core.limits import Budget
+from scoreserver.core.names import normalize_name
+from scoreserver.errors import BusyError
+
+T = TypeVar("T")
+
+LOGIN_TOKEN_TTL_MS = 30 * 24 * 3600 * 1000
+PASSWORD_MIN = 8
+PASSWORD_MAX = 1024
+
+
+# --- passwords ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordPolicy:
+    """Argon2id parameters; the defaults are OWASP's (19 MiB, 2 passes, 1 lane)."""
+
+    memory_kib: int = 19 * 1024
+    iterations: int = 2
+    lanes: int = 1
+
+    def hash(self, password: str) -> str:
+        kdf = Argon2id(
+            salt=os.urandom(16),
+            length=32,
+            iterations=self.iterations,
+            lanes=self.lanes,
+            memory_cost=self.memory_kib,
+        )
+        return kdf.derive_phc_encoded(password.encode("utf-8"))
+
+    @staticmethod
+    def verify(password: str, encoded: str) -> bool:
+        try:
+            Argon2id.verify_phc_encoded(password.encode("utf-8"), encoded)
+        except (InvalidKey, ValueError):
+            return False
+        return True
+
+
+# A hash of a random password, verified when a name does not exist, so that an unknown name
+# costs as long as a wrong password.
+_DUMMY_HASH: str | None = None
+
+
+def dummy_hash(policy: PasswordPolicy) -> str:
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = policy.hash(secrets.token_urlsafe(16))
+    return _DUMMY_HASH
+
+
+def validate_credentials(name: object, password: object) -> tuple[str, str]:
+    if not isinstance(name, str) or not isinstance(password, str):
+        raise ValueError("name and password must be strings")
+    name = normalize_name(name)  # NFKC, nothing invisible (names.py); ValueError otherwise
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        raise ValueError(f"a password is {PASSWORD_MIN} to {PASSWORD_MAX} characters")
+    return name, password
+
+
+def hash_login_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+class PasswordWork:
+    """Argon2id off the event loop, in a pool of its own.
+
+    A password check takes ~40 ms of CPU and 19 MiB. Run in the worker threads that also serve
+    database reads, a flood of logins delayed leaderboards and socket logins by seconds. Here
+    at most `threads` checks run at once (Argon2 releases the GIL, so the event loop goes on),
+    at most `max_waiting` more wait their turn, and past that a login is refused at once
+    (BusyError: HTTP 503) rather than queued without bound.
+    """
+
+    def __init__(self, threads: int = 1, max_waiting: int = 32):
+        self._limiter = trio.CapacityLimiter(threads)
+        self.max_waiting = max_waiting
+        self.waiting = 0
+        self.refused = 0
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.waiting >= self.max_waiting:
+            self.refused += 1
+            raise BusyError("the server is busy checking passwords; try again in a moment")
+        self.waiting += 1
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        finally:
+            self.waiting -= 1
+
+
+@dataclass(slots=True)
+class AccessLimits:
+    """The budgets that keep guesses and junk slow (see `limits.py`: charged before the work).
+
+    * failed logins per account, whatever the address: 10 a minute;
+    * login and registration attempts per address: 30 a minute;
+    * failed submissions (each one a flag) per address: 30 a minute.
+    """
+
+    account_failures: Budget = field(
+        default_factory=lambda: Budget(
+            10, message="too many failed logins for this account; wait a minute"
+        )
+    )
+    address_attempts: Budget = field(
+        default_factory=lambda: Budget(
+            30, message="too many logins from this address; wait a minute"
+        )
+    )
+    failed_submissions: Budget = field(
+        default_factory=lambda: Budget(
+            30, message="too many failed submissions from this address; wait a minute"
+        )
+    )
