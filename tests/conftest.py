@@ -53,10 +53,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "engines: runs once on SQLite and once on PostgreSQL (tests/databases.py)"
     )
+    config.addinivalue_line(
+        "markers", "sqlite_only: in a module marked `engines`, a test of SQLite alone"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.definition.get_closest_marker("engines") is not None:
+    definition = metafunc.definition
+    if definition.get_closest_marker("engines") and not definition.get_closest_marker(
+        "sqlite_only"
+    ):
         metafunc.parametrize("engine", databases.ENGINES, indirect=True)
 
 

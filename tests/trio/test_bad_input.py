@@ -14,6 +14,8 @@ from scoreserver.server.app import Server
 
 from ..conftest import Client, connect, register
 
+pytestmark = pytest.mark.engines
+
 
 async def still_serving(server: Server, client: Client) -> None:
     """The same connection answers, and a fresh player can play a point."""

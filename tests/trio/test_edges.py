@@ -38,6 +38,8 @@ from ..conftest import (
 )
 from .test_end_to_end import new_player, play_quick, submit_http, wall_ms
 
+pytestmark = pytest.mark.engines
+
 ADDRESSES = [f"127.0.0.{n}" for n in range(2, 11)]  # nine loopback addresses
 
 
@@ -100,11 +102,11 @@ async def test_game_starts_raced_on_many_sockets_give_one_game(server: Server) -
             nursery.cancel_scope.cancel()
         kinds = Counter(r["type"] if r["type"] != "error" else r["code"] for r in replies)
         assert kinds == {"game_started": 1, "session_active": 29}
-        conn = sqlite3.connect(server.config.db_path)
-        running = conn.execute(
-            "SELECT COUNT(*) FROM game_sessions WHERE user_id = ?", (ann["user_id"],)
-        ).fetchone()[0]
-        conn.close()
+        running = databases.sql(
+            server.config.db_path,
+            "SELECT COUNT(*) FROM game_sessions WHERE user_id = ?",
+            (ann["user_id"],),
+        )[0][0]
         assert running == 1
 
 
@@ -131,6 +133,7 @@ def test_the_database_refuses_a_second_running_game(tmp_path: Path) -> None:
     conn.close()
 
 
+@pytest.mark.sqlite_only  # SQLite's schema history; PostgreSQL's began at version 2
 def test_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
     """A database made by the previous release: look-alike names keep their accounts, and
     sessions a race left running side by side are voided but the newest."""
@@ -662,6 +665,7 @@ async def test_look_alike_and_invisible_names_are_refused(tmp_path: Path) -> Non
             assert codes == {201: 1, 409: 9}
 
 
+@pytest.mark.sqlite_only  # files; PostgreSQL's are the database server's
 def test_database_files_are_private(tmp_path: Path) -> None:
     conn = open_database(databases.resolve(tmp_path / "p.db"))
     with transaction(conn):
@@ -677,8 +681,8 @@ async def test_the_cli_prints_control_characters_escaped(tmp_path: Path) -> None
     import contextlib
     import io
 
-    path = tmp_path / "c.db"
-    conn = open_database(databases.resolve(path))
+    path = databases.location(tmp_path, "c.db")
+    conn = open_database(path)
     with transaction(conn):
         flag = ops.insert_flag(
             conn,

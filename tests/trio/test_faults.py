@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, HandshakeError
@@ -17,6 +18,8 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from scoreserver.server.app import Server
 
 from ..conftest import Client, open_client, register
+
+pytestmark = pytest.mark.engines
 
 
 class FaultProxy:

@@ -18,6 +18,8 @@ from scoreserver.server.app import Server
 from ..conftest import add_game, connect, http, make_config, running_server
 from ..rawws import RawSocket, close_code
 
+pytestmark = pytest.mark.engines
+
 
 @asynccontextmanager
 async def limited(tmp_path: Path, **limits: Any) -> AsyncIterator[Server]:

@@ -26,6 +26,8 @@ from scoreserver.store.engine import transaction
 from .. import databases
 from ..conftest import Client, add_game, connect, http, make_config, register, running_server
 
+pytestmark = pytest.mark.engines
+
 TIMED = {"human_floor_ms": 60, "min_rhythm_cv": 0.07}  # a new game's defaults, spelled out
 
 
