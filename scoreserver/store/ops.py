@@ -23,8 +23,11 @@ from .engine import INTEGRITY_ERRORS, Connection, is_unique_violation, no_limit
 from .records import (
     AuditEntry,
     BoardEntry,
+    Evidence,
     Flag,
+    RejectedPoint,
     Result,
+    SessionPoint,
     SigningKey,
     User,
     UserSummary,
@@ -486,7 +489,7 @@ def get_flag(conn: Connection, flag_id: int) -> Flag:
     return flag
 
 
-def session_evidence(conn: Connection, session_id: str) -> dict[str, Any]:
+def session_evidence(conn: Connection, session_id: str) -> Evidence:
     """A session's timeline for a reviewer: points, rejections, bursts."""
     session = conn.execute(
         "SELECT id, game_id, user_id, guest_addr, user_agent, started_at, client_start_ts,"
@@ -494,42 +497,42 @@ def session_evidence(conn: Connection, session_id: str) -> dict[str, Any]:
         (session_id,),
     ).fetchone()
     if session is None:
-        return {}
+        return Evidence()
     info = dict(session)
     info["settings"] = json.loads(info.pop("settings_json"))
     settings = GameSettings(**info["settings"])
     arrivals, client_times = _received(conn, session_id)
-    return {
-        "timing": {
+    return Evidence(
+        timing={
             **timing.profile(
                 arrivals, client_times, settings.human_floor_ms, settings.min_rhythm_cv
             ),
             "population": rhythm_population(conn, info["game_id"], exclude=session_id),
         },
-        "session": info,
-        "points": [
-            dict(r)
+        session=info,
+        points=[
+            cast(SessionPoint, dict(r))
             for r in conn.execute(
                 "SELECT seq, server_ts, client_ts FROM issued_points WHERE session_id = ?"
                 " ORDER BY seq",
                 (session_id,),
             )
         ],
-        "rejected": [
-            dict(r)
+        rejected=[
+            cast(RejectedPoint, dict(r))
             for r in conn.execute(
                 "SELECT server_ts, client_ts, reason FROM rejected_points WHERE session_id = ?"
                 " ORDER BY rowid",
                 (session_id,),
             )
         ],
-        "bursts": [
+        bursts=[
             r[0]
             for r in conn.execute(
                 "SELECT at_ms FROM bursts WHERE session_id = ? ORDER BY rowid", (session_id,)
             )
         ],
-    }
+    )
 
 
 def _received(conn: Connection, session_id: str) -> tuple[list[int], list[int]]:

@@ -33,6 +33,28 @@ class UserSummary(TypedDict):
     scores: int
 
 
+class SessionPoint(TypedDict):
+    seq: int
+    server_ts: int
+    client_ts: int
+
+
+class RejectedPoint(TypedDict):
+    server_ts: int
+    client_ts: int
+    reason: str
+
+
+class Evidence(TypedDict, total=False):
+    """A session's timeline for a reviewer (empty if the session is unknown)."""
+
+    timing: dict[str, Any]  # core.timing.profile, with the game's population range
+    session: dict[str, Any]  # the session's row, its settings decoded
+    points: list[SessionPoint]
+    rejected: list[RejectedPoint]
+    bursts: list[int]
+
+
 class Flag(TypedDict, total=False):
     id: int
     created_at: int
@@ -48,7 +70,7 @@ class Flag(TypedDict, total=False):
     holds: int
     resolved_at: int | None
     resolution_note: str | None
-    evidence: dict[str, Any]  # get_flag only: the session's timeline (ops.session_evidence)
+    evidence: Evidence  # get_flag only: the session's timeline (ops.session_evidence)
 
 
 class BoardEntry(TypedDict, total=False):
