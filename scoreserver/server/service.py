@@ -1,4 +1,5 @@
-"""What the socket and HTTP sides share: accounts, games, the submission check, flags.
+"""What the socket and HTTP sides share: accounts, games, flags, the way to the submission
+check (submissions.py).
 
 `Service` owns the state that outlives a connection: the game settings in force, the live and
 recently ended sessions (by id), which user is playing which game, and the signing keys. It
@@ -13,7 +14,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -22,17 +23,9 @@ from scoreserver.core.names import normalize_name
 from scoreserver.core.rules import (
     GameSettings,
     PointLike,
-    ResultReason,
-    SessionRecord,
-    SubmissionAccepted,
-    check_submission,
 )
 from scoreserver.errors import (
     AuthError,
-    BannedError,
-    ConflictError,
-    RateLimitedError,
-    TokenError,
 )
 from scoreserver.server.accounts import (
     LOGIN_TOKEN_TTL_MS,
@@ -48,24 +41,16 @@ from scoreserver.server.clock import ServerClock
 from scoreserver.server.metrics import Metrics
 from scoreserver.server.sessions import LiveSession, Peer
 from scoreserver.server.signer import InlineSigner, Signer
+from scoreserver.server.submissions import ResultOutcome, ScoreListener, SubmissionDesk
 from scoreserver.store import Store, User
 from scoreserver.wire.tokens import (
     KeyRing,
-    Purpose,
     VerifyKey,
     key_id,
     load_or_create_key,
-    peek_seq,
     public_from_raw,
     raw_public,
 )
-
-
-class ScoreListener(Protocol):
-    """Who is told that a score was saved (the rooms, which push the new board)."""
-
-    def score_saved(self, game_id: str) -> None: ...
-
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,15 +60,6 @@ DEMO_SETTINGS = GameSettings(duration_ms=30_000)
 
 
 # --- who is on the other end ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ResultOutcome:
-    accepted: bool
-    score: int | None = None
-    saved: bool | None = None
-    reason: str | None = None
-    flag_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -109,6 +85,10 @@ class Service:
     # The sessions in state SUBMITTING (core/lifecycle.py): a submission of each is being
     # checked and saved by this process. The state is never stored: a crash leaves them ENDED.
     submitting: set[str] = field(default_factory=set)
+    submissions: SubmissionDesk = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.submissions = SubmissionDesk(self)
 
     # -- start-up and reload --
 
@@ -275,7 +255,7 @@ class Service:
         )
         return flag_id
 
-    # -- the submission --
+    # -- the submission (submissions.py) --
 
     async def submit(
         self,
@@ -284,111 +264,8 @@ class Service:
         points: Sequence[PointLike],
         submitter: Peer,
     ) -> ResultOutcome:
-        """Judge a submitted game; save the score of a logged-in player once committed.
-
-        A failed submission is held against whoever submitted it (their account, or their
-        address), never against the session's owner unless the owner sent it: holding a copy
-        of someone's start token must not let anyone put them under review. Failures are
-        limited per address (RateLimitedError): refused at once when the address's budget is
-        spent, and charged as each one is decided (see `_reject`).
-        """
-        budget = self.limits.failed_submissions
-        if (
-            submitter.address is not None
-            and budget.remaining(submitter.address, trio.current_time()) == 0
-        ):
-            raise RateLimitedError(budget.message)
-        outcome = await self._judge(start_token, end_token, points, submitter)
-        verdict = "accepted" if outcome.accepted else str(outcome.reason)
-        self.metrics.child(self.metrics.submissions, verdict).inc()
-        return outcome
-
-    async def _judge(
-        self,
-        start_token: str,
-        end_token: str,
-        points: Sequence[PointLike],
-        submitter: Peer,
-    ) -> ResultOutcome:
-        now = self.clock.now_ms()
-        try:
-            claims = self.keys.verify(start_token, Purpose.START, now)
-        except TokenError as exc:
-            return await self._reject(
-                ResultReason.BAD_START_TOKEN, submitter, None, {"token_error": str(exc)}
-            )
-        session_id = claims.session_hex
-        record = await self._record(session_id)
-        if record is None:
-            return await self._reject(
-                ResultReason.UNKNOWN_SESSION, submitter, None, {"session_id": session_id}
-            )
-        if session_id in self.submitting:
-            return ResultOutcome(False, reason=ResultReason.ALREADY_SUBMITTED)
-        verdict = check_submission(record, start_token, end_token, points, peek_seq, now)
-        if not isinstance(verdict, SubmissionAccepted):
-            detail = {"points_submitted": len(points), **verdict.detail}
-            return await self._reject(verdict.reason, submitter, record, detail)
-        self.submitting.add(session_id)
-        try:
-            # The ban check is inside the saving transaction: one trip to the writer, and no
-            # gap between checking and saving.
-            saved = await self.store.save_result(
-                session_id, record.game_id, record.user_id, verdict.score, now
-            )
-        except ConflictError:
-            return ResultOutcome(False, reason=ResultReason.ALREADY_SUBMITTED)
-        except BannedError:
-            return ResultOutcome(False, reason=ResultReason.ACCOUNT_BANNED)
-        finally:
-            self.submitting.discard(session_id)
-        live = self.sessions.pop(session_id, None)
-        if live is not None:
-            live.submitted = True
-        logger.info("session %s submitted: score %d, saved %s", session_id, verdict.score, saved)
-        if saved and self.rooms is not None:
-            self.rooms.score_saved(record.game_id)
-        return ResultOutcome(True, score=verdict.score, saved=saved)
-
-    async def _record(self, session_id: str) -> SessionRecord | None:
-        live = self.sessions.get(session_id)
-        if live is not None:
-            return live.record()
-        return await self.store.session(session_id)
-
-    async def _reject(
-        self,
-        reason: ResultReason,
-        submitter: Peer,
-        record: SessionRecord | None,
-        detail: dict[str, object],
-    ) -> ResultOutcome:
-        """Refuse a submission; flag the submitter for the reasons that flag (see `submit`).
-
-        A failure is charged to the submitter's address the moment it is decided, before its
-        flag is written and with no await in between: failures sent at once are counted one
-        by one, and past the budget they are refused (RateLimitedError) instead of flagged.
-        Honest submissions are never charged, however many arrive together.
-        """
-        if not reason.flags_account:
-            return ResultOutcome(False, reason=str(reason))
-        if submitter.address is not None:
-            self.limits.failed_submissions.charge(submitter.address, trio.current_time())
-        if record is not None:
-            detail = {
-                **detail,
-                "session_owner_user_id": record.user_id,
-                "submitted_by_owner": submitter.user_id is not None
-                and submitter.user_id == record.user_id,
-            }
-        flag_id = await self.flag(
-            f"submission:{reason}",
-            peer=submitter,
-            game_id=record.game_id if record is not None else None,
-            session_id=record.session_id if record is not None else None,
-            detail={**detail, "submitted_from": submitter.address},
-        )
-        return ResultOutcome(False, reason=str(reason), flag_id=flag_id)
+        """Judge a submitted game (see `submissions.SubmissionDesk.submit`)."""
+        return await self.submissions.submit(start_token, end_token, points, submitter)
 
     def forget_expired_sessions(self, now: int) -> int:
         """Drop ended sessions whose submission window has passed (they stay in SQLite)."""

@@ -1,0 +1,199 @@
+"""A submitted result, judged: its tokens against the ones the server issued, its timing, its
+session's state; a score saved once committed, a failure held against whoever submitted it.
+
+`SubmissionDesk` works for the service (`SubmissionHost`: the store, the keys, the live
+sessions, the budgets, the flagging); the socket and HTTP sides reach it through
+`Service.submit`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from scoreserver.core.rules import (
+    PointLike,
+    ResultReason,
+    SessionRecord,
+    SubmissionAccepted,
+    check_submission,
+)
+from scoreserver.errors import BannedError, ConflictError, RateLimitedError, TokenError
+from scoreserver.server.accounts import AccessLimits
+from scoreserver.server.clock import ServerClock
+from scoreserver.server.metrics import Metrics
+from scoreserver.server.sessions import LiveSession, Peer
+from scoreserver.store import Store
+from scoreserver.wire.tokens import KeyRing, Purpose, peek_seq
+
+logger = logging.getLogger("scoreserver.server.service")
+
+
+@dataclass(frozen=True, slots=True)
+class ResultOutcome:
+    accepted: bool
+    score: int | None = None
+    saved: bool | None = None
+    reason: str | None = None
+    flag_id: int | None = None
+
+
+class ScoreListener(Protocol):
+    """Who is told that a score was saved (the rooms, which push the new board)."""
+
+    def score_saved(self, game_id: str) -> None: ...
+
+
+class SubmissionHost(Protocol):
+    """What the desk needs of the service."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def clock(self) -> ServerClock: ...
+    @property
+    def keys(self) -> KeyRing: ...
+    @property
+    def limits(self) -> AccessLimits: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def sessions(self) -> dict[str, LiveSession]: ...
+    @property
+    def submitting(self) -> set[str]: ...
+    @property
+    def rooms(self) -> ScoreListener | None: ...
+
+    async def flag(
+        self,
+        reason: str,
+        *,
+        peer: Peer | None = None,
+        user_id: int | None = None,
+        guest_addr: str | None = None,
+        game_id: str | None = None,
+        session_id: str | None = None,
+        detail: dict[str, object] | None = None,
+    ) -> int: ...
+
+
+class SubmissionDesk:
+    def __init__(self, host: SubmissionHost):
+        self.host = host
+
+    async def submit(
+        self,
+        start_token: str,
+        end_token: str,
+        points: Sequence[PointLike],
+        submitter: Peer,
+    ) -> ResultOutcome:
+        """Judge a submitted game; save the score of a logged-in player once committed.
+
+        A failed submission is held against whoever submitted it (their account, or their
+        address), never against the session's owner unless the owner sent it: holding a copy
+        of someone's start token must not let anyone put them under review. Failures are
+        limited per address (RateLimitedError): refused at once when the address's budget is
+        spent, and charged as each one is decided (see `_reject`).
+        """
+        budget = self.host.limits.failed_submissions
+        if (
+            submitter.address is not None
+            and budget.remaining(submitter.address, trio.current_time()) == 0
+        ):
+            raise RateLimitedError(budget.message)
+        outcome = await self._judge(start_token, end_token, points, submitter)
+        verdict = "accepted" if outcome.accepted else str(outcome.reason)
+        self.host.metrics.child(self.host.metrics.submissions, verdict).inc()
+        return outcome
+
+    async def _judge(
+        self,
+        start_token: str,
+        end_token: str,
+        points: Sequence[PointLike],
+        submitter: Peer,
+    ) -> ResultOutcome:
+        now = self.host.clock.now_ms()
+        try:
+            claims = self.host.keys.verify(start_token, Purpose.START, now)
+        except TokenError as exc:
+            return await self._reject(
+                ResultReason.BAD_START_TOKEN, submitter, None, {"token_error": str(exc)}
+            )
+        session_id = claims.session_hex
+        record = await self._record(session_id)
+        if record is None:
+            return await self._reject(
+                ResultReason.UNKNOWN_SESSION, submitter, None, {"session_id": session_id}
+            )
+        if session_id in self.host.submitting:
+            return ResultOutcome(False, reason=ResultReason.ALREADY_SUBMITTED)
+        verdict = check_submission(record, start_token, end_token, points, peek_seq, now)
+        if not isinstance(verdict, SubmissionAccepted):
+            detail = {"points_submitted": len(points), **verdict.detail}
+            return await self._reject(verdict.reason, submitter, record, detail)
+        self.host.submitting.add(session_id)
+        try:
+            # The ban check is inside the saving transaction: one trip to the writer, and no
+            # gap between checking and saving.
+            saved = await self.host.store.save_result(
+                session_id, record.game_id, record.user_id, verdict.score, now
+            )
+        except ConflictError:
+            return ResultOutcome(False, reason=ResultReason.ALREADY_SUBMITTED)
+        except BannedError:
+            return ResultOutcome(False, reason=ResultReason.ACCOUNT_BANNED)
+        finally:
+            self.host.submitting.discard(session_id)
+        live = self.host.sessions.pop(session_id, None)
+        if live is not None:
+            live.submitted = True
+        logger.info("session %s submitted: score %d, saved %s", session_id, verdict.score, saved)
+        if saved and self.host.rooms is not None:
+            self.host.rooms.score_saved(record.game_id)
+        return ResultOutcome(True, score=verdict.score, saved=saved)
+
+    async def _record(self, session_id: str) -> SessionRecord | None:
+        live = self.host.sessions.get(session_id)
+        if live is not None:
+            return live.record()
+        return await self.host.store.session(session_id)
+
+    async def _reject(
+        self,
+        reason: ResultReason,
+        submitter: Peer,
+        record: SessionRecord | None,
+        detail: dict[str, object],
+    ) -> ResultOutcome:
+        """Refuse a submission; flag the submitter for the reasons that flag (see `submit`).
+
+        A failure is charged to the submitter's address the moment it is decided, before its
+        flag is written and with no await in between: failures sent at once are counted one
+        by one, and past the budget they are refused (RateLimitedError) instead of flagged.
+        Honest submissions are never charged, however many arrive together.
+        """
+        if not reason.flags_account:
+            return ResultOutcome(False, reason=str(reason))
+        if submitter.address is not None:
+            self.host.limits.failed_submissions.charge(submitter.address, trio.current_time())
+        if record is not None:
+            detail = {
+                **detail,
+                "session_owner_user_id": record.user_id,
+                "submitted_by_owner": submitter.user_id is not None
+                and submitter.user_id == record.user_id,
+            }
+        flag_id = await self.host.flag(
+            f"submission:{reason}",
+            peer=submitter,
+            game_id=record.game_id if record is not None else None,
+            session_id=record.session_id if record is not None else None,
+            detail={**detail, "submitted_from": submitter.address},
+        )
+        return ResultOutcome(False, reason=str(reason), flag_id=flag_id)
