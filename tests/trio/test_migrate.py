@@ -126,6 +126,17 @@ def test_a_row_that_differs_rolls_the_whole_copy_back(
     assert databases.read(target, ops.list_games) == {}  # nothing was committed
 
 
+def test_an_event_comes_home_from_postgresql_to_one_file(tmp_path: Path) -> None:
+    source = grown_database(tmp_path / "event.db")
+    server = databases.cluster().new_database()
+    assert run_cli("migrate", "--db", source, "--to", server)[0] == 0
+    home = str(tmp_path / "home.db")
+    code, out, err = run_cli("migrate", "--db", server, "--to", home)
+    assert code == 0 and "every row checked" in out, err
+    for table in migrate.TABLES:
+        assert table_rows(home, table) == table_rows(source, table), table.name
+
+
 def test_migrate_also_copies_sqlite_to_a_new_sqlite_file(tmp_path: Path) -> None:
     source = grown_database(tmp_path / "event.db")
     code, out, err = run_cli("migrate", "--db", source, "--to", str(tmp_path / "copy.db"))
