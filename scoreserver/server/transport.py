@@ -25,8 +25,8 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketRequest, WebSocketServer
 
-# The most of a handshake read for its Host (browsers send well under 4 KiB; the WebSocket
-# server refuses larger handshakes by itself).
+# The most of a handshake read for its Host (browsers send well under 4 KiB): a Host past it
+# is not read, whatever the chunks, and a browser's handshake without one is refused.
 HEAD_LIMIT = 16 * 1024
 _numbers = itertools.count(1)
 
@@ -52,12 +52,14 @@ class ObservedStream(trio.abc.HalfCloseableStream):
         return data
 
     def _see(self, data: bytes | bytearray) -> None:
+        """Read Host from the handshake's first HEAD_LIMIT bytes, however they are split."""
         assert self._head is not None
         self._head += data
-        end = self._head.find(b"\r\n\r\n")
+        head = self._head[:HEAD_LIMIT]
+        end = head.find(b"\r\n\r\n")
         if end < 0 and len(self._head) < HEAD_LIMIT:
-            return
-        for line in bytes(self._head[: end if end >= 0 else HEAD_LIMIT]).split(b"\r\n")[1:]:
+            return  # more of the head is to come
+        for line in bytes(head[: end if end >= 0 else HEAD_LIMIT]).split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"host":
                 self.host = value.strip().decode("latin-1")

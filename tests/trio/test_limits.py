@@ -192,8 +192,8 @@ async def test_a_peer_that_never_reads_stalls_nobody(
                 nursery.start_soon(reads_again_after_the_timeout)
                 await normal_game(server)  # on time, while the flooder's replies back up
                 while server.socket.connections:
-                    # The server drops the peer that does not read (virtual time).
-                    await trio.sleep(1)
+                    # The server drops the peer that does not read.
+                    await trio.sleep(1)  # virtual time (autojump_clock)
             # What it was sent: whole replies, perhaps one cut short by the timeout, and then
             # nothing: no close frame written after (or into) a cut frame.
             await raw.aclose()
