@@ -93,6 +93,12 @@ def opened(where: str | Path) -> Iterator[Any]:
         conn.close()
 
 
+def create(where: str | Path) -> None:
+    """Make (or check) the schema of the database, and close it."""
+    with opened(where):
+        pass
+
+
 def run(where: str | Path, op: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a store operation in a transaction of its own, as the store's writer would."""
     with opened(where) as conn, transaction(conn):

@@ -72,13 +72,12 @@ class SubmissionHost(Protocol):
         self,
         reason: str,
         *,
-        peer: Peer | None = None,
-        user_id: int | None = None,
-        guest_addr: str | None = None,
-        game_id: str | None = None,
-        session_id: str | None = None,
-        detail: dict[str, object] | None = None,
-    ) -> int: ...
+        peer: Peer,
+        game_id: str | None,
+        session_id: str | None,
+        detail: dict[str, object],
+    ) -> int:
+        """Record a flag against `peer` (Service.flag: committed before it returns)."""
 
 
 class SubmissionDesk:

@@ -274,7 +274,7 @@ async def test_a_damaged_or_foreign_database_is_refused_at_start(tmp_path: Path)
     where = databases.location(tmp_path, "s.db")
     serve = ("serve", "--ws-port", "0", "--http-port", "0", "--key", str(tmp_path / "k"))
     if databases.is_postgres(where):
-        databases.opened(where).__enter__().close()
+        databases.create(where)
         databases.sql(where, "UPDATE scoreserver_schema SET version = 99")
         refused = cli(tmp_path, *serve)
         assert refused.returncode == 1 and "schema version 99" in refused.stderr

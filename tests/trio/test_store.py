@@ -111,7 +111,7 @@ def test_schema_version_is_checked(tmp_path: Path) -> None:
             assert version == postgres.SCHEMA_VERSION
             conn.execute("UPDATE scoreserver_schema SET version = 7")
     with pytest.raises(StoreError, match="version 7"):
-        databases.opened(where).__enter__()
+        databases.create(where)
 
 
 async def test_a_unit_that_cannot_reach_the_writer_process_fails_alone(tmp_path: Path) -> None:
@@ -158,7 +158,7 @@ async def test_a_dead_writer_process_stops_the_store_and_fails_its_waiters(
 
 def test_the_writer_child_commits_whole_batches_and_drops_a_cut_one(tmp_path: Path) -> None:
     path = databases.location(tmp_path, "c.db")
-    databases.opened(path).__enter__().close()
+    databases.create(path)
     batch = pickle.dumps([(ops.insert_user, ("ann", "x", 0), True)])
     cut = pickle.dumps([(ops.insert_user, ("ben", "x", 0), True)])
     frames = FRAME_LENGTH.pack(len(batch)) + batch
@@ -213,7 +213,7 @@ async def test_any_exception_from_a_unit_stays_with_that_unit(store: Store) -> N
 def test_the_writer_process_survives_a_frame_it_cannot_read(tmp_path: Path) -> None:
     """A batch that cannot be unpickled is answered as failed; the next one still commits."""
     path = databases.location(tmp_path, "w.db")
-    databases.opened(path).__enter__().close()
+    databases.create(path)
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
     garbage = b"not a pickle"
