@@ -56,7 +56,8 @@ CREATE TABLE game_sessions (
     ended_at        INTEGER,
     end_reason      TEXT,                   -- time_up | burst_limit | server_shutdown | crashed
     state           TEXT NOT NULL DEFAULT 'running'
-                    CHECK (state IN ('running', 'ended', 'voided', 'submitted'))
+                    CHECK (state IN ('running', 'ended', 'voided', 'submitted')),
+    node_id         TEXT                    -- the node (nodes.id) whose socket runs it
 );
 CREATE INDEX game_sessions_user ON game_sessions(user_id, game_id);
 -- A user plays one game of a kind at a time: the database refuses a second running session,
@@ -64,6 +65,31 @@ CREATE INDEX game_sessions_user ON game_sessions(user_id, game_id);
 CREATE UNIQUE INDEX game_sessions_one_running ON game_sessions(user_id, game_id)
     WHERE state = 'running' AND user_id IS NOT NULL;
 CREATE INDEX game_sessions_state ON game_sessions(state);
+CREATE INDEX game_sessions_node ON game_sessions(node_id) WHERE state = 'running';
+
+-- The server processes sharing this database (nodes, and the workers of one), each holding a
+-- lease it renews every few seconds. A node whose lease ran out is gone: its running sessions
+-- are void (any node notices); a node's own row goes when it stops or is found gone.
+CREATE TABLE nodes (
+    id          TEXT PRIMARY KEY,           -- random, new at every start
+    url         TEXT NOT NULL,              -- its game socket (`session_elsewhere` names it)
+    host        TEXT NOT NULL,              -- its machine (host name and boot id) and process:
+    pid         INTEGER NOT NULL,           -- a node of the same machine sees at once it is gone
+    kid         TEXT,                       -- the key it signs with
+    started_at  INTEGER NOT NULL,
+    seen_at     INTEGER NOT NULL,           -- its last heartbeat
+    lease_ms    INTEGER NOT NULL            -- gone when seen_at + lease_ms has passed
+);
+
+-- Attempts charged to the shared budgets (logins, admin logins), so that every node counts
+-- the same guesses. Rows older than the longest window are deleted now and then.
+CREATE TABLE attempts (
+    id      INTEGER PRIMARY KEY,
+    budget  TEXT NOT NULL,                  -- e.g. 'login_account'
+    key     TEXT NOT NULL,                  -- an account or an address
+    at      INTEGER NOT NULL
+);
+CREATE INDEX attempts_key ON attempts(budget, key, at);
 
 CREATE TABLE issued_points (
     session_id TEXT NOT NULL REFERENCES game_sessions(id),
@@ -149,4 +175,4 @@ CREATE TABLE settings (
     value TEXT NOT NULL
 );
 
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;

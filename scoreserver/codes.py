@@ -20,6 +20,7 @@ class ErrorCode(enum.StrEnum):
     NOT_IN_ROOM = "not_in_room"
     SESSION_ACTIVE = "session_active"
     UNKNOWN_SESSION = "unknown_session"
+    SESSION_ELSEWHERE = "session_elsewhere"
     RATE_LIMITED = "rate_limited"
     SERVER_SHUTDOWN = "server_shutdown"
 

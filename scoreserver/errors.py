@@ -28,11 +28,18 @@ class ScoreServerError(Exception):
 class ProtocolError(ScoreServerError):
     """A client message the server could not act on; `code` is the contract's error code."""
 
-    def __init__(self, code: ErrorCode, message: str, request_id: str | int | None = None):
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        request_id: str | int | None = None,
+        url: str | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.url = url  # `session_elsewhere`: the game socket of the node that has the session
 
 
 class TokenError(ScoreServerError):

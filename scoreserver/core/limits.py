@@ -33,6 +33,9 @@ class Budget:
     # Keys kept at most; past that, keys with nothing in the window are dropped first.
     max_keys: int = 100_000
     message: str = "too many attempts; wait a minute"
+    # The name of the budget every node shares through the database (server/accounts.py
+    # `charge_shared`), or None: this process's alone.
+    shared: str | None = None
     _spent: dict[str, deque[float]] = field(default_factory=dict)
 
     def _recent(self, key: str, now: float) -> deque[float]:

@@ -115,6 +115,27 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         help="the address /metrics listens on (keep it private: it is not for players)",
     )
+    parser.add_argument(
+        "--node-url",
+        help="this node's game-socket URL as players reach it, for other nodes of the database"
+        " to send them here (default ws://HOST:PORT/ of its socket; docs/scaling.md)",
+    )
+    parser.add_argument(
+        "--node-lease",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a node silent this long is gone: its running games are voided (default 10)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="event-loop processes of this node, sharing its ports (default 1; docs/scaling.md)",
+    )
+    # Internal: how `--workers N` starts each worker (its own game-socket port, shared ports).
+    parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--direct-ws-port", type=int, help=argparse.SUPPRESS)
 
 
 def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -417,6 +438,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together")
+    if args.node_lease <= 0:
+        raise CliError("--node-lease must be more than 0 seconds")
+    if args.workers < 1:
+        raise CliError("--workers must be 1 or more")
+    if args.workers > 1 and args.worker_of is None:
+        from scoreserver.ops.workers import WorkersError, run_workers
+
+        try:
+            return run_workers(args)
+        except WorkersError as exc:
+            raise CliError(str(exc)) from None
     config = Config(
         host=args.host,
         ws_port=args.ws_port,
@@ -434,6 +466,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store_writer=args.store_writer,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        node_url=args.node_url,
+        node_lease_s=args.node_lease,
+        reuse_port=args.worker_of is not None,
+        direct_ws_port=args.direct_ws_port,
     )
     try:
         trio.run(serve, config)

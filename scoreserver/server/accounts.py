@@ -16,9 +16,10 @@ import trio
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from scoreserver.core.limits import Budget
+from scoreserver.core.limits import Budget, Charge, charge_all
 from scoreserver.core.names import normalize_name
 from scoreserver.errors import BusyError
+from scoreserver.store import Store
 
 T = TypeVar("T")
 
@@ -110,6 +111,58 @@ class PasswordWork:
 
 
 @dataclass(slots=True)
+class SharedCharge:
+    """One attempt, charged to budgets of this process and to the same budgets shared by every
+    node (the database's `attempts`): see `charge_shared`."""
+
+    store: Store
+    budgets: list[Budget]
+    charges: list[Charge]
+    ids: list[int]
+
+    async def refund(self, index: int) -> None:
+        """The attempt did not count after all (for the `index`th budget)."""
+        self.budgets[index].refund(self.charges[index])
+        await self.store.refund_attempts([self.ids[index]])
+
+    async def refund_all(self) -> None:
+        for budget, charge in zip(self.budgets, self.charges, strict=True):
+            budget.refund(charge)
+        await self.store.refund_attempts(self.ids)
+
+
+async def charge_shared(
+    store: Store, budgets: list[tuple[Budget, str]], now_s: float, now_ms: int
+) -> SharedCharge:
+    """Charge one attempt to each (budget, key), here and on every node: RateLimitedError if a
+    budget is spent in either place, and then nothing stays charged.
+
+    This process's budgets are charged first, before any await (requests sent together are
+    counted together, and a flood stops here without a write); then the shared ones, in one
+    transaction counted one by one across nodes (store/ops.py `charge_attempts`)."""
+    charges = charge_all(budgets, now_s)
+    try:
+        ids = await store.charge_attempts(
+            [
+                (
+                    budget.shared or "local",
+                    key,
+                    budget.limit,
+                    int(budget.window_s * 1000),
+                    budget.message,
+                )
+                for budget, key in budgets
+            ],
+            now_ms,
+        )
+    except BaseException:
+        for (budget, _), charge in zip(budgets, charges, strict=True):
+            budget.refund(charge)
+        raise
+    return SharedCharge(store, [b for b, _ in budgets], charges, ids)
+
+
+@dataclass(slots=True)
 class AccessLimits:
     """The budgets that keep guesses and junk slow (see `limits.py`: charged before the work).
 
@@ -120,12 +173,14 @@ class AccessLimits:
 
     account_failures: Budget = field(
         default_factory=lambda: Budget(
-            10, message="too many failed logins for this account; wait a minute"
+            10,
+            message="too many failed logins for this account; wait a minute",
+            shared="login_account",
         )
     )
     address_attempts: Budget = field(
         default_factory=lambda: Budget(
-            30, message="too many logins from this address; wait a minute"
+            30, message="too many logins from this address; wait a minute", shared="login_address"
         )
     )
     failed_submissions: Budget = field(

@@ -30,10 +30,10 @@ from starlette.routing import Route
 
 from scoreserver.codes import HttpCode
 from scoreserver.core.evidence import render_flag
-from scoreserver.core.limits import Budget, charge_all
+from scoreserver.core.limits import Budget
 from scoreserver.errors import BusyError, ConflictError, NotFoundError, RateLimitedError
 from scoreserver.server import moderation
-from scoreserver.server.accounts import PasswordWork
+from scoreserver.server.accounts import PasswordWork, charge_shared
 from scoreserver.server.webio import HttpError, bearer, int_param, read_json
 from scoreserver.store import Store
 
@@ -85,10 +85,14 @@ class AdminConsole:
         self.password_policy = password_policy
         self.password_work = password_work
         self.address_failures = Budget(
-            FAILED_LOGINS_PER_ADDRESS, message="too many failed logins; wait a minute"
+            FAILED_LOGINS_PER_ADDRESS,
+            message="too many failed logins; wait a minute",
+            shared="admin_address",
         )
         self.account_failures = Budget(
-            FAILED_LOGINS_IN_ALL, message="too many failed admin logins; wait a minute"
+            FAILED_LOGINS_IN_ALL,
+            message="too many failed admin logins; wait a minute",
+            shared="admin_account",
         )
 
     # -- authentication --
@@ -113,22 +117,23 @@ class AdminConsole:
         body = await read_json(request, AdminLogin, BODY_BYTES)
         address = request.client.host if request.client else "?"
         try:
-            charges = charge_all(
+            # Shared by every node: guesses spread over nodes count together.
+            charged = await charge_shared(
+                self.store,
                 [(self.address_failures, address), (self.account_failures, "admin")],
                 trio.current_time(),
+                _now_ms(),
             )
         except RateLimitedError as exc:
             return _error(429, HttpCode.RATE_LIMITED, str(exc))
         try:
             ok = await self.password_work.run(self.password_policy.verify, body.password, encoded)
         except BusyError as exc:
-            self.address_failures.refund(charges[0])
-            self.account_failures.refund(charges[1])
+            await charged.refund_all()
             return _error(503, HttpCode.BUSY, str(exc))
         if not ok:
             return _error(401, HttpCode.AUTH_FAILED, "wrong admin password")
-        self.address_failures.refund(charges[0])
-        self.account_failures.refund(charges[1])
+        await charged.refund_all()
         token = secrets.token_urlsafe(32)
         now = _now_ms()
         await self.store.add_admin_session(

@@ -21,10 +21,12 @@ import signal
 import ssl
 import sys
 import time
+import warnings
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -34,14 +36,24 @@ from scoreserver.errors import PortTakenError, StoreError
 from scoreserver.server.accounts import PasswordPolicy
 from scoreserver.server.clock import ServerClock
 from scoreserver.server.http import create_app
+from scoreserver.server.nodes import (
+    ATTEMPTS_KEEP_MS,
+    ATTEMPTS_SWEEP_S,
+    BEATS_PER_LEASE,
+    DEFAULT_LEASE_S,
+    gone_here,
+    start_node,
+)
 from scoreserver.server.rooms import Rooms
 from scoreserver.server.service import DEMO_GAME, DEMO_SETTINGS, Service
 from scoreserver.server.signer import SIGNER_MODES, InlineSigner, ProcessSigner, Signer
-from scoreserver.server.transport import serve_game_socket
+from scoreserver.server.transport import bind_listeners, bound_port, serve_game_socket
 from scoreserver.server.ws import GameSocket, Limits
 from scoreserver.store import ANSWER_TIMEOUT_S, STORE_WRITERS, Store, WriterMode
+from scoreserver.store.engine import redact
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 HOUSEKEEPING_INTERVAL_S = 60.0
 # What `serve` prints once listening; tools that start a server process read the ports from it.
@@ -174,6 +186,15 @@ class Config:
     # /metrics (Prometheus) on its own port: None is off, 0 any free port.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # This node's game-socket URL as other nodes hand it to players (`session_elsewhere`);
+    # None: ws(s)://HOST:PORT/ of the port it listens on (right on one machine).
+    node_url: str | None = None
+    # A node silent for this long is gone: its running sessions are voided by any other node.
+    node_lease_s: float = DEFAULT_LEASE_S
+    # One worker of `--workers N`: the shared ports are bound with SO_REUSEPORT, and the game
+    # socket also listens on `direct_ws_port` (its own), which its node URL names.
+    reuse_port: bool = False
+    direct_ws_port: int | None = None
 
 
 @dataclass(slots=True)
@@ -210,18 +231,23 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def prepare_database(config: Config, now: int) -> tuple[Service, Store]:
-    """The start-up work, before any socket listens: the schema, sessions a crash cut off,
-    the demo game in an empty database, the signing key, the games."""
+async def prepare_database(
+    config: Config, now: int, node_url: str = "ws://127.0.0.1/"
+) -> tuple[Service, Store]:
+    """The start-up work, before any socket accepts: the schema, this node's registration
+    (sessions of nodes gone are voided), the demo game in an empty database, the signing key,
+    the games."""
     if config.store_writer not in (*STORE_WRITERS, WriterMode.INLINE):
         raise ValueError(f"store writer must be one of {', '.join(STORE_WRITERS)}")
     # A store of its own, inline, for the few start-up steps: the server's store (with its
     # writer process) starts in the root nursery.
     async with Store(config.db_path, writer=WriterMode.INLINE).opened() as once:
-        voided = await once.start_up(now, DEMO_GAME, DEMO_SETTINGS)
-        if voided:
-            logger.warning("voided %d sessions cut off by a previous crash", voided)
-        keys = await Service.load_keyring(once, config.key_path, now)
+        started = await start_node(
+            once, config.key_path, node_url, config.node_lease_s, now, DEMO_GAME, DEMO_SETTINGS
+        )
+        if started.voided:
+            logger.warning("voided %d sessions of nodes that are gone", started.voided)
+        keys = started.keys
         games = await once.games()
         fingerprint = await once.settings_fingerprint()
     store = Store(
@@ -237,6 +263,7 @@ async def prepare_database(config: Config, now: int) -> tuple[Service, Store]:
         games=games,
         key_path=config.key_path,
         settings_fingerprint=fingerprint,
+        node=started.node,
     )
     return service, store
 
@@ -253,7 +280,33 @@ async def serve(
     config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run the server until it is stopped (a signal, or `Server.stop()`)."""
-    service, store = await prepare_database(config, int(time.time() * 1000))
+    ws_sockets = await _bind(
+        config,
+        config.ws_port,
+        "--ws-port",
+        "game socket",
+        partial(bind_listeners, config.host, config.ws_port, reuse_port=config.reuse_port),
+    )
+    if config.direct_ws_port is not None:
+        direct = await _bind(
+            config,
+            config.direct_ws_port,
+            "--ws-port",
+            "game socket (this worker's own)",
+            partial(bind_listeners, config.host, config.direct_ws_port),
+        )
+        ws_sockets += direct
+        own_port = bound_port(direct)
+    else:
+        own_port = bound_port(ws_sockets)
+    scheme = "wss" if config.tls_cert else "ws"
+    node_url = config.node_url or f"{scheme}://{_url_host(config.host)}:{own_port}/"
+    try:
+        service, store = await prepare_database(config, int(time.time() * 1000), node_url)
+    except BaseException:
+        for sock in ws_sockets:
+            await sock.aclose()
+        raise
     rooms = Rooms(service)
     service.rooms = rooms
     socket = GameSocket(service, rooms, config.limits)
@@ -293,6 +346,11 @@ async def serve(
     # hypercorn's default backlog (100) resets connections when a room full of players (or
     # a burst of requests) connects at once; the game socket's listener uses the system's.
     hconfig.backlog = 1024
+    if config.reuse_port:
+        # What makes hypercorn bind with SO_REUSEPORT; its trio `serve` forks nothing and
+        # says so in a warning, which is beside the point here.
+        hconfig.workers = 2
+        warnings.filterwarnings("ignore", "The config `workers` has no affect", Warning)
     if config.tls_cert is not None:
         hconfig.certfile = str(config.tls_cert)
         hconfig.keyfile = str(config.tls_key) if config.tls_key else None
@@ -318,8 +376,7 @@ async def serve(
                         serve_game_socket,
                         socket.handle,
                         socket.streams,
-                        config.host,
-                        config.ws_port,
+                        ws_sockets,
                         _ssl_context(config),
                         max_message_size=config.limits.max_message_bytes,
                         # 64 KiB reads halve the cost of a large submission (4 KiB is the default).
@@ -358,14 +415,19 @@ async def serve(
                     server.metrics_port = int(mbinds[0].rsplit(":", 1)[1])
                 servers.start_soon(_housekeeping, service, config.reanchor_clock)
                 if store.threaded:
-                    servers.start_soon(_watch_settings, service)
+                    # (The autojump-clock tests' inline store is one node alone: no lease.)
+                    servers.start_soon(_heartbeat, service, rooms)
+                    notices = Notices(service, rooms)
+                    if await servers.start(store.watch_notices, notices.deliver):
+                        servers.start_soon(notices.run)
+                    servers.start_soon(_watch_settings, service, notices)
                     servers.start_soon(_watch_boards, service, rooms)
                 if config.handle_signals:
                     servers.start_soon(_signals, server)
                 if config.announce:
                     print(
                         f"scoreserver: game socket {server.ws_url}  HTTP {server.http_url}/"
-                        f"  database {config.db_path}",
+                        f"  database {redact(str(config.db_path))}  node={node_url}",
                         flush=True,
                     )
                 logger.info("listening: socket %s, HTTP %s", server.ws_url, server.http_url)
@@ -375,6 +437,7 @@ async def serve(
                 with trio.CancelScope(shield=True), trio.move_on_after(10):
                     await rooms.shutdown_sessions()
                     await socket.close_all()
+                    await _leave(service)
                 servers.cancel_scope.cancel()
             root.cancel_scope.cancel()
     finally:
@@ -435,6 +498,18 @@ async def _listen(
     try:
         return await nursery.start(server)
     except (OSError, BaseExceptionGroup) as exc:
+        if _address_in_use(exc):
+            raise PortTakenError(port, config.host, flag, what) from None
+        raise
+
+
+async def _bind(
+    config: Config, port: int, flag: str, what: str, bind: Callable[[], Awaitable[T]]
+) -> T:
+    """Bind listening sockets; a port in use becomes PortTakenError naming port and flag."""
+    try:
+        return await bind()
+    except OSError as exc:
         if _address_in_use(exc):
             raise PortTakenError(port, config.host, flag, what) from None
         raise
@@ -513,12 +588,56 @@ async def _housekeeping(service: Service, reanchor: bool) -> None:
 SETTINGS_POLL_S = 2.0
 
 
-async def _watch_settings(service: Service) -> None:
-    """Notice `games add|set` and `keys rotate` by themselves, without waiting for SIGHUP."""
+class Notices:
+    """What other nodes (and the command line, and /admin) tell this one through PostgreSQL's
+    NOTIFY (store/ops.py `notify`): `score GAME_ID` (a score saved: push that room's board),
+    `boards` (a decision or a flag: re-read every watched board), `settings` (games or keys
+    changed: reload). Ids only; the listener re-reads. On SQLite the pollers below do it all."""
+
+    def __init__(self, service: Service, rooms: Rooms):
+        self.service = service
+        self.rooms = rooms
+        self.settings_changed = trio.Event()
+        self._games: set[str] = set()
+        self._boards = False
+        self._pending = trio.Event()
+
+    def deliver(self, payload: str) -> None:
+        """On the event loop, once per notice: note it and wake `run` (no I/O here)."""
+        kind, _, target = payload.partition(" ")
+        if kind == "score" and target:
+            self._games.add(target)
+        elif kind == "boards":
+            self._boards = True
+        elif kind == "settings":
+            self.settings_changed.set()
+        self._pending.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._pending.wait()
+            self._pending = trio.Event()
+            games, self._games = self._games, set()
+            boards, self._boards = self._boards, False
+            if boards:
+                self.rooms.boards_may_have_changed()
+            else:
+                for game_id in games:
+                    self.rooms.score_saved(game_id)
+
+
+async def _watch_settings(service: Service, notices: Notices | None = None) -> None:
+    """Notice `games add|set` and `keys rotate` by themselves, without waiting for SIGHUP: at
+    once when a notice says so (PostgreSQL), else within SETTINGS_POLL_S."""
     # The baseline is what start-up loaded, so a change made since is not missed.
     seen = service.settings_fingerprint
     while True:
-        await trio.sleep(SETTINGS_POLL_S)
+        if notices is None:
+            await trio.sleep(SETTINGS_POLL_S)
+        else:
+            with trio.move_on_after(SETTINGS_POLL_S):
+                await notices.settings_changed.wait()
+            notices.settings_changed = trio.Event()
         try:
             now = await service.store.settings_fingerprint()
             if now != seen:
@@ -549,6 +668,54 @@ async def _watch_boards(service: Service, rooms: Rooms) -> None:
         if now != seen or trio.current_time() - last_refresh >= BOARD_REFRESH_S:
             seen, last_refresh = now, trio.current_time()
             rooms.boards_may_have_changed()
+
+
+async def _heartbeat(service: Service, rooms: Rooms) -> None:
+    """Renew this node's lease (nodes.py) and sweep old shared attempts; notice nodes that are
+    gone (their sessions are voided by the store). If this node finds itself gone (its loop
+    stalled past the lease), its running games, already voided, end, and it rejoins."""
+    node = service.node
+    if node is None:
+        return
+    interval = node.lease_ms / 1000 / BEATS_PER_LEASE
+    last_sweep = trio.current_time()
+    while True:
+        await trio.sleep(interval)
+        now = service.clock.now_ms()
+        try:
+            alive, voided = await service.store.node_heartbeat(
+                node.node_id,
+                service.keys.kid.hex(),
+                now,
+                await gone_here(service.store, node.node_id),
+            )
+            if voided:
+                logger.warning("voided %d running sessions of nodes that are gone", voided)
+            if not alive:
+                logger.error(
+                    "this node was found gone (silent longer than its lease, %.0f s): its"
+                    " running games were voided; ending them and rejoining",
+                    node.lease_ms / 1000,
+                )
+                rooms.end_all_sessions()
+                await service.store.rejoin_node(node, now)
+            if trio.current_time() - last_sweep >= ATTEMPTS_SWEEP_S:
+                last_sweep = trio.current_time()
+                await service.store.forget_attempts(now - ATTEMPTS_KEEP_MS)
+        except StoreError:
+            return  # the writer failed: the server is stopping (_run_store)
+        except Exception:
+            logger.exception("the heartbeat failed; trying again")
+
+
+async def _leave(service: Service) -> None:
+    """A clean stop: this node's row goes, so no one waits for its lease to run out."""
+    if service.node is None:
+        return
+    try:
+        await service.store.leave_node(service.node.node_id)
+    except Exception:
+        logger.warning("could not remove this node's row; its lease will run out")
 
 
 async def _signals(server: Server) -> None:

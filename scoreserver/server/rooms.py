@@ -157,6 +157,7 @@ class Rooms:
                 now,
                 client_ts,
                 start_token,
+                service.node.node_id if service.node is not None else None,
             )
         except BaseException:
             self._release(session)
@@ -416,6 +417,12 @@ class Rooms:
                     )
                 )
         receive.close()
+
+    def end_all_sessions(self) -> None:
+        """End every running session now (as a shutdown ends them), without waiting: this node
+        was found gone and its sessions are already void in the database."""
+        for session in [s for s in self.service.sessions.values() if s.running]:
+            session.request_shutdown()
 
     async def shutdown_sessions(self, timeout_s: float = 5.0) -> None:
         """End every running session with `server_shutdown` and wait for their tasks."""

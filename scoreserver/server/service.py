@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 import trio
 
-from scoreserver.core.limits import charge_all
 from scoreserver.core.names import normalize_name
 from scoreserver.core.rules import (
     GameSettings,
@@ -33,24 +32,19 @@ from scoreserver.server.accounts import (
     AccessLimits,
     PasswordPolicy,
     PasswordWork,
+    charge_shared,
     dummy_hash,
     hash_login_token,
     validate_credentials,
 )
 from scoreserver.server.clock import ServerClock
 from scoreserver.server.metrics import Metrics
+from scoreserver.server.nodes import load_keys
 from scoreserver.server.sessions import LiveSession, Peer
 from scoreserver.server.signer import InlineSigner, Signer
 from scoreserver.server.submissions import ResultOutcome, ScoreListener, SubmissionDesk
-from scoreserver.store import Store, User
-from scoreserver.wire.tokens import (
-    KeyRing,
-    VerifyKey,
-    key_id,
-    load_or_create_key,
-    public_from_raw,
-    raw_public,
-)
+from scoreserver.store import NodeInfo, Store, User
+from scoreserver.wire.tokens import KeyRing
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,6 +70,8 @@ class Service:
     rooms: ScoreListener | None = None
     signer: Signer = field(default_factory=InlineSigner)
     key_path: Path | None = None
+    # This process as a node of those sharing the database (nodes.py); None: not registered.
+    node: NodeInfo | None = None
     settings_fingerprint: tuple[object, ...] = ()
     limits: AccessLimits = field(default_factory=AccessLimits)
     metrics: Metrics = field(default_factory=Metrics)
@@ -92,34 +88,12 @@ class Service:
 
     # -- start-up and reload --
 
-    @classmethod
-    async def load_keyring(cls, store: Store, key_path: Path, now: int) -> KeyRing:
-        """The key file's key, plus every earlier key still inside a submission window."""
-        signing_key = load_or_create_key(key_path)
-        kid = key_id(signing_key.public_key())
-        lifetime, history = await store.use_signing_key(
-            kid.hex(), raw_public(signing_key.public_key()), now
-        )
-        others = []
-        for row in history:
-            if row["kid"] == kid.hex() or row["retired_at"] is None:
-                continue
-            valid_until = row["retired_at"] + lifetime
-            if valid_until < now:
-                continue
-            others.append(
-                VerifyKey(
-                    bytes.fromhex(row["kid"]), public_from_raw(row["public_key"]), valid_until
-                )
-            )
-        return KeyRing(signing_key, others)
-
     async def load_settings(self, now: int) -> tuple[dict[str, GameSettings], KeyRing]:
-        """Read game settings and keys afresh (for SIGHUP)."""
+        """Read game settings and keys afresh (a reload: SIGHUP, or a change noticed)."""
         games = await self.store.games()
         keys = self.keys
         if self.key_path is not None:
-            keys = await self.load_keyring(self.store, self.key_path, now)
+            keys = await load_keys(self.store, self.key_path, now)
         return games, keys
 
     def apply_settings(self, games: dict[str, GameSettings], keys: KeyRing) -> None:
@@ -138,7 +112,12 @@ class Service:
         name, password = validate_credentials(name, password)
         # Registrations share the address's login budget: no account factories.
         if address is not None:
-            self.limits.address_attempts.charge(address, trio.current_time())
+            await charge_shared(
+                self.store,
+                [(self.limits.address_attempts, address)],
+                trio.current_time(),
+                self.clock.now_ms(),
+            )
         encoded = await self._cpu(self.password_policy.hash, password)
         now = self.clock.now_ms()
         user_id = await self.store.add_user(name, encoded, now)
@@ -160,7 +139,7 @@ class Service:
         budgets = [(self.limits.account_failures, account)]
         if address is not None:
             budgets.append((self.limits.address_attempts, address))
-        account_charge, *_ = charge_all(budgets, trio.current_time())
+        charged = await charge_shared(self.store, budgets, trio.current_time(), self.clock.now_ms())
         if len(password) > PASSWORD_MAX:
             raise AuthError("wrong name or password")
         user = await self.store.user_by_name(name)
@@ -171,7 +150,7 @@ class Service:
         ok = await self._cpu(self.password_policy.verify, password, encoded)
         if user is None or not ok:
             raise AuthError("wrong name or password")
-        self.limits.account_failures.refund(account_charge)
+        await charged.refund(0)  # the account's failure budget; the address's stays charged
         now = self.clock.now_ms()
         if user.banned(now):
             raise AuthError("this account is banned")
@@ -186,10 +165,10 @@ class Service:
         budgets = [(self.limits.account_failures, user.name.casefold())]
         if address is not None:
             budgets.append((self.limits.address_attempts, address))
-        charge, *_ = charge_all(budgets, trio.current_time())
+        charged = await charge_shared(self.store, budgets, trio.current_time(), self.clock.now_ms())
         if not await self._cpu(self.password_policy.verify, password, user.password_hash):
             raise AuthError("wrong password")
-        self.limits.account_failures.refund(charge)
+        await charged.refund(0)
         await self.store.erase_own_account(user.id, self.clock.now_ms())
         logger.info("user %d erased their account", user.id)
         return user.id

@@ -121,18 +121,48 @@ class GameSocketServer:
         self.port = port
 
 
+async def bind_listeners(
+    host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024
+) -> list[trio.SocketListener]:
+    """Listening sockets on `host`:`port`. `reuse_port`: SO_REUSEPORT, so that the workers of
+    one node listen on one port and the kernel spreads connections among them (Linux)."""
+    if not reuse_port:
+        return await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    listeners = []
+    for family, type_, proto, _, address in infos:
+        sock = trio.socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+            if family == trio.socket.AF_INET6:
+                sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        listeners.append(trio.SocketListener(sock))
+    return listeners
+
+
+def bound_port(listeners: list[trio.SocketListener]) -> int:
+    return int(listeners[0].socket.getsockname()[1])
+
+
 async def serve_game_socket(
     handler: Callable[[WebSocketRequest], Coroutine[Any, Any, None]],
     streams: Streams,
-    host: str,
-    port: int,
+    sockets: list[trio.SocketListener],
     ssl_context: ssl.SSLContext | None,
     *,
     task_status: trio.TaskStatus[GameSocketServer] = trio.TASK_STATUS_IGNORED,
     **options: Any,
 ) -> None:
-    """trio-websocket's server on our listeners (see the module docstring)."""
-    sockets = await trio.open_tcp_listeners(port, host=host)
+    """trio-websocket's server on our listeners, bound beforehand (`bind_listeners`; see the
+    module docstring)."""
     listeners: list[trio.abc.Listener[Any]] = list(sockets)
     if ssl_context is not None:
         listeners = [trio.SSLListener(s, ssl_context, https_compatible=True) for s in sockets]
@@ -142,7 +172,7 @@ async def serve_game_socket(
         [ObservingListener(listener, streams) for listener in listeners],  # type: ignore[misc]
         **options,
     )
-    bound = int(sockets[0].socket.getsockname()[1])
+    bound = bound_port(sockets)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         task_status.started(GameSocketServer(bound))

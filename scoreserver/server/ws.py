@@ -187,7 +187,9 @@ class GameSocket:
 
     async def _reply_error(self, conn: Connection, exc: ProtocolError) -> None:
         await conn.send(
-            wire.encode(wire.Error(id=exc.request_id, code=exc.code, message=exc.message))
+            wire.encode(
+                wire.Error(id=exc.request_id, code=exc.code, message=exc.message, url=exc.url)
+            )
         )
 
     async def _dispatch(self, conn: Connection, message: wire.AnyClientMessage) -> None:
@@ -391,6 +393,22 @@ class GameSocket:
         self, conn: Connection, session_id: str, message: wire.Resume, unknown: ProtocolError
     ) -> None:
         record = await self.service.store.session(session_id)
+        if (
+            record is not None
+            and record.ended_at is None
+            and record.user_id == conn.peer.user_id
+            and record.start_token == message.start_token
+        ):
+            # Running, but not here: on another node (or a worker) of this database.
+            url = await self.service.store.session_node(session_id, self.service.clock.now_ms())
+            node = self.service.node
+            if url is not None and (node is None or url != node.url):
+                raise ProtocolError(
+                    wire.SESSION_ELSEWHERE,
+                    "this game runs on another node: connect there and resume",
+                    message.id,
+                    url=url,
+                )
         if (
             record is None
             or record.user_id != conn.peer.user_id

@@ -10,7 +10,7 @@
 // The server is the authority on time: a game ends when `end_game` arrives, not when a page
 // timer says so. Events (ScoreClient is an EventTarget; event.detail carries the data):
 //   identity, room, start, point, reject, end, result, leaderboard, disconnect, reconnect,
-//   error. Every code a player may see (a rejected point's reason, a game's end, a refused
+//   moved (a resume sent to another server: `session_elsewhere`, followed), error. Every code a player may see (a rejected point's reason, a game's end, a refused
 //   result, an error) has plain words: `explain(code)`, also `detail.words` on reject, end and
 //   result events and `error.words` on a ScoreError. A lost socket is always reported ("disconnect"); mid-game the client reconnects and
 //   resumes by itself, and submits over HTTP if the socket cannot be had.
@@ -66,10 +66,12 @@ export function explain(code) {
 }
 
 export class ScoreError extends Error {
-  constructor(code, message) {
+  constructor(code, message, url) {
     super(message || code);
     this.name = "ScoreError";
     this.code = code;
+    /** `session_elsewhere`: the game socket of the server that has the game. */
+    this.url = url;
     /** The code in plain words, for players (`message` is the server's own, for developers). */
     this.words = explain(code);
   }
@@ -269,7 +271,9 @@ export class ScoreClient extends EventTarget {
     if (waiting) {
       this._pending.delete(message.id);
       clearTimeout(waiting.timer);
-      if (message.type === "error") waiting.reject(new ScoreError(message.code, message.message));
+      if (message.type === "error") {
+        waiting.reject(new ScoreError(message.code, message.message, message.url));
+      }
       else waiting.resolve(message);
       return;
     }
@@ -300,14 +304,31 @@ export class ScoreClient extends EventTarget {
     for (let attempt = 0; attempt < 8 && game.running; attempt++) {
       await new Promise((r) => setTimeout(r, Math.min(4000, 250 * 2 ** attempt)));
       try {
-        await this.connect();
-        const resumed = await this._request({ type: "resume", start_token: game.startToken });
+        const resumed = await this._resumeGame(game);
         if (resumed.type === "game_started") game._resumed(resumed);
         else if (resumed.type === "end_game") game._ended(resumed);
         this._emit("reconnect", { attempt: attempt + 1 });
+        // The new connection (perhaps to another server) joins the room again, for its board.
+        this.enter().catch(() => {});
         return;
       } catch (error) {
         if (error.code === "unknown_session") break;
+      }
+    }
+  }
+
+  /** Resume `game` on the server that has it: a node without it answers `session_elsewhere`
+   * with the URL of the one that has it, and the client moves there (a few hops at most). */
+  async _resumeGame(game) {
+    for (let hop = 0; ; hop++) {
+      await this.connect();
+      try {
+        return await this._request({ type: "resume", start_token: game.startToken });
+      } catch (error) {
+        if (error.code !== "session_elsewhere" || !error.url || hop >= 3) throw error;
+        this._closeSocket();
+        this.socketUrl = error.url;
+        this._emit("moved", { url: error.url });
       }
     }
   }

@@ -14,7 +14,7 @@ group commit (`*_soon`). The command line uses a `Store` with the inline writer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from .records import (
     BoardEntry,
     Export,
     Flag,
+    NodeInfo,
     Result,
     SigningKey,
     User,
@@ -47,6 +48,7 @@ __all__ = [
     "Export",
     "Flag",
     "Location",
+    "NodeInfo",
     "Result",
     "SigningKey",
     "Store",
@@ -75,16 +77,75 @@ class Store(Transport):
 
     # -- start-up and settings --
 
-    async def start_up(self, now: int, demo_id: str, demo: GameSettings) -> int:
-        """Void sessions a crash cut off; give an empty database the demo game."""
+    async def start_node(
+        self,
+        node: NodeInfo,
+        now: int,
+        demo_id: str,
+        demo: GameSettings,
+        public_key: bytes,
+        gone: list[str],
+    ) -> tuple[int, int, list[SigningKey]]:
+        """Register a starting node (ops.start_node): sessions of nodes gone are voided, an
+        empty database gets the demo game. Returns (voided, key lifetime, every key)."""
         if self.location.dialect == "sqlite":
             await self._read(_check_integrity)
-        return await self._write(ops.start_up, now, demo_id, demo)
+        return await self._write(ops.start_node, node, now, demo_id, demo, public_key, gone)
+
+    async def node_heartbeat(
+        self, node_id: str, kid: str, now: int, gone: list[str]
+    ) -> tuple[bool, int]:
+        """Renew this node's lease; void the sessions of nodes whose lease ran out or that
+        are known gone."""
+        return await self._write(ops.node_heartbeat, node_id, kid, now, gone)
+
+    async def rejoin_node(self, node: NodeInfo, now: int) -> int:
+        return await self._write(ops.rejoin_node, node, now)
+
+    async def leave_node(self, node_id: str) -> None:
+        await self._write(ops.leave_node, node_id)
+
+    async def session_node(self, session_id: str, now: int) -> str | None:
+        """The URL of the live node running `session_id`, if any node runs it."""
+        return await self._read(ops.session_node, session_id, now)
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return await self._read(ops.list_nodes)
+
+    async def charge_attempts(
+        self, charges: list[tuple[str, str, int, int, str]], now: int
+    ) -> list[int]:
+        """Charge shared budgets (ops.charge_attempts); RateLimitedError when one is spent."""
+        return await self._write(ops.charge_attempts, charges, now)
+
+    async def refund_attempts(self, ids: list[int]) -> None:
+        await self._write(ops.refund_attempts, ids)
+
+    async def forget_attempts(self, before: int) -> int:
+        return await self._write(ops.forget_attempts, before)
+
+    async def watch_notices(
+        self,
+        deliver: Callable[[str], None],
+        *,
+        task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call `deliver(payload)` on the event loop for each notice any node sends (ops.notify)
+        until cancelled. PostgreSQL only: started(True) once listening; on SQLite started(False)
+        at once (its nodes poll instead)."""
+        if self.location.dialect != "postgres":
+            task_status.started(False)
+            return
+        await postgres.listen(self.location.target, ops.CHANNEL, deliver, task_status)
 
     async def use_signing_key(
         self, kid: str, public_key: bytes, now: int
     ) -> tuple[int, list[SigningKey]]:
         return await self._write(ops.use_signing_key, kid, public_key, now)
+
+    async def record_signing_key(self, kid: str, public_key: bytes, now: int) -> None:
+        """Record a key a node signs with (every node verifies with it)."""
+        await self._write(ops.record_signing_key, kid, public_key, now)
 
     async def key_history(self) -> tuple[int, list[SigningKey]]:
         """How long a retired key still verifies, and every key ever recorded."""
@@ -143,8 +204,9 @@ class Store(Transport):
         started_at: int,
         client_start_ts: int,
         start_token: str,
+        node_id: str | None = None,
     ) -> None:
-        """ConflictError if the user already has a game of this kind running."""
+        """ConflictError if the user already has a game of this kind running (on any node)."""
         await self._write(
             ops.insert_session,
             session_id,
@@ -156,6 +218,7 @@ class Store(Transport):
             started_at,
             client_start_ts,
             start_token,
+            node_id,
         )
 
     def add_point_soon(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, cast
 
@@ -18,13 +18,14 @@ from ..core import timing
 from ..core.lifecycle import Move, SessionState, after
 from ..core.names import skeleton
 from ..core.rules import EndReason, GameSettings, IssuedPoint, SessionRecord, outlier_evidence
-from ..errors import BannedError, ConflictError, NotFoundError
+from ..errors import BannedError, ConflictError, NotFoundError, RateLimitedError
 from .engine import INTEGRITY_ERRORS, Connection, is_unique_violation, no_limit
 from .records import (
     AuditEntry,
     BoardEntry,
     Evidence,
     Flag,
+    NodeInfo,
     RejectedPoint,
     Result,
     SessionPoint,
@@ -34,6 +35,16 @@ from .records import (
 )
 
 FOREVER = 2**62  # banned_until of a ban without an end
+# PostgreSQL: the channel of the notices that tell every node to re-read something (ids only:
+# `score GAME_ID`, `boards`, `settings`); the lock that makes shared budgets count one by one.
+CHANNEL = "scoreserver"
+ATTEMPTS_LOCK = 0x5C0E_A77E
+
+
+def notify(conn: Connection, payload: str) -> None:
+    """Tell every node, once this transaction commits (PostgreSQL's NOTIFY; SQLite nodes poll)."""
+    if conn.dialect == "postgres":
+        conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
 
 
 # --- named operations: users and login tokens -----------------------------------------------
@@ -181,6 +192,7 @@ def insert_game(conn: Connection, game_id: str, settings: GameSettings, now: int
         )
     except INTEGRITY_ERRORS:
         raise ConflictError(f"game {game_id!r} exists (use `games set`)") from None
+    notify(conn, "settings")
 
 
 def update_game(
@@ -196,6 +208,8 @@ def update_game(
         " WHERE id = ?",
         (*(values[f] for f in GAME_FIELDS), now, game_id),
     )
+    notify(conn, "settings")
+    notify(conn, "boards")
     return merged
 
 
@@ -228,12 +242,13 @@ def insert_session(
     started_at: int,
     client_start_ts: int,
     start_token: str,
+    node_id: str | None = None,
 ) -> None:
     try:
         conn.execute(
             "INSERT INTO game_sessions (id, game_id, user_id, guest_addr, user_agent,"
-            " settings_json, started_at, client_start_ts, start_token)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " settings_json, started_at, client_start_ts, start_token, node_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 session_id,
                 game_id,
@@ -244,6 +259,7 @@ def insert_session(
                 started_at,
                 client_start_ts,
                 start_token,
+                node_id,
             ),
         )
     except INTEGRITY_ERRORS as exc:
@@ -305,10 +321,12 @@ def end_session(
     )
 
 
-def void_running_sessions(conn: Connection, now: int) -> int:
-    """Sessions left running by a crash are void: nobody can submit them. No flag."""
+def void_lost_sessions(conn: Connection, now: int) -> int:
+    """Running sessions whose node is gone (no row in `nodes`) were cut off: they are void and
+    nobody can submit them. No flag: the player did nothing wrong."""
     cur = conn.execute(
-        "UPDATE game_sessions SET state = ?, end_reason = ?, ended_at = ? WHERE state = ?",
+        "UPDATE game_sessions SET state = ?, end_reason = ?, ended_at = ?"
+        " WHERE state = ? AND (node_id IS NULL OR node_id NOT IN (SELECT id FROM nodes))",
         (after(SessionState.RUNNING, Move.CRASHED), Move.CRASHED, now, SessionState.RUNNING),
     )
     return int(cur.rowcount)
@@ -382,6 +400,7 @@ def save_result(
         " VALUES (?, ?, ?, ?, ?)",
         (session_id, game_id, user_id, score, now),
     )
+    notify(conn, f"score {game_id}")
     evidence = outlier_evidence(score, population)
     if evidence is not None:
         # In the saving transaction: the flag is committed with the score it questions.
@@ -439,6 +458,7 @@ def insert_flag(
             int(holds),
         ),
     ).fetchone()
+    notify(conn, "boards")  # an open flag holds its player's scores off the boards
     return int(row[0])
 
 
@@ -704,6 +724,7 @@ def record_signing_key(conn: Connection, kid: str, public_key: bytes, now: int) 
         " ON CONFLICT (kid) DO NOTHING",
         (kid, public_key, now),
     )
+    notify(conn, "settings")
 
 
 def retire_other_keys(conn: Connection, current_kid: str, now: int) -> None:
@@ -737,6 +758,7 @@ def insert_audit(
         "INSERT INTO audit (at, actor, command, target, note) VALUES (?, ?, ?, ?, ?)",
         (now, actor, command, target, note),
     )
+    notify(conn, "boards")  # every decision has its audit row
 
 
 def list_audit(
@@ -766,10 +788,12 @@ def set_setting(conn: Connection, key: str, value: str) -> None:
 
 
 def settings_fingerprint(conn: Connection) -> tuple[object, ...]:
-    """Changes when a game is added or changed or a signing key is recorded (from any process):
-    the server then reloads its settings."""
+    """Changes when a game is added or changed or a signing key is recorded or retired (from
+    any process): the server then reloads its settings."""
     games = conn.execute("SELECT COUNT(*), MAX(updated_at) FROM games").fetchone()
-    keys = conn.execute("SELECT COUNT(*), MAX(created_at) FROM signing_keys").fetchone()
+    keys = conn.execute(
+        "SELECT COUNT(*), MAX(created_at), COUNT(retired_at), MAX(retired_at) FROM signing_keys"
+    ).fetchone()
     return (*games, *keys)
 
 
@@ -780,6 +804,7 @@ def use_signing_key(
     retired key still verifies and every key ever recorded."""
     record_signing_key(conn, kid, public_key, now)
     retire_other_keys(conn, kid, now)
+    notify(conn, "settings")
     return key_history(conn)
 
 
@@ -787,13 +812,158 @@ def key_history(conn: Connection) -> tuple[int, list[SigningKey]]:
     return retired_key_lifetime_ms(conn), list_signing_keys(conn)
 
 
-def start_up(conn: Connection, now: int, demo_id: str, demo: GameSettings) -> int:
-    """At a server's start: void the sessions a crash cut off; give an empty database the demo
-    game. Returns how many sessions were voided."""
-    voided = void_running_sessions(conn, now)
+def start_node(
+    conn: Connection,
+    node: NodeInfo,
+    now: int,
+    demo_id: str,
+    demo: GameSettings,
+    public_key: bytes,
+    gone: Sequence[str] = (),
+) -> tuple[int, int, list[SigningKey]]:
+    """A server (a node) starts: its row, with the key it signs with; the rows of nodes gone
+    (their lease ran out) and of its own earlier life (the same URL: one URL, one node) go,
+    with their running sessions (void) and their keys (retired, unless a live node signs with
+    one); an empty database gets the demo game. Returns how many sessions were voided, how
+    long a retired key still verifies and every key ever recorded. `gone`: nodes known to be
+    gone already (a process of this machine that no longer runs: server/nodes.py)."""
+    record_signing_key(conn, node.kid, public_key, now)
+    kids = _remove_nodes(conn, gone)
+    kids += [
+        row[0]
+        for row in conn.execute(
+            "DELETE FROM nodes WHERE url = ? OR seen_at + lease_ms < ? RETURNING kid",
+            (node.url, now),
+        ).fetchall()
+    ]
+    _insert_node(conn, node, now)
+    _retire_keys_of_gone(conn, kids, now)
+    voided = void_lost_sessions(conn, now)
     if conn.execute("SELECT 1 FROM games LIMIT 1").fetchone() is None:
         insert_game(conn, demo_id, demo, now)
+    notify(conn, "settings")
+    lifetime, keys = key_history(conn)
+    return voided, lifetime, keys
+
+
+def _insert_node(conn: Connection, node: NodeInfo, now: int) -> None:
+    conn.execute(
+        "INSERT INTO nodes (id, url, host, pid, kid, started_at, seen_at, lease_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (node.node_id, node.url, node.host, node.pid, node.kid, now, now, node.lease_ms),
+    )
+
+
+def _remove_nodes(conn: Connection, node_ids: Sequence[str]) -> list[str | None]:
+    kids = []
+    for node_id in node_ids:
+        kids += [
+            row[0]
+            for row in conn.execute("DELETE FROM nodes WHERE id = ? RETURNING kid", (node_id,))
+        ]
+    return kids
+
+
+def _retire_keys_of_gone(conn: Connection, kids: list[str | None], now: int) -> None:
+    for kid in {k for k in kids if k is not None}:
+        conn.execute(
+            "UPDATE signing_keys SET retired_at = ? WHERE kid = ? AND retired_at IS NULL"
+            " AND kid NOT IN (SELECT kid FROM nodes WHERE kid IS NOT NULL)",
+            (now, kid),
+        )
+
+
+def node_heartbeat(
+    conn: Connection, node_id: str, kid: str, now: int, gone: Sequence[str] = ()
+) -> tuple[bool, int]:
+    """A node renews its lease (and says which key it signs with); nodes whose lease ran out
+    (and `gone`, known gone) go, their running sessions voided and their keys retired. Returns
+    whether this node still had its row (False: it was found gone, its sessions voided) and
+    how many sessions were voided."""
+    alive = conn.execute(
+        "UPDATE nodes SET seen_at = ?, kid = ? WHERE id = ?", (now, kid, node_id)
+    ).rowcount
+    kids = _remove_nodes(conn, gone)
+    kids += [
+        row[0]
+        for row in conn.execute(
+            "DELETE FROM nodes WHERE seen_at + lease_ms < ? RETURNING kid", (now,)
+        ).fetchall()
+    ]
+    voided = 0
+    if kids or not alive:
+        _retire_keys_of_gone(conn, kids, now)
+        voided = void_lost_sessions(conn, now)
+    return bool(alive), voided
+
+
+def rejoin_node(conn: Connection, node: NodeInfo, now: int) -> int:
+    """A node found gone (it stalled past its lease) comes back under the same id: its sessions
+    were voided meanwhile; any still running under its id are void now too. Returns how many."""
+    conn.execute("DELETE FROM nodes WHERE id = ?", (node.node_id,))
+    voided = void_lost_sessions(conn, now)
+    _insert_node(conn, node, now)
     return voided
+
+
+def leave_node(conn: Connection, node_id: str) -> None:
+    """A node stops cleanly (its sessions already ended): its row goes."""
+    conn.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+
+
+def session_node(conn: Connection, session_id: str, now: int) -> str | None:
+    """The game-socket URL of the live node that runs this session, if one does."""
+    row = conn.execute(
+        "SELECT nodes.url FROM game_sessions JOIN nodes ON nodes.id = game_sessions.node_id"
+        " WHERE game_sessions.id = ? AND game_sessions.state = ? AND nodes.seen_at"
+        " + nodes.lease_ms >= ?",
+        (session_id, SessionState.RUNNING, now),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def list_nodes(conn: Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute("SELECT * FROM nodes ORDER BY started_at, id")]
+
+
+# --- shared budgets -------------------------------------------------------------------------
+
+
+def charge_attempts(
+    conn: Connection, charges: list[tuple[str, str, int, int, str]], now: int
+) -> list[int]:
+    """Charge one attempt to each (budget, key, limit, window_ms, message): all of them, or
+    none and RateLimitedError (with the message of the spent one). Counted one by one across
+    every node: SQLite's write lock, or an advisory lock on PostgreSQL."""
+    if conn.dialect == "postgres":
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (ATTEMPTS_LOCK,))
+    for budget, key, limit, window_ms, message in charges:
+        if not limit:
+            continue
+        spent = conn.execute(
+            "SELECT COUNT(*) FROM attempts WHERE budget = ? AND key = ? AND at > ?",
+            (budget, key, now - window_ms),
+        ).fetchone()[0]
+        if spent >= limit:
+            raise RateLimitedError(message)
+    return [
+        int(
+            conn.execute(
+                "INSERT INTO attempts (budget, key, at) VALUES (?, ?, ?) RETURNING id",
+                (budget, key, now),
+            ).fetchone()[0]
+        )
+        for budget, key, *_ in charges
+    ]
+
+
+def refund_attempts(conn: Connection, ids: list[int]) -> None:
+    for attempt_id in ids:
+        conn.execute("DELETE FROM attempts WHERE id = ?", (attempt_id,))
+
+
+def forget_attempts(conn: Connection, before: int) -> int:
+    return int(conn.execute("DELETE FROM attempts WHERE at < ?", (before,)).rowcount)
 
 
 # --- decisions: each with its audit row, in one unit ----------------------------------------

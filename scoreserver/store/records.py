@@ -115,3 +115,15 @@ class Export(TypedDict):
     exported_at: str
     board: list[dict[str, Any]]
     results: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A server process as the `nodes` table knows it (see schema.sql)."""
+
+    node_id: str
+    url: str
+    kid: str
+    lease_ms: int
+    host: str = ""
+    pid: int = 0

@@ -22,7 +22,7 @@ from .engine import transaction
 
 logger = logging.getLogger("scoreserver.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_PATH = Path(__file__).with_name("sqlite.sql")
 
 
@@ -130,8 +130,29 @@ def _migrate_1_to_2(conn: SqliteConnection) -> None:
     conn.execute("ALTER TABLE users ADD COLUMN deleted_at INTEGER")
 
 
+def _migrate_2_to_3(conn: SqliteConnection) -> None:
+    """Schema 3: nodes (sessions carry theirs) and shared attempt budgets."""
+    for statement in NODES_SQL:
+        conn.execute(statement)
+
+
+# Schema 3's additions, as both engines' upgrades run them (postgres.py has its own types).
+NODES_SQL = (
+    "ALTER TABLE game_sessions ADD COLUMN node_id TEXT",
+    "CREATE INDEX game_sessions_node ON game_sessions(node_id) WHERE state = 'running'",
+    "CREATE TABLE nodes (id TEXT PRIMARY KEY, url TEXT NOT NULL, host TEXT NOT NULL,"
+    " pid INTEGER NOT NULL, kid TEXT,"
+    " started_at INTEGER NOT NULL, seen_at INTEGER NOT NULL, lease_ms INTEGER NOT NULL)",
+    "CREATE TABLE attempts (id INTEGER PRIMARY KEY, budget TEXT NOT NULL, key TEXT NOT NULL,"
+    " at INTEGER NOT NULL)",
+    "CREATE INDEX attempts_key ON attempts(budget, key, at)",
+)
+
 # From each older version to the next; `ensure_schema` runs them in one transaction.
-MIGRATIONS: dict[int, Callable[[SqliteConnection], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[SqliteConnection], None]] = {
+    1: _migrate_1_to_2,
+    2: _migrate_2_to_3,
+}
 
 
 def _split_sql(script: str) -> Iterator[str]:

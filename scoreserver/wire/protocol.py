@@ -44,6 +44,7 @@ IDENTITY_MISMATCH = ErrorCode.IDENTITY_MISMATCH
 NOT_IN_ROOM = ErrorCode.NOT_IN_ROOM
 SESSION_ACTIVE = ErrorCode.SESSION_ACTIVE
 UNKNOWN_SESSION = ErrorCode.UNKNOWN_SESSION
+SESSION_ELSEWHERE = ErrorCode.SESSION_ELSEWHERE
 RATE_LIMITED = ErrorCode.RATE_LIMITED
 SERVER_SHUTDOWN = ErrorCode.SERVER_SHUTDOWN
 
@@ -232,6 +233,7 @@ class Leaderboard(ServerMessage, tag="leaderboard", frozen=True):
 class Error(ServerMessage, tag="error", frozen=True):
     code: str
     message: str
+    url: str | None = None  # session_elsewhere: where to connect and resume
 
 
 _encoder = msgspec.json.Encoder()

@@ -1,0 +1,242 @@
+"""Many nodes on one database: three `serve` processes on one real PostgreSQL, and `--workers 2`
+on both engines. Sessions live on the node that started them; any node submits and serves
+boards; a resume goes where the game is; a dead node's games are voided and nothing
+acknowledged is lost."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from scoreserver.server.app import parse_banner, serve_command
+
+from .. import databases
+from ..conftest import open_client
+from .test_process import call, cli, register_at, wall_ms
+
+pytestmark = [pytest.mark.slow]
+on_postgres = pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+LEASE = "2"  # seconds: a SIGKILLed node is noticed within about that
+
+
+class Node:
+    def __init__(self, process: trio.Process, banner: str):
+        self.process = process
+        ports = parse_banner(banner)
+        assert ports is not None
+        self.ws = f"ws://127.0.0.1:{ports[0]}/"
+        self.http = f"http://127.0.0.1:{ports[1]}"
+        self.urls = [w for w in banner.split() if w.startswith("ws://")]
+        self.node_url = next(
+            (w.removeprefix("node=") for w in banner.split() if w.startswith("node=")), ""
+        )
+
+
+@asynccontextmanager
+async def node(tmp_path: Path, key: str, *flags: str) -> AsyncIterator[Node]:
+    process = await trio.lowlevel.open_process(
+        serve_command(databases.location(tmp_path, "s.db"), tmp_path / key)
+        + ["--node-lease", LEASE, *flags],
+        stdout=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    try:
+        output = b""
+        with trio.fail_after(60):
+            while b"\n" not in output or not parse_banner(output.decode(errors="replace")):
+                chunk = await process.stdout.receive_some()  # type: ignore[union-attr]
+                assert chunk, f"node exited early: {output!r}"
+                output += chunk
+        yield Node(process, output.decode())
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(20):
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+        with trio.fail_after(10):
+            await process.wait()
+        await process.stdout.aclose()  # type: ignore[union-attr]
+
+
+async def start(ws: Any, user: dict[str, Any], game: str = "quick") -> dict[str, Any]:
+    assert (await call(ws, type="auth", token=user["token"]))["user_id"] == user["user_id"]
+    entered = await call(ws, type="enter_game_room", game_id=game, user_id=user["user_id"])
+    assert entered["type"] == "room_entered", entered
+    return await call(ws, type="game_start", client_ts=wall_ms())
+
+
+async def score(ws: Any, n: int) -> list[dict[str, Any]]:
+    points = []
+    for _ in range(n):
+        ts = wall_ms()
+        reply = await call(ws, type="point", client_ts=ts)
+        assert reply["type"] == "point_accepted", reply
+        points.append({"token": reply["token"], "client_ts": ts})
+    return points
+
+
+async def next_board(ws: Any, game: str, within_s: float) -> list[dict[str, Any]]:
+    with trio.fail_after(within_s):
+        while True:
+            message = json.loads(await ws.get_message())
+            if message["type"] == "leaderboard" and message["game_id"] == game:
+                return message["entries"]  # type: ignore[no-any-return]
+
+
+def add_games(tmp_path: Path) -> None:
+    made = cli(
+        tmp_path,
+        *("games", "add", "quick", "--duration", "4", "--human-floor-ms", "0"),
+        *("--min-rhythm-cv", "0"),
+    )
+    assert made.returncode == 0, made.stderr
+    assert cli(tmp_path, "games", "add", "long", "--duration", "120").returncode == 0
+
+
+@on_postgres
+async def test_three_nodes_share_one_postgresql(tmp_path: Path) -> None:
+    add_games(tmp_path)
+    set_pw = cli(tmp_path, "admin", "set-password", "--password-stdin", stdin="admin secret 12")
+    assert set_pw.returncode == 0, set_pw.stderr
+    with trio.fail_after(150):
+        async with AsyncExitStack() as stack:
+            # Each node its own key file, as on three machines: tokens verify everywhere.
+            a = await stack.enter_async_context(node(tmp_path, "a.key"))
+            b = await stack.enter_async_context(node(tmp_path, "b.key"))
+            c = await stack.enter_async_context(node(tmp_path, "c.key"))
+            kim = await register_at(a.http, "kim")
+            lee = await register_at(c.http, "lee")
+
+            # Boards watched on B and on A, by a guest each.
+            watch_b = await stack.enter_async_context(open_client(b.ws))
+            assert (await call(watch_b, type="enter_game_room", game_id="quick", user_id=None))[
+                "type"
+            ] == "room_entered"
+            watch_a = await stack.enter_async_context(open_client(a.ws))
+            assert (await call(watch_a, type="enter_game_room", game_id="quick", user_id=None))[
+                "type"
+            ] == "room_entered"
+
+            # Kim plays on A and drops the socket mid-game.
+            async with open_client(a.ws) as ws:
+                started = await start(ws, kim)
+                points = await score(ws, 3)
+            # She resumes through B: B sends her to A, where the game is.
+            async with open_client(b.ws) as ws:
+                assert (await call(ws, type="auth", token=kim["token"]))["user_id"] == kim[
+                    "user_id"
+                ]
+                elsewhere = await call(ws, type="resume", start_token=started["start_token"])
+            assert elsewhere["type"] == "error" and elsewhere["code"] == "session_elsewhere"
+            assert elsewhere["url"] == a.node_url == a.ws
+            async with open_client(elsewhere["url"]) as ws:
+                assert (await call(ws, type="auth", token=kim["token"]))["user_id"] == kim[
+                    "user_id"
+                ]
+                resumed = await call(ws, type="resume", start_token=started["start_token"])
+                assert resumed["type"] == "game_started" and resumed["seq"] == 3
+                points += await score(ws, 2)
+                with trio.fail_after(10):
+                    while (end := json.loads(await ws.get_message()))["type"] != "end_game":
+                        pass
+            assert end["reason"] == "time_up" and end["end_token"]
+
+            # Submitted over HTTP to C (which never saw the game): saved.
+            async with httpx.AsyncClient(base_url=c.http) as api:
+                result = await api.post(
+                    "/api/results",
+                    json={
+                        "start_token": started["start_token"],
+                        "end_token": end["end_token"],
+                        "points": points,
+                    },
+                )
+            assert result.json() == {"type": "result", "accepted": True, "score": 5, "saved": True}
+            # B's board hears of it (NOTIFY), and so does A's.
+            expected = [{"rank": 1, "user_id": kim["user_id"], "name": "kim", "score": 5}]
+            assert await next_board(watch_b, "quick", 5) == expected
+            assert await next_board(watch_a, "quick", 5) == expected
+
+            # A ban decided on C's /admin: the board on A drops kim within 2 s.
+            async with httpx.AsyncClient(base_url=c.http) as api:
+                login = await api.post("/api/admin/login", json={"password": "admin secret 12"})
+                auth = {"authorization": f"Bearer {login.json()['token']}"}
+                banned = await api.post(
+                    f"/api/admin/users/{kim['user_id']}/ban",
+                    headers=auth,
+                    json={"days": 1, "note": "test"},
+                )
+                assert banned.status_code == 200, banned.text
+                decided = trio.current_time()
+            assert await next_board(watch_a, "quick", 2) == []
+            assert trio.current_time() - decided < 2
+
+            # Two nodes racing game_start for one user: one game.
+            async with open_client(a.ws) as on_a, open_client(b.ws) as on_b:
+                for ws in (on_a, on_b):
+                    assert (await call(ws, type="auth", token=lee["token"]))["user_id"]
+                    assert (
+                        await call(
+                            ws, type="enter_game_room", game_id="long", user_id=lee["user_id"]
+                        )
+                    )["type"] == "room_entered"
+                replies: list[dict[str, Any]] = []
+
+                async def go(ws: Any) -> None:
+                    replies.append(await call(ws, type="game_start", client_ts=wall_ms()))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(go, on_a)
+                    nursery.start_soon(go, on_b)
+                kinds = sorted(r["type"] if r["type"] != "error" else r["code"] for r in replies)
+                assert kinds == ["game_started", "session_active"], replies
+                on_a_won = replies[0]["type"] == "game_started" and len(replies) == 2
+                winner = next(r for r in replies if r["type"] == "game_started")
+                running = databases.sql(
+                    databases.location(tmp_path, "s.db"),
+                    "SELECT COUNT(*) FROM game_sessions WHERE user_id = ? AND state = 'running'",
+                    (lee["user_id"],),
+                )
+                assert running[0][0] == 1
+                del on_a_won
+
+            # SIGKILL the node that runs lee's game: voided within the lease, and lee starts
+            # again on C. Kim's saved (if banned) score is still there.
+            owner = databases.sql(
+                databases.location(tmp_path, "s.db"),
+                "SELECT nodes.url FROM game_sessions JOIN nodes ON nodes.id = node_id"
+                " WHERE game_sessions.id = ?",
+                (winner["session_id"],),
+            )[0][0]
+            victim = a if owner == a.node_url else b
+            assert owner == victim.node_url
+            victim.process.send_signal(signal.SIGKILL)
+            killed = trio.current_time()
+            async with open_client(c.ws) as ws:
+                again = await start(ws, lee, "long")
+                while again.get("code") == "session_active":
+                    assert trio.current_time() - killed < 10, "the dead node was not noticed"
+                    await trio.sleep(0.25)
+                    again = await call(ws, type="game_start", client_ts=wall_ms())
+                assert again["type"] == "game_started"
+            state = databases.sql(
+                databases.location(tmp_path, "s.db"),
+                "SELECT state, end_reason FROM game_sessions WHERE id = ?",
+                (winner["session_id"],),
+            )
+            assert tuple(state[0]) == ("voided", "crashed")
+            scores = databases.sql(
+                databases.location(tmp_path, "s.db"), "SELECT user_id, score FROM scores"
+            )
+            assert [tuple(r) for r in scores] == [(kim["user_id"], 5)]
