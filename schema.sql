@@ -126,6 +126,7 @@ CREATE TABLE scores (
 );
 CREATE INDEX scores_board ON scores(game_id, score DESC, created_at);
 CREATE INDEX scores_user ON scores(user_id, game_id);
+CREATE INDEX scores_created ON scores(created_at);  -- what other nodes' pollers look at
 
 CREATE TABLE flags (
     id          INTEGER PRIMARY KEY,

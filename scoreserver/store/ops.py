@@ -710,10 +710,12 @@ def session_by_prefix(conn: Connection, prefix: str) -> str:
 def board_fingerprint(conn: Connection) -> tuple[object, ...]:
     """Changes whenever something may have changed a leaderboard without a score being saved
     here: every moderation decision writes an audit row (from the CLI, /admin, any process),
-    every flag a flags row, every game change bumps `updated_at`. Cheap: three index lookups."""
+    every flag a flags row, every game change bumps `updated_at`, a score saved by another
+    node or worker its `created_at`. Cheap: index lookups."""
     row = conn.execute(
         "SELECT (SELECT MAX(id) FROM audit), (SELECT MAX(id) FROM flags),"
-        " (SELECT COUNT(*) FROM flags WHERE status = 'open'), (SELECT MAX(updated_at) FROM games)"
+        " (SELECT COUNT(*) FROM flags WHERE status = 'open'), (SELECT MAX(updated_at) FROM games),"
+        " (SELECT MAX(created_at) FROM scores)"
     ).fetchone()
     return tuple(row)
 

@@ -146,6 +146,7 @@ NODES_SQL = (
     "CREATE TABLE attempts (id INTEGER PRIMARY KEY, budget TEXT NOT NULL, key TEXT NOT NULL,"
     " at INTEGER NOT NULL)",
     "CREATE INDEX attempts_key ON attempts(budget, key, at)",
+    "CREATE INDEX scores_created ON scores(created_at)",
 )
 
 # From each older version to the next; `ensure_schema` runs them in one transaction.

@@ -6,7 +6,10 @@ acknowledged is lost."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -240,3 +243,202 @@ async def test_three_nodes_share_one_postgresql(tmp_path: Path) -> None:
                 databases.location(tmp_path, "s.db"), "SELECT user_id, score FROM scores"
             )
             assert [tuple(r) for r in scores] == [(kim["user_id"], 5)]
+
+
+@pytest.mark.parametrize("engine", databases.ENGINES, indirect=True)
+async def test_workers_share_ports_and_send_players_to_their_game(tmp_path: Path) -> None:
+    add_games(tmp_path)
+    where = databases.location(tmp_path, "s.db")
+    with trio.fail_after(150):
+        async with node(tmp_path, "s.key", "--workers", "2") as supervisor:
+            first, second = supervisor.urls[1:]  # the shared port, then each worker's own
+            assert len({supervisor.ws, first, second}) == 3
+            # Each worker is a node of its own.
+            nodes = databases.sql(where, "SELECT url, pid FROM nodes ORDER BY url")
+            assert sorted(r[0] for r in nodes) == sorted([first, second])
+            kim = await register_at(supervisor.http, "kim")
+            lee = await register_at(supervisor.http, "lee")
+
+            async with open_client(second) as watch:
+                assert (await call(watch, type="enter_game_room", game_id="quick", user_id=None))[
+                    "type"
+                ] == "room_entered"
+                async with open_client(first) as ws:
+                    started = await start(ws, kim)
+                    points = await score(ws, 2)
+                async with open_client(second) as ws:
+                    assert (await call(ws, type="auth", token=kim["token"]))["user_id"]
+                    elsewhere = await call(ws, type="resume", start_token=started["start_token"])
+                assert (elsewhere["code"], elsewhere["url"]) == ("session_elsewhere", first)
+                async with open_client(elsewhere["url"]) as ws:
+                    assert (await call(ws, type="auth", token=kim["token"]))["user_id"]
+                    resumed = await call(ws, type="resume", start_token=started["start_token"])
+                    assert resumed["type"] == "game_started"
+                    points += await score(ws, 1)
+                    with trio.fail_after(10):
+                        while (end := json.loads(await ws.get_message()))["type"] != "end_game":
+                            pass
+                # Submitted through the shared HTTP port (either worker answers).
+                async with httpx.AsyncClient(base_url=supervisor.http) as api:
+                    result = await api.post(
+                        "/api/results",
+                        json={
+                            "start_token": started["start_token"],
+                            "end_token": end["end_token"],
+                            "points": points,
+                        },
+                    )
+                assert result.json()["saved"] is True
+                # The other worker's board hears of it (NOTIFY, or its poller on SQLite).
+                assert await next_board(watch, "quick", 5) == [
+                    {"rank": 1, "user_id": kim["user_id"], "name": "kim", "score": 3}
+                ]
+
+            # Racing game_start on both workers: one game.
+            async with open_client(first) as one, open_client(second) as two:
+                for ws in (one, two):
+                    assert (await call(ws, type="auth", token=lee["token"]))["user_id"]
+                    assert (
+                        await call(
+                            ws, type="enter_game_room", game_id="long", user_id=lee["user_id"]
+                        )
+                    )["type"] == "room_entered"
+                replies: list[dict[str, Any]] = []
+
+                async def go(ws: Any) -> None:
+                    replies.append(await call(ws, type="game_start", client_ts=wall_ms()))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(go, one)
+                    nursery.start_soon(go, two)
+            kinds = sorted(r["type"] if r["type"] != "error" else r["code"] for r in replies)
+            assert kinds == ["game_started", "session_active"], replies
+            winner = next(r for r in replies if r["type"] == "game_started")
+
+            # SIGKILL the worker that runs it: the machine sees at once that the process is
+            # gone; the supervisor starts the worker again; lee plays again.
+            pid = databases.sql(
+                where,
+                "SELECT nodes.pid FROM game_sessions JOIN nodes ON nodes.id = node_id"
+                " WHERE game_sessions.id = ?",
+                (winner["session_id"],),
+            )[0][0]
+            os.kill(int(pid), signal.SIGKILL)
+            killed = trio.current_time()
+            again: dict[str, Any] = {"code": "session_active"}
+            while again.get("code") == "session_active":
+                assert trio.current_time() - killed < 10, "the dead worker was not noticed"
+                await trio.sleep(0.25)
+                try:
+                    async with open_client(supervisor.ws) as ws:
+                        again = await start(ws, lee, "long")
+                except OSError:
+                    continue
+            assert again["type"] == "game_started", again
+            state = databases.sql(
+                where, "SELECT state FROM game_sessions WHERE id = ?", (winner["session_id"],)
+            )
+            assert state[0][0] == "voided"
+            with trio.fail_after(20):
+                while len(databases.sql(where, "SELECT id FROM nodes")) != 2:
+                    await trio.sleep(0.25)  # the supervisor started the worker again
+    assert supervisor.process.returncode == 0
+    # A clean stop takes every worker's row with it.
+    assert databases.sql(where, "SELECT id FROM nodes") == []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def haproxy_config(ports: dict[str, int], nodes: dict[str, Node]) -> str:
+    """docs/scaling.md's HAProxy configuration, its addresses and ports replaced by the test's."""
+    doc = (Path(__file__).parents[2] / "docs" / "scaling.md").read_text()
+    config = doc.split("```haproxy\n", 1)[1].split("```", 1)[0]
+    for front, port in ports.items():
+        config = config.replace(f"bind :{front}\n", f"bind 127.0.0.1:{port}\n")
+    for name, address in (("a", "10.0.0.11"), ("b", "10.0.0.12"), ("c", "10.0.0.13")):
+        ws_port, http_port = nodes[name].ws.rsplit(":", 1)[1].strip("/"), nodes[name].http
+        config = config.replace(f"{address}:8765", f"127.0.0.1:{ws_port}")
+        config = config.replace(f"{address}:8080", f"127.0.0.1:{http_port.rsplit(':', 1)[1]}")
+    assert "10.0.0." not in config and "bind :" not in config
+    return config
+
+
+@on_postgres
+async def test_three_nodes_behind_haproxy_as_docs_scaling_configures_it(tmp_path: Path) -> None:
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        if os.environ.get("SCORESERVER_REQUIRE_HAPROXY"):
+            pytest.fail("haproxy is missing, and SCORESERVER_REQUIRE_HAPROXY is set")
+        pytest.skip("haproxy is not installed (Debian: apt-get install haproxy)")
+    add_games(tmp_path)
+    ports = {front: free_port() for front in ("8765", "8080", "9001", "9002", "9003")}
+    own = {"a": ports["9001"], "b": ports["9002"], "c": ports["9003"]}
+    with trio.fail_after(120):
+        async with AsyncExitStack() as stack:
+            nodes = {
+                name: await stack.enter_async_context(
+                    node(tmp_path, f"{name}.key", "--node-url", f"ws://127.0.0.1:{port}/")
+                )
+                for name, port in own.items()
+            }
+            (tmp_path / "haproxy.cfg").write_text(haproxy_config(ports, nodes))
+            proxy = await trio.lowlevel.open_process(
+                [haproxy, "-db", "-f", str(tmp_path / "haproxy.cfg")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                lb_ws = f"ws://127.0.0.1:{ports['8765']}/"
+                lb_http = f"http://127.0.0.1:{ports['8080']}"
+                with trio.fail_after(20):
+                    while True:  # until HAProxy listens and finds a node up
+                        try:
+                            async with httpx.AsyncClient(base_url=lb_http) as api:
+                                if (await api.get("/healthz")).status_code == 200:
+                                    break
+                        except httpx.TransportError:
+                            pass
+                        await trio.sleep(0.2)
+                kim = await register_at(lb_http, "kim")
+                async with open_client(lb_ws) as ws:
+                    started = await start(ws, kim)
+                    points = await score(ws, 2)
+                owner = databases.sql(
+                    databases.location(tmp_path, "s.db"),
+                    "SELECT nodes.url FROM game_sessions JOIN nodes ON nodes.id = node_id"
+                    " WHERE game_sessions.id = ?",
+                    (started["session_id"],),
+                )[0][0]
+                assert owner in {f"ws://127.0.0.1:{p}/" for p in own.values()}
+                # Resume through another node's front port: sent to the owner's, through HAProxy.
+                other = next(f"ws://127.0.0.1:{p}/" for p in own.values() if f"{p}/" not in owner)
+                async with open_client(other) as ws:
+                    assert (await call(ws, type="auth", token=kim["token"]))["user_id"]
+                    elsewhere = await call(ws, type="resume", start_token=started["start_token"])
+                assert (elsewhere["code"], elsewhere["url"]) == ("session_elsewhere", owner)
+                async with open_client(elsewhere["url"]) as ws:
+                    assert (await call(ws, type="auth", token=kim["token"]))["user_id"]
+                    resumed = await call(ws, type="resume", start_token=started["start_token"])
+                    assert resumed["type"] == "game_started"
+                    with trio.fail_after(10):
+                        while (end := json.loads(await ws.get_message()))["type"] != "end_game":
+                            pass
+                async with httpx.AsyncClient(base_url=lb_http) as api:
+                    result = await api.post(
+                        "/api/results",
+                        json={
+                            "start_token": started["start_token"],
+                            "end_token": end["end_token"],
+                            "points": points,
+                        },
+                    )
+                    assert result.json()["saved"] is True
+                    board = (await api.get("/api/games/quick/leaderboard")).json()
+                    assert [e["score"] for e in board["entries"]] == [2]
+            finally:
+                proxy.kill()
+                await proxy.wait()
