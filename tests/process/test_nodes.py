@@ -442,3 +442,38 @@ async def test_three_nodes_behind_haproxy_as_docs_scaling_configures_it(tmp_path
             finally:
                 proxy.kill()
                 await proxy.wait()
+
+
+@on_postgres
+async def test_login_budgets_hold_across_nodes_when_guesses_are_sent_at_once(
+    tmp_path: Path,
+) -> None:
+    """Guesses split over two nodes and sent together count together: the account's budget
+    (10 failures a minute) and /admin's per-address budget, as on one node."""
+    set_pw = cli(tmp_path, "admin", "set-password", "--password-stdin", stdin="admin secret 12")
+    assert set_pw.returncode == 0, set_pw.stderr
+    with trio.fail_after(120):
+        async with node(tmp_path, "a.key") as a, node(tmp_path, "b.key") as b:
+            await register_at(a.http, "kim")
+            statuses: list[int] = []
+            admin: list[int] = []
+
+            async def guess(base: str, path: str, body: dict[str, str], into: list[int]) -> None:
+                async with httpx.AsyncClient(base_url=base, timeout=60) as api:
+                    into.append((await api.post(path, json=body)).status_code)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(24):
+                    base = (a, b)[i % 2].http
+                    body = {"name": "kim", "password": f"wrong guess {i}"}
+                    nursery.start_soon(guess, base, "/api/login", body, statuses)
+            assert sorted(statuses) == [401] * 10 + [429] * 14, statuses
+            async with trio.open_nursery() as nursery:
+                for i in range(12):
+                    base = (a, b)[i % 2].http
+                    body = {"password": f"wrong {i}"}
+                    nursery.start_soon(guess, base, "/api/admin/login", body, admin)
+            assert sorted(admin) == [401] * 5 + [429] * 7, admin
+            # Both nodes still serve: the right admin password is refused only for the budget.
+            async with httpx.AsyncClient(base_url=b.http) as api:
+                assert (await api.get("/healthz")).status_code == 200
