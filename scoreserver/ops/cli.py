@@ -136,6 +136,7 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     # Internal: how `--workers N` starts each worker (its own game-socket port, shared ports).
     parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--direct-ws-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--writer-socket", help=argparse.SUPPRESS)
 
 
 def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -470,6 +471,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         node_lease_s=args.node_lease,
         reuse_port=args.worker_of is not None,
         direct_ws_port=args.direct_ws_port,
+        writer_socket=args.writer_socket,
     )
     try:
         trio.run(serve, config)

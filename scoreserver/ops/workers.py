@@ -19,18 +19,22 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
+from scoreserver import children
 from scoreserver.server.app import parse_banner
 from scoreserver.store import Store, WriterMode
-from scoreserver.store.engine import redact
+from scoreserver.store.engine import Location, redact
 from scoreserver.wire.tokens import load_or_create_key
 
 logger = logging.getLogger("scoreserver.workers")
@@ -109,12 +113,23 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, args: argparse.Namespace, ws_port: int, http_port: int):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        ws_port: int,
+        http_port: int,
+        writer_socket: str | None = None,
+    ):
         self.args = args
         self.ws_port = ws_port
         self.http_port = http_port
         self.stopping = False
+        self.writer_socket = writer_socket
+        self.writer: trio.Process | None = None
+        self.writer_ready = trio.Event()
         flags = passed_flags(args)
+        if writer_socket is not None:
+            flags += ["--writer-socket", writer_socket]
         self.workers = []
         for index in range(args.workers):
             direct = args.ws_port + 1 + index if args.ws_port else 0
@@ -128,6 +143,10 @@ class Supervisor:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            if self.writer_socket is not None:
+                nursery.start_soon(self._keep_writer)
+                with trio.fail_after(30):
+                    await self.writer_ready.wait()
             for worker in self.workers:
                 nursery.start_soon(self._keep, worker)
             with trio.fail_after(60):
@@ -153,7 +172,42 @@ class Supervisor:
                 for worker in self.workers:
                     if worker.process is not None:
                         await worker.process.wait()
+            if self.writer is not None and self.writer.stdin is not None:
+                # Every worker has sent its last batch and ended its channel: the writer
+                # commits what it holds and exits when its input closes.
+                await self.writer.stdin.aclose()
+                with trio.move_on_after(STOP_TIMEOUT_S):
+                    await self.writer.wait()
             nursery.cancel_scope.cancel()
+
+    async def _keep_writer(self) -> None:
+        """Run the shared writer of a SQLite file; start it again if it dies (the workers,
+        whose stores then fail, stop and are started again: see `_keep`)."""
+        assert self.writer_socket is not None
+        while not self.stopping:
+            await trio.Path(self.writer_socket).unlink(missing_ok=True)
+            command, env = children.python_module(
+                "scoreserver.store.writer_child", str(self.args.db), "--shared", self.writer_socket
+            )
+            process = await trio.lowlevel.open_process(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            )
+            self.writer = process
+            assert process.stdout is not None
+            await process.stdout.receive_some()  # "listening", or nothing if it failed
+            self.writer_ready.set()
+            try:
+                await process.wait()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+            if self.stopping:
+                return
+            logger.critical(
+                "the shared database writer exited (%s); starting it again", process.returncode
+            )
+            await trio.sleep(RESTART_DELAY_S)
 
     async def _keep(self, worker: Worker) -> None:
         """Run a worker; start it again if it dies (not when stopping)."""
@@ -198,12 +252,16 @@ def run_workers(args: argparse.Namespace) -> int:
         reserve_port(args.host, args.ws_port, "--ws-port"),
         reserve_port(args.host, args.http_port, "--http-port"),
     ]
+    shared_writer = Location.of(str(args.db)).dialect == "sqlite" and args.store_writer == "process"
+    private = tempfile.mkdtemp(prefix="scoreserver-")  # mode 0700: this user's alone
     try:
         ws_port, http_port = (int(s.getsockname()[1]) for s in held)
-        trio.run(Supervisor(args, ws_port, http_port).run)
+        writer_socket = os.path.join(private, "writer.sock") if shared_writer else None
+        trio.run(Supervisor(args, ws_port, http_port, writer_socket).run)
     finally:
         for sock in held:
             sock.close()
+        shutil.rmtree(private, ignore_errors=True)
     return 0
 
 

@@ -195,6 +195,8 @@ class Config:
     # socket also listens on `direct_ws_port` (its own), which its node URL names.
     reuse_port: bool = False
     direct_ws_port: int | None = None
+    # The workers of one SQLite file share one writer process, reached on this Unix socket.
+    writer_socket: str | None = None
 
 
 @dataclass(slots=True)
@@ -254,6 +256,7 @@ async def prepare_database(
         config.db_path,
         writer=config.store_writer,
         answer_timeout_s=config.writer_timeout_s,
+        writer_socket=config.writer_socket,
     )
     service = Service(
         store=store,

@@ -157,6 +157,7 @@ class Transport:
         *,
         writer: WriterMode | str = WriterMode.PROCESS,
         answer_timeout_s: float = ANSWER_TIMEOUT_S,
+        writer_socket: str | None = None,
     ):
         self.location = Location.of(location if isinstance(location, Location) else str(location))
         self.mode = WriterMode(writer)
@@ -171,6 +172,9 @@ class Transport:
         self.write_latency: Callable[[float], None] | None = None
         # The writer in a child process (`writer_child`) instead of a thread of this one.
         self.child_process = self.mode == WriterMode.PROCESS
+        # A writer process shared with other processes (the workers of `--workers N` on one
+        # SQLite file), reached on this Unix socket instead of started here.
+        self.writer_socket = writer_socket
         self._pending: list[Job] = []  # child process: units not yet sent
         self._sent: deque[list[Job]] = deque()  # child process: batches awaiting their reply
         self._wake: trio.Event | None = None
@@ -386,19 +390,29 @@ class Transport:
     # -- the writer in a child process --
 
     async def _run_child(self, task_status: trio.TaskStatus[None]) -> None:
-        command, env = children.python_module(WRITER_CHILD_MODULE, str(self.location))
-        if self.location.dialect == "postgres":
-            env[URL_VARIABLE] = self.location.target
-        process = await children.start(command, env)
-        assert process.stdin is not None
-        assert process.stdout is not None
-        self._process = process
+        process: trio.Process | None = None
+        if self.writer_socket is not None:
+            try:
+                stream = await trio.open_unix_socket(self.writer_socket)
+            except OSError as exc:
+                raise StoreError(f"cannot reach the shared database writer: {exc}") from None
+            send: trio.abc.SendStream = stream
+            receive: trio.abc.ReceiveStream = stream
+        else:
+            command, env = children.python_module(WRITER_CHILD_MODULE, str(self.location))
+            if self.location.dialect == "postgres":
+                env[URL_VARIABLE] = self.location.target
+            process = await children.start(command, env)
+            assert process.stdin is not None
+            assert process.stdout is not None
+            self._process = process
+            send, receive = process.stdin, process.stdout
         self._wake, self._urgent = trio.Event(), trio.Event()
         self._running = True
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_loop, process.stdin, nursery.cancel_scope)
-                nursery.start_soon(self._receive_loop, process.stdout, nursery.cancel_scope)
+                nursery.start_soon(self._send_loop, send, nursery.cancel_scope)
+                nursery.start_soon(self._receive_loop, receive, nursery.cancel_scope)
                 nursery.start_soon(self._watch_failure, nursery.cancel_scope)
                 task_status.started()
             if self._failed is not None:
@@ -406,7 +420,7 @@ class Transport:
         finally:
             self._running = False
             with trio.CancelScope(shield=True):
-                await self._stop_child(process)
+                await self._stop_child(process, send, receive)
             self._close_readers()
 
     async def _watch_failure(self, scope: trio.CancelScope) -> None:
@@ -501,23 +515,33 @@ class Transport:
             if job.event is not None:
                 job.event.set()
 
-    async def _stop_child(self, process: trio.Process) -> None:
-        """Send what is queued, let the child commit it and exit; fail whoever still waits."""
-        assert process.stdin is not None
-        assert process.stdout is not None
+    async def _stop_child(
+        self,
+        process: trio.Process | None,
+        send: trio.abc.SendStream,
+        receive: trio.abc.ReceiveStream,
+    ) -> None:
+        """Send what is queued, let the writer commit it (our child then exits: its input is
+        closed; a shared writer sees this channel end); fail whoever still waits."""
         with trio.move_on_after(STOP_TIMEOUT_S):
             try:
                 if self._failed is None:
-                    await self._send_pending(process.stdin)
-                await process.stdin.aclose()
+                    await self._send_pending(send)
+                if isinstance(send, trio.SocketStream):
+                    await send.send_eof()
+                else:
+                    await send.aclose()
                 while self._sent and self._failed is None:
-                    reply = await self._receive_reply(process.stdout)
+                    reply = await self._receive_reply(receive)
                     if reply is None:
                         break
                     self._deliver(self._sent.popleft(), *reply)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-        await children.reap(process, 5.0)  # its answers are in: it exits at once
+        if process is not None:
+            await children.reap(process, 5.0)  # its answers are in: it exits at once
+        else:
+            await receive.aclose()
         stopped = str(self._failed or "store is not running")
         for batch in [*self._sent, self._pending]:
             for job in batch:

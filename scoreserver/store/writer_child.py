@@ -14,11 +14,15 @@ docs/performance.md). Only our own server writes to this pipe, so unpickling is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
+import queue
 import signal
+import socket
 import sys
+import threading
 from typing import Any
 
 from scoreserver.errors import StoreError
@@ -87,6 +91,89 @@ def serve(location: str, read_fd: int, write_fd: int) -> int:
         conn.close()
 
 
+def serve_shared(location: str, path: str, control_fd: int) -> int:
+    """One writer for several processes (the workers of `--workers N` on one SQLite file):
+    each connects to the Unix socket at `path` and speaks the frames above on it. Batches are
+    run one at a time, in the order they arrive, and answered on their own connection. The
+    process stops when `control_fd` (its standard input, held by the supervisor) closes and
+    every connection has ended."""
+    conn = connect(Location.of(location))
+    arrivals: queue.SimpleQueue[tuple[socket.socket | None, bytes | None]] = queue.SimpleQueue()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(64)
+    _write_all(sys.stdout.fileno(), b"listening\n")  # the supervisor starts the workers now
+    channels = 0
+
+    def read_channel(sock: socket.socket) -> None:
+        buffer = bytearray()
+        fd = sock.fileno()
+        try:
+            while _read_exactly(fd, LENGTH.size, buffer):
+                (length,) = LENGTH.unpack_from(buffer)
+                if not _read_exactly(fd, LENGTH.size + length, buffer):
+                    break
+                arrivals.put((sock, bytes(buffer[LENGTH.size : LENGTH.size + length])))
+                del buffer[: LENGTH.size + length]
+        except OSError:
+            pass
+        arrivals.put((sock, None))
+
+    def accept() -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            arrivals.put((sock, b""))  # counted on the writer's thread, then read
+            threading.Thread(target=read_channel, args=(sock,), daemon=True).start()
+
+    def watch_control() -> None:
+        while os.read(control_fd, 4096):
+            pass
+        arrivals.put((None, None))
+
+    threading.Thread(target=accept, daemon=True).start()
+    threading.Thread(target=watch_control, daemon=True).start()
+    stopping = False
+    try:
+        while not (stopping and channels == 0):
+            sock, frame = arrivals.get()
+            if sock is None:
+                stopping = True
+                listener.close()
+                continue
+            if frame == b"":
+                channels += 1
+                continue
+            if frame is None:
+                channels -= 1
+                sock.close()
+                continue
+            try:
+                units = pickle.loads(frame)
+                jobs = [Job(op, tuple(args), None, waited) for op, args, waited in units]
+            except Exception as exc:
+                logger.exception("a write batch could not be read")
+                _send_all(sock, _failed_reply(exc))
+                continue
+            committed = run_batch(conn, jobs)
+            _send_all(sock, _reply(committed, jobs))
+    finally:
+        conn.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return 0
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:  # that process is gone; its reader thread says so
+        pass
+
+
 def main(argv: list[str]) -> int:
     # The server decides when this process stops, by closing its input: a Ctrl-C or SIGTERM
     # sent to the whole process group must not cut off the last commits of a clean shutdown.
@@ -95,8 +182,12 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if len(argv) == 4 and argv[2] == "--shared":
+        return serve_shared(argv[1], argv[3], sys.stdin.fileno())
     if len(argv) != 2:
-        print("usage: python -m scoreserver.store.writer_child DB", file=sys.stderr)
+        print(
+            "usage: python -m scoreserver.store.writer_child DB [--shared SOCKET]", file=sys.stderr
+        )
         return 2
     # A PostgreSQL URL comes in the environment (it may hold a password); argv shows it
     # without one, for `ps`.

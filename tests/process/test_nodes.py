@@ -245,8 +245,24 @@ async def test_three_nodes_share_one_postgresql(tmp_path: Path) -> None:
             assert [tuple(r) for r in scores] == [(kim["user_id"], 5)]
 
 
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process under `pid`."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in map(int, task.read_text().split()):
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            found += [(child, cmd), *descendants(child)]
+    return found
+
+
 @pytest.mark.parametrize("engine", databases.ENGINES, indirect=True)
-async def test_workers_share_ports_and_send_players_to_their_game(tmp_path: Path) -> None:
+async def test_workers_share_ports_and_send_players_to_their_game(
+    tmp_path: Path, engine: str
+) -> None:
     add_games(tmp_path)
     where = databases.location(tmp_path, "s.db")
     with trio.fail_after(150):
@@ -256,6 +272,18 @@ async def test_workers_share_ports_and_send_players_to_their_game(tmp_path: Path
             # Each worker is a node of its own.
             nodes = databases.sql(where, "SELECT url, pid FROM nodes ORDER BY url")
             assert sorted(r[0] for r in nodes) == sorted([first, second])
+            # On SQLite the workers share one writer, the supervisor's child; on PostgreSQL
+            # each worker has its own.
+            writers = [
+                (pid, cmd)
+                for pid, cmd in descendants(supervisor.process.pid)
+                if "writer_child" in cmd
+            ]
+            if engine == "sqlite":
+                assert len(writers) == 1 and "--shared" in writers[0][1], writers
+                assert parent_of(writers[0][0]) == supervisor.process.pid
+            else:
+                assert len(writers) == 2 and all("--shared" not in c for _, c in writers)
             kim = await register_at(supervisor.http, "kim")
             lee = await register_at(supervisor.http, "lee")
 

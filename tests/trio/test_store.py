@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 
+from scoreserver import children
 from scoreserver.core.rules import GameSettings
 from scoreserver.errors import ConflictError, StoreError
 from scoreserver.store import Store, ops, postgres, sqlite
@@ -239,3 +241,48 @@ def _data_errors() -> tuple[type[Exception], ...]:
     import psycopg
 
     return (psycopg.errors.DataError,)
+
+
+@pytest.mark.sqlite_only
+async def test_processes_sharing_one_writer_each_get_their_own_answers(tmp_path: Path) -> None:
+    """`--workers N` on SQLite: one writer process serves several stores over a Unix socket;
+    each store's writes are committed in its order and answered to it alone; the writer
+    exits once its input closes and every store has ended its channel."""
+    where = databases.location(tmp_path, "s.db")
+    databases.create(where)
+    path = str(tmp_path / "writer.sock")
+    command, env = children.python_module("scoreserver.store.writer_child", where, "--shared", path)
+    with trio.fail_after(30):
+        writer = await trio.lowlevel.open_process(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
+        assert writer.stdout is not None and writer.stdin is not None
+        assert await writer.stdout.receive_some() == b"listening\n"
+        stores = [Store(where, writer="process", writer_socket=path) for _ in range(2)]
+        async with trio.open_nursery() as nursery:
+            for store in stores:
+                await nursery.start(store.run)
+            settings = GameSettings(duration_ms=1000)
+            await stores[0].decide_new_game("g", settings, actor="t", audit_note="", now=0)
+
+            async def play(store: Store, session_id: str) -> None:
+                await store.add_session(session_id, "g", None, "1.2.3.4", None, settings, 0, 0, "s")
+                for seq in range(1, 201):
+                    store.add_point_soon(session_id, seq, seq, seq, f"{session_id}-{seq}")
+                await store.end_session(session_id, "end", 999, "time_up")
+                record = await store.session(session_id)
+                assert record is not None and len(record.points) == 200
+
+            async with trio.open_nursery() as players:
+                for index, store in enumerate(stores):
+                    players.start_soon(play, store, f"s{index}")
+            # A unit failing in one store's batch is that store's error alone.
+            with pytest.raises(ConflictError):
+                await stores[1].add_session("s0", "g", None, "x", None, settings, 0, 0, "s")
+            # The stores started no writer of their own: the shared one is the only one.
+            assert child_processes("scoreserver.store.writer_child") == [writer.pid]
+            nursery.cancel_scope.cancel()
+        assert count(where, "issued_points") == 400
+        await writer.stdin.aclose()
+        assert await writer.wait() == 0
+    assert not (tmp_path / "writer.sock").exists()
