@@ -96,7 +96,7 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         choices=SIGNER_MODES,
         default="auto",
         help="where point tokens are signed: a child process on another core, the event loop, "
-        "or auto (the process when more than one core is available)",
+        "or auto (the process when each event loop has two cores or more)",
     )
     parser.add_argument(
         "--store-writer",
@@ -135,6 +135,7 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     # Internal: how `--workers N` starts each worker (its own game-socket port, shared ports).
     parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--loops", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--direct-ws-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--writer-socket", help=argparse.SUPPRESS)
 
@@ -470,6 +471,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         node_url=args.node_url,
         node_lease_s=args.node_lease,
         reuse_port=args.worker_of is not None,
+        loops=args.loops,
         direct_ws_port=args.direct_ws_port,
         writer_socket=args.writer_socket,
     )

@@ -134,6 +134,7 @@ class Supervisor:
         for index in range(args.workers):
             direct = args.ws_port + 1 + index if args.ws_port else 0
             command = worker_command(flags, index, ws_port, http_port, direct)
+            command += ["--loops", str(args.workers)]
             if args.metrics_port is not None:
                 port = args.metrics_port + index if args.metrics_port else 0
                 command += ["--metrics-port", str(port)]

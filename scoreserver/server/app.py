@@ -170,7 +170,8 @@ class Config:
     # Tests under autojump_clock turn these off: no wall-clock re-anchor, no process signal
     # handlers (and they run the store's writer inline).
     # Where point tokens are signed: "process" (a child process, on another core), "inline"
-    # (on the event loop), or "auto" (process when this process may use more than one core).
+    # (on the event loop), or "auto" (process when this loop has two cores or more: see
+    # `signer_for`).
     signer: str = "auto"
     # The database writer: "process" (a child process), "thread" (a thread of this one) or
     # "inline" (on the event loop's thread: the autojump-clock tests).
@@ -197,6 +198,9 @@ class Config:
     direct_ws_port: int | None = None
     # The workers of one SQLite file share one writer process, reached on this Unix socket.
     writer_socket: str | None = None
+    # How many event loops this machine runs for this server (`--workers`): `--signer auto`
+    # weighs the cores per loop.
+    loops: int = 1
 
 
 @dataclass(slots=True)
@@ -317,7 +321,7 @@ async def serve(
     stop = trio.Event()
     monitor = LoopMonitor()
     gc_monitor = GcMonitor()
-    signer = make_signer(config.signer, config.signer_timeout_s)
+    signer = make_signer(config.signer, config.signer_timeout_s, config.loops)
     service.signer = signer
     app.state.stats = partial(_stats, service, socket, store, monitor, gc_monitor)
     app.state.health = partial(health, store, signer)
@@ -531,12 +535,21 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def make_signer(mode: str, answer_timeout_s: float = 2.0) -> Signer:
-    """The point signer for `mode` (see `Config.signer`)."""
+def signer_for(cores: int, loops: int) -> str:
+    """Where `--signer auto` signs: in a child process when this loop has a core of its own
+    to spare for it (the machine's usable cores shared among the event loops it runs, the
+    workers of `--workers N`), else on the loop. With one core per loop a signer process
+    only competes with the loops for it (measured: docs/performance-notes.md)."""
+    return "process" if cores / max(1, loops) >= 2 else "inline"
+
+
+def make_signer(mode: str, answer_timeout_s: float = 2.0, loops: int = 1) -> Signer:
+    """The point signer for `mode` (see `Config.signer`); `loops`: the event loops this
+    machine runs for this server (`--workers`)."""
     if mode not in SIGNER_MODES:
         raise ValueError(f"signer must be one of {', '.join(SIGNER_MODES)}")
     if mode == "auto":
-        mode = "process" if usable_cores() > 1 else "inline"
+        mode = signer_for(usable_cores(), loops)
     if mode == "process":
         return ProcessSigner(answer_timeout_s=answer_timeout_s)
     return InlineSigner()

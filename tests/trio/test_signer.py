@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import scoreserver
 from scoreserver.children import python_module
 from scoreserver.server import signer_child as _signer_child
-from scoreserver.server.app import make_signer, usable_cores
+from scoreserver.server.app import make_signer, signer_for, usable_cores
 from scoreserver.server.signer import InlineSigner, ProcessSigner
 from scoreserver.wire.tokens import KeyRing, Purpose
 
@@ -177,6 +177,18 @@ def test_signer_modes() -> None:
     assert isinstance(make_signer("process"), ProcessSigner)
     expected = ProcessSigner if usable_cores() > 1 else InlineSigner
     assert isinstance(make_signer("auto"), expected)
+    # auto weighs the cores each event loop has: `--workers 2` on two cores signs inline.
+    assert [
+        signer_for(cores, loops) for cores, loops in [(2, 1), (2, 2), (1, 1), (8, 2), (4, 3)]
+    ] == [
+        "process",
+        "inline",
+        "inline",
+        "process",
+        "inline",
+    ]
+    many = ProcessSigner if usable_cores() >= 4 else InlineSigner
+    assert isinstance(make_signer("auto", loops=2), many)
     with pytest.raises(ValueError, match="signer must be one of"):
         make_signer("gpu")
 
