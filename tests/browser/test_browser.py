@@ -7,6 +7,7 @@ Without /usr/bin/chromium these tests skip, unless SCORESERVER_REQUIRE_BROWSER i
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -484,3 +485,67 @@ def test_the_console_shows_session_ids_and_hides_and_restores_a_score(
     assert on_board()
     audit = cli(server_url, "audit").stdout
     assert "test: hide" in audit and "test: restore" in audit
+
+
+@pytest.fixture(scope="module")
+def workers_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str], str]]:
+    """`serve --workers 2` with a 6 s demo game: (HTTP URL, each worker's socket URL, db)."""
+    folder = tmp_path_factory.mktemp("workers")
+    db = str(folder / "w.db")
+    subprocess.run(
+        [sys.executable, "-m", "scoreserver.ops.cli", "games", "add", "demo"]
+        + ["--duration", "6", "--db", db],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    process = subprocess.Popen(
+        serve_command(db, folder / "w.key", "--workers", "2"), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        ports = parse_banner(line)
+        assert ports, f"no banner: {line!r}"
+        workers = [w for w in line.split() if w.startswith("ws://")][1:]
+        assert len(workers) == 2, line
+        yield f"http://127.0.0.1:{ports[1]}", workers, db
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if process.stdout:
+            process.stdout.close()
+
+
+def test_the_client_follows_session_elsewhere_to_the_worker_that_has_its_game(
+    workers_url: tuple[str, list[str], str], page: object
+) -> None:
+    """Two workers: the game runs on one; the page's socket drops and comes back on the other,
+    which answers `session_elsewhere`; the client moves to the right one by itself, resumes,
+    and the game is saved."""
+    url, workers, db = workers_url
+    page.goto(url + "/")  # type: ignore[attr-defined]
+    page.fill("#name", "Mover")  # type: ignore[attr-defined]
+    page.fill("#password", "correct horse battery")  # type: ignore[attr-defined]
+    page.locator("#register").click()  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#who")).to_have_text("logged in: Mover")  # type: ignore[attr-defined]
+    page.evaluate(  # type: ignore[attr-defined]
+        "window.scoreClient.addEventListener('moved', (e) => { window.movedTo = e.detail.url; })"
+    )
+    page.locator("#start").click()  # type: ignore[attr-defined]
+    hit_targets(page, 2)
+    with sqlite3.connect(db) as conn:
+        owner = conn.execute(
+            "SELECT nodes.url FROM game_sessions JOIN nodes ON nodes.id = node_id"
+            " WHERE state = 'running'"
+        ).fetchone()[0]
+    other = next(w for w in workers if w != owner)
+    # The network drops the socket; the next connection lands on the other worker.
+    page.evaluate(f"window.scoreClient.socketUrl = {other!r}")  # type: ignore[attr-defined]
+    page.evaluate("window.scoreClient._ws.close(4000, 'network gone')")  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#log")).to_contain_text("reconnected; the game goes on")  # type: ignore[attr-defined]
+    assert page.evaluate("window.movedTo") == owner  # type: ignore[attr-defined]
+    hit_targets(page, 1)
+    sync_api.expect(page.locator("#result")).to_have_text(  # type: ignore[attr-defined]
+        "Accepted: 3 points, saved.", timeout=15_000
+    )
