@@ -313,6 +313,7 @@ def scenarios(quick: bool) -> list[tuple[str, str, int, list[str], float, float]
         ("realistic-300", "realistic", 300, ["--rate", "5"], 30, 120),
         ("realistic-300-1proc", "realistic", 300, ["--rate", "5"], 30, 120),
         ("realistic-1000", "realistic", 1000, ["--rate", "5"], 30, 180),
+        ("realistic-1000-w2", "realistic", 1000, ["--rate", "5"], 30, 180),
         ("idle-10000", "idle", 10000, ["--seconds", "3"], 600, 180),
         ("submit-600x200", "submit", 100, ["--points", "600", "--games", "2"], 30, 300),
     ]

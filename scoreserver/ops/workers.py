@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,12 +198,7 @@ class Supervisor:
             assert process.stdout is not None
             await process.stdout.receive_some()  # "listening", or nothing if it failed
             self.writer_ready.set()
-            try:
-                await process.wait()
-            finally:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+            await _until_exit(process)
             if self.stopping:
                 return
             logger.critical(
@@ -215,13 +211,7 @@ class Supervisor:
         while not self.stopping:
             process = await trio.lowlevel.open_process(worker.command, stdout=subprocess.PIPE)
             worker.process = process
-            try:
-                await self._read_banner(worker, process)
-                await process.wait()
-            finally:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+            await _until_exit(process, self._read_banner(worker, process))
             if self.stopping:
                 return
             worker.restarts += 1
@@ -243,6 +233,19 @@ class Supervisor:
             if word.startswith("node="):
                 worker.url = word.removeprefix("node=")
         worker.ready.set()
+
+
+async def _until_exit(process: trio.Process, first: Awaitable[None] | None = None) -> None:
+    """Wait for `process` to exit (after `first`); killed if this wait is cancelled."""
+    try:
+        if first is not None:
+            await first
+        await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
 
 
 def run_workers(args: argparse.Namespace) -> int:

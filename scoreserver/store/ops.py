@@ -835,10 +835,10 @@ def start_node(
         row[0]
         for row in conn.execute(
             "DELETE FROM nodes WHERE url = ? OR seen_at + lease_ms < ? RETURNING kid",
-            (node.url, now),
+            (node.url, lease_clock(conn, now)),
         ).fetchall()
     ]
-    _insert_node(conn, node, now)
+    _insert_node(conn, node, lease_clock(conn, now))
     _retire_keys_of_gone(conn, kids, now)
     voided = void_lost_sessions(conn, now)
     if conn.execute("SELECT 1 FROM games LIMIT 1").fetchone() is None:
@@ -846,6 +846,15 @@ def start_node(
     notify(conn, "settings")
     lifetime, keys = key_history(conn)
     return voided, lifetime, keys
+
+
+def lease_clock(conn: Connection, now: int) -> int:
+    """The time leases are written and judged by: PostgreSQL's clock when nodes share one (the
+    machines' clocks may differ by more than a lease), else the caller's."""
+    if conn.dialect == "postgres":
+        row = conn.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+        return int(row.fetchone()[0])
+    return now
 
 
 def _insert_node(conn: Connection, node: NodeInfo, now: int) -> None:
@@ -882,14 +891,15 @@ def node_heartbeat(
     (and `gone`, known gone) go, their running sessions voided and their keys retired. Returns
     whether this node still had its row (False: it was found gone, its sessions voided) and
     how many sessions were voided."""
+    clock = lease_clock(conn, now)
     alive = conn.execute(
-        "UPDATE nodes SET seen_at = ?, kid = ? WHERE id = ?", (now, kid, node_id)
+        "UPDATE nodes SET seen_at = ?, kid = ? WHERE id = ?", (clock, kid, node_id)
     ).rowcount
     kids = _remove_nodes(conn, gone)
     kids += [
         row[0]
         for row in conn.execute(
-            "DELETE FROM nodes WHERE seen_at + lease_ms < ? RETURNING kid", (now,)
+            "DELETE FROM nodes WHERE seen_at + lease_ms < ? RETURNING kid", (clock,)
         ).fetchall()
     ]
     voided = 0
@@ -904,7 +914,7 @@ def rejoin_node(conn: Connection, node: NodeInfo, now: int) -> int:
     were voided meanwhile; any still running under its id are void now too. Returns how many."""
     conn.execute("DELETE FROM nodes WHERE id = ?", (node.node_id,))
     voided = void_lost_sessions(conn, now)
-    _insert_node(conn, node, now)
+    _insert_node(conn, node, lease_clock(conn, now))
     return voided
 
 
@@ -919,7 +929,7 @@ def session_node(conn: Connection, session_id: str, now: int) -> str | None:
         "SELECT nodes.url FROM game_sessions JOIN nodes ON nodes.id = game_sessions.node_id"
         " WHERE game_sessions.id = ? AND game_sessions.state = ? AND nodes.seen_at"
         " + nodes.lease_ms >= ?",
-        (session_id, SessionState.RUNNING, now),
+        (session_id, SessionState.RUNNING, lease_clock(conn, now)),
     ).fetchone()
     return None if row is None else str(row[0])
 

@@ -78,17 +78,22 @@ def serve(location: str, read_fd: int, write_fd: int) -> int:
                 return 0  # cut off mid-frame: that batch was never acknowledged
             frame = bytes(buffer[LENGTH.size : LENGTH.size + length])
             del buffer[: LENGTH.size + length]
-            try:
-                units = pickle.loads(frame)
-                jobs = [Job(op, tuple(args), None, waited) for op, args, waited in units]
-            except Exception as exc:  # a batch that cannot be read fails whole; the writer goes on
-                logger.exception("a write batch could not be read")
-                _write_all(write_fd, _failed_reply(exc))
-                continue
-            committed = run_batch(conn, jobs)
-            _write_all(write_fd, _reply(committed, jobs))
+            _write_all(write_fd, _answer(conn, frame))
     finally:
         conn.close()
+
+
+def _answer(conn: Any, frame: bytes) -> bytes:
+    """Run one batch frame; the reply frame. A batch that cannot be read fails whole (the
+    writer goes on)."""
+    try:
+        units = pickle.loads(frame)
+        jobs = [Job(op, tuple(args), None, waited) for op, args, waited in units]
+    except Exception as exc:
+        logger.exception("a write batch could not be read")
+        return _failed_reply(exc)
+    committed = run_batch(conn, jobs)
+    return _reply(committed, jobs)
 
 
 def serve_shared(location: str, path: str, control_fd: int) -> int:
@@ -151,15 +156,7 @@ def serve_shared(location: str, path: str, control_fd: int) -> int:
                 channels -= 1
                 sock.close()
                 continue
-            try:
-                units = pickle.loads(frame)
-                jobs = [Job(op, tuple(args), None, waited) for op, args, waited in units]
-            except Exception as exc:
-                logger.exception("a write batch could not be read")
-                _send_all(sock, _failed_reply(exc))
-                continue
-            committed = run_batch(conn, jobs)
-            _send_all(sock, _reply(committed, jobs))
+            _send_all(sock, _answer(conn, frame))
     finally:
         conn.close()
         with contextlib.suppress(OSError):

@@ -97,6 +97,69 @@ async def next_board(ws: Any, game: str, within_s: float) -> list[dict[str, Any]
                 return message["entries"]  # type: ignore[no-any-return]
 
 
+async def race_game_start(one: str, two: str, user: dict[str, Any]) -> dict[str, Any]:
+    """`game_start` for one user sent at once to two nodes: exactly one game starts (its
+    `game_started` is returned), the other is `session_active`."""
+    async with open_client(one) as first, open_client(two) as second:
+        for ws in (first, second):
+            assert (await call(ws, type="auth", token=user["token"]))["user_id"]
+            entered = await call(
+                ws, type="enter_game_room", game_id="long", user_id=user["user_id"]
+            )
+            assert entered["type"] == "room_entered"
+        replies: list[dict[str, Any]] = []
+
+        async def go(ws: Any) -> None:
+            replies.append(await call(ws, type="game_start", client_ts=wall_ms()))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(go, first)
+            nursery.start_soon(go, second)
+    kinds = sorted(r["type"] if r["type"] != "error" else r["code"] for r in replies)
+    assert kinds == ["game_started", "session_active"], replies
+    return next(r for r in replies if r["type"] == "game_started")
+
+
+async def resume_elsewhere(via: str, user: dict[str, Any], started: dict[str, Any]) -> str:
+    """`resume` sent to a node without the game: the URL its `session_elsewhere` names."""
+    async with open_client(via) as ws:
+        assert (await call(ws, type="auth", token=user["token"]))["user_id"] == user["user_id"]
+        elsewhere = await call(ws, type="resume", start_token=started["start_token"])
+    assert elsewhere["type"] == "error" and elsewhere["code"] == "session_elsewhere", elsewhere
+    return str(elsewhere["url"])
+
+
+async def resume_and_finish(
+    url: str, user: dict[str, Any], started: dict[str, Any], more: int
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """Resume at `url`, score `more` points, wait for the end: (game_started, points, end)."""
+    async with open_client(url) as ws:
+        assert (await call(ws, type="auth", token=user["token"]))["user_id"] == user["user_id"]
+        resumed = await call(ws, type="resume", start_token=started["start_token"])
+        assert resumed["type"] == "game_started", resumed
+        points = await score(ws, more)
+        with trio.fail_after(10):
+            while (end := json.loads(await ws.get_message()))["type"] != "end_game":
+                pass
+    assert end["reason"] == "time_up" and end["end_token"]
+    return resumed, points, end
+
+
+async def submit_http(
+    base: str, started: dict[str, Any], end: dict[str, Any], points: list[dict[str, Any]]
+) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=base) as api:
+        result = await api.post(
+            "/api/results",
+            json={
+                "start_token": started["start_token"],
+                "end_token": end["end_token"],
+                "points": points,
+            },
+        )
+    return result.json()  # type: ignore[no-any-return]
+
+
 def add_games(tmp_path: Path) -> None:
     made = cli(
         tmp_path,
@@ -136,36 +199,15 @@ async def test_three_nodes_share_one_postgresql(tmp_path: Path) -> None:
                 started = await start(ws, kim)
                 points = await score(ws, 3)
             # She resumes through B: B sends her to A, where the game is.
-            async with open_client(b.ws) as ws:
-                assert (await call(ws, type="auth", token=kim["token"]))["user_id"] == kim[
-                    "user_id"
-                ]
-                elsewhere = await call(ws, type="resume", start_token=started["start_token"])
-            assert elsewhere["type"] == "error" and elsewhere["code"] == "session_elsewhere"
-            assert elsewhere["url"] == a.node_url == a.ws
-            async with open_client(elsewhere["url"]) as ws:
-                assert (await call(ws, type="auth", token=kim["token"]))["user_id"] == kim[
-                    "user_id"
-                ]
-                resumed = await call(ws, type="resume", start_token=started["start_token"])
-                assert resumed["type"] == "game_started" and resumed["seq"] == 3
-                points += await score(ws, 2)
-                with trio.fail_after(10):
-                    while (end := json.loads(await ws.get_message()))["type"] != "end_game":
-                        pass
-            assert end["reason"] == "time_up" and end["end_token"]
+            url = await resume_elsewhere(b.ws, kim, started)
+            assert url == a.node_url == a.ws
+            resumed, more, end = await resume_and_finish(url, kim, started, 2)
+            assert resumed["seq"] == 3
+            points += more
 
             # Submitted over HTTP to C (which never saw the game): saved.
-            async with httpx.AsyncClient(base_url=c.http) as api:
-                result = await api.post(
-                    "/api/results",
-                    json={
-                        "start_token": started["start_token"],
-                        "end_token": end["end_token"],
-                        "points": points,
-                    },
-                )
-            assert result.json() == {"type": "result", "accepted": True, "score": 5, "saved": True}
+            result = await submit_http(c.http, started, end, points)
+            assert result == {"type": "result", "accepted": True, "score": 5, "saved": True}
             # B's board hears of it (NOTIFY), and so does A's.
             expected = [{"rank": 1, "user_id": kim["user_id"], "name": "kim", "score": 5}]
             assert await next_board(watch_b, "quick", 5) == expected
@@ -185,34 +227,51 @@ async def test_three_nodes_share_one_postgresql(tmp_path: Path) -> None:
             assert await next_board(watch_a, "quick", 2) == []
             assert trio.current_time() - decided < 2
 
-            # Two nodes racing game_start for one user: one game.
-            async with open_client(a.ws) as on_a, open_client(b.ws) as on_b:
-                for ws in (on_a, on_b):
-                    assert (await call(ws, type="auth", token=lee["token"]))["user_id"]
-                    assert (
-                        await call(
-                            ws, type="enter_game_room", game_id="long", user_id=lee["user_id"]
-                        )
-                    )["type"] == "room_entered"
-                replies: list[dict[str, Any]] = []
+            # Settings changed from the command line: every node uses them within 2 s.
+            changed = cli(tmp_path, "games", "set", "quick", "--duration", "3")
+            assert changed.returncode == 0, changed.stderr
+            async with open_client(c.ws) as ws:
+                with trio.fail_after(2):
+                    while (await call(ws, type="enter_game_room", game_id="quick", user_id=None))[
+                        "duration_ms"
+                    ] != 3000:
+                        await trio.sleep(0.1)
 
-                async def go(ws: Any) -> None:
-                    replies.append(await call(ws, type="game_start", client_ts=wall_ms()))
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(go, on_a)
-                    nursery.start_soon(go, on_b)
-                kinds = sorted(r["type"] if r["type"] != "error" else r["code"] for r in replies)
-                assert kinds == ["game_started", "session_active"], replies
-                on_a_won = replies[0]["type"] == "game_started" and len(replies) == 2
-                winner = next(r for r in replies if r["type"] == "game_started")
-                running = databases.sql(
-                    databases.location(tmp_path, "s.db"),
-                    "SELECT COUNT(*) FROM game_sessions WHERE user_id = ? AND state = 'running'",
-                    (lee["user_id"],),
+            # A key rotation (on A's machine) retires every node's key: within 2 s each signs
+            # with a new one, and the others verify it. A game on B, submitted to C:
+            rotated = cli(tmp_path, "keys", "rotate", "--key", str(tmp_path / "a.key"))
+            assert rotated.returncode == 0, rotated.stderr
+            await trio.sleep(2)
+            signing = {
+                r[0]
+                for r in databases.sql(
+                    databases.location(tmp_path, "s.db"), "SELECT kid FROM nodes"
                 )
-                assert running[0][0] == 1
-                del on_a_won
+            }
+            retired = {
+                r[0]
+                for r in databases.sql(
+                    databases.location(tmp_path, "s.db"),
+                    "SELECT kid FROM signing_keys WHERE retired_at IS NOT NULL",
+                )
+            }
+            assert len(signing) == 3 and not signing & retired, (signing, retired)
+            async with open_client(b.ws) as ws:
+                started = await start(ws, lee, "quick")
+                points = await score(ws, 2)
+                with trio.fail_after(10):
+                    while (end := json.loads(await ws.get_message()))["type"] != "end_game":
+                        pass
+            assert (await submit_http(c.http, started, end, points))["saved"] is True
+
+            # Two nodes racing game_start for one user: one game.
+            winner = await race_game_start(a.ws, b.ws, lee)
+            running = databases.sql(
+                databases.location(tmp_path, "s.db"),
+                "SELECT COUNT(*) FROM game_sessions WHERE user_id = ? AND state = 'running'",
+                (lee["user_id"],),
+            )
+            assert running[0][0] == 1
 
             # SIGKILL the node that runs lee's game: voided within the lease, and lee starts
             # again on C. Kim's saved (if banned) score is still there.
@@ -242,7 +301,7 @@ async def test_three_nodes_share_one_postgresql(tmp_path: Path) -> None:
             scores = databases.sql(
                 databases.location(tmp_path, "s.db"), "SELECT user_id, score FROM scores"
             )
-            assert [tuple(r) for r in scores] == [(kim["user_id"], 5)]
+            assert sorted(tuple(r) for r in scores) == [(kim["user_id"], 5), (lee["user_id"], 2)]
 
 
 def parent_of(pid: int) -> int:
@@ -294,54 +353,19 @@ async def test_workers_share_ports_and_send_players_to_their_game(
                 async with open_client(first) as ws:
                     started = await start(ws, kim)
                     points = await score(ws, 2)
-                async with open_client(second) as ws:
-                    assert (await call(ws, type="auth", token=kim["token"]))["user_id"]
-                    elsewhere = await call(ws, type="resume", start_token=started["start_token"])
-                assert (elsewhere["code"], elsewhere["url"]) == ("session_elsewhere", first)
-                async with open_client(elsewhere["url"]) as ws:
-                    assert (await call(ws, type="auth", token=kim["token"]))["user_id"]
-                    resumed = await call(ws, type="resume", start_token=started["start_token"])
-                    assert resumed["type"] == "game_started"
-                    points += await score(ws, 1)
-                    with trio.fail_after(10):
-                        while (end := json.loads(await ws.get_message()))["type"] != "end_game":
-                            pass
+                assert await resume_elsewhere(second, kim, started) == first
+                _, more, end = await resume_and_finish(first, kim, started, 1)
+                points += more
                 # Submitted through the shared HTTP port (either worker answers).
-                async with httpx.AsyncClient(base_url=supervisor.http) as api:
-                    result = await api.post(
-                        "/api/results",
-                        json={
-                            "start_token": started["start_token"],
-                            "end_token": end["end_token"],
-                            "points": points,
-                        },
-                    )
-                assert result.json()["saved"] is True
+                result = await submit_http(supervisor.http, started, end, points)
+                assert result["saved"] is True
                 # The other worker's board hears of it (NOTIFY, or its poller on SQLite).
                 assert await next_board(watch, "quick", 5) == [
                     {"rank": 1, "user_id": kim["user_id"], "name": "kim", "score": 3}
                 ]
 
             # Racing game_start on both workers: one game.
-            async with open_client(first) as one, open_client(second) as two:
-                for ws in (one, two):
-                    assert (await call(ws, type="auth", token=lee["token"]))["user_id"]
-                    assert (
-                        await call(
-                            ws, type="enter_game_room", game_id="long", user_id=lee["user_id"]
-                        )
-                    )["type"] == "room_entered"
-                replies: list[dict[str, Any]] = []
-
-                async def go(ws: Any) -> None:
-                    replies.append(await call(ws, type="game_start", client_ts=wall_ms()))
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(go, one)
-                    nursery.start_soon(go, two)
-            kinds = sorted(r["type"] if r["type"] != "error" else r["code"] for r in replies)
-            assert kinds == ["game_started", "session_active"], replies
-            winner = next(r for r in replies if r["type"] == "game_started")
+            winner = await race_game_start(first, second, lee)
 
             # SIGKILL the worker that runs it: the machine sees at once that the process is
             # gone; the supervisor starts the worker again; lee plays again.
@@ -444,27 +468,10 @@ async def test_three_nodes_behind_haproxy_as_docs_scaling_configures_it(tmp_path
                 assert owner in {f"ws://127.0.0.1:{p}/" for p in own.values()}
                 # Resume through another node's front port: sent to the owner's, through HAProxy.
                 other = next(f"ws://127.0.0.1:{p}/" for p in own.values() if f"{p}/" not in owner)
-                async with open_client(other) as ws:
-                    assert (await call(ws, type="auth", token=kim["token"]))["user_id"]
-                    elsewhere = await call(ws, type="resume", start_token=started["start_token"])
-                assert (elsewhere["code"], elsewhere["url"]) == ("session_elsewhere", owner)
-                async with open_client(elsewhere["url"]) as ws:
-                    assert (await call(ws, type="auth", token=kim["token"]))["user_id"]
-                    resumed = await call(ws, type="resume", start_token=started["start_token"])
-                    assert resumed["type"] == "game_started"
-                    with trio.fail_after(10):
-                        while (end := json.loads(await ws.get_message()))["type"] != "end_game":
-                            pass
+                assert await resume_elsewhere(other, kim, started) == owner
+                _, more, end = await resume_and_finish(owner, kim, started, 0)
+                assert (await submit_http(lb_http, started, end, points))["saved"] is True
                 async with httpx.AsyncClient(base_url=lb_http) as api:
-                    result = await api.post(
-                        "/api/results",
-                        json={
-                            "start_token": started["start_token"],
-                            "end_token": end["end_token"],
-                            "points": points,
-                        },
-                    )
-                    assert result.json()["saved"] is True
                     board = (await api.get("/api/games/quick/leaderboard")).json()
                     assert [e["score"] for e in board["entries"]] == [2]
             finally:

@@ -4,6 +4,7 @@ keys of gone nodes, where a running session is, and the shared attempt budgets, 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -55,26 +56,35 @@ def states(where: str) -> dict[str, str]:
     }
 
 
+def age(where: str, node_id: str, ms: int) -> None:
+    """Make a node look silent for `ms` (its last heartbeat moved back)."""
+    databases.sql(where, "UPDATE nodes SET seen_at = seen_at - ? WHERE id = ?", (ms, node_id))
+
+
 def test_only_a_gone_nodes_sessions_are_voided(tmp_path: Path) -> None:
     where = databases.location(tmp_path, "n.db")
     databases.create(where)
-    assert start(where, node("a"), 1000) == 0
+    now = int(time.time() * 1000)  # PostgreSQL judges leases by its own clock: a real time
+    assert start(where, node("a"), now) == 0
     add_session(where, "sa", "a")
     # A second node starting does not touch the first one's game (the old code voided all).
-    assert start(where, node("b"), 2000) == 0
+    assert start(where, node("b"), now) == 0
     add_session(where, "sb", "b")
     assert states(where) == {"sa": "running", "sb": "running"}
-    assert databases.read(where, ops.session_node, "sa", 2000) == "ws://a/"
-    # b renews its lease, a does not: past a's lease, b's heartbeat voids a's game only.
-    assert databases.run(where, ops.node_heartbeat, "b", "b" * 16, 1000 + LEASE - 1) == (True, 0)
+    assert databases.read(where, ops.session_node, "sa", now) == "ws://a/"
+    # a goes silent for most of its lease: b's heartbeat leaves its game alone.
+    age(where, "a", LEASE - 2000)
+    assert databases.run(where, ops.node_heartbeat, "b", "b" * 16, now) == (True, 0)
     assert states(where)["sa"] == "running"
-    assert databases.run(where, ops.node_heartbeat, "b", "b" * 16, 1000 + LEASE + 1) == (True, 1)
+    # Past a's lease, b's heartbeat voids a's game only.
+    age(where, "a", 4000)
+    assert databases.run(where, ops.node_heartbeat, "b", "b" * 16, now) == (True, 1)
     assert states(where) == {"sa": "voided", "sb": "running"}
-    assert databases.read(where, ops.session_node, "sa", 1000 + LEASE + 1) is None
+    assert databases.read(where, ops.session_node, "sa", now) is None
     # a comes back from a long stall: it learns it was found gone, and rejoins.
-    alive, _ = databases.run(where, ops.node_heartbeat, "a", "a" * 16, 1000 + LEASE + 2)
+    alive, _ = databases.run(where, ops.node_heartbeat, "a", "a" * 16, now)
     assert alive is False
-    databases.run(where, ops.rejoin_node, node("a"), 1000 + LEASE + 3)
+    databases.run(where, ops.rejoin_node, node("a"), now)
     assert {r[0] for r in databases.sql(where, "SELECT id FROM nodes")} == {"a", "b"}
     assert states(where)["sb"] == "running"
 
