@@ -702,16 +702,21 @@ async def cmd_keys(args: argparse.Namespace, store: Store) -> int:
             ],
         )
     elif args.action == "rotate":
+        from scoreserver.server.nodes import key_file_lock
+
         key = Ed25519PrivateKey.generate()
         kid = key_id(key.public_key()).hex()
         now = now_ms()
+        # The file first, under the lock the servers sharing it take: a server that reloads
+        # as soon as the database says the old key is retired finds the new one in its file.
+        with key_file_lock(args.key):
+            if args.key.exists():
+                backup = args.key.with_name(f"{args.key.name}.{now}.old")
+                shutil.copy2(args.key, backup)
+                os.chmod(backup, 0o600)
+            write_key(args.key, key)
         await store.use_signing_key(kid, raw_public(key.public_key()), now)
         await store.record_command(str(CLI_ACTOR()), "keys rotate", kid, str(args.key), now)
-        if args.key.exists():
-            backup = args.key.with_name(f"{args.key.name}.{now}.old")
-            os.replace(args.key, backup)
-            os.chmod(backup, 0o600)
-        write_key(args.key, key)
         print(
             f"new signing key {kid} in {args.key}; a running server signs with it within"
             " about 2 seconds (tokens of the old key stay valid for their games)"

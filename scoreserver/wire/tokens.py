@@ -28,6 +28,7 @@ import binascii
 import enum
 import hashlib
 import os
+import secrets
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -267,7 +268,8 @@ def write_key(path: Path, key: Ed25519PrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    tmp = path.with_name(path.name + ".tmp")
+    # A name of this writer's own: processes sharing the file never write one temporary file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, pem)

@@ -184,12 +184,14 @@ async def test_three_nodes_share_one_postgresql(tmp_path: Path) -> None:
             kim = await register_at(a.http, "kim")
             lee = await register_at(c.http, "lee")
 
-            # Boards watched on B and on A, by a guest each.
-            watch_b = await stack.enter_async_context(open_client(b.ws))
+            # Boards watched on B and on A, by a guest each (closed once read: a socket whose
+            # messages nobody reads cannot finish its closing handshake).
+            watchers = await stack.enter_async_context(AsyncExitStack())
+            watch_b = await watchers.enter_async_context(open_client(b.ws))
             assert (await call(watch_b, type="enter_game_room", game_id="quick", user_id=None))[
                 "type"
             ] == "room_entered"
-            watch_a = await stack.enter_async_context(open_client(a.ws))
+            watch_a = await watchers.enter_async_context(open_client(a.ws))
             assert (await call(watch_a, type="enter_game_room", game_id="quick", user_id=None))[
                 "type"
             ] == "room_entered"
@@ -226,6 +228,7 @@ async def test_three_nodes_share_one_postgresql(tmp_path: Path) -> None:
                 decided = trio.current_time()
             assert await next_board(watch_a, "quick", 2) == []
             assert trio.current_time() - decided < 2
+            await watchers.aclose()
 
             # Settings changed from the command line: every node uses them within 2 s.
             changed = cli(tmp_path, "games", "set", "quick", "--duration", "3")
