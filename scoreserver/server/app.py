@@ -22,7 +22,7 @@ import ssl
 import sys
 import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -287,6 +287,19 @@ async def serve(
     config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run the server until it is stopped (a signal, or `Server.stop()`)."""
+    if not config.handle_signals:
+        await _serve(config, None, task_status)
+        return
+    # Taken before anything else: a SIGTERM during start-up (a supervisor stopping a worker
+    # it just started) waits here and stops the server cleanly once it runs, instead of
+    # killing the process between its registration and its first heartbeat.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        await _serve(config, signals, task_status)
+
+
+async def _serve(
+    config: Config, signals: AsyncIterator[int] | None, task_status: trio.TaskStatus[Server]
+) -> None:
     ws_sockets = await _bind(
         config,
         config.ws_port,
@@ -429,8 +442,8 @@ async def serve(
                         servers.start_soon(notices.run)
                     servers.start_soon(_watch_settings, service, notices)
                     servers.start_soon(_watch_boards, service, rooms)
-                if config.handle_signals:
-                    servers.start_soon(_signals, server)
+                if signals is not None:
+                    servers.start_soon(_signals, server, signals)
                 if config.announce:
                     print(
                         f"scoreserver: game socket {server.ws_url}  HTTP {server.http_url}/"
@@ -734,14 +747,13 @@ async def _leave(service: Service) -> None:
         logger.warning("could not remove this node's row; its lease will run out")
 
 
-async def _signals(server: Server) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                await reload(server.service)
-            else:
-                logger.info("signal %s: stopping", signal.Signals(signum).name)
-                server.stop()
+async def _signals(server: Server, signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            await reload(server.service)
+        else:
+            logger.info("signal %s: stopping", signal.Signals(signum).name)
+            server.stop()
 
 
 async def reload(service: Service) -> None:
