@@ -384,6 +384,7 @@ async def _serve(
             async with trio.open_nursery() as servers:
                 await servers.start(rooms.run)
                 await servers.start(socket.run_keepalive)
+                await servers.start(socket.watch_sends)
                 if config.monitor_loop:
                     await servers.start(monitor.run)
                 ws_server = await _listen(

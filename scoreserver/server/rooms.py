@@ -17,6 +17,7 @@ The rules themselves are in `rules.py`; this module only carries out the actions
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -203,31 +204,41 @@ class Rooms:
             started = True
             logger.debug("session %s started in %s", session.session_id, session.game_id)
             # The timer ends the wait for the next point, never the handling of one: a reply
-            # in flight when the time is up is still sent, before end_game.
+            # in flight when the time is up is still sent, before end_game. One cancel scope
+            # for the whole game, its deadline set only while the session waits for a point
+            # (a scope per wait cost the loop about 30 us a point).
             deadline = trio.current_time() + rules.remaining_ms(service.clock.now_ms()) / 1000
-            while session.running and not session.shutting_down:
-                # Points that queued up meanwhile are judged together, in order, by when they
-                # arrived, and their tokens signed in one trip to the signer: under load a
-                # session keeps pace with its player instead of waiting once per point.
-                time_is_up = trio.current_time() >= deadline
-                run = _take_queued(session.inbox_receive)
-                if not run:
+            inbox = session.inbox_receive
+            with trio.CancelScope() as timer:
+                session.scope = timer
+                while session.running and not session.shutting_down:
+                    # Points that queued up meanwhile are judged together, in order, by when
+                    # they arrived, and their tokens signed in one trip to the signer: under
+                    # load a session keeps pace with its player instead of waiting once a point.
+                    time_is_up = trio.current_time() >= deadline
+                    run = _take_queued(inbox)
+                    if not run:
+                        if time_is_up:
+                            break
+                        session.waiting = True
+                        timer.deadline = deadline
+                        try:
+                            point = await inbox.receive()  # cancelled: time is up, or shutdown
+                        finally:
+                            timer.deadline = math.inf
+                            session.waiting = False
+                        run = [point, *_take_queued(inbox)]
+                    await self._carry_out_run(
+                        session,
+                        session_bytes,
+                        [
+                            (rules.receive_point(p.client_ts, p.received_at), p.request_id)
+                            for p in run
+                        ],
+                    )
                     if time_is_up:
-                        break
-                    with trio.CancelScope(deadline=deadline) as scope:
-                        session.scope = scope
-                        point = await session.inbox_receive.receive()
-                    session.scope = None
-                    if scope.cancelled_caught:
-                        break  # time is up, or the server is stopping
-                    run = [point, *_take_queued(session.inbox_receive)]
-                await self._carry_out_run(
-                    session,
-                    session_bytes,
-                    [(rules.receive_point(p.client_ts, p.received_at), p.request_id) for p in run],
-                )
-                if time_is_up:
-                    break  # what was queued when time ran out is judged; the rest is too late
+                        break  # what was queued when time ran out is judged; the rest is late
+            session.scope = None
             now = service.clock.now_ms()
             if session.running:
                 if session.shutting_down:

@@ -59,7 +59,8 @@ class LiveSession:
     submitted: bool = False
     inbox_send: trio.MemorySendChannel[PointIn] | None = None
     inbox_receive: trio.MemoryReceiveChannel[PointIn] | None = None
-    scope: trio.CancelScope | None = None
+    scope: trio.CancelScope | None = None  # the session's timer (rooms.py)
+    waiting: bool = False  # the session task waits for a point (only then may it be cancelled)
     shutting_down: bool = False
     finished: trio.Event = field(default_factory=trio.Event)
     end_message: wire.EndGame | None = None  # the session's end_game, once sent
@@ -89,8 +90,10 @@ class LiveSession:
         )
 
     def request_shutdown(self) -> None:
+        """End the game at its next wait for a point (now, if it is waiting): the handling of
+        points already taken is never cut short."""
         self.shutting_down = True
-        if self.scope is not None:
+        if self.scope is not None and self.waiting:
             self.scope.cancel()
 
     async def send(self, text: str) -> None:
