@@ -12,6 +12,7 @@ import concurrent.futures
 import getpass
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 from rich import box
@@ -440,10 +442,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together")
-    if args.node_lease <= 0:
-        raise CliError("--node-lease must be more than 0 seconds")
-    if args.workers < 1:
-        raise CliError("--workers must be 1 or more")
+    _check_node_flags(args)
     if args.workers > 1 and args.worker_of is None:
         from scoreserver.ops.workers import WorkersError, run_workers
 
@@ -480,6 +479,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except* PortTakenError as group:
         raise CliError(str(_leaf(group))) from None
     return 0
+
+
+MAX_WORKERS = 64
+MAX_LEASE_S = 3600.0
+
+
+def _check_node_flags(args: argparse.Namespace) -> None:
+    """--workers, --node-lease and --node-url, refused in one line when out of bounds."""
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise CliError(f"--workers must be 1 to {MAX_WORKERS}")
+    if args.workers > 1 and args.ws_port and args.ws_port + args.workers > 65535:
+        raise CliError("--ws-port + --workers must stay below 65536 (each worker's own port)")
+    if not (math.isfinite(args.node_lease) and 1 <= args.node_lease <= MAX_LEASE_S):
+        raise CliError(f"--node-lease must be 1 to {MAX_LEASE_S:g} seconds")
+    if args.node_url is not None:
+        url = args.node_url.replace("{worker}", "0")
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            parts = None
+        if (
+            parts is None
+            or parts.scheme not in ("ws", "wss")
+            or not parts.hostname
+            or len(url) > 2048
+            or any(c.isspace() or not c.isprintable() for c in url)
+        ):
+            raise CliError(
+                "--node-url must be a ws:// or wss:// URL with a host, e.g. ws://10.0.0.11:8765/"
+            )
 
 
 def _leaf(error: BaseException) -> BaseException:

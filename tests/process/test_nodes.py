@@ -11,7 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,24 @@ async def next_board(ws: Any, game: str, within_s: float) -> list[dict[str, Any]
             message = json.loads(await ws.get_message())
             if message["type"] == "leaderboard" and message["game_id"] == game:
                 return message["entries"]  # type: ignore[no-any-return]
+
+
+# Real time, on purpose: these tests drive other processes (nodes, a supervisor, HAProxy),
+# whose state crosses no trio event; it is polled this often, each wait bounded.
+POLL_S = 0.05
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within_s: float, what: str) -> None:
+    """Poll `check` until it holds; fail if it does not within `within_s`."""
+    with trio.move_on_after(within_s):
+        while not await check():
+            await trio.sleep(POLL_S)
+        return
+    raise AssertionError(f"{what}: not within {within_s} s")
+
+
+def rows(tmp_path: Path, statement: str, params: Any = ()) -> list[Any]:
+    return rows(tmp_path, statement, params)
 
 
 async def race_game_start(one: str, two: str, user: dict[str, Any]) -> dict[str, Any]:
@@ -234,31 +252,29 @@ async def test_three_nodes_share_one_postgresql(tmp_path: Path) -> None:
             changed = cli(tmp_path, "games", "set", "quick", "--duration", "3")
             assert changed.returncode == 0, changed.stderr
             async with open_client(c.ws) as ws:
-                with trio.fail_after(2):
-                    while (await call(ws, type="enter_game_room", game_id="quick", user_id=None))[
-                        "duration_ms"
-                    ] != 3000:
-                        await trio.sleep(0.1)
+
+                async def new_duration() -> bool:
+                    room = await call(ws, type="enter_game_room", game_id="quick", user_id=None)
+                    return bool(room["duration_ms"] == 3000)
+
+                await eventually(new_duration, 2, "node C uses the new duration")
 
             # A key rotation (on A's machine) retires every node's key: within 2 s each signs
             # with a new one, and the others verify it. A game on B, submitted to C:
             rotated = cli(tmp_path, "keys", "rotate", "--key", str(tmp_path / "a.key"))
             assert rotated.returncode == 0, rotated.stderr
-            await trio.sleep(2)
-            signing = {
-                r[0]
-                for r in databases.sql(
-                    databases.location(tmp_path, "s.db"), "SELECT kid FROM nodes"
-                )
-            }
-            retired = {
-                r[0]
-                for r in databases.sql(
-                    databases.location(tmp_path, "s.db"),
-                    "SELECT kid FROM signing_keys WHERE retired_at IS NOT NULL",
-                )
-            }
-            assert len(signing) == 3 and not signing & retired, (signing, retired)
+
+            async def every_node_signs_with_a_live_key() -> bool:
+                signing = {r[0] for r in rows(tmp_path, "SELECT kid FROM nodes")}
+                retired = {
+                    r[0]
+                    for r in rows(
+                        tmp_path, "SELECT kid FROM signing_keys WHERE retired_at IS NOT NULL"
+                    )
+                }
+                return len(signing) == 3 and not signing & retired
+
+            await eventually(every_node_signs_with_a_live_key, 2, "every node took a new key")
             async with open_client(b.ws) as ws:
                 started = await start(ws, lee, "quick")
                 points = await score(ws, 2)
@@ -269,8 +285,8 @@ async def test_three_nodes_share_one_postgresql(tmp_path: Path) -> None:
 
             # Two nodes racing game_start for one user: one game.
             winner = await race_game_start(a.ws, b.ws, lee)
-            running = databases.sql(
-                databases.location(tmp_path, "s.db"),
+            running = rows(
+                tmp_path,
                 "SELECT COUNT(*) FROM game_sessions WHERE user_id = ? AND state = 'running'",
                 (lee["user_id"],),
             )
@@ -278,8 +294,8 @@ async def test_three_nodes_share_one_postgresql(tmp_path: Path) -> None:
 
             # SIGKILL the node that runs lee's game: voided within the lease, and lee starts
             # again on C. Kim's saved (if banned) score is still there.
-            owner = databases.sql(
-                databases.location(tmp_path, "s.db"),
+            owner = rows(
+                tmp_path,
                 "SELECT nodes.url FROM game_sessions JOIN nodes ON nodes.id = node_id"
                 " WHERE game_sessions.id = ?",
                 (winner["session_id"],),
@@ -287,23 +303,24 @@ async def test_three_nodes_share_one_postgresql(tmp_path: Path) -> None:
             victim = a if owner == a.node_url else b
             assert owner == victim.node_url
             victim.process.send_signal(signal.SIGKILL)
-            killed = trio.current_time()
             async with open_client(c.ws) as ws:
                 again = await start(ws, lee, "long")
-                while again.get("code") == "session_active":
-                    assert trio.current_time() - killed < 10, "the dead node was not noticed"
-                    await trio.sleep(0.25)
-                    again = await call(ws, type="game_start", client_ts=wall_ms())
+
+                async def started_again() -> bool:
+                    nonlocal again
+                    if again.get("code") == "session_active":
+                        again = await call(ws, type="game_start", client_ts=wall_ms())
+                    return again.get("code") != "session_active"
+
+                await eventually(started_again, 10, "the dead node was noticed")
                 assert again["type"] == "game_started"
-            state = databases.sql(
-                databases.location(tmp_path, "s.db"),
+            state = rows(
+                tmp_path,
                 "SELECT state, end_reason FROM game_sessions WHERE id = ?",
                 (winner["session_id"],),
             )
             assert tuple(state[0]) == ("voided", "crashed")
-            scores = databases.sql(
-                databases.location(tmp_path, "s.db"), "SELECT user_id, score FROM scores"
-            )
+            scores = rows(tmp_path, "SELECT user_id, score FROM scores")
             assert sorted(tuple(r) for r in scores) == [(kim["user_id"], 5), (lee["user_id"], 2)]
 
 
@@ -379,24 +396,28 @@ async def test_workers_share_ports_and_send_players_to_their_game(
                 (winner["session_id"],),
             )[0][0]
             os.kill(int(pid), signal.SIGKILL)
-            killed = trio.current_time()
             again: dict[str, Any] = {"code": "session_active"}
-            while again.get("code") == "session_active":
-                assert trio.current_time() - killed < 10, "the dead worker was not noticed"
-                await trio.sleep(0.25)
+
+            async def started_again() -> bool:
+                nonlocal again
                 try:
                     async with open_client(supervisor.ws) as ws:
                         again = await start(ws, lee, "long")
-                except OSError:
-                    continue
+                except OSError:  # reached the dead worker's socket before the kernel forgot it
+                    return False
+                return again.get("code") != "session_active"
+
+            await eventually(started_again, 10, "the dead worker was noticed")
             assert again["type"] == "game_started", again
             state = databases.sql(
                 where, "SELECT state FROM game_sessions WHERE id = ?", (winner["session_id"],)
             )
             assert state[0][0] == "voided"
-            with trio.fail_after(20):
-                while len(databases.sql(where, "SELECT id FROM nodes")) != 2:
-                    await trio.sleep(0.25)  # the supervisor started the worker again
+
+            async def two_workers() -> bool:
+                return len(databases.sql(where, "SELECT id FROM nodes")) == 2
+
+            await eventually(two_workers, 20, "the supervisor started the worker again")
     assert supervisor.process.returncode == 0
     # A clean stop takes every worker's row with it.
     assert databases.sql(where, "SELECT id FROM nodes") == []
@@ -449,21 +470,21 @@ async def test_three_nodes_behind_haproxy_as_docs_scaling_configures_it(tmp_path
             try:
                 lb_ws = f"ws://127.0.0.1:{ports['8765']}/"
                 lb_http = f"http://127.0.0.1:{ports['8080']}"
-                with trio.fail_after(20):
-                    while True:  # until HAProxy listens and finds a node up
-                        try:
-                            async with httpx.AsyncClient(base_url=lb_http) as api:
-                                if (await api.get("/healthz")).status_code == 200:
-                                    break
-                        except httpx.TransportError:
-                            pass
-                        await trio.sleep(0.2)
+
+                async def proxy_up() -> bool:  # HAProxy listens and finds a node up
+                    try:
+                        async with httpx.AsyncClient(base_url=lb_http) as api:
+                            return (await api.get("/healthz")).status_code == 200
+                    except httpx.TransportError:
+                        return False
+
+                await eventually(proxy_up, 20, "HAProxy serves")
                 kim = await register_at(lb_http, "kim")
                 async with open_client(lb_ws) as ws:
                     started = await start(ws, kim)
                     points = await score(ws, 2)
-                owner = databases.sql(
-                    databases.location(tmp_path, "s.db"),
+                owner = rows(
+                    tmp_path,
                     "SELECT nodes.url FROM game_sessions JOIN nodes ON nodes.id = node_id"
                     " WHERE game_sessions.id = ?",
                     (started["session_id"],),
@@ -515,3 +536,132 @@ async def test_login_budgets_hold_across_nodes_when_guesses_are_sent_at_once(
             # Both nodes still serve: the right admin password is refused only for the budget.
             async with httpx.AsyncClient(base_url=b.http) as api:
                 assert (await api.get("/healthz")).status_code == 200
+
+
+def mangled(token: str) -> str:
+    """The same token with its last character changed (it no longer verifies)."""
+    return token[:-1] + ("A" if token[-1] != "A" else "B")
+
+
+@pytest.mark.parametrize("engine", databases.ENGINES, indirect=True)
+async def test_hostile_resumes_and_frames_at_once_against_workers(tmp_path: Path) -> None:
+    """`--workers 2` as shipped (its helper processes): resumes that must not learn or reach
+    another player's game, and frames at the bounds, all sent at once over many sockets to
+    both workers. Each gets its contract error (never `session_elsewhere` for someone else's
+    game, never a 1011 close); both workers then serve a whole game and save it."""
+    add_games(tmp_path)
+    with trio.fail_after(120):
+        async with node(tmp_path, "s.key", "--workers", "2") as supervisor:
+            first, second = supervisor.urls[1:]
+            kim = await register_at(supervisor.http, "kim")
+            eve = await register_at(supervisor.http, "eve")
+            async with open_client(first) as owner:
+                started = await start(owner, kim, "long")
+                token = started["start_token"]
+                # (who resumes, the start token, the codes it may get)
+                resumes = [
+                    (eve, token, {"unknown_session"}),  # someone else's game
+                    (None, token, {"unknown_session"}),  # a guest
+                    (kim, mangled(token), {"unknown_session"}),
+                    (kim, "", {"unknown_session", "bad_message"}),
+                    (kim, "A" * 400, {"unknown_session"}),
+                    (kim, "A" * 401, {"bad_message"}),  # over the token bound
+                    (kim, "\u0000" * 64, {"unknown_session"}),
+                ]
+                frames = [
+                    *HOSTILE,
+                    json.dumps({"type": "resume", "start_token": token, "id": 2**63}),
+                    json.dumps({"type": "resume", "start_token": token, "id": -(2**63) - 1}),
+                    json.dumps({"type": "resume", "start_token": [token]}),
+                    json.dumps({"type": "resume"}),
+                ]
+                answers: list[tuple[set[str], dict[str, Any]]] = []
+
+                async def resume(url: str, who: Any, tok: str, allowed: set[str]) -> None:
+                    async with open_client(url) as ws:
+                        if who is not None:
+                            assert (await call(ws, type="auth", token=who["token"]))["user_id"]
+                        answers.append((allowed, await call(ws, type="resume", start_token=tok)))
+
+                async def hostile(url: str, frame: str | bytes) -> None:
+                    async with open_client(url) as ws:
+                        await ws.send_message(frame)
+                        answers.append(
+                            ({"bad_message", "bad_json"}, json.loads(await ws.get_message()))
+                        )
+                        # The socket is still open and answers.
+                        assert (await call(ws, type="whoami"))["type"] == "identity"
+
+                async with trio.open_nursery() as nursery:
+                    for url in (first, second, supervisor.ws):
+                        for who, tok, allowed in resumes:
+                            nursery.start_soon(resume, url, who, tok, allowed)
+                        for frame in frames:
+                            nursery.start_soon(hostile, url, frame)
+                assert len(answers) == 3 * (len(resumes) + len(frames))
+                for allowed, reply in answers:
+                    assert reply["type"] == "error" and reply["code"] in allowed, (allowed, reply)
+                    assert "url" not in reply
+                # Kim's own game is untouched: she still resumes it through the other worker.
+                url = await resume_elsewhere(second, kim, started)
+                assert url == first
+            # Both workers play and save a whole game afterwards.
+            for url in (first, second):
+                async with open_client(url) as ws:
+                    game = await start(ws, eve if url == first else kim, "quick")
+                    points = await score(ws, 2)
+                    with trio.fail_after(10):
+                        while (end := json.loads(await ws.get_message()))["type"] != "end_game":
+                            pass
+                result = await submit_http(supervisor.http, game, end, points)
+                assert result["saved"] is True
+            assert supervisor.process.returncode is None
+
+
+HOSTILE: list[str | bytes] = [
+    '{"type": "point", "client_ts": 9223372036854775808}',
+    '{"type": "point", "client_ts": -1}',
+    '{"type": "game_start", "client_ts": 9223372036854775808}',
+    '{"type": "enter_game_room", "game_id": "quick", "user_id": 9223372036854775808}',
+    "[" * 50_000 + "]" * 50_000,
+    b"\xff\xfe\xfd",
+    "",
+    "{}",
+]
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--workers", "0"], "--workers"),
+        (["--workers", "-1"], "--workers"),
+        (["--workers", "65"], "--workers"),
+        (["--workers", str(2**63)], "--workers"),
+        (["--workers", "2", "--ws-port", "65535"], "--ws-port"),
+        (["--node-lease", "0"], "--node-lease"),
+        (["--node-lease", "-1"], "--node-lease"),
+        (["--node-lease", "nan"], "--node-lease"),
+        (["--node-lease", "inf"], "--node-lease"),
+        (["--node-lease", "1e300"], "--node-lease"),
+        (["--node-url", ""], "--node-url"),
+        (["--node-url", "http://10.0.0.11:8765/"], "--node-url"),
+        (["--node-url", "ws://"], "--node-url"),
+        (["--node-url", "ws://h:99999/"], "--node-url"),
+        (["--node-url", "ws://h/\x1b[2J"], "--node-url"),
+        (["--node-url", "ws://h/" + "x" * 5000], "--node-url"),
+    ],
+)
+def test_node_flags_out_of_bounds_are_refused_in_one_line(
+    tmp_path: Path, flags: list[str], named: str
+) -> None:
+    done = subprocess.run(
+        serve_command(tmp_path / "s.db", tmp_path / "s.key", *flags),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0
+    assert named in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "s.db").exists()  # refused before anything was made
