@@ -24,7 +24,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from pathlib import Path
 import trio
 
 from scoreserver import children
-from scoreserver.server.app import parse_banner
+from scoreserver.server.app import parse_banner, serve_argv
 from scoreserver.store import Store, WriterMode
 from scoreserver.store.engine import Location, redact
 from scoreserver.wire.tokens import load_or_create_key
@@ -69,11 +68,7 @@ def worker_command(
     argv: list[str], index: int, ws_port: int, http_port: int, direct: int
 ) -> list[str]:
     """The command line of worker `index`: the supervisor's own flags, then the ports."""
-    return [
-        sys.executable,
-        "-m",
-        "scoreserver.ops.cli",
-        "serve",
+    return serve_argv(
         *argv,
         "--ws-port",
         str(ws_port),
@@ -85,7 +80,7 @@ def worker_command(
         str(index),
         "--direct-ws-port",
         str(direct),
-    ]
+    )
 
 
 def passed_flags(args: argparse.Namespace) -> list[str]:

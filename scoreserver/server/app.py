@@ -60,13 +60,14 @@ HOUSEKEEPING_INTERVAL_S = 60.0
 BANNER = re.compile(r"game socket wss?://\S+:(\d+)/\s+HTTP https?://\S+:(\d+)/")
 
 
+def serve_argv(*flags: str) -> list[str]:
+    """The command line of `scoreserver serve FLAGS`, run by this Python."""
+    return [sys.executable, "-m", "scoreserver.ops.cli", "serve", *flags]
+
+
 def serve_command(db: str | Path, key: Path, *flags: str) -> list[str]:
     """The command line of a server process on free ports (for tests and benchmarks)."""
-    return [
-        sys.executable,
-        "-m",
-        "scoreserver.ops.cli",
-        "serve",
+    return serve_argv(
         "--ws-port",
         "0",
         "--http-port",
@@ -78,7 +79,7 @@ def serve_command(db: str | Path, key: Path, *flags: str) -> list[str]:
         "--log-level",
         "WARNING",
         *flags,
-    ]
+    )
 
 
 def parse_banner(text: str) -> tuple[int, int] | None:

@@ -429,18 +429,18 @@ class Rooms:
                 )
         receive.close()
 
-    def end_all_sessions(self) -> None:
-        """End every running session now (as a shutdown ends them), without waiting: this node
-        was found gone and its sessions are already void in the database."""
-        for session in [s for s in self.service.sessions.values() if s.running]:
+    def end_all_sessions(self) -> list[LiveSession]:
+        """Ask every running session to end (as a shutdown ends them), without waiting; the
+        sessions asked. Also for a node found gone: its sessions are void already."""
+        live = [s for s in self.service.sessions.values() if s.running]
+        for session in live:
             session.request_shutdown()
+        return live
 
     async def shutdown_sessions(self, timeout_s: float = 5.0) -> None:
         """End every running session with `server_shutdown` and wait for their tasks."""
         self.closing = True
-        live = [s for s in self.service.sessions.values() if s.running]
-        for session in live:
-            session.request_shutdown()
+        live = self.end_all_sessions()
         with trio.move_on_after(timeout_s):
             for session in live:
                 await session.finished.wait()

@@ -830,15 +830,16 @@ def start_node(
     long a retired key still verifies and every key ever recorded. `gone`: nodes known to be
     gone already (a process of this machine that no longer runs: server/nodes.py)."""
     record_signing_key(conn, node.kid, public_key, now)
+    clock = lease_clock(conn, now)
     kids = _remove_nodes(conn, gone)
     kids += [
         row[0]
         for row in conn.execute(
             "DELETE FROM nodes WHERE url = ? OR seen_at + lease_ms < ? RETURNING kid",
-            (node.url, lease_clock(conn, now)),
+            (node.url, clock),
         ).fetchall()
     ]
-    _insert_node(conn, node, lease_clock(conn, now))
+    _insert_node(conn, node, clock)
     _retire_keys_of_gone(conn, kids, now)
     voided = void_lost_sessions(conn, now)
     if conn.execute("SELECT 1 FROM games LIMIT 1").fetchone() is None:
