@@ -12,6 +12,8 @@ Modes (all players log in with seeded login tokens, enter a room, start a game):
   idle        connect, authenticate, enter the room, then hold --seconds
   submit      --points points back to back per game, --games games each, then submit all
   echo        the same client against bench/echo_server.py: the transport's upper bound
+  echo-submit submit's last phase against bench/echo_server.py: frames of a --points
+              submission's size and shape (made up, no game played), --games each
 
 Prints one JSON object on stdout.
 """
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
+import os
 import random
 import resource
 import struct
@@ -310,6 +314,17 @@ async def submit_player(
             }
         )
     bodies = [json.dumps(g).encode() for g in games]
+    await submit_all(sock, bodies, stats, ready, results)
+
+
+async def submit_all(
+    sock: Socket,
+    bodies: list[bytes],
+    stats: Stats,
+    ready: asyncio.Barrier,
+    results: list[float],
+) -> None:
+    """Once every player is ready: send each body, time its result; then hang up."""
     await ready.wait()
     for body in bodies:
         sent = time.perf_counter()
@@ -319,6 +334,33 @@ async def submit_player(
         stats.submissions += 1
         stats.submissions_accepted += bool(reply.get("accepted"))
     sock.close()
+
+
+async def echo_submit_player(
+    args: argparse.Namespace, stats: Stats, ready: asyncio.Barrier, results: list[float]
+) -> None:
+    """Frames the size and shape of `submit`'s, to the echo server (it answers each with a
+    short result): the transport's own cost of receiving a submission."""
+    assert CONNECT_GATE is not None
+    async with CONNECT_GATE:
+        sock = await Socket.open(args.host, args.port)
+
+    def token() -> str:  # base64url of the length of a point token of the bench game
+        return base64.urlsafe_b64encode(os.urandom(120)).decode()[:158]
+
+    ts = now_ms()
+    bodies = [
+        json.dumps(
+            {
+                "type": "submit_result",
+                "start_token": token(),
+                "end_token": token(),
+                "points": [{"token": token(), "client_ts": ts + n} for n in range(args.points)],
+            }
+        ).encode()
+        for _ in range(args.games)
+    ]
+    await submit_all(sock, bodies, stats, ready, results)
 
 
 def cpu_seconds() -> float:
@@ -396,11 +438,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         ready.set()
         await asyncio.gather(*tasks)
         elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    elif args.mode == "submit":
+    elif args.mode in ("submit", "echo-submit"):
         ready = asyncio.Barrier(args.players + 1)
         latencies: list[float] = []
         tasks = [
-            guarded(submit_player(args, tokens[n], stats, ready, latencies), ready)
+            guarded(
+                submit_player(args, tokens[n], stats, ready, latencies)
+                if args.mode == "submit"
+                else echo_submit_player(args, stats, ready, latencies),
+                ready,
+            )
             for n in range(args.players)
         ]
         await ready.wait()
@@ -431,7 +478,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=["throughput", "realistic", "idle", "submit", "echo"])
+    parser.add_argument(
+        "mode", choices=["throughput", "realistic", "idle", "submit", "echo", "echo-submit"]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--players", type=int, default=50)

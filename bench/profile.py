@@ -2,7 +2,8 @@
 
     python bench/profile.py throughput --players 50 --seconds 5
     python bench/profile.py echo --players 50 --seconds 5        # the bare echo, to compare
-    python bench/profile.py submit --players 50 --points 600 --games 1 --duration 40
+    python bench/profile.py submit --players 100 --points 600 --games 2 --duration 30 \
+        --submissions-only                                    # only the submissions' phase
 
 Needs py-spy (`pip install py-spy`). Prints, from the server's main process only: where its
 samples go by package (trio's scheduler, trio's sockets, trio-websocket, wsproto, our code...),
@@ -90,36 +91,37 @@ def main() -> None:
     parser.add_argument("--players", type=int, default=50)
     parser.add_argument("--duration", type=float, default=60, help="game length in seconds")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--rate", type=int, default=250, help="samples a second")
     parser.add_argument(
         "--only", help="keep stacks through this frame (e.g. unrolled_run: the event loop)"
+    )
+    parser.add_argument(
+        "--submissions-only",
+        action="store_true",
+        help="submit mode: sample only from the moment the submissions start",
     )
     args, loadgen_args = parser.parse_known_args()
     with tempfile.TemporaryDirectory(prefix="scoreprof-") as tmp:
         folder = Path(tmp)
         echo = args.mode == "echo"
-        tokens = None if echo else bench_run.seed(folder, args.players, args.duration)
-        server = bench_run.start_server(folder, echo=echo)
+        database = str(folder / "bench.db")
+        tokens = None if echo else bench_run.seed(folder, database, args.players, args.duration)
+        server = bench_run.start_server(folder, database, echo=echo)
         raw = folder / "profile.txt"
-        spy = subprocess.Popen(
-            [
-                "py-spy",
-                "record",
-                "-p",
-                str(server.process.pid),
-                "-r",
-                "250",
-                "-f",
-                "raw",
-                "-o",
-                str(raw),
-                "--nonblocking",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        spy_argv = [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "-p",
+            str(server.process.pid),
+        ]
+        spy_argv += ["-r", str(args.rate)]
+        spy_argv += ["-f", "raw", "-o", str(raw), "--nonblocking"]
+        spy: subprocess.Popen[bytes] | None = None
+        if not args.submissions_only:
+            spy = subprocess.Popen(spy_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(1.0)
-            subprocess.run(
+            load = subprocess.Popen(
                 [
                     sys.executable,
                     str(HERE / "loadgen.py"),
@@ -131,12 +133,21 @@ def main() -> None:
                     *(["--tokens", str(tokens)] if tokens else []),
                     *loadgen_args,
                 ],
-                check=True,
-                timeout=600,
+                stdout=subprocess.PIPE,
+                text=True,
             )
+            assert load.stdout
+            for line in load.stdout:  # the submit mode says when its submissions start
+                if spy is None and "submit_phase" in line:
+                    spy = subprocess.Popen(
+                        spy_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                    )
+            if load.wait(timeout=600):
+                raise SystemExit("the load generator failed")
         finally:
-            spy.send_signal(2)
-            spy.wait(timeout=30)
+            if spy is not None:
+                spy.send_signal(2)
+                spy.wait(timeout=30)
             server.process.terminate()
             server.process.wait(timeout=15)
         print(summarize(raw, args.top, args.only))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import operator
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -339,7 +340,7 @@ class SubmissionRejected:
 SubmissionVerdict = SubmissionAccepted | SubmissionRejected
 
 
-def _same(a: str | None, b: str) -> bool:
+def same_token(a: str | None, b: str) -> bool:
     """Constant-time equality of two tokens (ASCII text; anything else is not a token)."""
     if a is None:
         return False
@@ -364,28 +365,42 @@ def _all_issued_in_order(
     """Whether `points` are exactly the tokens issued as seq 1..n, in that order, each on time.
 
     That is what an honest page submits, and it is checked here with one constant-time
-    comparison of the joined tokens instead of one per point (a 600-point result: about
-    0.3 ms instead of 1.2 ms). Every token of a session has the same length, and so must every
+    comparison of the joined tokens instead of one per point, and with no Python step per
+    point (C-level map, join, min and max: a 600-point result in about 0.1 ms instead of
+    1.2 ms point by point). Every token of a session has the same length, and so must every
     submitted one, so equal joined texts mean equal tokens, one by one.
     """
-    if not points:
+    count = len(points)
+    if not count or count > len(issued_points):
         return False
     try:
-        issued = [issued_points[seq] for seq in range(1, len(points) + 1)]
+        issued = (
+            [issued_points[1]]
+            if count == 1
+            else operator.itemgetter(*range(1, count + 1))(issued_points)
+        )
     except KeyError:
         return False
-    width = len(issued[0].token)
-    tokens = [point.token for point in points]
-    if any(len(token) != width for token in tokens) or any(
-        len(point.token) != width for point in issued
-    ):
+    issued_tokens = list(map(_TOKEN_OF_ISSUED, issued))
+    tokens = list(map(_TOKEN, points))
+    width = {len(issued_tokens[0])}
+    if set(map(len, tokens)) != width or set(map(len, issued_tokens)) != width:
         return False
-    if not _same("".join([point.token for point in issued]), "".join(tokens)):
+    if not same_token("".join(issued_tokens), "".join(tokens)):
         return False
-    return all(
-        on_time(point.client_ts, offset, sent.server_ts, latency)
-        for point, sent in zip(points, issued, strict=True)
+    # The clock rule for every point at once: |client_ts + offset - server_ts| <= latency
+    # for all of them is min and max of (client_ts - server_ts) inside [-latency - offset,
+    # latency - offset]. Integers, so exact.
+    gaps: list[int] = list(
+        map(operator.sub, map(_CLIENT_TS, points), map(_SERVER_TS_OF_ISSUED, issued))
     )
+    return min(gaps) + offset >= -latency and max(gaps) + offset <= latency
+
+
+_TOKEN = operator.attrgetter("token")
+_CLIENT_TS = operator.attrgetter("client_ts")
+_TOKEN_OF_ISSUED = operator.itemgetter(2)  # IssuedPoint's fields by place: C-level reads
+_SERVER_TS_OF_ISSUED = operator.itemgetter(1)
 
 
 class PointLike(Protocol):
@@ -411,7 +426,7 @@ def check_submission(
     `point_seq` reads the sequence number a point token claims (without trusting it: the
     token is then compared in constant time with the one issued under that number).
     """
-    if not _same(record.start_token, start_token):
+    if not same_token(record.start_token, start_token):
         return SubmissionRejected(ResultReason.BAD_START_TOKEN, {})
     if record.submitted:
         return SubmissionRejected(ResultReason.ALREADY_SUBMITTED, {})
@@ -423,7 +438,7 @@ def check_submission(
         return SubmissionRejected(ResultReason.BAD_END_TOKEN, {"detail": "session not ended"})
     if now > record.ended_at + record.settings.submission_window_ms:
         return SubmissionRejected(ResultReason.EXPIRED, {"ended_at": record.ended_at})
-    if not _same(record.end_token, end_token):
+    if not same_token(record.end_token, end_token):
         return SubmissionRejected(ResultReason.BAD_END_TOKEN, {})
     issued_points = record.points
     latency = record.settings.latency_ms
@@ -443,7 +458,7 @@ def check_submission(
         token = point.token
         seq = point_seq(token)
         issued = issued_points.get(seq) if seq is not None else None
-        if issued is None or not _same(issued.token, token):
+        if issued is None or not same_token(issued.token, token):
             return SubmissionRejected(ResultReason.BAD_POINT_TOKEN, {"index": index})
         seq = issued.seq  # equal to the claimed seq, now known to be an issued one
         if seq in seen:

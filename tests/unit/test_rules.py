@@ -329,11 +329,51 @@ class TestSubmission:
             [SubmittedPoint(p.token.upper(), p.client_ts) for p in base],
             [SubmittedPoint("point-\u00e9", p.client_ts) for p in base],
             [],
+            base[:1],  # one point
+            [*base, SubmittedPoint("point-10", base[-1].client_ts + 1000)],  # more than issued
+            # The clock rule at its edges, on either side (the record's offset is not 0):
+            # exactly the latency early or late is on time, a millisecond more is not.
+            *(
+                [
+                    SubmittedPoint(p.token, p.client_ts + shift) if i == at else p
+                    for i, p in enumerate(base)
+                ]
+                for at in (0, 4, 8)
+                for shift in (-1001, -1000, 1000, 1001)
+            ),
+            [SubmittedPoint(p.token, p.client_ts + 1000) for p in base],  # all late, on time
+            [SubmittedPoint(p.token, p.client_ts - 1001) for p in base],  # all too early
         ]
         fast = [judge(ten, case) for case in cases]
+        # The one-comparison path says yes exactly when the submission is the issued tokens
+        # 1..n in order and every point is on time (otherwise the point-by-point one judges).
+        in_order = [
+            rules._all_issued_in_order(ten.points, case, OFFSET, 1000)  # noqa: SLF001
+            for case in cases
+        ]
+        expected = [
+            bool(case)
+            and [p.token for p in case] == [f"point-{s}" for s in range(1, len(case) + 1)]
+            and isinstance(verdict, SubmissionAccepted)
+            for case, verdict in zip(cases, fast, strict=True)
+        ]
+        assert in_order == expected
+        assert in_order.count(True) == 10  # whole, first 4, first 1, 6 on-time edges, all late
         monkeypatch.setattr(rules, "_all_issued_in_order", lambda *args: False)
         assert fast == [judge(ten, case) for case in cases]
         assert fast[0] == SubmissionAccepted(9)
+        edges = fast[-14:-2]  # per place: 1001 early, 1000 early, 1000 late, 1001 late
+        assert [isinstance(v, SubmissionAccepted) for v in edges] == [False, True, True, False] * 3
+        assert fast[-2] == SubmissionAccepted(9)
+
+    def test_tokens_that_join_into_the_issued_text_are_not_the_issued_tokens(self) -> None:
+        """The in-order check compares one joined text: tokens cut at other places (same
+        text, same count) must not pass for the issued ones."""
+        issued = {1: IssuedPoint(1, T0 + 1000, "ab"), 2: IssuedPoint(2, T0 + 2000, "cd")}
+        recut = [SubmittedPoint("a", T0 + 1000 - OFFSET), SubmittedPoint("bcd", T0 + 2000 - OFFSET)]
+        verdict = judge(record(points=issued), recut)
+        assert isinstance(verdict, SubmissionRejected)
+        assert verdict.reason is ResultReason.BAD_POINT_TOKEN
 
     def test_flagging_reasons(self) -> None:
         assert not ResultReason.ALREADY_SUBMITTED.flags_account

@@ -100,6 +100,35 @@ def test_an_old_key_verifies_until_its_end(ring: KeyRing) -> None:
         rotated.verify(token, Purpose.START, NOW + 1001)
 
 
+def test_read_checks_everything_but_the_signature(ring: KeyRing) -> None:
+    """`read` (for a caller that compares the token with the one it issued, and verifies when
+    they differ) refuses what `verify` refuses for shape, purpose, key and key validity, and
+    only the signature is left to `verify`."""
+    token = ring.sign(Purpose.START, SESSION, 1, "demo", NOW)
+    raw = b64decode(token)
+    forged = b64encode(raw[:-64] + Ed25519PrivateKey.generate().sign(raw[:-64]))
+    assert ring.read(forged, Purpose.START, NOW).session_id == SESSION
+    with pytest.raises(TokenError, match="bad signature"):
+        ring.verify(forged, Purpose.START, NOW)
+    with pytest.raises(TokenError, match="another purpose"):
+        ring.read(token, Purpose.END, NOW)
+    other = KeyRing(Ed25519PrivateKey.generate()).sign(Purpose.START, SESSION, 1, "demo", NOW)
+    with pytest.raises(TokenError, match="unknown key id"):
+        ring.read(other, Purpose.START, NOW)
+    for junk in ("", "%%%", token + "A", token[:-1]):
+        with pytest.raises(TokenError):
+            ring.read(junk, Purpose.START, NOW)
+    old_key = Ed25519PrivateKey.generate()
+    old = KeyRing(old_key).sign(Purpose.START, SESSION, 1, "demo", NOW)
+    rotated = KeyRing(
+        Ed25519PrivateKey.generate(),
+        [VerifyKey(key_id(old_key.public_key()), old_key.public_key(), NOW + 1000)],
+    )
+    assert rotated.read(old, Purpose.START, NOW + 1000).session_id == SESSION
+    with pytest.raises(TokenError, match="no longer valid"):
+        rotated.read(old, Purpose.START, NOW + 1001)
+
+
 @pytest.mark.parametrize("junk", ["", "abc", "%%%", "é", "A" * 500, b64encode(b"SS" + bytes(200))])
 def test_junk_is_refused_without_crashing(ring: KeyRing, junk: str) -> None:
     with pytest.raises(TokenError):
