@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--players", type=int, default=50)
     parser.add_argument("--duration", type=float, default=60, help="game length in seconds")
     parser.add_argument("--top", type=int, default=30)
-    parser.add_argument("--rate", type=int, default=250, help="samples a second")
+    parser.add_argument("--samples", type=int, default=250, help="samples a second")
     parser.add_argument(
         "--only", help="keep stacks through this frame (e.g. unrolled_run: the event loop)"
     )
@@ -114,7 +114,7 @@ def main() -> None:
             "-p",
             str(server.process.pid),
         ]
-        spy_argv += ["-r", str(args.rate)]
+        spy_argv += ["-r", str(args.samples)]
         spy_argv += ["-f", "raw", "-o", str(raw), "--nonblocking"]
         spy: subprocess.Popen[bytes] | None = None
         if not args.submissions_only:

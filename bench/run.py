@@ -334,6 +334,7 @@ def scenarios(quick: bool) -> list[tuple[str, str, int, list[str], float, float]
         ("throughput-500-w2", "throughput", 500, ["--seconds", "5"], 60, 90),
         ("realistic-300", "realistic", 300, ["--rate", "5"], 30, 120),
         ("realistic-300-1proc", "realistic", 300, ["--rate", "5"], 30, 120),
+        ("realistic-300-si", "realistic", 300, ["--rate", "5"], 30, 120),
         ("realistic-1000", "realistic", 1000, ["--rate", "5"], 30, 180),
         ("realistic-1000-w2", "realistic", 1000, ["--rate", "5"], 30, 180),
         ("idle-10000", "idle", 10000, ["--seconds", "3"], 600, 180),
@@ -344,10 +345,13 @@ def scenarios(quick: bool) -> list[tuple[str, str, int, list[str], float, float]
 
 
 def server_args_of(name: str) -> list[str]:
-    """`-1proc`: signer and writer on the loop's process; `-w2`: `--workers 2` (`-sp`: with
-    a signer process per worker, what `--signer auto` chose before it weighed cores per loop)."""
+    """`-1proc`: signer and writer on the loop's process; `-si`: the signer on the loop, the
+    writer in its process; `-w2`: `--workers 2` (`-sp`: with a signer process per worker,
+    what `--signer auto` chose before it weighed cores per loop)."""
     if name.endswith("-1proc"):
         return list(ONE_PROCESS)
+    if name.endswith("-si"):
+        return ["--signer", "inline"]
     if "-w2" in name:
         return ["--workers", "2", *(["--signer", "process"] if name.endswith("-sp") else [])]
     return []
