@@ -2,8 +2,9 @@
 
 A session task owns its session from `game_started` to `end_game`:
 
-* the timer, as the deadline of the cancel scope around each wait for the next point (it
-  never interrupts the handling of a point: a reply in flight when time is up still goes out);
+* the timer: a task of the session's own that sleeps until the deadline and then wakes the
+  session through its inbox (`LiveSession.wake`), so that it never interrupts the handling of
+  a point: a reply in flight when time is up still goes out, before `end_game`;
 * the point inbox, a small bounded memory channel the connection handler sends into;
 * the answers to the player, sent through `LiveSession.player` (re-pointed on `resume`);
 * the end: when the task's loop is over, the session is over. It commits the session's end,
@@ -17,7 +18,6 @@ The rules themselves are in `rules.py`; this module only carries out the actions
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,7 +39,7 @@ from scoreserver.core.rules import (
     RejectReason,
 )
 from scoreserver.errors import ConflictError, StoreError
-from scoreserver.server.sessions import LiveSession, Peer, Player, PointIn
+from scoreserver.server.sessions import WAKE, LiveSession, Peer, Player, PointIn
 from scoreserver.wire import protocol as wire
 from scoreserver.wire.tokens import Purpose
 
@@ -204,13 +204,15 @@ class Rooms:
             started = True
             logger.debug("session %s started in %s", session.session_id, session.game_id)
             # The timer ends the wait for the next point, never the handling of one: a reply
-            # in flight when the time is up is still sent, before end_game. One cancel scope
-            # for the whole game, its deadline set only while the session waits for a point
-            # (a scope per wait cost the loop about 30 us a point).
+            # in flight when the time is up is still sent, before end_game. It wakes this task
+            # through the inbox; nothing on the point path is a cancel scope (a cancelled
+            # scope stays cancelled: a deadline that passed just as a point was handed over
+            # cut that point's answer off, seen once in a few thousand games under overload).
             deadline = trio.current_time() + rules.remaining_ms(service.clock.now_ms()) / 1000
+            session.deadline = deadline
             inbox = session.inbox_receive
-            with trio.CancelScope() as timer:
-                session.scope = timer
+            async with trio.open_nursery() as timer:
+                timer.start_soon(_alarm, session, deadline)
                 while session.running and not session.shutting_down:
                     # Points that queued up meanwhile are judged together, in order, by when
                     # they arrived, and their tokens signed in one trip to the signer: under
@@ -220,14 +222,14 @@ class Rooms:
                     if not run:
                         if time_is_up:
                             break
-                        session.waiting = True
-                        timer.deadline = deadline
                         try:
-                            point = await inbox.receive()  # cancelled: time is up, or shutdown
-                        finally:
-                            timer.deadline = math.inf
-                            session.waiting = False
-                        run = [point, *_take_queued(inbox)]
+                            run = [await inbox.receive(), *_take_queued(inbox)]
+                        except (trio.EndOfChannel, trio.ClosedResourceError):
+                            break  # pragma: no cover - only this task closes the inbox
+                    if WAKE in run:
+                        run = [p for p in run if p is not WAKE]
+                        if not run:
+                            continue  # woken: look at the time and at shutting_down
                     await self._carry_out_run(
                         session,
                         session_bytes,
@@ -238,7 +240,7 @@ class Rooms:
                     )
                     if time_is_up:
                         break  # what was queued when time ran out is judged; the rest is late
-            session.scope = None
+                timer.cancel_scope.cancel()
             now = service.clock.now_ms()
             if session.running:
                 if session.shutting_down:
@@ -251,7 +253,6 @@ class Rooms:
                     with trio.CancelScope(shield=True):
                         await self._end(session, session_bytes, ended)
         finally:
-            session.scope = None
             with trio.CancelScope(shield=True):
                 await self._drain_inbox(session)
             if session.running:
@@ -416,6 +417,8 @@ class Rooms:
             return
         while queued := _take_queued(receive):
             for point in queued:
+                if point is WAKE:
+                    continue
                 # Bounded by the connection's own send timeout (a peer that does not read is
                 # dropped); a tighter bound here would lose answers under load.
                 await session.send(
@@ -492,6 +495,12 @@ class Rooms:
         room.last_top = entries
         frame = wire.encode(wire.Leaderboard(game_id=room.game_id, entries=entries))
         await _broadcast(list(room.members), frame)
+
+
+async def _alarm(session: LiveSession, deadline: float) -> None:
+    """The session's timer: at the deadline, wake the session (it ends the game)."""
+    await trio.sleep_until(deadline)
+    session.wake()
 
 
 def _take_queued(inbox: trio.MemoryReceiveChannel[PointIn]) -> list[PointIn]:

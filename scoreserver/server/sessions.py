@@ -8,6 +8,7 @@ service and the rooms, so that neither imports the other.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,6 +44,11 @@ class PointIn:
     request_id: str | int | None
 
 
+# Not a point: what `LiveSession.wake` puts in a session's inbox (no point has a negative
+# receipt time), taken out again by the session task.
+WAKE = PointIn(-1, -1, None)
+
+
 @dataclass(eq=False, slots=True)
 class LiveSession:
     """A session in this process: its rules, its tokens, its player, its inbox."""
@@ -59,8 +65,7 @@ class LiveSession:
     submitted: bool = False
     inbox_send: trio.MemorySendChannel[PointIn] | None = None
     inbox_receive: trio.MemoryReceiveChannel[PointIn] | None = None
-    scope: trio.CancelScope | None = None  # the session's timer (rooms.py)
-    waiting: bool = False  # the session task waits for a point (only then may it be cancelled)
+    deadline: float = math.inf  # trio time when the session's timer wakes it (rooms.py)
     shutting_down: bool = False
     finished: trio.Event = field(default_factory=trio.Event)
     end_message: wire.EndGame | None = None  # the session's end_game, once sent
@@ -90,11 +95,20 @@ class LiveSession:
         )
 
     def request_shutdown(self) -> None:
-        """End the game at its next wait for a point (now, if it is waiting): the handling of
-        points already taken is never cut short."""
+        """End the game when its task next looks at its inbox (now, if it waits for a point):
+        the handling of points already taken is never cut short."""
         self.shutting_down = True
-        if self.scope is not None and self.waiting:
-            self.scope.cancel()
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the session's task if it waits for a point, so that it looks at the time and
+        at `shutting_down`. Through its inbox, so nothing is ever cancelled: a task busy with
+        points (its inbox full, or not waiting) looks at both before it waits again."""
+        if self.inbox_send is not None:
+            try:
+                self.inbox_send.send_nowait(WAKE)
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
 
     async def send(self, text: str) -> None:
         if self.player is not None:

@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from scoreserver.server.app import Server
+from scoreserver.server.sessions import PointIn
 
 from .. import databases
 from ..conftest import Client, connect, register
@@ -192,6 +193,34 @@ async def test_a_burst_limit_inside_a_run_of_queued_points_still_ends_with_end_g
                 + [("point_rejected", "burst")] * 3
                 + [("point_rejected", "game_over")] * 6
             )
+
+
+async def test_a_point_handed_over_as_the_timer_fires_is_still_answered(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A point handed to the waiting session task in the very scheduler tick its deadline
+    passes is answered before end_game. (With the timer as a cancel scope's deadline, the
+    scope was cancelled after the point was handed over, and its answer was cut off at the
+    send's first checkpoint: a point never answered, seen under overload.)"""
+    with trio.fail_after(60):
+        async with connect(inline_server) as client:
+            await client.enter("demo", None)
+            started = await client.start(player_clock(inline_server)())
+            session = inline_server.service.sessions[started["session_id"]]
+            assert session.inbox_send is not None
+            await trio.sleep(0.5)  # the session task now waits for a point
+            # To the deadline (and a hair past it: floating point), and in the same tick,
+            # with no checkpoint between, a point that reached the server 1 ms before the end.
+            autojump_clock.jump(session.deadline - trio.current_time() + 1e-9)
+            received = session.rules.ends_at - 1
+            session.inbox_send.send_nowait(
+                PointIn(received - session.rules.offset_ms, received, "edge")
+            )
+            replies = []
+            while (message := await client.recv())["type"] != "end_game":
+                replies.append(message)
+            assert message["reason"] == "time_up"
+            assert [(r["type"], r.get("id")) for r in replies] == [("point_accepted", "edge")]
 
 
 async def test_many_sessions_in_one_room_at_once(
