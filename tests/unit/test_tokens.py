@@ -87,14 +87,20 @@ def test_a_key_with_a_forged_kid_fails_the_signature(ring: KeyRing) -> None:
         ring.verify(b64encode(forged), Purpose.START, NOW)
 
 
-def test_an_old_key_verifies_until_its_end(ring: KeyRing) -> None:
+def signed_then_rotated() -> tuple[str, KeyRing]:
+    """A start token under an old key, and a ring with a new key that accepts the old one
+    until NOW + 1000."""
     old_key = Ed25519PrivateKey.generate()
-    old = KeyRing(old_key)
-    token = old.sign(Purpose.START, SESSION, 1, "demo", NOW)
+    token = KeyRing(old_key).sign(Purpose.START, SESSION, 1, "demo", NOW)
     rotated = KeyRing(
         Ed25519PrivateKey.generate(),
         [VerifyKey(key_id(old_key.public_key()), old_key.public_key(), NOW + 1000)],
     )
+    return token, rotated
+
+
+def test_an_old_key_verifies_until_its_end() -> None:
+    token, rotated = signed_then_rotated()
     assert rotated.verify(token, Purpose.START, NOW + 1000).session_id == SESSION
     with pytest.raises(TokenError, match="no longer valid"):
         rotated.verify(token, Purpose.START, NOW + 1001)
@@ -118,12 +124,7 @@ def test_read_checks_everything_but_the_signature(ring: KeyRing) -> None:
     for junk in ("", "%%%", token + "A", token[:-1]):
         with pytest.raises(TokenError):
             ring.read(junk, Purpose.START, NOW)
-    old_key = Ed25519PrivateKey.generate()
-    old = KeyRing(old_key).sign(Purpose.START, SESSION, 1, "demo", NOW)
-    rotated = KeyRing(
-        Ed25519PrivateKey.generate(),
-        [VerifyKey(key_id(old_key.public_key()), old_key.public_key(), NOW + 1000)],
-    )
+    old, rotated = signed_then_rotated()
     assert rotated.read(old, Purpose.START, NOW + 1000).session_id == SESSION
     with pytest.raises(TokenError, match="no longer valid"):
         rotated.read(old, Purpose.START, NOW + 1001)
