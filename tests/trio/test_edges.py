@@ -4,6 +4,7 @@ the default configuration with its helper processes unless the test says otherwi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -17,6 +18,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from trio_websocket import ConnectionClosed
 
 from scoreserver.errors import StoreError
 from scoreserver.ops import cli
@@ -379,13 +381,21 @@ def mangled(token: str) -> list[str]:
     return [token + "!!!!", token + "=", token[:-1] + other, token + "AA", " " + token]
 
 
+async def a_victim_and_an_attacker(
+    server: Server, victim: str, attacker: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Two accounts, and a 3-point game the first played (its tokens, as its page keeps them)."""
+    vic = await new_player(server, victim)
+    mal = await new_player(server, attacker)
+    async with connect(server) as client:
+        await client.login(vic)
+        game = await play_quick(client, 3, vic["user_id"])
+    return vic, mal, game
+
+
 async def test_a_copy_of_a_victims_tokens_cannot_flag_or_hide_them(server: Server) -> None:
     with trio.fail_after(60):
-        vic = await new_player(server, "vic")
-        mal = await new_player(server, "mal")
-        async with connect(server) as client:
-            await client.login(vic)
-            game = await play_quick(client, 3, vic["user_id"])
+        vic, mal, game = await a_victim_and_an_attacker(server, "vic", "mal")
         honest = {k: game[k] for k in ("start_token", "end_token", "points")}
         assert (await submit_http(server, honest, vic["token"]))["saved"] is True
         # Anyone can read the victim's tokens (we invite public verification): mangled copies
@@ -735,3 +745,159 @@ async def test_honest_submissions_sent_at_once_from_one_address_are_never_limite
                 for r in await all_at_once(35, lambda i: api.post("/api/results", json=junk))
             )
         assert codes == {200: 30, 429: 5}
+
+
+def _recut(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same joined text, cut at other places: the first token a character short, the
+    second a character long."""
+    first, second = points[0], points[1]
+    return [
+        {**first, "token": first["token"][:-1]},
+        {**second, "token": first["token"][-1] + second["token"]},
+        *points[2:],
+    ]
+
+
+def _mangled(token: str, at: int) -> str:
+    return token[:at] + ("B" if token[at] == "A" else "A") + token[at + 1 :]
+
+
+async def test_hostile_submissions_at_once_against_the_default_configuration(
+    server: Server,
+) -> None:
+    """Submissions of one player's game, mangled and at the bounds, each on its own socket and
+    all at once, to the server with its helper processes (signer, writer): each gets its
+    contract answer, none is accepted, nothing closes with 1011, the owner is never flagged
+    for them, and the owner's own submission is then accepted."""
+    server.service.limits.failed_submissions.limit = 0  # verdicts here; the budget: above
+    with trio.fail_after(60):
+        owner, mallory, game = await a_victim_and_an_attacker(server, "owner", "mallory")
+        start, end, points = game["start_token"], game["end_token"], game["points"]
+        real = {"start_token": start, "end_token": end}
+
+        def submission(**fields: Any) -> str:
+            return json.dumps({"type": "submit_result", **real, "points": points, **fields})
+
+        bad_start = {("result", "bad_start_token")}
+        bad_message = {("error", "bad_message")}
+        cases: list[tuple[str | bytes, set[tuple[str, str]]]] = [
+            (submission(start_token=_mangled(start, len(start) - 3)), bad_start),  # signature
+            (submission(start_token=_mangled(start, 12)), bad_start),  # the session id
+            (submission(start_token=""), bad_start),
+            (submission(start_token="A" * 400), bad_start),
+            (submission(start_token="\u00e9" * 200), bad_start),
+            (submission(start_token="\x00" * 100), bad_start),
+            (submission(start_token="A" * 401), bad_message),
+            (submission(end_token=""), {("result", "bad_end_token")}),
+            (submission(end_token=_mangled(end, 40)), {("result", "bad_end_token")}),
+            (submission(points=_recut(points)), {("result", "bad_point_token")}),
+            (submission(points=[points[0], points[0]]), {("result", "duplicate_point")}),
+            (submission(points=[points[0]] * 1_300), {("result", "duplicate_point")}),  # 240 KB
+            (
+                submission(points=[*points, {"token": "A" * 158, "client_ts": 1}]),
+                {("result", "bad_point_token")},
+            ),
+            (
+                submission(points=[{**p, "client_ts": p["client_ts"] + 5_000} for p in points]),
+                {("result", "timing_mismatch")},
+            ),
+            (submission(points=[{**points[0], "client_ts": 2**63}]), bad_message),
+            (submission(points=[{**points[0], "client_ts": -1}]), bad_message),
+            (submission(points=[{**points[0], "client_ts": 2**53}]), bad_message),
+            (submission(id=2**63), bad_message),
+            (submission(points={"token": start}), bad_message),
+            (
+                '{"type":"submit_result","start_token":"a","end_token":"b","points":'
+                + "[" * 50_000
+                + "]" * 50_000
+                + "}",
+                bad_message,
+            ),
+            (b"\xff\xfe" * 1_000, bad_message),
+            ("", {("error", "bad_json")}),
+        ]
+
+        async def attempt(index: int) -> tuple[str, str] | int:
+            frame, _ = cases[index]
+            async with connect(server) as attacker:
+                if index % 2:
+                    await attacker.login(mallory)
+                await attacker.send_raw(frame)
+                reply = await attacker.recv()
+                while reply["type"] == "leaderboard":
+                    reply = await attacker.recv()
+                if reply["type"] == "error":
+                    return ("error", reply["code"])
+                assert reply["accepted"] is False, (index, reply)
+                return ("result", reply["reason"])
+
+        async def too_big(_: int) -> int:
+            async with connect(server) as attacker:
+                await attacker.send_raw(submission(points=[points[0]] * 2_000))  # 370 KB
+                with pytest.raises(ConnectionClosed) as closed:
+                    await attacker.recv()
+                return closed.value.reason.code  # type: ignore[no-any-return]
+
+        async with trio.open_nursery() as nursery:
+            answers: list[Any] = []
+            closes: list[int] = []
+
+            async def run_cases() -> None:
+                answers.extend(await all_at_once(len(cases), attempt))
+
+            async def run_too_big() -> None:
+                closes.extend(await all_at_once(3, too_big))
+
+            nursery.start_soon(run_cases)
+            nursery.start_soon(run_too_big)
+        for (frame, expected), answer in zip(cases, answers, strict=True):
+            assert answer in expected, (str(frame)[:80], answer)
+        assert closes == [1009] * 3  # the contract's "message too big", never 1011
+        flags = await server.service.store.flags()
+        assert flags and all(f.get("user_id") != owner["user_id"] for f in flags)
+        # The owner's own submission, after all of that: accepted, saved.
+        async with connect(server) as client:
+            await client.login(owner)
+            result = await client.call(type="submit_result", **real, points=points)
+        assert result == {"type": "result", "accepted": True, "score": 3, "saved": True}
+        assert server.service.store.failure is None
+
+
+async def test_points_sent_at_once_across_the_end_are_each_answered_once(server: Server) -> None:
+    """Ten players of the 1 s game, with helper processes, send points without waiting for
+    answers from before the end to after it: every point gets exactly one answer (accepted,
+    or game_over once the game is over), none is lost at the timer's edge, and end_game comes
+    once. (A timer that was a cancel scope lost the point handed over as it fired.)"""
+
+    async def player(n: int) -> Counter[str]:
+        async with connect(server) as client:
+            await client.enter("quick", None)
+            await client.start(wall_ms())
+            sent = 0
+            # Real time on purpose (helper processes answer in real time): a player's pace,
+            # 0.08 s apart, 14 points: past the 1 s game, under the burst rule.
+            while sent < 14:
+                await trio.sleep(0.08)
+                sent += 1
+                await client.send(type="point", client_ts=wall_ms(), id=sent)
+            answers: Counter[str] = Counter()
+            ids: list[int] = []
+            while len(ids) < sent:
+                message = await client.recv()
+                if message["type"] in ("point_accepted", "point_rejected"):
+                    ids.append(message["id"])
+                    answers[message.get("reason") or "accepted"] += 1
+                elif message["type"] == "end_game":
+                    answers["end_game"] += 1
+            assert sorted(ids) == list(range(1, sent + 1)), ids
+            await client.send(type="whoami", id="last")
+            while (message := await client.recv()).get("id") != "last":
+                answers[message["type"]] += 1  # nothing but a late end_game may come here
+            return answers
+
+    with trio.fail_after(30):
+        results = await all_at_once(10, player)
+    for answers in results:
+        assert answers["end_game"] == 1, answers
+        assert answers["accepted"] >= 1 and answers["game_over"] >= 1, answers  # across the end
+        assert set(answers) <= {"accepted", "game_over", "end_game"}, answers

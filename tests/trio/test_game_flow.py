@@ -208,7 +208,7 @@ async def test_a_point_handed_over_as_the_timer_fires_is_still_answered(
             started = await client.start(player_clock(inline_server)())
             session = inline_server.service.sessions[started["session_id"]]
             assert session.inbox_send is not None
-            await trio.sleep(0.5)  # the session task now waits for a point
+            await trio.sleep(0.5)  # virtual (autojump_clock): the session now waits for a point
             # To the deadline (and a hair past it: floating point), and in the same tick,
             # with no checkpoint between, a point that reached the server 1 ms before the end.
             autojump_clock.jump(session.deadline - trio.current_time() + 1e-9)

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 from scoreserver.server.transport import MAX_READS_WITHOUT_YIELD, ObservedStream
 
@@ -47,10 +48,10 @@ async def test_direct_reads_wait_for_data_and_see_the_end() -> None:
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read_two)
-                await trio.sleep(0.05)  # the reader waits: nothing was sent yet
+                await trio.testing.wait_all_tasks_blocked()  # the reader waits: nothing sent
                 assert got == []
                 await peer.send_all(b"hello")
-                await trio.sleep(0.05)
+                await trio.testing.wait_all_tasks_blocked()  # read, and waiting again
                 assert got == [b"hello"]
                 await peer.send_eof()
             assert got == [b"hello", b""]  # the peer's end reads as b"", as on trio's stream
@@ -65,7 +66,8 @@ async def test_a_write_larger_than_the_kernel_takes_at_once_arrives_whole() -> N
 
             async def read_all() -> None:
                 while len(received) < len(payload):
-                    await trio.sleep(0.001)  # a slow reader: the writer must wait for it
+                    # Read only once the writer waits for room: it must wait, every time.
+                    await trio.testing.wait_all_tasks_blocked()
                     received.extend(await peer.receive_some(65536))
 
             async with trio.open_nursery() as nursery:
@@ -80,7 +82,7 @@ async def test_a_streaming_peer_cannot_hold_the_loop() -> None:
     with trio.fail_after(10):
         async with connected() as (ours, peer):
             await peer.send_all(b"x" * 64 * (MAX_READS_WITHOUT_YIELD * 8))
-            await trio.sleep(0.05)  # all of it is in our socket's buffer
+            await trio.testing.wait_all_tasks_blocked()  # all of it is in our socket's buffer
             turns = 0
 
             async def other_task() -> None:
@@ -111,7 +113,7 @@ async def test_reads_after_a_local_close_or_a_reset_fail_as_trios_do() -> None:
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(wait_then_fail)
-                await trio.sleep(0.05)  # waiting in wait_readable when the stream is dropped
+                await trio.testing.wait_all_tasks_blocked()  # in wait_readable when dropped
                 await ours.drop()
             with pytest.raises(trio.ClosedResourceError):
                 await ours.receive_some(100)
@@ -123,7 +125,7 @@ async def test_reads_after_a_local_close_or_a_reset_fail_as_trios_do() -> None:
             # The peer resets the connection (SO_LINGER 0): reads and writes say broken.
             peer.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             await peer.aclose()
-            await trio.sleep(0.05)
+            await trio.testing.wait_all_tasks_blocked()
             with pytest.raises(trio.BrokenResourceError):
                 await ours.receive_some(100)
             with pytest.raises(trio.BrokenResourceError):
