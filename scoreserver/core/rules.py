@@ -374,11 +374,7 @@ def _all_issued_in_order(
     if not count or count > len(issued_points):
         return False
     try:
-        issued = (
-            [issued_points[1]]
-            if count == 1
-            else operator.itemgetter(*range(1, count + 1))(issued_points)
-        )
+        issued = list(map(issued_points.__getitem__, range(1, count + 1)))
     except KeyError:
         return False
     issued_tokens = list(map(_TOKEN_OF_ISSUED, issued))

@@ -222,10 +222,9 @@ class Rooms:
                     if not run:
                         if time_is_up:
                             break
-                        try:
-                            run = [await inbox.receive(), *_take_queued(inbox)]
-                        except (trio.EndOfChannel, trio.ClosedResourceError):
-                            break  # pragma: no cover - only this task closes the inbox
+                        # Only this task closes the inbox (at the end): this wait ends with
+                        # a point, or with the timer's or a shutdown's wake-up.
+                        run = [await inbox.receive(), *_take_queued(inbox)]
                     if WAKE in run:
                         run = [p for p in run if p is not WAKE]
                         if not run:
