@@ -20,6 +20,14 @@ those yields were two of the nine task steps an accepted point cost (a step is ~
 loop's time here). Only a read that must wait waits (`wait_readable`), and at most
 `MAX_READS_WITHOUT_YIELD` reads in a row skip the yield, so a peer streaming bytes cannot hold
 the loop.
+
+Two more yields a point were trio-websocket's own: its send lock (a trio lock yields when it is
+free, too) and its reader's hand-over of each message into its queue. `quicken` replaces both
+on each accepted connection with the same thing minus the yield when nothing needs waiting for
+(the lock is still FIFO and exclusive, the queue still holds one message and makes the reader
+wait). They are trio-websocket's private attributes: each is replaced only if it is exactly
+what trio-websocket 0.12 made, so a version that changed them keeps its own (slower, never
+wrong), and `tests/trio/test_transport.py` says so when that happens.
 """
 
 from __future__ import annotations
@@ -230,3 +238,57 @@ async def serve_game_socket(
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         task_status.started(GameSocketServer(bound))
+
+
+class _QuickLock:
+    """trio-websocket's send lock, taken without a yield when nobody holds or waits for it
+    (trio's locks yield even then): the same order (FIFO), one step less a reply."""
+
+    def __init__(self) -> None:
+        self._lock = trio.StrictFIFOLock()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    async def __aenter__(self) -> None:
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
+class _QuickSend:
+    """trio-websocket's reader's end of its message channel, handing a message over without
+    a yield when the channel has room (the reader reads on, or waits for bytes, right after)."""
+
+    def __init__(self, channel: trio.MemorySendChannel[Any]) -> None:
+        self._channel = channel
+
+    async def send(self, value: Any) -> None:
+        try:
+            self._channel.send_nowait(value)
+        except trio.WouldBlock:
+            await self._channel.send(value)
+
+    async def aclose(self) -> None:
+        await self._channel.aclose()
+
+
+def quicken(ws: Any) -> bool:
+    """Two yields less a point on an accepted connection (see `_QuickLock`, `_QuickSend`).
+    They are trio-websocket's own attributes, replaced only where they are what it made
+    (checked: a version that changed them keeps its own); False when left as they were."""
+    lock = getattr(ws, "_stream_lock", None)
+    channel = getattr(ws, "_send_channel", None)
+    if not (
+        type(lock) is trio.StrictFIFOLock
+        and not lock.locked()
+        and type(channel) is trio.MemorySendChannel
+    ):
+        return False
+    ws._stream_lock = _QuickLock()
+    ws._send_channel = _QuickSend(channel)
+    return True

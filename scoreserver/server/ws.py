@@ -24,7 +24,7 @@ from scoreserver.errors import AuthError, ConflictError, ProtocolError, RateLimi
 from scoreserver.server.rooms import Room, Rooms
 from scoreserver.server.service import Service
 from scoreserver.server.sessions import LiveSession, Peer, PointIn
-from scoreserver.server.transport import ObservedStream, Streams
+from scoreserver.server.transport import ObservedStream, Streams, quicken
 from scoreserver.wire import protocol as wire
 from scoreserver.wire.tokens import Purpose
 
@@ -147,6 +147,7 @@ class GameSocket:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
         ws = await request.accept()
+        quicken(ws)
         peer = Peer(address=address, user_agent=headers.get("user-agent", "")[:200])
         conn = Connection(ws, peer, stream)
         if limits.max_msg_rate:

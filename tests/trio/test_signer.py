@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -74,6 +75,43 @@ async def test_concurrent_signatures_each_match_their_own_body() -> None:
     stats = signer.stats()
     assert stats["signed"] == 300 and stats["signed_on_loop"] == 0
     assert 1 <= signer.batches < 300  # they went in batches, not one write each
+
+
+class StepCounter(trio.abc.Instrument):
+    """Counts the scheduler's steps of each task, by the task's name."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task.name] = self.steps.get(task.name, 0) + 1
+
+
+async def test_a_lone_request_costs_the_helper_tasks_one_step_each() -> None:
+    """At moderate load a batch is one point: the request is written in one step of the write
+    loop and its answer read in one step of the read loop (no trio yield before a write the
+    pipe takes whole, or a read that finds data). Each step is ~50 us of the event loop's
+    time (docs/performance.md); with trio's pipe calls it was two steps each."""
+    keys = KeyRing(Ed25519PrivateKey.generate())
+    signer = ProcessSigner()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(signer.run)
+            await signer.sign(keys, point_body(keys, 1))  # the key goes over; the child is up
+            await trio.testing.wait_all_tasks_blocked()
+            counter = StepCounter()
+            trio.lowlevel.add_instrument(counter)
+            try:
+                for seq in range(2, 12):
+                    token = await signer.sign(keys, point_body(keys, seq))
+                    assert_tokens(keys, {seq: token})
+                    await trio.testing.wait_all_tasks_blocked()
+            finally:
+                trio.lowlevel.remove_instrument(counter)
+            nursery.cancel_scope.cancel()
+    helper = {name: n for name, n in counter.steps.items() if "ProcessSigner" in name}
+    for loop in ("_write_loop", "_read_loop"):
+        assert sum(n for name, n in helper.items() if loop in name) == 10, helper
 
 
 async def test_a_rotated_key_is_loaded_into_the_child_and_used_from_then_on() -> None:

@@ -2,7 +2,9 @@
 direct reads and writes that skip trio's yield when nothing needs waiting for, and what they
 must still do: wait when there is nothing to read, finish a write the kernel took only part
 of, yield after a run of reads so that a streaming peer cannot hold the loop, and say closed
-or broken the way trio's own streams do."""
+or broken the way trio's own streams do. And trio-websocket's send lock and message hand-over
+as `quicken` replaces them: no yield when nothing needs waiting for, the same exclusion, order
+and backpressure."""
 
 from __future__ import annotations
 
@@ -10,12 +12,25 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 import trio
 import trio.testing
+from trio_websocket import (
+    WebSocketConnection,
+    WebSocketRequest,
+    open_websocket_url,
+    serve_websocket,
+)
 
-from scoreserver.server.transport import MAX_READS_WITHOUT_YIELD, ObservedStream
+from scoreserver.server.transport import (
+    MAX_READS_WITHOUT_YIELD,
+    ObservedStream,
+    _QuickLock,
+    _QuickSend,
+    quicken,
+)
 
 
 @asynccontextmanager
@@ -131,3 +146,104 @@ async def test_reads_after_a_local_close_or_a_reset_fail_as_trios_do() -> None:
             with pytest.raises(trio.BrokenResourceError):
                 for _ in range(100):  # the first write may still be taken by the kernel
                     await ours.send_all(b"x" * 65536)
+
+
+# -- trio-websocket's send lock and message hand-over, quickened (`quicken`) --
+
+
+@asynccontextmanager
+async def quickened_pair() -> AsyncIterator[tuple[WebSocketConnection, WebSocketConnection]]:
+    """(the server's side of a real trio-websocket connection, quickened as the game socket
+    does; the client's side)."""
+    accepted: list[WebSocketConnection] = []
+    ready = trio.Event()
+    done = trio.Event()
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        assert quicken(ws)  # this trio-websocket's own attributes: replaced
+        assert not quicken(ws)  # what is not trio-websocket's own is left alone
+        accepted.append(ws)
+        ready.set()
+        await done.wait()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            partial(serve_websocket, handler, "127.0.0.1", 0, ssl_context=None)
+        )
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/") as client:
+            await ready.wait()
+            yield accepted[0], client
+            done.set()
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_quick_lock_yields_only_when_another_task_holds_it() -> None:
+    lock = _QuickLock()
+    with trio.testing.assert_no_checkpoints():
+        async with lock:
+            assert lock.locked()
+    order: list[str] = []
+
+    async def take(name: str) -> None:
+        async with lock:
+            order.append(name)
+            await trio.testing.wait_all_tasks_blocked()  # hold it while the others queue
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for name in "abc":
+                nursery.start_soon(take, name)
+                await trio.testing.wait_all_tasks_blocked()  # each queues in turn
+    assert order == ["a", "b", "c"]  # first come, first served, one at a time
+    assert not lock.locked()
+
+
+async def test_replies_sent_at_once_from_two_tasks_arrive_whole_and_in_order() -> None:
+    """The lock still keeps sends apart: two tasks send large messages at once to a peer that
+    reads only afterwards (each send waits for room, holding the lock); every message arrives
+    whole, each task's in order. Without the lock the stream refuses the second sender
+    (trio's BusyResourceError), or frames would interleave."""
+    with trio.fail_after(30):
+        async with quickened_pair() as (server, client):
+
+            async def send_many(tag: str) -> None:
+                for i in range(8):
+                    await server.send_message(f"{tag}{i:02d}" + tag * 200_000)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_many, "a")
+                nursery.start_soon(send_many, "b")
+                await trio.testing.wait_all_tasks_blocked()  # both senders wait for room
+                got = [await client.get_message() for _ in range(16)]
+            for tag in "ab":
+                mine = [m for m in got if m[0] == tag]
+                assert [m[:3] for m in mine] == [f"{tag}{i:02d}" for i in range(8)]
+                assert all(m[3:] == tag * 200_000 for m in mine)
+
+
+async def test_messages_faster_than_the_handler_reads_wait_and_arrive_in_order() -> None:
+    """The reader hands a message over without a yield when the channel has room, and waits
+    when it has none (trio-websocket's queue holds one): nothing is lost or reordered."""
+    with trio.fail_after(30):
+        async with quickened_pair() as (server, client):
+            for i in range(300):
+                await client.send_message(f"m{i}")
+            await trio.testing.wait_all_tasks_blocked()  # the reader waits on the full queue
+            assert [await server.get_message() for _ in range(300)] == [f"m{i}" for i in range(300)]
+            send_end, receive_end = trio.open_memory_channel[int](1)
+            sender = _QuickSend(send_end)
+            with trio.testing.assert_no_checkpoints():
+                await sender.send(1)  # room: no yield
+            sent: list[int] = []
+
+            async def send_two() -> None:
+                await sender.send(2)
+                sent.append(2)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_two)
+                await trio.testing.wait_all_tasks_blocked()
+                assert sent == []  # no room: it waits
+                assert receive_end.receive_nowait() == 1
+            assert sent == [2] and receive_end.receive_nowait() == 2
