@@ -14,6 +14,9 @@ Modes (all players log in with seeded login tokens, enter a room, start a game):
   echo        the same client against bench/echo_server.py: the transport's upper bound
   echo-submit submit's last phase against bench/echo_server.py: frames of a --points
               submission's size and shape (made up, no game played), --games each
+  echo-realistic  realistic's points (same rate, jitter, staggered starts, replies parsed
+              the same way) for --seconds against bench/echo_server.py: the latency this
+              generator and transport show with a server that does nothing
 
 Prints one JSON object on stdout.
 """
@@ -120,6 +123,19 @@ class Stats:
         self.submissions = 0
         self.submissions_accepted = 0
         self.unanswered = 0
+        # realistic modes: (when sent, round trip) of each point, and when the last player
+        # to start sent its first point (from then on every player is in its game)
+        self.timed: list[tuple[float, float]] = []
+        self.started_players = 0
+        self.all_started_at = float("inf")
+
+    def first_point_sent(self, players: int) -> None:
+        self.started_players += 1
+        if self.started_players == players:
+            self.all_started_at = time.perf_counter()
+
+    def steady_rtts(self) -> list[float]:
+        return [rtt for sent, rtt in self.timed if sent >= self.all_started_at]
 
 
 CONNECT_GATE: asyncio.Semaphore | None = None  # set in main: connects at a time
@@ -216,6 +232,7 @@ async def realistic_player(
             if kind in ("point_accepted", "point_rejected"):
                 sent, ts = pending.pop(message["id"])
                 stats.rtts.append(time.perf_counter() - sent)
+                stats.timed.append((sent, stats.rtts[-1]))
                 if kind == "point_accepted":
                     stats.accepted += 1
                     claims.append({"token": message["token"], "client_ts": ts})
@@ -228,6 +245,8 @@ async def realistic_player(
     while time.perf_counter() < game_end:
         await asyncio.sleep(interval * rng.uniform(0.6, 1.4))
         next_id += 1
+        if next_id == 1:
+            stats.first_point_sent(args.players)
         ts = now_ms()
         pending[next_id] = (time.perf_counter(), ts)
         sock.send(b'{"type":"point","client_ts":%d,"id":%d}' % (ts, next_id))
@@ -256,6 +275,48 @@ async def realistic_player(
     stats.unanswered += len(pending)
     stats.submissions += 1
     stats.submissions_accepted += bool(message.get("accepted"))
+    sock.close()
+
+
+async def echo_realistic_player(args: argparse.Namespace, stats: Stats, rng: random.Random) -> None:
+    """`realistic_player`'s points, timing and reply parsing, against the echo server."""
+    assert CONNECT_GATE is not None
+    async with CONNECT_GATE:
+        sock = await Socket.open(args.host, args.port)
+    await asyncio.sleep(rng.uniform(0, 1.0))
+    interval = 1.0 / args.rate
+    pending: dict[int, float] = {}
+    sending = True
+    drained = asyncio.Event()
+
+    async def read_replies() -> None:
+        while sending or pending:
+            message = json.loads(await sock.recv())
+            sent = pending.pop(message["id"])
+            stats.rtts.append(time.perf_counter() - sent)
+            stats.timed.append((sent, stats.rtts[-1]))
+            stats.accepted += 1
+        drained.set()
+
+    reader = asyncio.create_task(read_replies())
+    end = time.perf_counter() + args.seconds - 0.3
+    next_id = 0
+    while time.perf_counter() < end:
+        await asyncio.sleep(interval * rng.uniform(0.6, 1.4))
+        next_id += 1
+        if next_id == 1:
+            stats.first_point_sent(args.players)
+        pending[next_id] = time.perf_counter()
+        sock.send(b'{"type":"point","client_ts":%d,"id":%d}' % (now_ms(), next_id))
+    sending = False
+    if not pending:
+        reader.cancel()
+    else:
+        try:
+            await asyncio.wait_for(drained.wait(), 60)
+        finally:
+            reader.cancel()
+    stats.unanswered += len(pending)
     sock.close()
 
 
@@ -407,20 +468,29 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*tasks)
         elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
         report.update(messages_per_s=stats.accepted / elapsed, rejected=stats.rejected)
-    elif args.mode == "realistic":
+    elif args.mode in ("realistic", "echo-realistic"):
+        echo_r = args.mode == "echo-realistic"
         cpu0, t0 = cpu_seconds(), time.perf_counter()
         await asyncio.gather(
-            *(realistic_player(args, tokens[n], stats, rng) for n in range(args.players))
+            *(
+                echo_realistic_player(args, stats, rng)
+                if echo_r
+                else realistic_player(args, tokens[n], stats, rng)
+                for n in range(args.players)
+            )
         )
         elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
         report.update(
             points=stats.accepted,
-            rejected=stats.rejected,
             unanswered=stats.unanswered,
             points_per_s=stats.accepted / elapsed,
-            submissions=stats.submissions,
-            submissions_accepted=stats.submissions_accepted,
         )
+        if not echo_r:
+            report.update(
+                rejected=stats.rejected,
+                submissions=stats.submissions,
+                submissions_accepted=stats.submissions_accepted,
+            )
     elif args.mode == "idle":
         ready, hold = asyncio.Event(), asyncio.Event()
         tasks = [
@@ -463,6 +533,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
     else:
         raise SystemExit(f"unknown mode {args.mode}")
+    if stats.timed:
+        # Round trips of the points sent once every player was in its game: without the
+        # start-up, where players connect, log in and start while others already play.
+        steady = stats.steady_rtts()
+        report["rtt_p99_steady_ms"] = round(percentile(steady, 0.99) * 1000, 3) if steady else None
     report.update(
         seconds=round(elapsed, 3),
         rtt_p50_ms=round(percentile(stats.rtts, 0.50) * 1000, 3),
@@ -479,7 +554,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "mode", choices=["throughput", "realistic", "idle", "submit", "echo", "echo-submit"]
+        "mode",
+        choices=[
+            "throughput",
+            "realistic",
+            "idle",
+            "submit",
+            "echo",
+            "echo-submit",
+            "echo-realistic",
+        ],
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
