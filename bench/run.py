@@ -537,6 +537,29 @@ TABLE_COLUMNS = [
 ]
 
 
+def measure_steadiness(seconds: float) -> dict[str, Any] | None:
+    """The machine's own steadiness before the scenarios (bench/steadiness.py), alone."""
+    cmd = [sys.executable, str(ROOT / "bench" / "steadiness.py"), str(seconds)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+    except (subprocess.TimeoutExpired, ValueError):
+        return None
+
+
+def steadiness_lines(found: dict[str, Any] | None) -> list[str]:
+    if not found:
+        return []
+    return [
+        f"Before the scenarios, with nothing of ours running, a pure-Python loop on this machine "
+        f"(`bench/steadiness.py {found['seconds']:.0f}`) ran under a third of its usual speed "
+        f"{found['slow_time_share']:.1%} of the time (at {fmt(found['slow_speed_median'], 2)} "
+        f"of it), in {found['windows_over_20ms']} windows of 20 ms or more (median "
+        f"{fmt(found['window_ms_median'])} ms): the host slows its cores now and then, and "
+        f"whatever runs then, the bare echo included, falls behind for that long.",
+    ]
+
+
 def write_markdown(path: Path, results: dict[str, Any], command: str) -> None:
     meta = results["_meta"]
     lines = [
@@ -546,6 +569,7 @@ def write_markdown(path: Path, results: dict[str, Any], command: str) -> None:
         f"`{command}` on {meta['date']}: Python {meta['python']}, {meta['cpus']} cores shared by the",
         f"server and the load generator, medians of {meta['runs']} runs, {meta['seconds']} s in all.",
         *([f"Note: {meta['note']}."] if meta.get("note") else []),
+        *steadiness_lines(meta.get("steadiness")),
         "",
         "| target | goal | measured | |",
         "|---|---|---|---|",
@@ -637,6 +661,8 @@ def main() -> None:
     wanted = set(args.only.split(",")) if args.only else None
     results: dict[str, Any] = {}
     started = time.monotonic()
+    steadiness = measure_steadiness(2 if args.quick else 10)
+    print(f"machine steadiness: {json.dumps(steadiness)}", flush=True)
     for name, mode, players, extra, duration, timeout in scenarios(args.quick):
         if wanted and name not in wanted:
             continue
@@ -667,6 +693,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(results, indent=2) + "\n")
     results["_meta"] = {
+        "steadiness": steadiness,
         "quick": args.quick,
         "runs": runs,
         "python": platform.python_version(),
