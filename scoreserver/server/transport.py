@@ -25,7 +25,11 @@ Two more yields a point were trio-websocket's own: its send lock (a trio lock yi
 free, too) and its reader's hand-over of each message into its queue. `quicken` replaces both
 on each accepted connection with the same thing minus the yield when nothing needs waiting for
 (the lock is still FIFO and exclusive, the queue still holds one message and makes the reader
-wait). They are trio-websocket's private attributes: each is replaced only if it is exactly
+wait). The hand-over can also give a message to the game socket right in the reader's step
+(`MessageHandOver.take`): a point goes to its session's inbox without waking the connection's
+handler, when nothing of that connection's waits for the handler.
+
+They are trio-websocket's private attributes: each is replaced only if it is exactly
 what trio-websocket 0.12 made, so a version that changed them keeps its own (slower, never
 wrong), and `tests/trio/test_transport.py` says so when that happens.
 """
@@ -260,27 +264,48 @@ class _QuickLock:
         self._lock.release()
 
 
-class _QuickSend:
-    """trio-websocket's reader's end of its message channel, handing a message over without
-    a yield when the channel has room (the reader reads on, or waits for bytes, right after)."""
+class MessageHandOver:
+    """trio-websocket's reader's end of its message channel, in its place (`quicken`).
+
+    It hands a message to the connection's handler without a yield when the channel has room
+    (the reader reads on, or waits for bytes, right after), and it can give a message to
+    `take` instead, right in the reader's step: the game socket carries a point to its
+    session that way when the handler has nothing of this connection's in hand (see
+    `GameSocket._take_point`), one task step less a point. `queued` counts the messages in
+    the channel not yet taken by the handler (the handler calls `taken`), so that `take` can
+    keep the connection's order: nothing it takes may overtake them.
+    """
+
+    __slots__ = ("_channel", "queued", "take")
 
     def __init__(self, channel: trio.MemorySendChannel[Any]) -> None:
         self._channel = channel
+        self.queued = 0
+        self.take: Callable[[str | bytes], bool] | None = None
 
     async def send(self, value: Any) -> None:
+        take = self.take
+        if take is not None and not self.queued and take(value):
+            return
+        self.queued += 1
         try:
             self._channel.send_nowait(value)
         except trio.WouldBlock:
             await self._channel.send(value)
 
+    def taken(self) -> None:
+        """The handler got a message from the channel."""
+        self.queued -= 1
+
     async def aclose(self) -> None:
         await self._channel.aclose()
 
 
-def quicken(ws: Any) -> bool:
-    """Two yields less a point on an accepted connection (see `_QuickLock`, `_QuickSend`).
-    They are trio-websocket's own attributes, replaced only where they are what it made
-    (checked: a version that changed them keeps its own); False when left as they were."""
+def quicken(ws: Any) -> MessageHandOver | None:
+    """Two yields less a point on an accepted connection (see `_QuickLock`,
+    `MessageHandOver`). They are trio-websocket's own attributes, replaced only where they
+    are what it made and its message channel is empty (checked: a version that changed them
+    keeps its own); None when left as they were."""
     lock = getattr(ws, "_stream_lock", None)
     channel = getattr(ws, "_send_channel", None)
     if not (
@@ -288,7 +313,11 @@ def quicken(ws: Any) -> bool:
         and not lock.locked()
         and type(channel) is trio.MemorySendChannel
     ):
-        return False
+        return None
+    state = channel.statistics()
+    if state.current_buffer_used or state.tasks_waiting_send:
+        return None  # a message already waits for the handler: its count would be wrong
+    hand_over = MessageHandOver(channel)
     ws._stream_lock = _QuickLock()
-    ws._send_channel = _QuickSend(channel)
-    return True
+    ws._send_channel = hand_over
+    return hand_over

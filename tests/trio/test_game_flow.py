@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from scoreserver.server.sessions import PointIn
 
 from .. import databases
 from ..conftest import Client, connect, register
+from ..rawws import RawSocket
 
 pytestmark = pytest.mark.engines
 
@@ -385,3 +387,105 @@ async def test_players_in_the_room_get_the_leaderboard_when_its_top_changes(
             }
             assert (await elsewhere.call(type="whoami"))["type"] == "identity"
             assert all(m["type"] != "leaderboard" for m in elsewhere.seen)
+
+
+class StepCounter(trio.abc.Instrument):
+    """Counts the scheduler's steps of the tasks whose name contains `part`."""
+
+    def __init__(self, part: str) -> None:
+        self.part = part
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.part in task.name:
+            self.steps += 1
+
+
+async def points_handler_steps(server: Server, *, fast: bool) -> int:
+    """Steps of the server's connection handlers while one player scores ten points."""
+    async with connect(server) as client:
+        await client.enter("demo")  # a guest plays too
+        await client.start(player_clock(server)())
+        (conn,) = server.socket.connections
+        assert conn.hand_over is not None  # this trio-websocket: quickened
+        if not fast:
+            conn.hand_over.take = None  # every message through the handler, as before
+        await trio.testing.wait_all_tasks_blocked()
+        # The task that runs trio-websocket's connection handler, and so ours.
+        counter = StepCounter("serve_listeners._run_handler")
+        trio.lowlevel.add_instrument(counter)
+        try:
+            await client.score(player_clock(server), 10, 0.1)
+            await trio.testing.wait_all_tasks_blocked()
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        return counter.steps
+
+
+async def test_a_point_goes_to_its_session_without_waking_the_connections_handler(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    """trio-websocket's reader carries a point to the session's inbox itself when the
+    handler has nothing of the connection's in hand (`GameSocket._take_point`): one task
+    step less a point. Through the handler, as before, each point wakes it."""
+    with trio.fail_after(60):
+        assert await points_handler_steps(inline_server, fast=True) == 0
+        assert await points_handler_steps(inline_server, fast=False) >= 10
+
+
+async def test_messages_sent_together_are_handled_in_the_order_sent(
+    inline_server: Server, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Frames that arrive in one read, points among other messages, some carried by the
+    reader and some by the handler: the points sent with their game_start are judged after
+    the game has started (accepted, not no_session); points sent around a whoami and a bad
+    frame get their seq in the order sent; the bad frame and the whoami are answered; the
+    server serves others afterwards. (The hand-over's own ordering rule is tested in
+    test_transport.)"""
+    with trio.fail_after(60):
+        raw, head = await RawSocket.open(inline_server.ws_port)
+        assert b" 101 " in head
+        frame = RawSocket.frame
+
+        def msg(**message: Any) -> bytes:
+            return frame(json.dumps(message).encode())
+
+        async def replies(n: int) -> list[dict[str, Any]]:
+            got = []
+            while len(got) < n:
+                read = await raw.read_frame()
+                assert read is not None
+                message = json.loads(read[1])
+                if message["type"] != "leaderboard":
+                    got.append(message)
+            return got
+
+        now = player_clock(inline_server)
+        await raw.stream.send_all(msg(type="enter_game_room", game_id="demo", user_id=None))
+        entered = (await replies(1))[0]
+        assert entered["type"] == "room_entered", entered
+        await raw.stream.send_all(
+            msg(type="game_start", client_ts=now(), id="s")
+            + msg(type="point", client_ts=now(), id=1)
+            + msg(type="point", client_ts=now(), id=2)
+        )
+        first = await replies(3)
+        assert [m["type"] for m in first] == ["game_started", "point_accepted", "point_accepted"]
+        assert [(m["id"], m["seq"]) for m in first[1:]] == [(1, 1), (2, 2)]
+        await trio.sleep(0.5)  # virtual time: the points are not a burst
+        await raw.stream.send_all(
+            msg(type="point", client_ts=now(), id=3)
+            + msg(type="whoami", id="w")
+            + msg(type="point", client_ts=now(), id=4)
+            + frame(b'{"type": "point", "client_ts": "soon"}')
+            + msg(type="point", client_ts=now(), id=5)
+            + msg(type="point", client_ts=now(), id=6)
+        )
+        rest = await replies(6)
+        points = [m for m in rest if m["type"] == "point_accepted"]
+        assert [(m["id"], m["seq"]) for m in points] == [(3, 3), (4, 4), (5, 5), (6, 6)]
+        assert {m["type"] for m in rest} == {"point_accepted", "identity", "error"}
+        await raw.aclose()
+        # and the server serves others afterwards
+        async with connect(inline_server) as other:
+            assert (await other.enter("demo"))["type"] == "room_entered"

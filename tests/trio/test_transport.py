@@ -26,9 +26,9 @@ from trio_websocket import (
 
 from scoreserver.server.transport import (
     MAX_READS_WITHOUT_YIELD,
+    MessageHandOver,
     ObservedStream,
     _QuickLock,
-    _QuickSend,
     quicken,
 )
 
@@ -161,8 +161,8 @@ async def quickened_pair() -> AsyncIterator[tuple[WebSocketConnection, WebSocket
 
     async def handler(request: WebSocketRequest) -> None:
         ws = await request.accept()
-        assert quicken(ws)  # this trio-websocket's own attributes: replaced
-        assert not quicken(ws)  # what is not trio-websocket's own is left alone
+        assert quicken(ws) is not None  # this trio-websocket's own attributes: replaced
+        assert quicken(ws) is None  # what is not trio-websocket's own is left alone
         accepted.append(ws)
         ready.set()
         await done.wait()
@@ -232,7 +232,7 @@ async def test_messages_faster_than_the_handler_reads_wait_and_arrive_in_order()
             await trio.testing.wait_all_tasks_blocked()  # the reader waits on the full queue
             assert [await server.get_message() for _ in range(300)] == [f"m{i}" for i in range(300)]
             send_end, receive_end = trio.open_memory_channel[int](1)
-            sender = _QuickSend(send_end)
+            sender = MessageHandOver(send_end)
             with trio.testing.assert_no_checkpoints():
                 await sender.send(1)  # room: no yield
             sent: list[int] = []
@@ -247,3 +247,31 @@ async def test_messages_faster_than_the_handler_reads_wait_and_arrive_in_order()
                 assert sent == []  # no room: it waits
                 assert receive_end.receive_nowait() == 1
             assert sent == [2] and receive_end.receive_nowait() == 2
+
+
+async def test_the_hand_over_offers_a_message_to_take_only_when_none_waits_in_the_channel() -> None:
+    """What `take` accepts never overtakes what waits for the handler: once a message went
+    to the channel, the next ones follow it there until the handler has taken them all."""
+    send_end, receive_end = trio.open_memory_channel[str](2)
+    hand_over = MessageHandOver(send_end)
+    offered: list[str] = []
+
+    def take(message: str | bytes) -> bool:
+        assert isinstance(message, str)
+        offered.append(message)
+        return message != "a"  # the handler's, say a game_start; the rest points
+
+    hand_over.take = take
+    with trio.testing.assert_no_checkpoints():
+        await hand_over.send("a")  # offered, refused: to the channel
+        await hand_over.send("b")  # not offered: "a" waits
+    assert receive_end.receive_nowait() == "a"
+    hand_over.taken()
+    await hand_over.send("c")  # "b" still waits
+    for expected in "bc":
+        assert receive_end.receive_nowait() == expected
+        hand_over.taken()
+    await hand_over.send("d")  # nothing waits: offered, taken
+    assert offered == ["a", "d"] and hand_over.queued == 0
+    with pytest.raises(trio.WouldBlock):
+        receive_end.receive_nowait()
