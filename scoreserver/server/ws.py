@@ -37,6 +37,11 @@ SEND_WATCH_S = 1.0  # how often the send watchdog looks: a stuck send ends withi
 RESUME_WAIT_S = 10.0
 
 
+# The longest frame the reader decodes to see whether it is a point (a page's are under 100
+# bytes); anything longer goes to the handler, which decodes it once.
+POINT_FRAME_MAX = 512
+
+
 @dataclass(slots=True)
 class Limits:
     """Per-connection and per-process limits; 0 turns a limit off."""
@@ -221,8 +226,8 @@ class GameSocket:
         the message rate allows it. Everything else goes to the handler, in order. One task
         step less a point (the handler's wake-up), and the point is stamped as it is read.
         Never raises: this runs in trio-websocket's reader task."""
-        if conn.busy:
-            return False
+        if conn.busy or len(frame) > POINT_FRAME_MAX:
+            return False  # a larger frame is no point worth decoding twice (a submission)
         try:
             try:
                 message = wire.decode_client(frame)

@@ -11,6 +11,8 @@ import trio.testing
 
 from scoreserver.server.app import Server
 from scoreserver.server.sessions import PointIn
+from scoreserver.server.ws import POINT_FRAME_MAX
+from scoreserver.wire import protocol
 
 from .. import databases
 from ..conftest import Client, connect, register
@@ -489,3 +491,34 @@ async def test_messages_sent_together_are_handled_in_the_order_sent(
         # and the server serves others afterwards
         async with connect(inline_server) as other:
             assert (await other.enter("demo"))["type"] == "room_entered"
+
+
+async def test_a_submission_is_decoded_once_not_first_by_the_reader_too(
+    inline_server: Server, autojump_clock: trio.testing.MockClock, monkeypatch: Any
+) -> None:
+    """The reader decodes only frames short enough to be a point; a submission (a large
+    frame) goes straight to the handler, decoded once (decoding is a tenth of its cost)."""
+    sizes: list[int] = []
+    decode = protocol.decode_client
+
+    def counting(frame: str | bytes) -> Any:
+        sizes.append(len(frame))
+        return decode(frame)
+
+    monkeypatch.setattr(protocol, "decode_client", counting)
+    with trio.fail_after(120):
+        alice = await register(inline_server, "alice")
+        async with connect(inline_server) as client:
+            await client.login(alice)
+            await client.enter("demo", alice["user_id"])
+            started, points = await play(client, inline_server, 5, 1.0)
+            end = await client.recv_type("end_game")
+            result = await client.call(
+                type="submit_result",
+                start_token=started["start_token"],
+                end_token=end["end_token"],
+                points=points,
+            )
+            assert result["type"] == "result" and result["accepted"], result
+    large = [n for n in sizes if n > POINT_FRAME_MAX]
+    assert len(large) == 1, sizes
