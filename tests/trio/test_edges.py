@@ -545,11 +545,11 @@ async def test_resume_of_an_ended_game_answers_with_its_id(
 # --- helpers that stall or die mid-game --------------------------------------------------
 
 
-async def stall_server(tmp_path: Path) -> Any:
+async def stall_server(tmp_path: Path, writer_timeout_s: float = 1.5) -> Any:
     add_game(tmp_path / "test.db", "two", duration_ms=2000, submission_window_ms=60_000)
     config = make_config(tmp_path)
     config.signer_timeout_s = 0.5
-    config.writer_timeout_s = 1.5
+    config.writer_timeout_s = writer_timeout_s
     return running_server(config)
 
 
@@ -619,7 +619,9 @@ async def test_a_writer_that_stalls_or_dies_mid_game_stops_the_server_cleanly(
 async def test_health_reports_a_slow_writer_before_it_times_out(
     tmp_path: Path,
 ) -> None:
-    async with await stall_server(tmp_path) as server:
+    # Degraded from 1 s unanswered until the writer's timeout: a window of 5 s, so that a
+    # loaded machine's poll cannot miss it (with 1.5 s it did once, beside a CI run).
+    async with await stall_server(tmp_path, writer_timeout_s=6.0) as server:
         with trio.fail_after(30):
             (writer,) = child_processes("writer_child")
             os.kill(writer, signal.SIGSTOP)
