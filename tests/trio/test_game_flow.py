@@ -35,6 +35,20 @@ async def play(
     return started, await client.score(now, n_points, every_s)
 
 
+async def play_and_submit(
+    client: Client, server: Server, n_points: int, every_s: float
+) -> dict[str, Any]:
+    """A whole game, to its end_game, then its submission; returns the result."""
+    started, points = await play(client, server, n_points, every_s)
+    end = await client.recv_type("end_game")
+    return await client.call(
+        type="submit_result",
+        start_token=started["start_token"],
+        end_token=end["end_token"],
+        points=points,
+    )
+
+
 async def test_a_full_30_second_game(
     inline_server: Server, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -107,14 +121,7 @@ async def test_a_guest_plays_but_nothing_is_saved(
                 "name": None,
             }
             await client.enter("demo", None)
-            started, points = await play(client, inline_server, 3, 2.0)
-            end = await client.recv_type("end_game")
-            result = await client.call(
-                type="submit_result",
-                start_token=started["start_token"],
-                end_token=end["end_token"],
-                points=points,
-            )
+            result = await play_and_submit(client, inline_server, 3, 2.0)
             assert result == {"type": "result", "accepted": True, "score": 3, "saved": False}
         rows = databases.sql(inline_server.config.db_path, "SELECT COUNT(*) FROM scores")
         assert rows[0][0] == 0
@@ -511,14 +518,7 @@ async def test_a_submission_is_decoded_once_not_first_by_the_reader_too(
         async with connect(inline_server) as client:
             await client.login(alice)
             await client.enter("demo", alice["user_id"])
-            started, points = await play(client, inline_server, 5, 1.0)
-            end = await client.recv_type("end_game")
-            result = await client.call(
-                type="submit_result",
-                start_token=started["start_token"],
-                end_token=end["end_token"],
-                points=points,
-            )
+            result = await play_and_submit(client, inline_server, 5, 1.0)
             assert result["type"] == "result" and result["accepted"], result
     large = [n for n in sizes if n > POINT_FRAME_MAX]
     assert len(large) == 1, sizes
