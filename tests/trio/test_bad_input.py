@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,8 @@ from trio_websocket import ConnectionClosed
 
 from scoreserver.server.app import Server
 
-from ..conftest import Client, connect, register
+from ..conftest import Client, connect, make_config, register, running_server
+from ..rawws import RawSocket, close_code
 
 pytestmark = pytest.mark.engines
 
@@ -260,3 +262,130 @@ async def test_hostile_frames_against_the_default_configuration(server: Server) 
             )
             assert result == {"type": "result", "accepted": True, "score": 2, "saved": True}
         assert server.service.store.failure is None
+
+
+async def test_hostile_frames_at_once_among_points_against_the_default_configuration(
+    tmp_path: Path,
+) -> None:
+    """Every frame of FRAMES, a binary one and a point with an id past 2**53, sent in one
+    write between two good points during a game, to a server with its helper processes: the
+    reader carries points to the session itself (ws.GameSocket._take_point), and none of
+    these may go that way or be lost. Each bad frame gets its contract error, in order; the
+    two points are accepted with seq 1 and 2; the socket stays open (no 1011); others play."""
+    async with running_server(make_config(tmp_path)) as server:
+        await hostile_frames_at_once(server)
+
+
+async def hostile_frames_at_once(server: Server) -> None:
+    now = server.service.clock.now_ms
+    with trio.fail_after(60):
+        raw, head = await RawSocket.open(server.ws_port)
+        assert b" 101 " in head
+
+        async def replies(n: int) -> list[dict[str, Any]]:
+            got: list[dict[str, Any]] = []
+            while len(got) < n:
+                read = await raw.read_frame()
+                assert read is not None and read[0] == 0x1, read  # text, never a close
+                message = json.loads(read[1])
+                if message["type"] not in ("leaderboard", "end_game"):
+                    got.append(message)
+            return got
+
+        def text(message: dict[str, Any]) -> bytes:
+            return RawSocket.frame(json.dumps(message).encode())
+
+        await raw.stream.send_all(
+            text({"type": "enter_game_room", "game_id": "demo", "user_id": None})
+        )
+        await raw.stream.send_all(text({"type": "game_start", "client_ts": now()}))
+        first = await replies(2)
+        assert [m["type"] for m in first] == ["room_entered", "game_started"], first
+        hostile = [RawSocket.frame(frame.encode()) for frame, _, _ in FRAMES]
+        hostile.append(RawSocket.frame(b"\xff\xfe\xfd", opcode=0x2))
+        hostile.append(text({"type": "point", "client_ts": now(), "id": 2**63}))
+        await raw.stream.send_all(
+            text({"type": "point", "client_ts": now(), "id": "v1"})
+            + b"".join(hostile)
+            + text({"type": "point", "client_ts": now(), "id": "v2"})
+        )
+        got = await replies(len(hostile) + 2)
+        errors = [m for m in got if m["type"] == "error"]
+        assert [m["code"] for m in errors] == [code for _, code, _ in FRAMES] + [
+            "bad_message",
+            "bad_message",
+        ]
+        points = [m for m in got if m["type"] == "point_accepted"]
+        assert [(m["id"], m["seq"]) for m in points] == [("v1", 1), ("v2", 2)]
+        await raw.stream.send_all(text({"type": "whoami", "id": "still"}))
+        assert (await replies(1))[0] == {
+            "type": "identity",
+            "user_id": None,
+            "name": None,
+            "id": "still",
+        }
+        await raw.aclose()
+        async with connect(server) as other:
+            await still_serving(server, other)
+        assert server.service.store.failure is None
+
+
+def judged(server: Server) -> float:
+    """Points the server has judged (accepted or refused), from its metrics."""
+    return sum(
+        sample.value
+        for metric in server.service.metrics.registry.collect()
+        if metric.name == "scoreserver_points"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
+async def test_points_at_once_past_the_message_rate_against_the_default_configuration(
+    tmp_path: Path,
+) -> None:
+    """The message-rate bucket holds when points come in one write and the reader takes
+    them (its tokens are the handler's too): with 20 tokens and two spent on entering and
+    starting, 18 of 30 points are judged, the next five answered `rate_limited`, and the
+    sixth strike closes with 1008; the server, helper processes and all, serves others."""
+    config = make_config(tmp_path, max_msg_rate=0.01, msg_burst=20, rate_strikes=5)
+    async with running_server(config) as limited:
+        with trio.fail_after(60):
+            raw, _ = await RawSocket.open(limited.ws_port)
+            now = limited.service.clock.now_ms
+
+            def text(message: dict[str, Any]) -> bytes:
+                return RawSocket.frame(json.dumps(message).encode())
+
+            await raw.stream.send_all(
+                text({"type": "enter_game_room", "game_id": "demo", "user_id": None})
+                + text({"type": "game_start", "client_ts": now()})
+            )
+            kinds: list[str] = []
+            for _ in range(2):  # the handler is idle again: the points go the reader's way
+                read = await raw.read_frame()
+                assert read is not None
+                kinds.append(json.loads(read[1])["type"])
+            assert kinds == ["room_entered", "game_started"]
+            await raw.stream.send_all(
+                b"".join(text({"type": "point", "client_ts": now(), "id": n}) for n in range(30))
+            )
+            close = None
+            while (read := await raw.read_frame()) is not None:
+                if read[0] == 0x8:
+                    close = close_code(read[1])
+                    break
+                message = json.loads(read[1])
+                kinds.append(message.get("code") or message["type"])
+            assert kinds.count("rate_limited") == 5, kinds
+            assert close == 1008
+            # The 18 that passed were judged (their answers may be cut off by the close: the
+            # session answers after the handler's refusals); none past the bucket was.
+            while judged(limited) < 18:
+                await trio.sleep(0.01)  # the session's answers, signed in the child process
+            assert judged(limited) == 18, kinds
+            await raw.aclose()
+            async with connect(limited) as other:
+                await other.enter("demo", None)
+                assert (await other.start(now()))["type"] == "game_started"
+            assert limited.service.store.failure is None
