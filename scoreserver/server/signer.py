@@ -256,9 +256,10 @@ class ProcessSigner:
             self.batches += 1
 
     async def _read_loop(self, stdout: trio.abc.ReceiveStream, scope: trio.CancelScope) -> None:
+        fd = _fd_of(stdout)
         buffer = b""
         while True:
-            data = await _receive(stdout)
+            data = await _receive(stdout, fd)
             if not data:
                 logger.error("signer process exited; signing on the event loop from now on")
                 scope.cancel()
@@ -287,12 +288,12 @@ def _fd_of(stream: object) -> int:
     return stream.fileno() if fd_stream is not None and isinstance(stream, fd_stream) else -1
 
 
-async def _receive(stdout: trio.abc.ReceiveStream) -> bytes:
+async def _receive(stdout: trio.abc.ReceiveStream, fd: int) -> bytes:
     """The child's next answers (b"" at its end). Read from the pipe directly where trio
-    gives its descriptor: a read that finds data returns without trio's yield, one task step
-    less a batch, and only an empty pipe is waited for. The child answers only what was asked
-    (`_read_loop` checks), so it cannot hold the loop by streaming."""
-    fd = _fd_of(stdout)
+    gives its descriptor (`fd`, -1 where not): a read that finds data returns without trio's
+    yield, one task step less a batch, and only an empty pipe is waited for. The child
+    answers only what was asked (`_read_loop` checks), so it cannot hold the loop by
+    streaming."""
     if fd < 0:
         return bytes(await stdout.receive_some(READ_SIZE))
     while True:

@@ -270,32 +270,32 @@ class MessageHandOver:
     It hands a message to the connection's handler without a yield when the channel has room
     (the reader reads on, or waits for bytes, right after), and it can give a message to
     `take` instead, right in the reader's step: the game socket carries a point to its
-    session that way when the handler has nothing of this connection's in hand (see
-    `GameSocket._take_point`), one task step less a point. `queued` counts the messages in
-    the channel not yet taken by the handler (the handler calls `taken`), so that `take` can
-    keep the connection's order: nothing it takes may overtake them.
+    session that way (see `GameSocket._take_point`), one task step less a point. `pending`
+    counts the messages handed to the handler and not yet done with (the handler calls
+    `done` after each), and `take` is offered a message only when there are none: nothing it
+    takes overtakes a message in the channel or in the handler's hands.
     """
 
-    __slots__ = ("_channel", "queued", "take")
+    __slots__ = ("_channel", "pending", "take")
 
     def __init__(self, channel: trio.MemorySendChannel[Any]) -> None:
         self._channel = channel
-        self.queued = 0
+        self.pending = 0
         self.take: Callable[[str | bytes], bool] | None = None
 
     async def send(self, value: Any) -> None:
         take = self.take
-        if take is not None and not self.queued and take(value):
+        if take is not None and not self.pending and take(value):
             return
-        self.queued += 1
+        self.pending += 1
         try:
             self._channel.send_nowait(value)
         except trio.WouldBlock:
             await self._channel.send(value)
 
-    def taken(self) -> None:
-        """The handler got a message from the channel."""
-        self.queued -= 1
+    def done(self) -> None:
+        """The handler is done with a message it got from the channel."""
+        self.pending -= 1
 
     async def aclose(self) -> None:
         await self._channel.aclose()

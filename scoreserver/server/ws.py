@@ -94,10 +94,8 @@ class Connection:
     # Sends under way, and since when none of them has finished (the send watchdog's clock).
     sending: int = 0
     stuck_since: float = 0.0
-    # trio-websocket's message hand-over, ours (transport.quicken), and whether the handler
-    # has a message of this connection in hand (False only while it waits for the next).
+    # trio-websocket's message hand-over, ours (transport.quicken).
     hand_over: MessageHandOver | None = None
-    busy: bool = True
 
     async def send(self, text: str) -> bool:
         """Send one frame; False if the connection is gone. A send that makes no progress for
@@ -197,36 +195,42 @@ class GameSocket:
     async def _serve(self, conn: Connection) -> None:
         hand_over = conn.hand_over
         while True:
-            conn.busy = False
             frame = await conn.ws.get_message()
-            conn.busy = True
-            if hand_over is not None:
-                hand_over.taken()
-            if conn.bucket is not None and not conn.bucket.take():
-                conn.strikes += 1
-                if conn.strikes > self.limits.rate_strikes:
-                    await conn.ws.aclose(1008, "message rate limit")
-                    return
-                await self._reply_error(
-                    conn, ProtocolError(wire.RATE_LIMITED, "too many messages; slow down")
-                )
-                continue
-            conn.strikes = 0
             try:
-                message = wire.decode_client(frame)
-                await self._dispatch(conn, message)
-            except ProtocolError as exc:
-                await self._reply_error(conn, exc)
+                if not await self._handle(conn, frame):
+                    return
+            finally:
+                if hand_over is not None:
+                    hand_over.done()  # the reader may carry points again (`_take_point`)
+
+    async def _handle(self, conn: Connection, frame: str | bytes) -> bool:
+        """One message; False when the connection is closed for its message rate."""
+        if conn.bucket is not None and not conn.bucket.take():
+            conn.strikes += 1
+            if conn.strikes > self.limits.rate_strikes:
+                await conn.ws.aclose(1008, "message rate limit")
+                return False
+            await self._reply_error(
+                conn, ProtocolError(wire.RATE_LIMITED, "too many messages; slow down")
+            )
+            return True
+        conn.strikes = 0
+        try:
+            message = wire.decode_client(frame)
+            await self._dispatch(conn, message)
+        except ProtocolError as exc:
+            await self._reply_error(conn, exc)
+        return True
 
     def _take_point(self, conn: Connection, frame: str | bytes) -> bool:
-        """Carry a point to its session right in trio-websocket's reader's step, as `_serve`
-        and `_point` would, when that needs no reply and no wait: the handler waits with
-        nothing of this connection's in hand (the hand-over checks that none waits in its
-        channel), the frame is a well-formed point, the session runs and its inbox has room,
+        """Carry a point to its session right in trio-websocket's reader's step, as `_handle`
+        and `_point` would, when that needs no reply and no wait: the handler has nothing of
+        this connection's in hand or queued (the hand-over offers a frame only then), the
+        frame is a well-formed point, the session runs and its inbox has room,
         the message rate allows it. Everything else goes to the handler, in order. One task
         step less a point (the handler's wake-up), and the point is stamped as it is read.
         Never raises: this runs in trio-websocket's reader task."""
-        if conn.busy or len(frame) > POINT_FRAME_MAX:
+        if len(frame) > POINT_FRAME_MAX:
             return False  # a larger frame is no point worth decoding twice (a submission)
         try:
             try:

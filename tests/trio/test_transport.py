@@ -250,8 +250,8 @@ async def test_messages_faster_than_the_handler_reads_wait_and_arrive_in_order()
 
 
 async def test_the_hand_over_offers_a_message_to_take_only_when_none_waits_in_the_channel() -> None:
-    """What `take` accepts never overtakes what waits for the handler: once a message went
-    to the channel, the next ones follow it there until the handler has taken them all."""
+    """What `take` accepts never overtakes what the handler has: once a message went to the
+    channel, the next ones follow it there until the handler is done with them all."""
     send_end, receive_end = trio.open_memory_channel[str](2)
     hand_over = MessageHandOver(send_end)
     offered: list[str] = []
@@ -266,12 +266,12 @@ async def test_the_hand_over_offers_a_message_to_take_only_when_none_waits_in_th
         await hand_over.send("a")  # offered, refused: to the channel
         await hand_over.send("b")  # not offered: "a" waits
     assert receive_end.receive_nowait() == "a"
-    hand_over.taken()
+    hand_over.done()
     await hand_over.send("c")  # "b" still waits
     for expected in "bc":
         assert receive_end.receive_nowait() == expected
-        hand_over.taken()
+        hand_over.done()
     await hand_over.send("d")  # nothing waits: offered, taken
-    assert offered == ["a", "d"] and hand_over.queued == 0
+    assert offered == ["a", "d"] and hand_over.pending == 0
     with pytest.raises(trio.WouldBlock):
         receive_end.receive_nowait()
