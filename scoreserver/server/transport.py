@@ -25,9 +25,11 @@ Two more yields a point were trio-websocket's own: its send lock (a trio lock yi
 free, too) and its reader's hand-over of each message into its queue. `quicken` replaces both
 on each accepted connection with the same thing minus the yield when nothing needs waiting for
 (the lock is still FIFO and exclusive, the queue still holds one message and makes the reader
-wait). The hand-over can also give a message to the game socket right in the reader's step
-(`MessageHandOver.take`): a point goes to its session's inbox without waking the connection's
-handler, when nothing of that connection's waits for the handler.
+wait), and lets wsproto's connection object read and write the short text frames of a game
+without its general parser (`server/frames.py`). The hand-over can also give a message to the
+game socket right in the reader's step (`MessageHandOver.take`): a point goes to its
+session's inbox without waking the connection's handler, when nothing of that connection's
+waits for the handler.
 
 They are trio-websocket's private attributes: each is replaced only if it is exactly
 what trio-websocket 0.12 made, so a version that changed them keeps its own (slower, never
@@ -45,6 +47,8 @@ from typing import Any
 
 import trio
 from trio_websocket import WebSocketRequest, WebSocketServer
+
+from scoreserver.server.frames import speed_up
 
 # The most of a handshake read for its Host (browsers send well under 4 KiB): a Host past it
 # is not read, whatever the chunks, and a browser's handshake without one is refused.
@@ -303,9 +307,11 @@ class MessageHandOver:
 
 def quicken(ws: Any) -> MessageHandOver | None:
     """Two yields less a point on an accepted connection (see `_QuickLock`,
-    `MessageHandOver`). They are trio-websocket's own attributes, replaced only where they
-    are what it made and its message channel is empty (checked: a version that changed them
-    keeps its own); None when left as they were."""
+    `MessageHandOver`), and its short text frames read and written without wsproto's general
+    path (`frames.speed_up`). They are trio-websocket's own attributes, replaced only where
+    they are what it made and its message channel is empty (checked: a version that changed
+    them keeps its own); None when the lock and channel were left as they were."""
+    speed_up(getattr(ws, "_wsproto", None))
     lock = getattr(ws, "_stream_lock", None)
     channel = getattr(ws, "_send_channel", None)
     if not (

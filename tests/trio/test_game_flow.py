@@ -9,6 +9,7 @@ import pytest
 import trio
 import trio.testing
 
+from scoreserver.server import frames
 from scoreserver.server.app import Server
 from scoreserver.server.sessions import PointIn
 from scoreserver.server.ws import POINT_FRAME_MAX
@@ -440,6 +441,37 @@ async def test_a_point_goes_to_its_session_without_waking_the_connections_handle
     with trio.fail_after(60):
         assert await points_handler_steps(inline_server, fast=True) == 0
         assert await points_handler_steps(inline_server, fast=False) >= 10
+
+
+async def test_a_games_frames_are_read_and_written_without_wsprotos_general_path(
+    inline_server: Server, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`server/frames.py` on a served connection: every point's frame is read, and every
+    reply framed, by the short path (a wsproto or trio-websocket that changed would leave it
+    unused: this says so)."""
+    read: list[int] = []
+    written: list[str] = []
+    take, frame = frames.take_text_frames, frames.text_frame
+
+    def counting_take(data: bytes, append: Any) -> int:
+        read.append(taken := take(data, append))
+        return taken
+
+    def counting_frame(text: str) -> bytes:
+        written.append(text)
+        return frame(text)
+
+    monkeypatch.setattr(frames, "take_text_frames", counting_take)
+    monkeypatch.setattr(frames, "text_frame", counting_frame)
+    with trio.fail_after(60):
+        async with connect(inline_server) as client:
+            await client.enter("demo")
+            await client.start(player_clock(inline_server)())
+            read.clear()
+            written.clear()
+            await client.score(player_clock(inline_server), 10, 0.1)
+    assert len(read) >= 10 and all(read)  # each read of a point's frame taken whole
+    assert [json.loads(text)["seq"] for text in written] == list(range(1, 11))
 
 
 async def test_messages_sent_together_are_handled_in_the_order_sent(
