@@ -1,7 +1,10 @@
 """The raw transport's upper bound: trio-websocket echoing every message, nothing else.
 
-Run as `python bench/echo_server.py [PORT] [STATS_FILE]`; prints `echo ws://127.0.0.1:PORT/`
-once listening. With STATS_FILE it also runs the server's loop probe (a 10 ms sleep; a stall is
+Run as `python bench/echo_server.py [--frames] [PORT] [STATS_FILE]`; prints
+`echo ws://127.0.0.1:PORT/` once listening. With `--frames` each connection reads and writes
+short text frames the way the server's connections do (`scoreserver/server/frames.py`, in
+front of wsproto's general parser): the ceiling of the server's own transport, beside the
+stock one's. With STATS_FILE it also runs the server's loop probe (a 10 ms sleep; a stall is
 a wake-up over 20 ms late) and writes its counts there as JSON every second, for the
 `echo-realistic` scenario: the stalls of the bare transport under that load.
 It keeps Python's default garbage-collector settings, as a plain trio-websocket server would.
@@ -14,9 +17,15 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+
+FRAMES = "--frames" in sys.argv
+if FRAMES:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from scoreserver.server.frames import speed_up
 
 ACK_OVER = 4096
 ACK = '{"type":"result","accepted":true}'
@@ -24,6 +33,8 @@ ACK = '{"type":"result","accepted":true}'
 
 async def echo(request: WebSocketRequest) -> None:
     ws = await request.accept()
+    if FRAMES:
+        assert speed_up(ws._wsproto)
     try:
         while True:
             message = await ws.get_message()
@@ -56,8 +67,5 @@ async def main(port: int, stats_file: str | None) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(
-        main,
-        int(sys.argv[1]) if len(sys.argv) > 1 else 0,
-        sys.argv[2] if len(sys.argv) > 2 else None,
-    )
+    args = [arg for arg in sys.argv[1:] if arg != "--frames"]
+    trio.run(main, int(args[0]) if args else 0, args[1] if len(args) > 1 else None)
