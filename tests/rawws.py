@@ -59,6 +59,35 @@ class RawSocket:
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         return header + mask + masked
 
+    @staticmethod
+    def bent_frame(
+        payload: bytes,
+        opcode: int = 0x1,
+        *,
+        fin: bool = True,
+        rsv: int = 0,
+        masked: bool = True,
+        length_bytes: int | None = None,
+    ) -> bytes:
+        """A client frame bent as asked: a fragment (`fin`), reserved bits, no mask, or its
+        length in `length_bytes` (0, 2 or 8) more bytes than it needs."""
+        n = len(payload)
+        size = (
+            length_bytes if length_bytes is not None else (0 if n < 126 else 2 if n < 65536 else 8)
+        )
+        first = (0x80 if fin else 0) | rsv << 4 | opcode
+        mask_bit = 0x80 if masked else 0
+        if size == 0:
+            header = struct.pack("!BB", first, mask_bit | n)
+        elif size == 2:
+            header = struct.pack("!BBH", first, mask_bit | 126, n)
+        else:
+            header = struct.pack("!BBQ", first, mask_bit | 127, n)
+        if not masked:
+            return header + payload
+        mask = os.urandom(4)
+        return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
     async def _need(self, n: int) -> bool:
         while len(self.buffer) < n:
             chunk = await self.stream.receive_some()
