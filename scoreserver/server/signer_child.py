@@ -1,6 +1,10 @@
 """The signer child process (see signer.py for the frames): reads frames on stdin, answers
 each sign frame with its 64-byte Ed25519 signature on stdout, exits at end of input.
 
+What one read brings is answered `ANSWER_EVERY` signatures at a time, not all at the end: a
+read holds the requests of every session of a scheduler pass, and the first sessions' answers
+need not wait for the last one's signatures (about 52 us each).
+
 Kept apart from the rest of the package so that it starts by importing `cryptography` only.
 """
 
@@ -14,6 +18,13 @@ import sys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 FRAME = struct.Struct(">cBH")
+ANSWER_EVERY = 4
+
+
+def _write_all(write_fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(write_fd, view) :]
 
 
 def serve(read_fd: int, write_fd: int) -> int:
@@ -38,6 +49,9 @@ def serve(read_fd: int, write_fd: int) -> int:
                     print("signer: sign frame for an empty key slot", file=sys.stderr)
                     return 2
                 out.append(key.sign(payload))
+                if len(out) >= ANSWER_EVERY:
+                    _write_all(write_fd, b"".join(out))
+                    out.clear()
             elif kind == b"K":
                 keys[slot] = Ed25519PrivateKey.from_private_bytes(payload)
             else:
@@ -46,9 +60,7 @@ def serve(read_fd: int, write_fd: int) -> int:
             pos = end
         buffer = buffer[pos:]
         if out:
-            view = memoryview(b"".join(out))
-            while view:
-                view = view[os.write(write_fd, view) :]
+            _write_all(write_fd, b"".join(out))
 
 
 def main() -> int:

@@ -210,6 +210,45 @@ def test_child_signs_frames_split_anywhere_and_rejects_unknown_ones() -> None:
     assert _run_child(frame.pack(b"Z", 0, 0))[0] == 2  # unknown kind
 
 
+def test_the_child_answers_a_long_read_a_few_signatures_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ten requests in one read are answered in writes of ANSWER_EVERY signatures, in order:
+    the first sessions of a scheduler pass do not wait for the last one's signatures."""
+    key = Ed25519PrivateKey.generate()
+    raw = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    frame = struct.Struct(">cBH")
+    bodies = [bytes([n]) * 40 for n in range(10)]
+    stream = frame.pack(b"K", 0, 32) + raw
+    stream += b"".join(frame.pack(b"S", 0, len(b)) + b for b in bodies)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.write(in_w, stream)
+    os.close(in_w)
+    writes: list[int] = []
+    write = os.write
+
+    def counted(fd: int, data: bytes | memoryview) -> int:
+        writes.append(len(data))
+        return write(fd, data)
+
+    monkeypatch.setattr(_signer_child.os, "write", counted)
+    assert _signer_child.serve(in_r, out_w) == 0
+    monkeypatch.undo()
+    os.close(in_r)
+    os.close(out_w)
+    output = os.read(out_r, 65536)
+    os.close(out_r)
+    every = _signer_child.ANSWER_EVERY
+    assert 1 < every < len(bodies)
+    assert writes == [every * 64] * (len(bodies) // every) + [len(bodies) % every * 64]
+    assert len(output) == len(bodies) * 64
+    for i, body in enumerate(bodies):
+        key.public_key().verify(output[i * 64 : (i + 1) * 64], body)
+
+
 def test_signer_modes() -> None:
     assert isinstance(make_signer("inline"), InlineSigner)
     assert isinstance(make_signer("process"), ProcessSigner)
