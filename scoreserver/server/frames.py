@@ -19,8 +19,9 @@ and hands everything else to wsproto unchanged:
 The events come out in the order the frames came in, and a connection's state, limits and
 errors are wsproto's and trio-websocket's as before (`tests/unit/test_frames.py` feeds the same
 bytes, split anywhere, to a sped-up and a plain wsproto and compares). wsproto's attributes
-looked at are private: `speed_up` changes nothing unless they are what wsproto 1.2 and 1.3
-have, and says so by returning False.
+looked at are private: `speed_up` changes nothing unless they are what wsproto 1.3 (the
+version tested) has, and says so by returning False; `tests/unit/test_frames.py` then fails
+on `assert speed_up(...)`, so an upgrade that changed them is seen.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class ShortFrames:
 def speed_up(ws: Any) -> bool:
     """Read and write short text frames of this open server connection without wsproto's
     general path (see the module docstring); False, and nothing changed, unless `ws` is a
-    wsproto connection as wsproto 1.2-1.3 make it, open, with no extension."""
+    wsproto connection as wsproto 1.3 makes it, open, with no extension."""
     if type(ws) is not WSConnection:
         return False
     connection = ws.connection
