@@ -14,11 +14,17 @@ and hands everything else to wsproto unchanged:
   bits, a length in more bytes than it needs or over 16 bits, invalid UTF-8, or cut short).
   So wsproto still answers every frame it would refuse, with its own close code;
 * writing, a whole text message in the open state with nothing fragmented in progress: the
-  same bytes wsproto makes (a server's frames are not masked).
+  same bytes wsproto makes (a server's frames are not masked);
+* a frame wsproto refuses (bad UTF-8, a protocol error) is answered with a close frame of its
+  code, 1007 or 1002, before the connection is dropped. wsproto reports such a frame as a
+  `CloseConnection` event but leaves the connection open, so trio-websocket dropped the
+  connection without a word; marked as closing (as a peer's close frame marks it),
+  trio-websocket answers it with that code, as it answers a peer's close.
 
 The events come out in the order the frames came in, and a connection's state, limits and
-errors are wsproto's and trio-websocket's as before (`tests/unit/test_frames.py` feeds the same
-bytes, split anywhere, to a sped-up and a plain wsproto and compares). wsproto's attributes
+errors are wsproto's and trio-websocket's as before, a refused frame now answered with its
+close code (`tests/unit/test_frames.py` feeds the same bytes, split anywhere, to a sped-up and
+a plain wsproto and compares). wsproto's attributes
 looked at are private: `speed_up` changes nothing unless they are what wsproto 1.3 (the
 version tested) has, and says so by returning False; `tests/unit/test_frames.py` then fails
 on `assert speed_up(...)`, so an upgrade that changed them is seen.
@@ -27,16 +33,16 @@ on `assert speed_up(...)`, so an upgrade that changed them is seen.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from types import GeneratorType
+from collections.abc import Callable, Generator
 from typing import Any
 
 from wsproto import WSConnection
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import Event, TextMessage
+from wsproto.events import CloseConnection, Event, TextMessage
 from wsproto.frame_protocol import Buffer, FrameDecoder, FrameProtocol, MessageDecoder
 
 _OPEN = ConnectionState.OPEN
+_REMOTE_CLOSING = ConnectionState.REMOTE_CLOSING
 _TEXT_WHOLE = 0x81  # FIN, no reserved bit, opcode 1 (text)
 
 
@@ -96,8 +102,8 @@ class ShortFrames:
         "_buffer",
         "_conn",
         "_decoder",
+        "_events",
         "_messages",
-        "_parser",
         "_proto",
         "_receive",
         "_send",
@@ -110,11 +116,9 @@ class ShortFrames:
         self._decoder = decoder
         self._buffer = decoder.buffer.buffer
         self._messages = proto._message_decoder
-        parser = proto._parse_more
-        assert isinstance(parser, GeneratorType)  # checked by speed_up
-        self._parser = parser
         self._receive = ws.receive_data
         self._send = ws.send
+        self._events = ws.events
 
     def receive_data(self, data: bytes | None) -> None:
         if (
@@ -123,7 +127,6 @@ class ShortFrames:
             and not self._buffer
             and self._decoder.header is None
             and self._messages.opcode is None
-            and self._parser.gi_frame is not None  # wsproto's parser stops at a bad frame
         ):
             taken = take_text_frames(data, self._conn._events.append)
             if taken:
@@ -131,6 +134,15 @@ class ShortFrames:
                     return
                 data = data[taken:]
         self._receive(data)
+
+    def events(self) -> Generator[Event, None, None]:
+        for event in self._events():
+            if type(event) is CloseConnection and self._conn._state is _OPEN:
+                # wsproto refused a frame: it closes only on a peer's close frame, which
+                # sets the state. Set it here too, so that trio-websocket answers with the
+                # refusal's code (1002, 1007) before dropping the connection.
+                self._conn._state = _REMOTE_CLOSING
+            yield event
 
     def send(self, event: Event) -> bytes:
         if (
@@ -164,7 +176,6 @@ def speed_up(ws: Any) -> bool:
         and type(getattr(proto, "_message_decoder", None)) is MessageDecoder
         and hasattr(proto._message_decoder, "opcode")
         and hasattr(proto, "_outbound_opcode")
-        and type(getattr(proto, "_parse_more", None)) is GeneratorType
         and type(getattr(connection, "_events", None)) is deque
         and getattr(connection, "_state", None) is _OPEN
     ):
@@ -173,4 +184,5 @@ def speed_up(ws: Any) -> bool:
     # Instance attributes in front of WSConnection's methods (what trio-websocket calls).
     ws.receive_data = frames.receive_data  # type: ignore[method-assign]
     ws.send = frames.send  # type: ignore[method-assign]
+    ws.events = frames.events  # type: ignore[method-assign]
     return True

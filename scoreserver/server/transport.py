@@ -280,16 +280,25 @@ class MessageHandOver:
     takes overtakes a message in the channel or in the handler's hands.
     """
 
-    __slots__ = ("_channel", "pending", "take")
+    __slots__ = ("_channel", "_ws", "pending", "take")
 
-    def __init__(self, channel: trio.MemorySendChannel[Any]) -> None:
+    def __init__(self, channel: trio.MemorySendChannel[Any], ws: Any = None) -> None:
         self._channel = channel
+        self._ws = ws
         self.pending = 0
         self.take: Callable[[str | bytes], bool] | None = None
 
     async def send(self, value: Any) -> None:
         take = self.take
-        if take is not None and not self.pending and take(value):
+        if (
+            take is not None
+            and not self.pending
+            # Once trio-websocket closes the connection (past the size limit it reads on to
+            # the end of what it read, its queue's receiving end closed), nothing is taken:
+            # the channel refuses it, as trio-websocket's own did.
+            and (self._ws is None or self._ws.closed is None)
+            and take(value)
+        ):
             return
         self.pending += 1
         try:
@@ -323,7 +332,7 @@ def quicken(ws: Any) -> MessageHandOver | None:
     state = channel.statistics()
     if state.current_buffer_used or state.tasks_waiting_send:
         return None  # a message already waits for the handler: its count would be wrong
-    hand_over = MessageHandOver(channel)
+    hand_over = MessageHandOver(channel, ws)
     ws._stream_lock = _QuickLock()
     ws._send_channel = hand_over
     return hand_over

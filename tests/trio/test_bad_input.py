@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -351,18 +352,22 @@ BROKEN_FRAMES: dict[str, bytes | tuple[bytes, bytes]] = {
     ),
     "an unknown opcode": RawSocket.bent_frame(b"x", opcode=0x3),
     "a fragmented ping": RawSocket.bent_frame(b"x", opcode=0x9, fin=False),
+    "a message over 256 KiB": framed({"type": "whoami", "padding": "p" * 300_000}),
 }
+CLOSE_CODES = {"invalid UTF-8": 1007, "a message over 256 KiB": 1009}  # the rest: 1002
 
 
 async def test_frames_that_break_the_websocket_protocol_at_once_against_the_default_configuration(
     tmp_path: Path,
 ) -> None:
     """One player for each kind of broken frame, all at once, each in a game: a good point,
-    the broken frame and another point in one write. The connection is dropped (trio-websocket
-    sends no close frame for a protocol error); the first point was judged, nothing after
-    the broken frame was. Meanwhile legitimate but unusual frames, at the same time, are
-    served: a point in two fragments, one with its length in 2 bytes, a 70 KB message with
-    its length in 8. And the server, helper processes and all, serves others afterwards."""
+    the broken frame and another point in one write. The connection is closed with the
+    protocol's code (1007 for bad UTF-8, 1009 past the size limit, 1002 for the rest), then
+    dropped; the first point was judged, nothing after the broken frame was. Meanwhile
+    legitimate but unusual frames, at the same time, are served: a point in three fragments,
+    one with its length in 2 bytes, the longest frame the server's own frame path reads
+    (65,535 bytes), and a 70 KB message with its length in 8. And the server, helper
+    processes and all, serves others afterwards."""
     async with running_server(make_config(tmp_path)) as server:
         now = server.service.clock.now_ms
         dropped: dict[str, list[Any]] = {}
@@ -391,11 +396,23 @@ async def test_frames_that_break_the_websocket_protocol_at_once_against_the_defa
                 read = await raw.read_frame()
                 assert read is not None and json.loads(read[1])["id"] == "before", read
                 seen.append(json.loads(read[1]))
-                await raw.stream.send_all(broken + after)
+                data = broken + after
             else:
-                await raw.stream.send_all(before + broken + after)
-            while (read := await raw.read_frame()) is not None:
-                seen.append(read[0] if read[0] == 0x8 else json.loads(read[1]))
+                data = before + broken + after
+
+            async def send() -> None:
+                # The server stops reading at the broken frame: what follows may never go.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await raw.stream.send_all(data)
+
+            async with trio.open_nursery() as io:
+                io.start_soon(send)
+                while (read := await raw.read_frame()) is not None:
+                    if read[0] == 0x8:
+                        seen.append(close_code(read[1]))
+                        break
+                    seen.append(json.loads(read[1]))
+                io.cancel_scope.cancel()
             await raw.aclose()
 
         async def unusual() -> None:
@@ -406,10 +423,11 @@ async def test_frames_that_break_the_websocket_protocol_at_once_against_the_defa
                 + RawSocket.bent_frame(point[9:20].encode(), opcode=0x0, fin=False)
                 + RawSocket.bent_frame(point[20:].encode(), opcode=0x0)
                 + framed({"type": "point", "client_ts": now(), "id": "long", "padding": "p" * 200})
+                + framed({"type": "whoami", "id": "longest", "padding": "p" * 65_485})
                 + framed({"type": "whoami", "id": "big", "padding": "p" * 70_000})
             )
             got = served["unusual"] = []
-            while len(got) < 3:
+            while len(got) < 4:
                 read = await raw.read_frame()
                 assert read is not None and read[0] == 0x1, read
                 got.append(json.loads(read[1]))
@@ -421,13 +439,13 @@ async def test_frames_that_break_the_websocket_protocol_at_once_against_the_defa
                 for name, broken in BROKEN_FRAMES.items():
                     nursery.start_soon(breaks, name, broken)
                 nursery.start_soon(unusual)
-            # Only the close of the socket, no answer after the broken frame (the first
-            # point's answer may be cut off by the drop).
-            assert all(
-                all(isinstance(m, dict) and m.get("id") == "before" for m in seen)
-                for seen in dropped.values()
-            ), dropped
+            # The close frame with the protocol's code, and no answer after the broken frame
+            # (the first point's answer may be cut off by the close).
             assert len(dropped) == len(BROKEN_FRAMES)
+            for name, seen in dropped.items():
+                answers, closes = seen[:-1], seen[-1:]
+                assert closes == [CLOSE_CODES.get(name, 1002)], (name, seen)
+                assert all(m["id"] == "before" for m in answers), (name, seen)
             # Each first point reached its session and was judged; no "after" point was (one
             # read wrongly past the broken frame would reach the session with its "before",
             # in the same step of the reader, and be judged in the same run).
@@ -438,6 +456,7 @@ async def test_frames_that_break_the_websocket_protocol_at_once_against_the_defa
             kinds = [(m["type"], m.get("id"), m.get("seq")) for m in served["unusual"]]
             assert sorted(kinds, key=str) == [
                 ("identity", "big", None),
+                ("identity", "longest", None),
                 ("point_accepted", "fragments", 1),
                 ("point_accepted", "long", 2),
             ]
