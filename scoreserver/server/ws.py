@@ -78,6 +78,10 @@ class TokenBucket:
             return True
         return False
 
+    def give_back(self) -> None:
+        """Undo the last `take` (its message is taken again by the path that handles it)."""
+        self.tokens += 1
+
 
 @dataclass(eq=False, slots=True)
 class Connection:
@@ -96,6 +100,9 @@ class Connection:
     stuck_since: float = 0.0
     # trio-websocket's message hand-over, ours (transport.quicken).
     hand_over: MessageHandOver | None = None
+    # A frame the reader decoded but left to the handler (`_take_point`), with its message:
+    # the handler, which gets that very frame next, does not decode it again.
+    decoded: tuple[str | bytes, wire.AnyClientMessage] | None = None
 
     async def send(self, text: str) -> bool:
         """Send one frame; False if the connection is gone. A send that makes no progress for
@@ -216,7 +223,11 @@ class GameSocket:
             return True
         conn.strikes = 0
         try:
-            message = wire.decode_client(frame)
+            decoded, conn.decoded = conn.decoded, None
+            if decoded is not None and decoded[0] is frame:
+                message = decoded[1]
+            else:
+                message = wire.decode_client(frame)
             await self._dispatch(conn, message)
         except ProtocolError as exc:
             await self._reply_error(conn, exc)
@@ -244,16 +255,19 @@ class GameSocket:
                 or not session.running
                 or session.inbox_send is None
             ):
+                conn.decoded = (frame, message)
                 return False
             bucket = conn.bucket
             if bucket is not None and not bucket.take():
+                conn.decoded = (frame, message)
                 return False  # the handler counts the strike
             point = PointIn(message.client_ts, self.service.clock.now_ms(), message.id)
             try:
                 session.inbox_send.send_nowait(point)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 if bucket is not None:
-                    bucket.tokens += 1  # given back: the handler takes it for this frame
+                    bucket.give_back()  # the handler takes it for this frame
+                conn.decoded = (frame, message)
                 return False
             conn.strikes = 0
             return True

@@ -532,6 +532,28 @@ async def test_messages_sent_together_are_handled_in_the_order_sent(
             assert (await other.enter("demo"))["type"] == "room_entered"
 
 
+async def test_a_frame_the_reader_decodes_and_leaves_to_the_handler_is_decoded_once(
+    inline_server: Server, autojump_clock: trio.testing.MockClock, monkeypatch: Any
+) -> None:
+    """Short frames the reader decodes and leaves to the handler (a whoami, an entry, a point
+    before any game, which gets no_session) are not decoded a second time by the handler."""
+    frames: list[str | bytes] = []
+    decode = protocol.decode_client
+
+    def counting(frame: str | bytes) -> Any:
+        frames.append(frame)
+        return decode(frame)
+
+    monkeypatch.setattr(protocol, "decode_client", counting)
+    with trio.fail_after(60):
+        async with connect(inline_server) as client:
+            assert (await client.call(type="whoami", id="w"))["type"] == "identity"
+            await client.enter("demo")
+            refused = await client.call(type="point", client_ts=player_clock(inline_server)())
+            assert refused["type"] == "point_rejected" and refused["reason"] == "no_session"
+    assert len(frames) == 3, frames
+
+
 async def test_a_submission_is_decoded_once_not_first_by_the_reader_too(
     inline_server: Server, autojump_clock: trio.testing.MockClock, monkeypatch: Any
 ) -> None:
