@@ -32,10 +32,15 @@ CREATE TABLE games (
     latency_ms           INTEGER NOT NULL DEFAULT 1000 CHECK (latency_ms >= 0),
     submission_window_ms INTEGER NOT NULL DEFAULT 300000 CHECK (submission_window_ms >= 0),
     human_floor_ms       INTEGER NOT NULL DEFAULT 60 CHECK (human_floor_ms >= 0),   -- 0: off
-    min_rhythm_cv        REAL NOT NULL DEFAULT 0.07 CHECK (min_rhythm_cv >= 0),      -- 0: off
+    min_rhythm_cv        REAL NOT NULL DEFAULT 0.05 CHECK (min_rhythm_cv >= 0),      -- 0: off
     max_score            INTEGER CHECK (max_score >= 0),                            -- NULL: none
-    hold_outliers        INTEGER NOT NULL DEFAULT 0,
+    hold_outliers        INTEGER NOT NULL DEFAULT 1,
     title                TEXT,                                                      -- for pages
+    -- points a second nobody sustains (0: off); the review range (core/review.py)
+    human_max_rate       REAL NOT NULL DEFAULT 10 CHECK (human_max_rate >= 0),
+    review_above         INTEGER CHECK (review_above >= 0),   -- NULL: from the rate ceiling
+    review_min_players   INTEGER NOT NULL DEFAULT 10 CHECK (review_min_players >= 1),
+    review_account_age_h REAL NOT NULL DEFAULT 24 CHECK (review_account_age_h >= 0),
     created_at           INTEGER NOT NULL,
     updated_at           INTEGER NOT NULL
 );
@@ -122,7 +127,9 @@ CREATE TABLE scores (
     user_id    INTEGER NOT NULL REFERENCES users(id),
     score      INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
-    hidden     INTEGER NOT NULL DEFAULT 0   -- hidden by an admin (scores hide)
+    hidden     INTEGER NOT NULL DEFAULT 0,  -- hidden by an admin (scores hide)
+    held       INTEGER NOT NULL DEFAULT 0,  -- above the trusted range: off boards until cleared
+    reviewed_at INTEGER                     -- a reviewer cleared it: it counts as trusted
 );
 CREATE INDEX scores_board ON scores(game_id, score DESC, created_at);
 CREATE INDEX scores_user ON scores(user_id, game_id);
@@ -176,4 +183,4 @@ CREATE TABLE settings (
     value TEXT NOT NULL
 );
 
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;

@@ -45,11 +45,25 @@ DETAIL_LABELS = {
     "intervals": "intervals",
     "below_floor_player_clock": "under the floor (player)",
     "below_floor_on_arrival": "under the floor (arrival)",
+    "below_floor_needed": "flags at (player)",
+    "points_in_window": "points in one window",
+    "window_ms": "window",
+    "rate_per_s": "points a second",
+    "human_max_rate": "the game's ceiling a second",
+    "window_ends_at": "window ended at",
+    "range_top": "top of the trusted range",
+    "range_from": "range from",
+    "trusted_players": "trusted players",
+    "trusted_players_needed": "trusted players needed",
+    "trusted_median": "trusted players' median",
+    "trusted_p90": "trusted players' 90th percentile",
+    "trusted_best": "best trusted score",
+    "histogram": "trusted players' bests",
+    "held": "held off boards",
     "shortest_ms_player_clock": "shortest interval (player)",
     "shortest_ms_on_arrival": "shortest interval (arrival)",
     "tripped_on": "tripped on",
-    "rhythm_figure": "rhythm figure",
-    "rhythm_player_clock": "rhythm (player's clock)",
+    "rhythm_figure": "rhythm (player's clock)",
     "rhythm_on_arrival": "rhythm (on arrival)",
     "min_rhythm_cv": "flags below",
     "points": "points judged",
@@ -75,6 +89,12 @@ def _detail_value(key: str, value: object) -> str:
             return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
         return str(ms)
 
+    if key == "histogram" and isinstance(value, dict):
+        counts, width = value.get("counts") or [], value.get("bin_width") or 1
+        spans = [
+            f"{i * width}-{(i + 1) * width - 1}: {n}" for i, n in enumerate(counts) if n
+        ]
+        return ", ".join(spans) or "-"
     if key.endswith(_TIME_KEYS):
         if isinstance(value, list):
             return ", ".join(when(v) for v in value) or "-"
@@ -125,9 +145,9 @@ def render_flag(flag: Mapping[str, Any]) -> str:
 
 
 def timing_words(timing: dict[str, Any]) -> list[str]:
-    """The timing figures of a session, as a reviewer reads them (docs/anti-cheat.md)."""
+    """The timing figures of a session, as a reviewer reads them (docs/anti-cheat.md). The
+    verdicts rest on the player's clock; arrival figures are context (a network moves them)."""
     floor, threshold = timing["human_floor_ms"], timing["min_rhythm_cv"]
-    arrival_gaps = timing["intervals_on_arrival"]
     player_gaps = timing["intervals_player_clock"]
     lines = [f"  timing of its {timing['points']} points received:"]
     if timing["rhythm_figure"] is None:
@@ -141,9 +161,9 @@ def timing_words(timing: dict[str, Any]) -> list[str]:
         )
         limit = f"the game flags below {threshold:g}" if threshold else "the rhythm check is off"
         lines.append(
-            f"    rhythm: {timing['rhythm_figure']:.3f} ({verdict}; {limit}){judged};"
-            f" player's clock {_figure(timing['rhythm_player_clock'])},"
-            f" on arrival {_figure(timing['rhythm_on_arrival'])}"
+            f"    rhythm on the player's clock: {timing['rhythm_figure']:.3f} ({verdict};"
+            f" {limit}){judged}; on arrival {_figure(timing['rhythm_on_arrival'])} (context:"
+            " a network moves it)"
         )
     population = timing.get("population")
     if population:
@@ -154,20 +174,22 @@ def timing_words(timing: dict[str, Any]) -> list[str]:
     else:
         lines.append("    this game's other players: not enough sessions yet to compare")
     if floor:
+        needed = timing.get("below_floor_needed")
+        at = f"; flags at {needed} or more" if needed else "; too few intervals to judge"
         lines.append(
             f"    closer than the {floor} ms human floor: {timing['below_floor_player_clock']}"
-            f" of {len(player_gaps)} intervals on the player's clock,"
-            f" {timing['below_floor_on_arrival']} on arrival"
+            f" of {len(player_gaps)} intervals on the player's clock{at};"
+            f" {timing['below_floor_on_arrival']} on arrival (context)"
         )
     else:
         lines.append("    human floor: off for this game")
-    if arrival_gaps:
-        ordered = sorted(arrival_gaps)
+    if player_gaps:
+        ordered = sorted(player_gaps)
         lines.append(
-            f"    intervals on arrival: shortest {ordered[0]} ms,"
+            f"    intervals on the player's clock: shortest {ordered[0]} ms,"
             f" median {ordered[len(ordered) // 2]} ms, longest {ordered[-1]} ms"
         )
-        lines.extend(_histogram(arrival_gaps, floor))
+        lines.extend(_histogram(player_gaps, floor))
     return lines
 
 

@@ -15,14 +15,24 @@ States and transitions, as a table::
     RUNNING   point at/after the end by server time  PointRejected(game_over)        RUNNING
     RUNNING   point over burst_threshold             PointRejected(burst),           RUNNING
                                                      BurstRecorded(at)
-    RUNNING   ... and bursts in period > limit       + AccountFlagged(burst_limit),  ENDED
+    RUNNING   ... and bursts in period > limit       + AccountFlagged(burst_limit),  VOIDED
                                                      GameEnded(burst_limit)
+    RUNNING   accepted point above the sustained     + AccountFlagged(               RUNNING
+              rate ceiling (first time)                superhuman_rate)
     RUNNING   every 16th point received, and at      + AccountFlagged(inhuman_timing RUNNING
               any end: a timing rule newly tripped     | robotic_rhythm), once each
     RUNNING   expire(now >= ends_at)                 GameEnded(time_up)              ENDED
-    RUNNING   shutdown                               GameEnded(server_shutdown)      ENDED
+    RUNNING   shutdown                               GameEnded(server_shutdown)      VOIDED
     ENDED     point                                  PointRejected(game_over)        ENDED
     ENDED     expire / shutdown                      (nothing)                       ENDED
+
+A burst needs a crowded window on both clocks: by arrival (the last `burst_window_ms` of
+server time, as the contract says) and by when the points were scored, that is their
+`client_ts` moved by the offset (never more than `latency_ms` from their arrival: the clock
+rule refuses that). Points a network stall delivered together
+keep the spacing the player gave them, so they make no burst; a player's clock stepped back
+crowds only its own stamps; a bot that sends in clumps shows them on both (and one that lies
+in its stamps can borrow at most `latency_ms` of them).
 
 The submission check (`check_submission`) is a pure function over a `SessionRecord`, the
 frozen facts the server kept about a session: the same code serves the socket and HTTP.
@@ -30,8 +40,10 @@ frozen facts the server kept about a session: the same code serves the socket an
 
 from __future__ import annotations
 
+import bisect
 import enum
 import hmac
+import math
 import operator
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +51,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from scoreserver.core.lifecycle import SessionState, after
-from scoreserver.core.timing import ASSESS_EVERY, TimingTracker
+from scoreserver.core.timing import (
+    ASSESS_EVERY,
+    SUPERHUMAN_RATE,
+    RateTracker,
+    TimingTracker,
+    rate_window_ms,
+)
 
 # --- settings ------------------------------------------------------------------------------
 
@@ -58,15 +76,25 @@ class GameSettings:
     # Timing analysis (timing.py): points closer than this are not a person's (0: off) ...
     human_floor_ms: int = 60
     # ... and intervals more regular than this coefficient of variation are not either (0: off).
-    min_rhythm_cv: float = 0.07
+    min_rhythm_cv: float = 0.05
     # A result above this is refused as `implausible_score` (None: no bound).
     max_score: int | None = None
-    # A saved score far above the game's own population is held off boards until reviewed
-    # (False: flagged for review, still shown).
-    hold_outliers: bool = False
+    # A saved score above the range the game's trusted players have shown is held off boards
+    # until a reviewer clears it (False: flagged for review, still shown).
+    hold_outliers: bool = True
     # A display name for pages (None: the game id).
     title: str | None = None
-
+    # Points a second that no person sustains in this game (0: off): more within any
+    # timing.RATE_WINDOW_MS of the player's clock flags the session `superhuman_rate`.
+    human_max_rate: float = 10.0
+    # The top of the review range while the game has too few trusted players (None: half of
+    # what the rate ceiling allows in a game; no range at all if the ceiling is off).
+    review_above: int | None = None
+    # How many trusted players' results the range needs before it comes from them ...
+    review_min_players: int = 10
+    # ... and how old (hours) an account must be for its results to count, unless a reviewer
+    # cleared them.
+    review_account_age_h: float = 24.0
     def __post_init__(self) -> None:
         if self.duration_ms <= 0:
             raise ValueError("duration must be positive")
@@ -82,6 +110,22 @@ class GameSettings:
             raise ValueError("max_score must not be negative")
         if self.title is not None and not 1 <= len(self.title) <= 80:
             raise ValueError("a title is 1 to 80 characters")
+        if not 0 <= self.human_max_rate <= 1000:
+            raise ValueError("human_max_rate is points a second, 0 (off) to 1000")
+        if self.review_above is not None and self.review_above < 0:
+            raise ValueError("review_above must not be negative")
+        if self.review_min_players < 1:
+            raise ValueError("review_min_players must be at least 1")
+        if not 0 <= self.review_account_age_h <= 24 * 3650:
+            raise ValueError("review_account_age_h is hours, 0 to ten years")
+
+    def settings_review_above(self) -> int | None:
+        """The top of the review range while too few trusted players have shown theirs."""
+        if self.review_above is not None:
+            return self.review_above
+        if self.human_max_rate <= 0:
+            return None
+        return math.floor(self.human_max_rate * self.duration_ms / 1000 / 2)
 
 
 # --- actions the rules ask the shell to carry out -------------------------------------------
@@ -162,18 +206,26 @@ class GameSession:
     end_reason: EndReason | None = None
     ended_at: int | None = None
     seq: int = 0
-    # Server times of accepted points still inside the burst window.
-    _window: deque[int] = field(default_factory=deque)
+    # Arrival times of accepted points still inside the burst window ...
+    _arrivals: deque[int] = field(default_factory=deque)
+    # ... and when those that may still share a window with a new one were scored (server
+    # time, see the module docstring), in order.
+    _window: list[int] = field(default_factory=list)
     # Server times of bursts still inside the burst period.
     _bursts: deque[int] = field(default_factory=deque)
     burst_times: list[int] = field(default_factory=list)
     # Timing analysis of every point received while running, accepted or not.
     timing: TimingTracker | None = None
+    # The sustained rate of accepted points on the player's clock.
+    rate: RateTracker | None = None
     flagged: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        settings = self.settings
         if self.timing is None:
-            self.timing = TimingTracker(self.settings.human_floor_ms, self.settings.min_rhythm_cv)
+            self.timing = TimingTracker(settings.human_floor_ms, settings.min_rhythm_cv)
+        if self.rate is None:
+            self.rate = RateTracker(settings.human_max_rate, rate_window_ms(settings.duration_ms))
 
     @property
     def offset_ms(self) -> int:
@@ -211,15 +263,41 @@ class GameSession:
         return tuple(flags)
 
     def _judge_point(self, client_ts: int, now: int) -> tuple[Action, ...]:
-        if not on_time(client_ts, self.offset_ms, now, self.settings.latency_ms):
+        settings = self.settings
+        offset = self.started_at - self.client_start_ts
+        if not on_time(client_ts, offset, now, settings.latency_ms):
             return (PointRejected(RejectReason.CLOCK, now, client_ts),)
-        window_start = now - self.settings.burst_window_ms
-        while self._window and self._window[0] <= window_start:
-            self._window.popleft()
-        if len(self._window) >= self.settings.burst_threshold:
+        width = settings.burst_window_ms
+        arrivals = self._arrivals
+        window_start = now - width
+        while arrivals and arrivals[0] <= window_start:
+            arrivals.popleft()
+        # When it was scored, by the player's clock in the server's time (within latency_ms
+        # of its arrival: the clock rule above).
+        scored = client_ts + offset
+        window = self._window
+        # Later points are scored no earlier than now - latency_ms: windows that hold them
+        # cannot reach back past this.
+        reach = window_start - settings.latency_ms
+        while window and window[0] <= reach:
+            del window[0]
+        threshold = settings.burst_threshold
+        if len(arrivals) >= threshold and _crowded(window, scored, width, threshold):
             return self._burst(now, client_ts)
-        self._window.append(now)
+        arrivals.append(now)
+        if not window or scored >= window[-1]:
+            window.append(scored)
+        else:
+            bisect.insort(window, scored)
         self.seq += 1
+        rate = self.rate
+        assert rate is not None
+        if rate.add(now, client_ts) and SUPERHUMAN_RATE not in self.flagged:
+            self.flagged.add(SUPERHUMAN_RATE)
+            return (
+                PointAccepted(self.seq, now, client_ts),
+                AccountFlagged(SUPERHUMAN_RATE, rate.evidence()),
+            )
         return (PointAccepted(self.seq, now, client_ts),)
 
     def _burst(self, now: int, client_ts: int) -> tuple[Action, ...]:
@@ -266,6 +344,24 @@ class GameSession:
         self.ended_at = now
         # The last assessment comes first: a flag is committed before the end that reveals it.
         return (*self._timing_flags(), GameEnded(reason, now))
+
+
+def _crowded(window: list[int], scored: int, width: int, threshold: int) -> bool:
+    """Whether a point scored at `scored` would make some burst window of `width` ms (the
+    interval (t - width, t]) hold more than `threshold` points, `window` being the times of
+    the points already accepted, in order. Only windows that contain the new point can
+    overflow: those ending at it, or at a later point less than `width` after it."""
+    if not window or scored >= window[-1]:
+        # The usual case, points in order: the one window that ends at the new point.
+        return len(window) - bisect.bisect_right(window, scored - width) >= threshold
+    start = bisect.bisect_left(window, scored)
+    for end in (scored, *window[start:]):
+        if end >= scored + width:
+            break
+        inside = bisect.bisect_right(window, end) - bisect.bisect_right(window, end - width)
+        if inside >= threshold:
+            return True
+    return False
 
 
 # --- the submission check -------------------------------------------------------------------
@@ -474,41 +570,3 @@ def check_submission(
                 },
             )
     return SubmissionAccepted(len(points))
-
-
-# --- outliers -------------------------------------------------------------------------------
-
-OUTLIER_MIN_POPULATION = 20
-OUTLIER_IQR_FACTOR = 3.0
-
-
-def outlier_evidence(score: int, population: Sequence[int]) -> dict[str, object] | None:
-    """Evidence that `score` lies far above the game's own scores, or None.
-
-    Tukey's "far out": above the third quartile by three interquartile ranges, once the game
-    has `OUTLIER_MIN_POPULATION` scores (the best of each other player) to judge by.
-    """
-    if len(population) < OUTLIER_MIN_POPULATION:
-        return None
-    ordered = sorted(population)
-    q1 = _quantile(ordered, 0.25)
-    q3 = _quantile(ordered, 0.75)
-    fence = q3 + OUTLIER_IQR_FACTOR * max(q3 - q1, 1.0)
-    if score <= fence:
-        return None
-    return {
-        "score": score,
-        "population": len(ordered),
-        "median": _quantile(ordered, 0.5),
-        "q1": q1,
-        "q3": q3,
-        "fence": fence,
-        "best_other": ordered[-1],
-    }
-
-
-def _quantile(ordered: Sequence[int], q: float) -> float:
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)

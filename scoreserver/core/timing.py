@@ -2,56 +2,64 @@
 
 Pure and synchronous, like `rules.py`: functions of the times the server already holds for a
 session (when each point arrived, by the server's clock, and the `client_ts` the player put on
-it, for accepted and rejected points alike) and of the game's settings. No I/O, no clock.
+it) and of the game's settings. No I/O, no clock.
 
-Two rules, each evaluated on both clocks:
+**A verdict rests on the player's own clock.** A network can delay points and bunch them (a
+stall of a second or two delivers everything that queued behind it at once, on one TCP
+stream); it cannot squeeze the intervals between the player's own stamps. So every rule below
+judges the intervals of `client_ts`, and what arrival times show is kept as context for a
+reviewer, never as the reason for a flag. A bot that stamps honestly shows its rhythm there; a
+bot that lies in its stamps can move each one at most `latency_ms` from when it arrived (the
+clock rule refuses anything further), which bounds what lying buys it (see `RateTracker`).
 
 ``inhuman_timing``
-    Points repeatedly closer together than the game's human floor (`human_floor_ms`). On the
-    player's clock a few accidental double hits are allowed: the rule needs at least
-    `FLOOR_MIN_COUNT` such intervals *and* `FLOOR_SHARE_PLAYER` of all of them. On arrival the
-    network may bunch honest points (a stall delivers what queued behind it at once), so there
-    the rule needs `FLOOR_SHARE_ARRIVAL` of all intervals, and at least `FLOOR_MIN_ARRIVAL`.
+    Points closer together than the game's human floor (`human_floor_ms`), more often than a
+    person's accidental double hits explain: at least `FLOOR_MIN_INTERVALS` intervals judged,
+    and a count of intervals under the floor that a person whose share of such intervals is
+    `FLOOR_HUMAN_SHARE` would reach with a probability under `FLOOR_ALPHA` (a binomial tail):
+    8 of 30, 12 of 100, 29 of 500. One stall cannot trip it (it does not touch the player's
+    clock), and neither can a few accidental double clicks early in a game.
 
 ``robotic_rhythm``
-    Intervals too regular for a person. The figure is the coefficient of variation of the
-    intervals, corrected for jitter::
+    Intervals too regular for a person: their coefficient of variation (standard deviation
+    over mean) on the player's clock, over at least `RHYTHM_MIN_POINTS` points, below the
+    game's `min_rhythm_cv`. A script's stamps at a fixed period show about 0; a person's
+    intervals vary (0.2-0.6 in studies of tapping, 0.09-0.10 for experts in their fastest
+    streaks). No correction for jitter is taken: the player's stamps carry no network jitter,
+    and a person's own motor noise has the very signature that jitter has, so discounting it
+    read fast, steady experts as metronomes.
 
-        rhythm = sqrt(max(0, var(d) - min(-2 * cov(d[i], d[i+1]), 2 * JITTER_MS²))) / mean(d)
+``superhuman_rate``
+    A sustained rate above the game's ceiling (`human_max_rate` points a second): more than
+    `human_max_rate * window` accepted points within any `RATE_WINDOW_MS` (the whole game, if
+    shorter), on the player's clock and on arrival alike. See `RateTracker`.
 
-    Independent jitter on each timestamp (network delay, a bot's added noise) adds 2s² to the
-    variance of the intervals and -s² to their lag-1 covariance, so it cancels: a fixed rhythm
-    seen through 0-30 ms of network jitter scores near 0, while a person's intervals (which are
-    independent of one another, or drift as they tire) keep their own variation, 0.2 to 0.6 in
-    studies of tapping. Only as much is discounted as jitter of `JITTER_MS` could cause, so a
-    person whose intervals happen to alternate short and long keeps their figure. On arrival,
-    a gap the network compressed (a stall delivering what queued behind it) is left out. The
-    session's figure is the lower of the two clocks'; below the game's
-    `min_rhythm_cv` over at least `RHYTHM_MIN_POINTS` points, the rule trips.
-
-Timing alone cannot see a patient bot that imitates a person's rhythm and speed; see
-docs/anti-cheat.md for what each rule sees and what it cannot.
+Timing alone cannot see a patient bot that imitates a person's rhythm at a person's speed;
+the top of the board is held for review for that (store/ops.py `review_fence`), and
+docs/anti-cheat.md says what each rule sees and what it cannot.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 INHUMAN_TIMING = "inhuman_timing"
 ROBOTIC_RHYTHM = "robotic_rhythm"
+SUPERHUMAN_RATE = "superhuman_rate"
 
-FLOOR_MIN_COUNT = 3
-FLOOR_SHARE_PLAYER = 0.05
-FLOOR_SHARE_ARRIVAL = 0.25
-# ... and at least this many: more than a stall or two bunch, fewer than two clumps of a bot.
-FLOOR_MIN_ARRIVAL = 10
+# inhuman_timing: no verdict on fewer intervals than this ...
+FLOOR_MIN_INTERVALS = 30
+# ... a person's share of intervals under the floor may be this high (double hits, a combo) ...
+FLOOR_HUMAN_SHARE = 0.02
+# ... and a count is too many when such a person would reach it with a probability under this.
+FLOOR_ALPHA = 1e-6
 RHYTHM_MIN_POINTS = 40
-# The most jitter (standard deviation of a timestamp's own noise) the rhythm figure discounts.
-JITTER_MS = 12
-# An arrival gap under 1/NETWORK_COMPRESSION of the player's gap was squeezed by the network.
-NETWORK_COMPRESSION = 4
+# The sustained rate is judged over windows of this much of the player's clock.
+RATE_WINDOW_MS = 10_000
 # How often a running session is assessed: every this many points received, and at its end.
 ASSESS_EVERY = 16
 
@@ -70,9 +78,8 @@ def intervals(times: Sequence[int]) -> list[int]:
 
 
 def rhythm_figure(times: Sequence[int]) -> float | None:
-    """The jitter-corrected coefficient of variation of the intervals (see the module
-    docstring), or None with fewer than three intervals. Written out from its definition:
-    `ClockTrack.rhythm` computes the same from running sums."""
+    """The coefficient of variation of the intervals, or None with fewer than three intervals.
+    Written out from its definition: `ClockTrack.rhythm` computes the same from running sums."""
     gaps = intervals(times)
     if len(gaps) < 3:
         return None
@@ -80,44 +87,38 @@ def rhythm_figure(times: Sequence[int]) -> float | None:
     if mean <= 0:
         return 0.0
     variance = sum((gap - mean) ** 2 for gap in gaps) / len(gaps)
-    lag1 = sum((a - mean) * (b - mean) for a, b in zip(gaps, gaps[1:], strict=False)) / (
-        len(gaps) - 1
-    )
-    return _corrected(variance, lag1, mean)
+    return math.sqrt(variance) / mean
 
 
-def _corrected(variance: float, lag1: float, mean: float) -> float:
-    """sqrt(variance less the jitter's share) / mean. Jitter shows as a negative lag-1
-    covariance (-s^2 for jitter of deviation s); only as much is taken away as jitter of up to
-    JITTER_MS could explain, so that a person whose intervals happen to alternate short and
-    long is not mistaken for a metronome seen through a noisy network."""
-    jitter_share = min(max(0.0, -2 * lag1), 2 * JITTER_MS * JITTER_MS)
-    return math.sqrt(max(0.0, variance - jitter_share)) / mean
+@lru_cache(maxsize=4096)
+def floor_threshold(intervals_judged: int) -> int:
+    """The fewest intervals under the floor, out of `intervals_judged`, that `inhuman_timing`
+    calls too many: the smallest k with P(Binomial(n, FLOOR_HUMAN_SHARE) >= k) < FLOOR_ALPHA.
+    Computed once per n (the tail summed from k = n down, in floating point)."""
+    n, p = intervals_judged, FLOOR_HUMAN_SHARE
+    # P(X = k) for k = 0..n by the recurrence P(k+1) = P(k) * (n-k)/(k+1) * p/(1-p), in logs
+    # so that large n does not underflow P(0).
+    log_p = [0.0] * (n + 1)
+    log_p[0] = n * math.log1p(-p)
+    ratio = math.log(p) - math.log1p(-p)
+    for k in range(n):
+        log_p[k + 1] = log_p[k] + math.log(n - k) - math.log(k + 1) + ratio
+    tail = 0.0
+    for k in range(n, -1, -1):
+        tail += math.exp(log_p[k])
+        if tail >= FLOOR_ALPHA:
+            return k + 1
+    return 0  # pragma: no cover - the whole distribution sums to 1
 
 
 class ClockTrack:
-    """The running sums one clock's rules need, updated in O(1) per point.
+    """The running sums one clock's figures need, updated in O(1) per point.
 
     A gap may be left out of the rhythm sums (`counted=False`): on arrival, a gap the network
-    compressed (see `TimingTracker.add`). The lag-1 pairs then break there, so the jitter
-    correction only ever pairs two gaps that were both counted.
+    compressed (see `TimingTracker.add`); it is context for a reviewer only.
     """
 
-    __slots__ = (
-        "below",
-        "count",
-        "floor_ms",
-        "gaps",
-        "last",
-        "last_gap",
-        "lag",
-        "pair_first",
-        "pair_second",
-        "pairs",
-        "shortest",
-        "total",
-        "total_sq",
-    )
+    __slots__ = ("below", "count", "floor_ms", "gaps", "last", "shortest", "total", "total_sq")
 
     def __init__(self, floor_ms: int) -> None:
         self.floor_ms = floor_ms
@@ -128,11 +129,6 @@ class ClockTrack:
         self.gaps = 0  # gaps counted for the rhythm
         self.total = 0  # their sum
         self.total_sq = 0  # the sum of their squares
-        self.last_gap: int | None = None  # the previous gap, if it was counted
-        self.pairs = 0  # consecutive counted gaps (a, b)
-        self.pair_first = 0  # sum of the a's
-        self.pair_second = 0  # sum of the b's
-        self.lag = 0  # sum of a * b
 
     def add(self, time: int, counted: bool = True) -> None:
         if self.count:
@@ -145,35 +141,30 @@ class ClockTrack:
                 self.gaps += 1
                 self.total += gap
                 self.total_sq += gap * gap
-                if self.last_gap is not None:
-                    self.pairs += 1
-                    self.pair_first += self.last_gap
-                    self.pair_second += gap
-                    self.lag += self.last_gap * gap
-                self.last_gap = gap
-            else:
-                self.last_gap = None
         self.last = time
         self.count += 1
 
     def rhythm(self) -> float | None:
-        """The jitter-corrected coefficient of variation of the counted gaps (see the module
-        docstring), or None with fewer than three gaps or no pair."""
+        """The coefficient of variation of the counted gaps, or None with fewer than three."""
         n = self.gaps
-        if n < 3 or not self.pairs:
+        if n < 3:
             return None
         mean = self.total / n
         if mean <= 0:
             return 0.0
-        variance = self.total_sq / n - mean * mean
-        lag1 = (
-            self.lag - mean * self.pair_first - mean * self.pair_second + self.pairs * mean * mean
-        ) / self.pairs
-        return _corrected(variance, lag1, mean)
+        variance = max(0.0, self.total_sq / n - mean * mean)
+        return math.sqrt(variance) / mean
+
+    def mean_gap(self) -> float | None:
+        return self.total / self.gaps if self.gaps else None
+
+
+# An arrival gap under 1/NETWORK_COMPRESSION of the player's gap was squeezed by the network.
+NETWORK_COMPRESSION = 4
 
 
 class TimingTracker:
-    """A session's timing, point by point: what `assess` needs, in O(1) per point."""
+    """A session's timing, point by point: what `findings` needs, in O(1) per point."""
 
     __slots__ = ("arrival", "human_floor_ms", "min_rhythm_cv", "player")
 
@@ -184,14 +175,13 @@ class TimingTracker:
         self.player = ClockTrack(human_floor_ms)
 
     def add(self, arrival: int, client_ts: int) -> None:
-        # A gap that arrived compressed to under a quarter of the player's own gap for the
-        # same two points is the network's doing (a stall delivering what queued behind it),
-        # not the player's rhythm: it is left out of the arrival clock's rhythm.
+        # For the reviewer's arrival figure only: a gap that arrived compressed to under a
+        # quarter of the player's own gap for the same two points is the network's doing.
         counted = True
         if self.arrival.count:
-            arrival_gap = arrival - self.arrival.last
-            player_gap = client_ts - self.player.last
-            counted = arrival_gap * NETWORK_COMPRESSION >= player_gap
+            counted = (arrival - self.arrival.last) * NETWORK_COMPRESSION >= (
+                client_ts - self.player.last
+            )
         self.arrival.add(arrival, counted)
         self.player.add(client_ts)
 
@@ -204,48 +194,100 @@ class TimingTracker:
         found: list[Finding] = []
         arrival, player = self.arrival, self.player
         floor = self.human_floor_ms
-        if floor > 0 and arrival.count > FLOOR_MIN_COUNT:
-            player_trips = (
-                player.below >= FLOOR_MIN_COUNT
-                and player.below >= FLOOR_SHARE_PLAYER * (player.count - 1)
-            )
-            arrival_trips = (
-                arrival.below >= FLOOR_MIN_ARRIVAL
-                and arrival.below >= FLOOR_SHARE_ARRIVAL * (arrival.count - 1)
-            )
-            if player_trips or arrival_trips:
+        judged = player.count - 1
+        if floor > 0 and judged >= FLOOR_MIN_INTERVALS:
+            needed = floor_threshold(judged)
+            if player.below >= needed:
                 found.append(
                     Finding(
                         INHUMAN_TIMING,
                         {
                             "human_floor_ms": floor,
-                            "intervals": arrival.count - 1,
+                            "intervals": judged,
                             "below_floor_player_clock": player.below,
+                            "below_floor_needed": needed,
                             "below_floor_on_arrival": arrival.below,
                             "shortest_ms_player_clock": player.shortest,
                             "shortest_ms_on_arrival": arrival.shortest,
-                            "tripped_on": "player clock" if player_trips else "arrival",
                         },
                     )
                 )
-        if self.min_rhythm_cv > 0 and arrival.count >= RHYTHM_MIN_POINTS:
-            on_player, on_arrival = player.rhythm(), arrival.rhythm()
-            figures = [f for f in (on_player, on_arrival) if f is not None]
-            if figures and min(figures) < self.min_rhythm_cv:
+        if self.min_rhythm_cv > 0 and player.count >= RHYTHM_MIN_POINTS:
+            figure = player.rhythm()
+            if figure is not None and figure < self.min_rhythm_cv:
+                mean = player.mean_gap()
                 found.append(
                     Finding(
                         ROBOTIC_RHYTHM,
                         {
-                            "rhythm_figure": round(min(figures), 4),
-                            "rhythm_player_clock": _rounded(on_player),
-                            "rhythm_on_arrival": _rounded(on_arrival),
+                            "rhythm_figure": round(figure, 4),
+                            "rhythm_on_arrival": _rounded(arrival.rhythm()),
                             "min_rhythm_cv": self.min_rhythm_cv,
-                            "points": arrival.count,
-                            "mean_interval_ms": round(arrival.total / arrival.gaps, 1),
+                            "points": player.count,
+                            "mean_interval_ms": None if mean is None else round(mean, 1),
                         },
                     )
                 )
         return found
+
+
+class RateTracker:
+    """The most points accepted within any `window_ms`, in O(1) per point (amortized), on
+    both clocks: the rule trips when both windows hold more than the ceiling allows.
+
+    The player's clock cannot be raised by a network stall that bunches arrivals; arrivals
+    cannot be raised by a player's clock stepped back (which crowds its stamps). A bot can
+    lie only in its stamps, and only by `latency_ms` either side of when each point arrived
+    (the clock rule refuses more), so over a game of G ms it passes for at most
+    (G + 2 * latency) / G of its real rate, and over one window for no more than it gives
+    back in the next. Stamps are taken as a running maximum: one earlier than the one before
+    counts at the later time (stamps sent backwards cannot empty the window).
+    """
+
+    __slots__ = ("arrivals", "ceiling", "max_rate", "most", "most_at", "stamps", "window_ms")
+
+    def __init__(self, max_rate: float, window_ms: int) -> None:
+        self.max_rate = max_rate
+        self.window_ms = window_ms
+        # More than this many points within one window trips the rule.
+        self.ceiling = math.floor(max_rate * window_ms / 1000) if max_rate > 0 else 0
+        self.stamps: deque[int] = deque()
+        self.arrivals: deque[int] = deque()
+        self.most = 0  # the most points in one window, on the clock that shows fewer
+        self.most_at: int | None = None
+
+    def add(self, arrival: int, client_ts: int) -> bool:
+        """Count an accepted point; True when the windows that end at it both hold more than
+        the ceiling allows (every time, while they do)."""
+        stamps, arrivals, width = self.stamps, self.arrivals, self.window_ms
+        if stamps and client_ts < stamps[-1]:
+            client_ts = stamps[-1]
+        stamps.append(client_ts)
+        start = client_ts - width
+        while stamps[0] <= start:
+            stamps.popleft()
+        arrivals.append(arrival)
+        start = arrival - width
+        while arrivals[0] <= start:
+            arrivals.popleft()
+        count = min(len(stamps), len(arrivals))
+        if count > self.most:
+            self.most, self.most_at = count, arrival
+        return self.ceiling > 0 and count > self.ceiling
+
+    def evidence(self) -> dict[str, object]:
+        return {
+            "points_in_window": self.most,
+            "window_ms": self.window_ms,
+            "rate_per_s": round(self.most * 1000 / self.window_ms, 2),
+            "human_max_rate": self.max_rate,
+            "window_ends_at": self.most_at,
+        }
+
+
+def rate_window_ms(duration_ms: int) -> int:
+    """The window the sustained rate is judged over: RATE_WINDOW_MS, or a shorter game."""
+    return max(1, min(RATE_WINDOW_MS, duration_ms))
 
 
 def _rounded(value: float | None) -> float | None:
@@ -280,17 +322,16 @@ def profile(
     tracker = TimingTracker(human_floor_ms, min_rhythm_cv)
     for arrival, client_ts in zip(arrivals, client_times, strict=True):
         tracker.add(arrival, client_ts)
-    on_player, on_arrival = tracker.player.rhythm(), tracker.arrival.rhythm()
-    figures = [f for f in (on_player, on_arrival) if f is not None]
+    judged = max(0, tracker.player.count - 1)
     return {
         "points": tracker.points,
         "human_floor_ms": human_floor_ms,
         "min_rhythm_cv": min_rhythm_cv,
-        "rhythm_figure": _rounded(min(figures)) if figures else None,
-        "rhythm_player_clock": _rounded(on_player),
-        "rhythm_on_arrival": _rounded(on_arrival),
+        "rhythm_figure": _rounded(tracker.player.rhythm()),
+        "rhythm_on_arrival": _rounded(tracker.arrival.rhythm()),
         "rhythm_judged": tracker.points >= RHYTHM_MIN_POINTS,
         "below_floor_player_clock": tracker.player.below,
+        "below_floor_needed": floor_threshold(judged) if judged >= FLOOR_MIN_INTERVALS else None,
         "below_floor_on_arrival": tracker.arrival.below,
         "intervals_player_clock": intervals(client_times),
         "intervals_on_arrival": intervals(arrivals),

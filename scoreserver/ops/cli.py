@@ -188,8 +188,16 @@ def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument(
         "--min-rhythm-cv",
         type=float,
-        help="intervals more regular than this coefficient of variation are flagged"
-        " robotic_rhythm (default 0.07; 0: off)",
+        help="intervals (on the player's clock) more regular than this coefficient of"
+        f" variation are flagged robotic_rhythm (default {defaults.min_rhythm_cv:g}; 0: off)",
+    )
+    parser.add_argument(
+        "--human-max-rate",
+        type=float,
+        metavar="PER_S",
+        help="more points a second than this, sustained over 10 s, are flagged"
+        f" superhuman_rate (default {defaults.human_max_rate:g}; 0: off, for games where a"
+        " point is not a deliberate act)",
     )
     bound = parser.add_mutually_exclusive_group()
     bound.add_argument(
@@ -204,8 +212,37 @@ def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
         "--hold-outliers",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="hold a score far above the game's population off boards until reviewed"
-        " (default: flag it for review and still show it)",
+        help="hold a score above the range the game's trusted players have shown off boards"
+        " until a reviewer clears it (default: hold; --no-hold-outliers flags it for review"
+        " and still shows it)",
+    )
+    review_top = parser.add_mutually_exclusive_group()
+    review_top.add_argument(
+        "--review-above",
+        type=int,
+        metavar="SCORE",
+        help="the top of the review range while the game has too few trusted players"
+        " (default: half of what --human-max-rate allows in a game)",
+    )
+    review_top.add_argument(
+        "--no-review-above",
+        action="store_true",
+        help="take the settings' top from --human-max-rate again",
+    )
+    parser.add_argument(
+        "--review-min-players",
+        type=int,
+        metavar="N",
+        help="trusted players needed before the range comes from their best scores"
+        f" (default {defaults.review_min_players})",
+    )
+    parser.add_argument(
+        "--review-account-age-h",
+        type=float,
+        metavar="HOURS",
+        help="how old an account must be for its results to count as trusted, unless a"
+        f" reviewer cleared them (default {defaults.review_account_age_h:g}; 0 for an event"
+        " whose accounts are all new)",
     )
     parser.add_argument("--title", help="a display name for pages (default: the game id)")
 
@@ -584,12 +621,18 @@ def _game_changes(args: argparse.Namespace) -> dict[str, object]:
         "max_score",
         "hold_outliers",
         "title",
+        "human_max_rate",
+        "review_above",
+        "review_min_players",
+        "review_account_age_h",
     ):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
     if args.no_max_score:
         changes["max_score"] = None
+    if args.no_review_above:
+        changes["review_above"] = None
     if args.submission_window_s is not None:
         changes["submission_window_ms"] = round(args.submission_window_s * 1000)
     return changes
@@ -643,6 +686,13 @@ async def cmd_games(args: argparse.Namespace, store: Store) -> int:
             games = {args.game_id: games[args.game_id]}
         for game_id, settings in games.items():
             _print_game(game_id, settings)
+            found = await store.review_range(game_id, int(time.time() * 1000))
+            if found is not None:
+                top = "none: nothing is held" if found["top"] is None else found["top"]
+                print(
+                    f"  range now           {top} (from {found['from']};"
+                    f" {found['trusted_players']} trusted players)"
+                )
     return 0
 
 
@@ -659,8 +709,18 @@ def _print_game(game_id: str, s: GameSettings) -> None:
     rhythm = f"{s.min_rhythm_cv:g}" if s.min_rhythm_cv else "off"
     print(f"  rhythm check        {rhythm} (intervals more regular than this are a bot's)")
     print(f"  max score           {'none' if s.max_score is None else s.max_score}")
+    rate = f"{s.human_max_rate:g} points a second" if s.human_max_rate else "off"
+    print(f"  rate ceiling        {rate} (sustained over 10 s: superhuman_rate)")
     hold = "held off boards until reviewed" if s.hold_outliers else "flagged, still shown"
-    print(f"  outlier scores      {hold}")
+    print(f"  top scores          above the trusted range: {hold}")
+    settings_top = s.settings_review_above()
+    top = "none" if settings_top is None else str(settings_top)
+    source = "" if s.review_above is not None else " (from the rate ceiling)"
+    print(f"  range until trusted {top}{source}")
+    print(
+        f"  trusted players     {s.review_min_players} needed; accounts"
+        f" {s.review_account_age_h:g} h old or cleared by a reviewer"
+    )
     if s.title is not None:
         print(f"  title               {s.title}")
 

@@ -143,6 +143,20 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         return JSONResponse({"deleted": True, "user_id": user_id})
 
     @_json_errors
+    async def me(request: Request) -> Response:
+        """The player's own account and results, each saying whether it is on the boards and,
+        if not, why (held for review, flagged, hidden, banned)."""
+        token = bearer(request)
+        if token is None:
+            raise HttpError(401, HttpCode.AUTH_FAILED, "send `Authorization: Bearer LOGIN_TOKEN`")
+        try:
+            user = await service.identify(token)
+        except AuthError as exc:
+            raise HttpError(401, HttpCode.AUTH_FAILED, str(exc)) from None
+        results = await service.store.my_results(user.id, service.clock.now_ms())
+        return JSONResponse({"user_id": user.id, "name": user.name, "results": results})
+
+    @_json_errors
     async def results(request: Request) -> Response:
         body = await read_json(request, ResultBody)
         outcome = await service.submit(
@@ -150,7 +164,9 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         )
         answer: dict[str, Any] = {"type": "result", "accepted": outcome.accepted}
         if outcome.accepted:
-            answer.update(score=outcome.score, saved=outcome.saved)
+            answer.update(score=outcome.score, saved=outcome.saved, held=outcome.held)
+            if outcome.held_reason is not None:
+                answer["held_reason"] = outcome.held_reason
         else:
             answer["reason"] = outcome.reason
         return JSONResponse(answer)
@@ -263,6 +279,7 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         Route("/api/login", login, methods=["POST"]),
         Route("/api/results", results, methods=["POST"]),
         Route("/api/me", delete_me, methods=["DELETE"]),
+        Route("/api/me", me, methods=["GET"]),
         Route("/api/games", games, methods=["GET"]),
         Route("/api/games/{game_id}/leaderboard", leaderboard, methods=["GET"]),
         Route("/api/keys", keys, methods=["GET"]),

@@ -41,6 +41,8 @@ class ResultOutcome:
     saved: bool | None = None
     reason: str | None = None
     flag_id: int | None = None
+    held: bool | None = None  # an accepted result: on no board until reviewed
+    held_reason: str | None = None
 
 
 class ScoreListener(Protocol):
@@ -151,7 +153,7 @@ class SubmissionDesk:
         try:
             # The ban check is inside the saving transaction: one trip to the writer, and no
             # gap between checking and saving.
-            saved = await self.host.store.save_result(
+            kept = await self.host.store.save_result(
                 session_id, record.game_id, record.user_id, verdict.score, now
             )
         except ConflictError:
@@ -163,10 +165,24 @@ class SubmissionDesk:
         live = self.host.sessions.pop(session_id, None)
         if live is not None:
             live.submitted = True
-        logger.info("session %s submitted: score %d, saved %s", session_id, verdict.score, saved)
-        if saved and self.host.rooms is not None:
+        logger.info(
+            "session %s submitted: score %d, saved %s, held %s",
+            session_id,
+            verdict.score,
+            kept.saved,
+            kept.held_reason,
+        )
+        if kept.saved and self.host.rooms is not None:
             self.host.rooms.score_saved(record.game_id)
-        return ResultOutcome(True, score=verdict.score, saved=saved)
+        if kept.flag_id is not None:
+            self.host.metrics.child(self.host.metrics.flags, "outlier_score").inc()
+        return ResultOutcome(
+            True,
+            score=verdict.score,
+            saved=kept.saved,
+            held=kept.held,
+            held_reason=kept.held_reason,
+        )
 
     async def _record(self, session_id: str) -> SessionRecord | None:
         live = self.host.sessions.get(session_id)

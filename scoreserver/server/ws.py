@@ -426,6 +426,8 @@ class GameSocket:
                     score=outcome.score,
                     saved=outcome.saved,
                     reason=outcome.reason,
+                    held=outcome.held,
+                    held_reason=outcome.held_reason,
                 )
             )
         )

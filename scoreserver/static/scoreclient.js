@@ -20,6 +20,10 @@ const REQUEST_TIMEOUT_MS = 15000;
 
 // Every code a player may meet, in plain words. Pages show `explain(code)`; code keeps the
 // code itself (event.detail.reason, error.code) to decide what to do.
+// The page's clock for stamps: monotonic (performance.now() never steps when the device's
+// wall clock is corrected mid-game, as Date.now() does), on the epoch like Date.now().
+const now = () => Math.round(performance.timeOrigin + performance.now());
+
 const WORDS = {
   // why a point counted for nothing
   no_session: "No game is running: start one first.",
@@ -42,6 +46,11 @@ const WORDS = {
   expired: "Too late: this game's result had to be sent sooner.",
   account_banned: "This account is banned: its results are not saved.",
   implausible_score: "This score is above what this game allows.",
+  // why a saved result is on no board yet (result.held_reason, myResults())
+  review_top_score: "Saved, and held for review: it is above every score this game's trusted players have reached. It appears on the board once a reviewer clears it.",
+  flagged: "Saved, but held for review: this account has a flag open, so its scores are off the board until a reviewer decides.",
+  hidden: "Hidden from the board by a reviewer.",
+  banned: "Off the board: this account is banned.",
   // why a request was refused
   bad_json: "The server could not read a message from this page.",
   bad_message: "The server could not understand a message from this page.",
@@ -168,6 +177,17 @@ export class ScoreClient extends EventTarget {
     if (!response.ok) throw new ScoreError(data.error, data.message);
     await this.logout();
     return data;
+  }
+
+  /** This player's own results, newest first: [{game_id, session_id, score, created_at,
+   * held, held_reason, words}]; `words` says why a result is off the boards, if it is. */
+  async myResults() {
+    const token = this.storage ? this.storage.getItem(TOKEN_KEY) : null;
+    if (!token) throw new ScoreError("auth_failed", "not logged in");
+    const response = await fetch(`${this.httpBase}/api/me`, { headers: { authorization: `Bearer ${token}` } });
+    const data = await response.json();
+    if (!response.ok) throw new ScoreError(data.error, data.message);
+    return data.results.map((r) => ({ ...r, words: r.held_reason ? explain(r.held_reason) : null }));
   }
 
   /** Forget the login; the connection continues as a guest. */
@@ -364,7 +384,7 @@ export class ScoreClient extends EventTarget {
   async start() {
     await this.connect();
     if (this.durationMs === null) await this.enter();
-    const clientTs = Date.now();
+    const clientTs = now();
     const started = await this._request({ type: "game_start", client_ts: clientTs });
     this.game = new Game(this, started);
     this._emit("start", started);
@@ -387,6 +407,7 @@ export class ScoreClient extends EventTarget {
       result = await this._post("/api/results", body, token);
     }
     if (!result.accepted) result = { ...result, words: explain(result.reason) };
+    else if (result.held) result = { ...result, words: explain(result.held_reason) };
     this._emit("result", result);
     return result;
   }
@@ -410,7 +431,7 @@ export class Game {
     this.startToken = started.start_token;
     this.durationMs = started.duration_ms;
     this.serverStart = started.server_ts;
-    this.clientStart = Date.now();
+    this.clientStart = now();
     this.points = []; // {token, client_ts} of every accepted point
     this.endToken = null;
     this.endReason = null;
@@ -429,12 +450,12 @@ export class Game {
   /** Milliseconds left by the server's clock, as far as this page can tell. */
   get remainingMs() {
     if (!this.running) return 0;
-    return Math.max(0, this.durationMs - (Date.now() - this.clientStart));
+    return Math.max(0, this.durationMs - (now() - this.clientStart));
   }
 
   /** Send a point. Resolves to {accepted: true, seq} or {accepted: false, reason}. */
   async point() {
-    const clientTs = Date.now();
+    const clientTs = now();
     let reply;
     try {
       reply = await this.client._request({ type: "point", client_ts: clientTs });
@@ -462,7 +483,7 @@ export class Game {
 
   _resumed(started) {
     if (typeof started.remaining_ms === "number") {
-      this.clientStart = Date.now() - (this.durationMs - started.remaining_ms);
+      this.clientStart = now() - (this.durationMs - started.remaining_ms);
     }
   }
 

@@ -30,8 +30,10 @@ from .records import (
     BoardEntry,
     Export,
     Flag,
+    MyResult,
     NodeInfo,
     Result,
+    SavedResult,
     SigningKey,
     User,
     UserSummary,
@@ -48,8 +50,10 @@ __all__ = [
     "Export",
     "Flag",
     "Location",
+    "MyResult",
     "NodeInfo",
     "Result",
+    "SavedResult",
     "SigningKey",
     "Store",
     "User",
@@ -248,8 +252,14 @@ class Store(Transport):
 
     async def save_result(
         self, session_id: str, game_id: str, user_id: int | None, score: int, now: int
-    ) -> bool:
+    ) -> SavedResult:
         return await self._write(ops.save_result, session_id, game_id, user_id, score, now)
+
+    async def my_results(self, user_id: int, now: int) -> list[MyResult]:
+        return await self._read(ops.my_results, user_id, now)
+
+    async def review_range(self, game_id: str, now: int) -> dict[str, object] | None:
+        return await self._read(ops.review_range, game_id, now)
 
     # -- flags --
 

@@ -87,7 +87,17 @@ TABLES = (
     Table("bursts", ("rowid", "session_id", "at_ms"), ("rowid",), identity="rowid", always=True),
     Table(
         "scores",
-        ("id", "session_id", "game_id", "user_id", "score", "created_at", "hidden"),
+        (
+            "id",
+            "session_id",
+            "game_id",
+            "user_id",
+            "score",
+            "created_at",
+            "hidden",
+            "held",
+            "reviewed_at",
+        ),
         ("id",),
         identity="id",
     ),

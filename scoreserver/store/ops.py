@@ -17,7 +17,8 @@ from typing import Any, cast
 from ..core import timing
 from ..core.lifecycle import Move, SessionState, after
 from ..core.names import skeleton
-from ..core.rules import EndReason, GameSettings, IssuedPoint, SessionRecord, outlier_evidence
+from ..core import review
+from ..core.rules import EndReason, GameSettings, IssuedPoint, SessionRecord
 from ..errors import BannedError, ConflictError, NotFoundError, RateLimitedError
 from .engine import INTEGRITY_ERRORS, Connection, is_unique_violation, no_limit
 from .records import (
@@ -25,9 +26,11 @@ from .records import (
     BoardEntry,
     Evidence,
     Flag,
+    MyResult,
     NodeInfo,
     RejectedPoint,
     Result,
+    SavedResult,
     SessionPoint,
     SigningKey,
     User,
@@ -172,6 +175,10 @@ GAME_FIELDS = (
     "max_score",
     "hold_outliers",
     "title",
+    "human_max_rate",
+    "review_above",
+    "review_min_players",
+    "review_account_age_h",
 )
 
 
@@ -370,11 +377,13 @@ def save_result(
     user_id: int | None,
     score: int,
     now: int,
-) -> bool:
-    """Close the session with its accepted result; keep the score of a logged-in player.
+) -> SavedResult:
+    """Close the session with its accepted result; keep the score of a logged-in player, held
+    off boards when it is above the game's trusted range (core/review.py) or an open flag
+    holds the player.
 
-    Returns whether the score was saved. Raises ConflictError if the session was closed, and
-    BannedError (changing nothing) if the player is banned at `now`.
+    Raises ConflictError if the session was closed, and BannedError (changing nothing) if the
+    player is banned at `now`.
     """
     owner = user_by_id(conn, user_id) if user_id is not None else None
     if owner is not None and owner.banned(now):
@@ -386,36 +395,128 @@ def save_result(
     if cur.rowcount != 1:
         raise ConflictError("session already submitted")
     if user_id is None:
-        return False
-    population = [
-        row[0]
-        for row in conn.execute(
-            "SELECT MAX(score) FROM scores WHERE game_id = ? AND user_id != ? AND hidden = 0"
-            " GROUP BY user_id",
-            (game_id, user_id),
-        )
-    ]
+        return SavedResult(False)
+    settings = get_game(conn, game_id)
+    # In the saving transaction: the range is the one this score is judged against, and the
+    # flag is committed with the score it questions.
+    trusted = trusted_bests(conn, game_id, now)
+    found = review.review_range(trusted, settings) if settings is not None else None
+    above = found is not None and review.above_range(score, found)
+    holds_score = above and settings is not None and settings.hold_outliers
     conn.execute(
-        "INSERT INTO scores (session_id, game_id, user_id, score, created_at)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (session_id, game_id, user_id, score, now),
+        "INSERT INTO scores (session_id, game_id, user_id, score, created_at, held)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (session_id, game_id, user_id, score, now, int(holds_score)),
     )
     notify(conn, f"score {game_id}")
-    evidence = outlier_evidence(score, population)
-    if evidence is not None:
-        # In the saving transaction: the flag is committed with the score it questions.
-        settings = get_game(conn, game_id)
-        insert_flag(
+    flag_id = None
+    if above and found is not None:
+        flag_id = insert_flag(
             conn,
-            "outlier_score",
+            review.OUTLIER_SCORE,
             now,
             game_id=game_id,
             session_id=session_id,
             user_id=user_id,
-            detail=evidence,
-            holds=settings is not None and settings.hold_outliers,
+            detail={**review.evidence(score, found, trusted), "held": holds_score},
+            holds=False,  # the score is held (scores.held), not the player's other results
         )
-    return True
+    if _player_held(conn, user_id, session_id):
+        return SavedResult(True, review.HELD_FLAGGED, flag_id)
+    if holds_score:
+        return SavedResult(True, review.REVIEW_TOP_SCORE, flag_id)
+    return SavedResult(True, None, flag_id)
+
+
+def _player_held(conn: Connection, user_id: int, session_id: str) -> bool:
+    """Whether an open flag that holds keeps this player (or this session) off boards."""
+    row = conn.execute(
+        "SELECT 1 FROM flags WHERE status = 'open' AND holds = 1"
+        " AND (user_id = ? OR session_id = ?) LIMIT 1",
+        (user_id, session_id),
+    ).fetchone()
+    return row is not None
+
+
+def trusted_bests(conn: Connection, game_id: str, now: int) -> list[review.TrustedBest]:
+    """The best trusted result of each trusted player of a game (see core/review.py): not
+    hidden or held, no open flag on the player, no flag on the session that a reviewer did
+    not clear, the account not banned, and either old enough (the game's
+    `review_account_age_h` when the result was saved) or cleared by a reviewer."""
+    rows = conn.execute(
+        "SELECT s.user_id, MAX(s.score) AS best,"
+        " MAX(CASE WHEN s.reviewed_at IS NOT NULL THEN s.score END) AS reviewed_best"
+        " FROM scores s JOIN users u ON u.id = s.user_id JOIN games g ON g.id = s.game_id"
+        " WHERE s.game_id = ? AND s.hidden = 0 AND s.held = 0"
+        "  AND (u.banned_until IS NULL OR u.banned_until <= ?)"
+        "  AND (s.reviewed_at IS NOT NULL"
+        "       OR s.created_at - u.created_at >= g.review_account_age_h * 3600000)"
+        "  AND NOT EXISTS (SELECT 1 FROM flags f WHERE f.user_id = s.user_id"
+        "                  AND f.status = 'open')"
+        "  AND NOT EXISTS (SELECT 1 FROM flags f WHERE f.session_id = s.session_id"
+        "                  AND f.status <> 'cleared')"
+        " GROUP BY s.user_id",
+        (game_id, now),
+    ).fetchall()
+    return [
+        review.TrustedBest(int(row["best"]), row["reviewed_best"] == row["best"]) for row in rows
+    ]
+
+
+def review_range(conn: Connection, game_id: str, now: int) -> dict[str, object] | None:
+    """A game's review range and its trusted population, as /admin and `games show` show it."""
+    settings = get_game(conn, game_id)
+    if settings is None:
+        return None
+    trusted = trusted_bests(conn, game_id, now)
+    found = review.review_range(trusted, settings)
+    return {
+        "top": found.top,
+        "from": found.source,
+        "trusted_players": found.trusted_players,
+        "trusted_players_needed": found.needed_players,
+        "trusted_scores": sorted(t.score for t in trusted),
+    }
+
+
+def my_results(conn: Connection, user_id: int, now: int, limit: int = 50) -> list[MyResult]:
+    """A player's own saved results, newest first, each with whether it is on the boards and
+    why not: `held_reason` review_top_score (held for review), flagged (an open flag holds
+    the player), hidden, banned."""
+    user = user_by_id(conn, user_id)
+    banned = user is not None and user.banned(now)
+    held_player = conn.execute(
+        "SELECT 1 FROM flags WHERE user_id = ? AND status = 'open' AND holds = 1 LIMIT 1",
+        (user_id,),
+    ).fetchone()
+    out: list[MyResult] = []
+    for row in conn.execute(
+        "SELECT s.session_id, s.game_id, s.score, s.created_at, s.hidden, s.held,"
+        " EXISTS (SELECT 1 FROM flags f WHERE f.session_id = s.session_id"
+        "  AND f.status = 'open' AND f.holds = 1) AS session_flagged"
+        " FROM scores s WHERE s.user_id = ? ORDER BY s.created_at DESC, s.id DESC LIMIT ?",
+        (user_id, limit),
+    ):
+        reason = None
+        if row["hidden"]:
+            reason = "hidden"
+        elif banned:
+            reason = "banned"
+        elif row["held"]:
+            reason = review.REVIEW_TOP_SCORE
+        elif held_player is not None or row["session_flagged"]:
+            reason = review.HELD_FLAGGED
+        out.append(
+            MyResult(
+                session_id=row["session_id"],
+                game_id=row["game_id"],
+                score=int(row["score"]),
+                created_at=int(row["created_at"]),
+                held=reason in (review.REVIEW_TOP_SCORE, review.HELD_FLAGGED),
+                held_reason=reason,
+            )
+        )
+    return out
 
 
 def set_score_hidden(conn: Connection, session_id: str, hidden: bool) -> None:
@@ -595,12 +696,9 @@ def rhythm_population(
         arrivals, client_times = _received(conn, session_id)
         if len(arrivals) < timing.RHYTHM_MIN_POINTS:
             continue
-        tracker = timing.TimingTracker(0, 0)
-        for arrival, client_ts in zip(arrivals, client_times, strict=True):
-            tracker.add(arrival, client_ts)
-        found = [f for f in (tracker.player.rhythm(), tracker.arrival.rhythm()) if f is not None]
-        if found:
-            figures.append(min(found))
+        figure = timing.rhythm_figure(client_times)  # the player's clock, as the rule reads
+        if figure is not None:
+            figures.append(figure)
     return timing.population_range(figures)
 
 
@@ -624,7 +722,7 @@ WITH eligible AS (
                PARTITION BY s.user_id ORDER BY s.score DESC, s.created_at, s.id
            ) AS nth
     FROM scores s JOIN users u ON u.id = s.user_id
-    WHERE s.game_id = :game_id AND s.hidden = 0 AND s.created_at >= :since
+    WHERE s.game_id = :game_id AND s.hidden = 0 AND s.held = 0 AND s.created_at >= :since
       AND (u.banned_until IS NULL OR u.banned_until <= :now)
       AND NOT EXISTS (
           SELECT 1 FROM flags f WHERE f.user_id = s.user_id AND f.status = 'open' AND f.holds = 1
@@ -679,7 +777,7 @@ def list_results(conn: Connection, game_id: str, since: int = 0) -> list[Result]
             "SELECT s.session_id, s.user_id, u.name, s.score, s.created_at, s.hidden,"
             " CASE WHEN u.banned_until IS NOT NULL AND u.banned_until > :now THEN 1 ELSE 0 END"
             "  AS banned,"
-            " CASE WHEN EXISTS (SELECT 1 FROM flags f WHERE f.user_id = s.user_id"
+            " CASE WHEN s.held = 1 OR EXISTS (SELECT 1 FROM flags f WHERE f.user_id = s.user_id"
             "  AND f.status = 'open' AND f.holds = 1) THEN 1 ELSE 0 END AS held"
             " FROM scores s JOIN users u ON u.id = s.user_id"
             " WHERE s.game_id = :game AND s.created_at >= :since ORDER BY s.created_at, s.id",
@@ -994,6 +1092,13 @@ def decide_flag(
 ) -> Flag:
     """Clear a flag, or (`ban_until` given) resolve it by banning its account."""
     flag = resolve_flag(conn, flag_id, "banned" if ban_until is not None else "cleared", note, now)
+    if ban_until is None and flag["session_id"] is not None:
+        # Cleared: a score it held shows again, and it counts as trusted from now on.
+        conn.execute(
+            "UPDATE scores SET held = 0, reviewed_at = ? WHERE session_id = ?",
+            (now, flag["session_id"]),
+        )
+        notify(conn, "boards")
     if ban_until is not None:
         if flag["user_id"] is None or flag["user_name"] is None:
             raise ConflictError("a guest's flag has no account to ban; clear it instead")

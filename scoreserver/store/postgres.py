@@ -32,12 +32,13 @@ import trio
 
 from ..errors import ConflictError, StoreError
 from .engine import redact
+from .sqlite import REVIEW_SQL
 
 logger = logging.getLogger("scoreserver.store")
 # How often the listening thread looks up from its wait (to notice it should stop).
 LISTEN_POLL_S = 0.5
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_PATH = Path(__file__).with_name("postgres.sql")
 CONNECT_TIMEOUT_S = 10
 SCHEMA_LOCK = 0x5C0E5E  # the advisory lock held while the schema is created or checked
@@ -148,6 +149,10 @@ UPGRADES: dict[int, tuple[str, ...]] = {
         ' budget TEXT COLLATE "C" NOT NULL, key TEXT COLLATE "C" NOT NULL, at BIGINT NOT NULL)',
         "CREATE INDEX attempts_key ON attempts(budget, key, at)",
         "CREATE INDEX scores_created ON scores(created_at)",
+    ),
+    3: tuple(
+        statement.replace(" REAL ", " DOUBLE PRECISION ").replace(" INTEGER", " BIGINT")
+        for statement in REVIEW_SQL
     ),
 }
 

@@ -23,6 +23,31 @@ class User:
         return self.banned_until is not None and self.banned_until > now
 
 
+@dataclass(frozen=True, slots=True)
+class SavedResult:
+    """What saving an accepted result did: whether the score was kept (a logged-in player's),
+    and if it is held off the boards, why (core/review.py's codes), with the flag it raised."""
+
+    saved: bool
+    held_reason: str | None = None
+    flag_id: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.held_reason is not None
+
+
+class MyResult(TypedDict):
+    """One of a player's own results, as `GET /api/me` shows it."""
+
+    session_id: str
+    game_id: str
+    score: int
+    created_at: int
+    held: bool
+    held_reason: str | None
+
+
 class UserSummary(TypedDict):
     id: int
     name: str

@@ -22,7 +22,7 @@ from .engine import transaction
 
 logger = logging.getLogger("scoreserver.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_PATH = Path(__file__).with_name("sqlite.sql")
 
 
@@ -149,10 +149,34 @@ NODES_SQL = (
     "CREATE INDEX scores_created ON scores(created_at)",
 )
 
+def _migrate_3_to_4(conn: SqliteConnection) -> None:
+    """Schema 4: the rate ceiling and the review of the top of the board."""
+    for statement in REVIEW_SQL:
+        conn.execute(statement)
+
+
+# Schema 4's additions, both engines (postgres.py spells the types its way). Games move to
+# the new defaults: the old rhythm default (0.07, on a jitter-corrected figure) becomes 0.05 on
+# the player's clock, and the top of the board is held for review.
+REVIEW_SQL = (
+    "ALTER TABLE games ADD COLUMN human_max_rate REAL NOT NULL DEFAULT 10"
+    " CHECK (human_max_rate >= 0)",
+    "ALTER TABLE games ADD COLUMN review_above INTEGER CHECK (review_above >= 0)",
+    "ALTER TABLE games ADD COLUMN review_min_players INTEGER NOT NULL DEFAULT 10"
+    " CHECK (review_min_players >= 1)",
+    "ALTER TABLE games ADD COLUMN review_account_age_h REAL NOT NULL DEFAULT 24"
+    " CHECK (review_account_age_h >= 0)",
+    "UPDATE games SET min_rhythm_cv = 0.05 WHERE min_rhythm_cv = 0.07",
+    "UPDATE games SET hold_outliers = 1",
+    "ALTER TABLE scores ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE scores ADD COLUMN reviewed_at INTEGER",
+)
+
 # From each older version to the next; `ensure_schema` runs them in one transaction.
 MIGRATIONS: dict[int, Callable[[SqliteConnection], None]] = {
     1: _migrate_1_to_2,
     2: _migrate_2_to_3,
+    3: _migrate_3_to_4,
 }
 
 

@@ -216,6 +216,10 @@ class Result(ServerMessage, tag="result", frozen=True):
     score: int | None = None
     saved: bool | None = None
     reason: str | None = None
+    # A saved result that is on no board until a reviewer clears it (contract 1.2), and why:
+    # review_top_score or flagged.
+    held: bool | None = None
+    held_reason: str | None = None
 
 
 class LeaderboardEntry(Struct, frozen=True):

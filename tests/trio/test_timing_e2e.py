@@ -28,7 +28,7 @@ from ..conftest import Client, add_game, connect, http, make_config, register, r
 
 pytestmark = pytest.mark.engines
 
-TIMED = {"human_floor_ms": 60, "min_rhythm_cv": 0.07}  # a new game's defaults, spelled out
+TIMED = {"human_floor_ms": 60, "min_rhythm_cv": 0.05}  # a new game's defaults, spelled out
 
 
 @pytest.fixture
@@ -36,8 +36,8 @@ async def timed_server(tmp_path: Path) -> AsyncIterator[Server]:
     path = tmp_path / "test.db"
     add_game(path, "timed", duration_ms=30_000, **TIMED)
     add_game(path, "bounded", duration_ms=30_000, max_score=5, **TIMED)
-    add_game(path, "held", duration_ms=10_000, hold_outliers=True)
-    add_game(path, "shown", duration_ms=10_000)
+    add_game(path, "held", duration_ms=10_000, review_account_age_h=0)
+    add_game(path, "shown", duration_ms=10_000, review_account_age_h=0, hold_outliers=False)
     async with running_server(make_config(tmp_path, inline=True)) as server:
         yield server
 
@@ -120,7 +120,10 @@ async def test_a_metronome_bot_is_flagged_and_held_until_a_reviewer_clears_it(
             assert found[0]["session_id"] == game["session_id"]
             assert found[0]["detail"]["rhythm_figure"] < 0.01
             result = await submit(client, game)
-            assert result["accepted"] is True and result["saved"] is True  # saved, and held
+            # Saved, and told it is held: its flag holds it (and 190 is above the range the
+            # settings give a new game, 30 s x 10 a second / 2 = 150: a second flag).
+            assert result["accepted"] is True and result["saved"] is True
+            assert (result["held"], result["held_reason"]) == (True, "flagged")
         async with connect(server) as client:
             await client.login(ann)
             honest = await play(
@@ -130,19 +133,27 @@ async def test_a_metronome_bot_is_flagged_and_held_until_a_reviewer_clears_it(
         assert await board(server, "timed") == [("ann", len(honest["points"]))]
         # The reviewer reads the figures in words.
         words = flags_show(server, found[0]["id"])
-        assert "rhythm: 0.000 (too regular for a person; the game flags below 0.07)" in words
-        assert "this game's other players: not enough sessions yet" in words
-        assert "0 of 189 intervals on the player's clock" in words
-        assert " 150-199  ms   189 ########################################" in words
-        await moderation.resolve_flag(
-            server.service.store,
-            found[0]["id"],
-            ban=False,
-            note="a rhythm game pro",
-            actor=moderation.Actor("t", "test"),
+        assert (
+            "rhythm on the player's clock: 0.000 (too regular for a person; the game flags"
+            " below 0.05)" in words
         )
+        assert "this game's other players: not enough sessions yet" in words
+        assert "0 of 189 intervals on the player's clock; flags at 17 or more" in words
+        assert " 150-199  ms   189 ########################################" in words
+        top = [f for f in await flags(server) if f["reason"] == "outlier_score"]
+        assert [(f["user_id"], f["holds"], f["detail"]["range_top"]) for f in top] == [
+            (bot["user_id"], 0, 150)
+        ]
+        for flag in (found[0], top[0]):
+            await moderation.resolve_flag(
+                server.service.store,
+                flag["id"],
+                ban=False,
+                note="a rhythm game pro",
+                actor=moderation.Actor("t", "test"),
+            )
         assert ("metronome", 190) in await board(server, "timed")
-        assert len(await flags(server)) == 1  # the person was not flagged
+        assert len(await flags(server)) == 2  # the person was not flagged
 
 
 async def test_a_clumping_bot_is_flagged_inhuman(
@@ -157,10 +168,13 @@ async def test_a_clumping_bot_is_flagged_inhuman(
             await play(server, client, "timed", bot["user_id"], gaps)
         found = await flags(server)
         assert [f["reason"] for f in found] == ["inhuman_timing"]
-        # The evidence is what tripped the rule: the first assessment, at the 16th point.
+        # The evidence is what tripped the rule: at the 32nd point, the first assessment with
+        # enough intervals (timing.FLOOR_MIN_INTERVALS), 29 of 31 under the floor on the
+        # player's clock where 8 would do.
         evidence = found[0]["detail"]
-        assert evidence["intervals"] == 15
-        assert evidence["below_floor_player_clock"] == evidence["below_floor_on_arrival"] == 14
+        assert evidence["intervals"] == 31
+        assert evidence["below_floor_player_clock"] == evidence["below_floor_on_arrival"] == 29
+        assert evidence["below_floor_needed"] == 8
 
 
 async def test_people_are_not_flagged(
@@ -199,32 +213,64 @@ async def test_a_result_above_the_games_bound_is_refused_and_flagged(
 
 
 @pytest.mark.parametrize("game", ["held", "shown"])
-async def test_an_outlier_is_flagged_and_held_only_where_the_game_says(
+async def test_a_score_above_the_trusted_range_is_held_only_where_the_game_says(
     timed_server: Server, autojump_clock: trio.testing.MockClock, game: str
 ) -> None:
     server = timed_server
     rng = random.Random(4)
     with trio.fail_after(600):
-        for n in range(20):
+        best = 0
+        for n in range(12):  # 10 trusted players make the range; these games trust any age
             account = await register(server, f"p{n}")
             async with connect(server) as client:
                 await client.login(account)
                 points = rng.randint(8, 14)
                 played = await play(server, client, game, account["user_id"], [500.0] * points)
-                assert (await submit(client, played))["saved"] is True
+                result = await submit(client, played)
+                assert (result["saved"], result["held"]) == (True, False)
+                best = max(best, len(played["points"]))
         assert await flags(server) == []
         star = await register(server, "star")
         async with connect(server) as client:
             await client.login(star)
             played = await play(server, client, game, star["user_id"], [100.0] * 95)
-            assert (await submit(client, played))["saved"] is True
+            result = await submit(client, played)
+        assert result["saved"] is True
+        held = game == "held"
+        assert result["held"] is held
+        assert result.get("held_reason") == ("review_top_score" if held else None)
         found = await flags(server)
         assert [(f["reason"], f["user_id"], f["holds"]) for f in found] == [
-            ("outlier_score", star["user_id"], 1 if game == "held" else 0)
+            ("outlier_score", star["user_id"], 0)
         ]
-        assert found[0]["detail"]["population"] == 20
+        detail = found[0]["detail"]
+        assert (detail["range_top"], detail["range_from"], detail["trusted_players"]) == (
+            best,
+            "trusted players",
+            12,
+        )
         names = [name for name, _ in await board(server, game)]
-        assert ("star" in names) is (game == "shown")
+        assert ("star" in names) is not held
+        assert "p0" in names  # only the score is held, not the game's board
+        # The player sees the same in their own results.
+        async with http(server) as api:
+            mine = (
+                await api.get("/api/me", headers={"authorization": f"Bearer {star['token']}"})
+            ).json()
+        assert [(r["score"], r["held"], r["held_reason"]) for r in mine["results"]] == [
+            (95, held, "review_top_score" if held else None)
+        ]
+        if held:  # cleared by a reviewer: on the board, and the range's new top
+            await moderation.resolve_flag(
+                server.service.store,
+                found[0]["id"],
+                ban=False,
+                note="watched the replay",
+                actor=moderation.Actor("t", "test"),
+            )
+            assert "star" in [name for name, _ in await board(server, game)]
+            found_range = await server.service.store.review_range(game, server.service.clock.now_ms())
+            assert found_range is not None and found_range["top"] == 95
 
 
 def test_game_settings_round_trip_through_the_store(tmp_path: Path) -> None:

@@ -121,16 +121,13 @@ class TestBursts:
         assert len(point_at(session, T0 + 120)) == 2  # burst 2: at the limit, not over it
         actions = point_at(session, T0 + 130)  # burst 3: over the limit
         kinds = [type(a) for a in actions]
-        assert kinds == [PointRejected, BurstRecorded, AccountFlagged, AccountFlagged, GameEnded]
+        # Four points 10 ms apart are under the human floor too, but three intervals are too
+        # few to judge timing on (timing.FLOOR_MIN_INTERVALS): the burst flag alone.
+        assert kinds == [PointRejected, BurstRecorded, AccountFlagged, GameEnded]
         flagged = actions[2]
         assert isinstance(flagged, AccountFlagged) and flagged.reason == "burst_limit"
         assert flagged.detail["burst_times"] == [T0 + 110, T0 + 120, T0 + 130]
-        # Four points 10 ms apart are also below the human floor (60 ms): the end's timing
-        # assessment flags that too, before the end that reveals it.
-        timing = actions[3]
-        assert isinstance(timing, AccountFlagged) and timing.reason == "inhuman_timing"
-        assert timing.detail["below_floor_on_arrival"] == 3
-        assert actions[4] == GameEnded(EndReason.BURST_LIMIT, T0 + 130)
+        assert actions[3] == GameEnded(EndReason.BURST_LIMIT, T0 + 130)
         assert session.state is SessionState.VOIDED  # ended early: never submitted
         assert session.burst_times == [T0 + 110, T0 + 120, T0 + 130]
 
