@@ -139,7 +139,9 @@ def throwaways(settings: GameSettings, people: list[Judged], rng: random.Random)
     aged_under = [review.TrustedBest(before) for _ in range(20)]
     after = review.review_range([*trusted, *aged_under], settings).top
     bots = [rng.randint(before + 1, before + 120) for _ in range(10)]
-    held = sum(1 for score in bots if review.above_range(score, review.review_range(trusted, settings)))
+    held = sum(
+        1 for score in bots if review.above_range(score, review.review_range(trusted, settings))
+    )
     return (
         f"Throwaway accounts: the range's top over 200 people's results is {before}; after 20"
         f" aged throwaway accounts scoring {before} it is {after}; of 10 bots scoring"
@@ -161,7 +163,9 @@ def main() -> int:
         people.append(Judged(session, judge(session, settings), False, rng.random() < 0.7))
     bots: dict[str, list[Judged]] = {}
     for name, make in BOTS.items():
-        bots[name] = [Judged(s, judge(s, settings), True, True) for s in (make(rng) for _ in range(bots_n))]
+        bots[name] = [
+            Judged(s, judge(s, settings), True, True) for s in (make(rng) for _ in range(bots_n))
+        ]
     history([*people, *(i for items in bots.values() for i in items)], settings, rng)
     best_person = max(i.verdict.score for i in people)
     person_lines, people_ok = people_rows(people)

@@ -90,7 +90,9 @@ class Network:
 GOOD = Network("good", (10, 80), 8, None, 0, (200, 600), point_stall_chance=0.005)
 POOR = Network("poor", (0, 0), 0, (50, 300), 8_000, (500, 2_000))
 MOBILE = Network("mobile", (0, 0), 0, (40, 200), 15_000, (300, 1_500))
-ONE_STALL = Network("one 2 s stall", (10, 80), 8, None, 0, (2_000, 2_000), one_stall_at_ms=(2_000, 5_000))
+ONE_STALL = Network(
+    "one 2 s stall", (10, 80), 8, None, 0, (2_000, 2_000), one_stall_at_ms=(2_000, 5_000)
+)
 
 
 class Link:
@@ -233,9 +235,7 @@ def _pick(rng: random.Random, choices: tuple[tuple[object, float], ...]) -> obje
     return choices[-1][0]
 
 
-def person(
-    rng: random.Random, skill: str | None = None, network: Network | None = None
-) -> Session:
+def person(rng: random.Random, skill: str | None = None, network: Network | None = None) -> Session:
     """A person: skill and network drawn as in SKILLS and NETWORKS unless given."""
     skill = skill or str(_pick(rng, SKILLS))
     chosen = network or _pick(rng, NETWORKS)
@@ -247,7 +247,9 @@ def person(
 # --- bots -----------------------------------------------------------------------------------
 
 
-def _governed(gaps: Callable[[], float], margin_ms: float = 2.0) -> Callable[[float, float], list[float]]:
+def _governed(
+    gaps: Callable[[], float], margin_ms: float = 2.0
+) -> Callable[[float, float], list[float]]:
     """Sends after each gap, held back just enough that no burst window holds more than the
     threshold (by send time, with a small margin for the network)."""
 
@@ -361,7 +363,11 @@ def uniform_jitter(rng: random.Random) -> Session:
     """Uniform intervals around a superhuman mean (84-95 +/- 10-40 ms), governed."""
     mean, width = rng.uniform(84, 95), rng.uniform(10, 40)
     return _play(
-        rng, "uniform jitter", GOOD, None, _governed(lambda: rng.uniform(mean - width, mean + width))
+        rng,
+        "uniform jitter",
+        GOOD,
+        None,
+        _governed(lambda: rng.uniform(mean - width, mean + width)),
     )
 
 
@@ -477,9 +483,7 @@ def clopper_pearson(flagged: int, total: int, confidence: float = 0.95) -> tuple
         return (low + high) / 2
 
     lower = 0.0 if flagged == 0 else solve(lambda p: tail_at_least(flagged, p), alpha / 2, True)
-    upper = (
-        1.0 if flagged == total else solve(lambda p: tail_at_most(flagged, p), alpha / 2, False)
-    )
+    upper = 1.0 if flagged == total else solve(lambda p: tail_at_most(flagged, p), alpha / 2, False)
     return lower, upper
 
 

@@ -14,10 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, cast
 
-from ..core import timing
+from ..core import review, timing
 from ..core.lifecycle import Move, SessionState, after
 from ..core.names import skeleton
-from ..core import review
 from ..core.rules import EndReason, GameSettings, IssuedPoint, SessionRecord
 from ..errors import BannedError, ConflictError, NotFoundError, RateLimitedError
 from .engine import INTEGRITY_ERRORS, Connection, is_unique_violation, no_limit

@@ -227,7 +227,13 @@ async def test_three_nodes_share_one_postgresql(tmp_path: Path) -> None:
 
             # Submitted over HTTP to C (which never saw the game): saved.
             result = await submit_http(c.http, started, end, points)
-            assert result == {"type": "result", "accepted": True, "score": 5, "saved": True}
+            assert result == {
+                "type": "result",
+                "accepted": True,
+                "score": 5,
+                "saved": True,
+                "held": False,
+            }
             # B's board hears of it (NOTIFY), and so does A's.
             expected = [{"rank": 1, "user_id": kim["user_id"], "name": "kim", "score": 5}]
             assert await next_board(watch_b, "quick", 5) == expected

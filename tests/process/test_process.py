@@ -167,6 +167,7 @@ async def test_acknowledged_results_survive_sigkill(tmp_path: Path) -> None:
                     "accepted": True,
                     "score": 2,
                     "saved": True,
+                    "held": False,
                 }
                 voided = await api.post(
                     "/api/results",

@@ -261,7 +261,13 @@ async def test_hostile_frames_against_the_default_configuration(server: Server) 
                 end_token=end["end_token"],
                 points=claims,
             )
-            assert result == {"type": "result", "accepted": True, "score": 2, "saved": True}
+            assert result == {
+                "type": "result",
+                "accepted": True,
+                "score": 2,
+                "saved": True,
+                "held": False,
+            }
         assert server.service.store.failure is None
 
 

@@ -861,7 +861,13 @@ async def test_hostile_submissions_at_once_against_the_default_configuration(
         async with connect(server) as client:
             await client.login(owner)
             result = await client.call(type="submit_result", **real, points=points)
-        assert result == {"type": "result", "accepted": True, "score": 3, "saved": True}
+        assert result == {
+            "type": "result",
+            "accepted": True,
+            "score": 3,
+            "saved": True,
+            "held": False,
+        }
         assert server.service.store.failure is None
 
 

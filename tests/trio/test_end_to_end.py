@@ -125,7 +125,13 @@ async def test_play_submit_over_http_and_see_the_leaderboard(server: Server) -> 
                 await client.login(player)
                 game = await play_quick(client, n_points, player["user_id"])
             result = await submit_http(server, game)
-            assert result == {"type": "result", "accepted": True, "score": n_points, "saved": True}
+            assert result == {
+                "type": "result",
+                "accepted": True,
+                "score": n_points,
+                "saved": True,
+                "held": False,
+            }
         async with http(server) as api:
             board = await api.get("/api/games/quick/leaderboard")
             assert board.status_code == 200
@@ -155,6 +161,7 @@ async def test_submission_over_the_socket_and_a_second_one(server: Server) -> No
                 "accepted": True,
                 "score": 2,
                 "saved": True,
+                "held": False,
             }
             second = await client.call(type="submit_result", **body)
             assert second == {"type": "result", "accepted": False, "reason": "already_submitted"}

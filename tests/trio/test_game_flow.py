@@ -87,6 +87,7 @@ async def test_a_full_30_second_game(
                 "accepted": True,
                 "score": 25,
                 "saved": True,
+                "held": False,
             }
         board = await inline_server.service.store.leaderboard(
             "demo", inline_server.service.clock.now_ms()
@@ -123,7 +124,13 @@ async def test_a_guest_plays_but_nothing_is_saved(
             }
             await client.enter("demo", None)
             result = await play_and_submit(client, inline_server, 3, 2.0)
-            assert result == {"type": "result", "accepted": True, "score": 3, "saved": False}
+            assert result == {
+                "type": "result",
+                "accepted": True,
+                "score": 3,
+                "saved": False,
+                "held": False,
+            }
         rows = databases.sql(inline_server.config.db_path, "SELECT COUNT(*) FROM scores")
         assert rows[0][0] == 0
 

@@ -340,21 +340,31 @@ async def test_timing_bounds_and_titles_are_game_settings(server: Server) -> Non
     with trio.fail_after(30):
         code, out, _ = run_cli(server, "games", "add", "tap", "--duration", "0.5")
         assert code == 0
-        assert "human floor         60 ms" in out and "rhythm check        0.07" in out
-        assert "max score           none" in out and "flagged, still shown" in out
+        assert "human floor         60 ms" in out and "rhythm check        0.05" in out
+        assert "max score           none" in out and "held off boards until reviewed" in out
+        assert "rate ceiling        10 points a second" in out
+        assert "range until trusted 2 (from the rate ceiling)" in out  # 0.5 s x 10 / 2
+        assert "trusted players     10 needed; accounts 24 h old" in out
+        code, out, _ = run_cli(server, "games", "show", "tap")
+        assert "range now           2 (from settings; 0 trusted players)" in out
         code, out, _ = run_cli(
             server,
-            *("games", "set", "tap", "--human-floor-ms", "0", "--min-rhythm-cv", "0.05"),
-            *("--max-score", "40", "--hold-outliers", "--title", "Tap Finals"),
+            *("games", "set", "tap", "--human-floor-ms", "0", "--min-rhythm-cv", "0.04"),
+            *("--max-score", "40", "--no-hold-outliers", "--title", "Tap Finals"),
+            *("--human-max-rate", "0", "--review-above", "30", "--review-min-players", "3"),
+            *("--review-account-age-h", "0"),
         )
         assert code == 0
-        assert "human floor         off" in out and "rhythm check        0.05" in out
-        assert "max score           40" in out and "held off boards until reviewed" in out
-        assert "title               Tap Finals" in out
+        assert "human floor         off" in out and "rhythm check        0.04" in out
+        assert "max score           40" in out and "flagged, still shown" in out
+        assert "title               Tap Finals" in out and "rate ceiling        off" in out
+        assert "range until trusted 30\n" in out
+        assert "trusted players     3 needed; accounts 0 h old" in out
         code, out, _ = run_cli(
-            server, "games", "set", "tap", "--no-max-score", "--no-hold-outliers"
+            server, "games", "set", "tap", "--no-max-score", "--hold-outliers", "--no-review-above"
         )
-        assert "max score           none" in out and "flagged, still shown" in out
+        assert "max score           none" in out and "held off boards until reviewed" in out
+        assert "range until trusted none" in out  # the rate ceiling is off
         code, _, err = run_cli(server, "games", "set", "tap", "--min-rhythm-cv", "-1")
         assert code == 1 and "coefficient of variation" in err
         with pytest.raises(SystemExit) as usage:  # argparse: the two exclude each other
@@ -364,10 +374,12 @@ async def test_timing_bounds_and_titles_are_game_settings(server: Server) -> Non
         settings = server.service.games["tap"]
         assert (settings.human_floor_ms, settings.min_rhythm_cv, settings.max_score) == (
             0,
-            0.05,
+            0.04,
             None,
         )
-        assert settings.title == "Tap Finals" and settings.hold_outliers is False
+        assert settings.title == "Tap Finals" and settings.hold_outliers is True
+        assert (settings.human_max_rate, settings.review_above) == (0, None)
+        assert (settings.review_min_players, settings.review_account_age_h) == (3, 0)
         code, out, _ = run_cli(server, "audit")
         assert "games set" in out
 

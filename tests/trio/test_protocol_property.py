@@ -243,7 +243,13 @@ async def whole_game(server: Server) -> None:
             end_token=end["end_token"],
             points=claims,
         )
-        assert result == {"type": "result", "accepted": True, "score": 2, "saved": False}
+        assert result == {
+            "type": "result",
+            "accepted": True,
+            "score": 2,
+            "saved": False,
+            "held": False,
+        }
 
 
 async def default_scenario(sequence: list[dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ import io
 import math
 import random
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +270,9 @@ async def test_a_score_above_the_trusted_range_is_held_only_where_the_game_says(
                 actor=moderation.Actor("t", "test"),
             )
             assert "star" in [name for name, _ in await board(server, game)]
-            found_range = await server.service.store.review_range(game, server.service.clock.now_ms())
+            found_range = await server.service.store.review_range(
+                game, server.service.clock.now_ms()
+            )
             assert found_range is not None and found_range["top"] == 95
 
 
@@ -293,3 +296,177 @@ def test_game_settings_round_trip_through_the_store(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="coefficient"), transaction(conn):
         ops.update_game(conn, "g", {"min_rhythm_cv": -1}, 2)
     conn.close()
+
+
+# --- issue 23, end to end: the default configuration -------------------------------------
+
+
+async def test_a_stall_flags_no_one_and_a_governor_bot_is_flagged_on_the_default_configuration(
+    tmp_path: Path,
+) -> None:
+    """A server as `python run.py` runs it (signer and writer processes), a game made with
+    the defaults but for its length (`games add sprint --duration 11`), in real time, two
+    players at once:
+
+    - a person at 8 points a second whose network stalls for 2 s: the points queued behind
+      it go out together when it ends (one write), stamped when they were scored. Nobody is
+      flagged; the points more than the latency allowance late count for nothing; the result
+      is above the range a new game's settings give (11 s x 10 a second / 2 = 55), so it is
+      saved, held for review, said so in the reply and the player's own results, and on no
+      board;
+    - the window governor at 11 points a second, under the burst limit: flagged
+      superhuman_rate while it plays, its result held as flagged.
+    """
+    path = databases.resolve(tmp_path / "test.db")
+    databases.add_game(path, "sprint", **asdict(GameSettings(duration_ms=11_000)))
+    async with running_server(make_config(tmp_path)) as server:
+        now = server.service.clock.now_ms
+        person_account = await register(server, "steady")
+        bot_account = await register(server, "governor")
+
+        async def person_plays() -> dict[str, Any]:
+            async with connect(server) as client:
+                await client.login(person_account)
+                await client.enter("sprint", person_account["user_id"])
+                started = await client.start(now())
+                claims, queued = [], []
+                began = trio.current_time()
+                stall = (3.0, 5.0)  # seconds into the game
+                rng, at, schedule = random.Random(5), 0.2, []
+                while at < 10.6:  # about 8 a second, with a person's variation (CV 0.2)
+                    schedule.append(at)
+                    at += rng.lognormvariate(math.log(0.125) - 0.02, 0.2)
+                for at in schedule:
+                    await trio.sleep_until(began + at)
+                    stamp = now()
+                    queued.append(stamp)
+                    if stall[0] <= trio.current_time() - began < stall[1]:
+                        continue  # the network holds it back
+                    ids = list(range(len(queued)))
+                    for index, ts in zip(ids, queued, strict=True):  # all that waited, at once
+                        await client.send(type="point", client_ts=ts, id=index)
+                    for _ in queued:
+                        reply = await client.recv()
+                        while reply["type"] not in ("point_accepted", "point_rejected"):
+                            reply = await client.recv()
+                        if reply["type"] == "point_accepted":
+                            claims.append(
+                                {"token": reply["token"], "client_ts": queued[reply["id"]]}
+                            )
+                    queued = []
+                end = await client.recv_type("end_game")
+                result = await client.call(
+                    type="submit_result",
+                    start_token=started["start_token"],
+                    end_token=end["end_token"],
+                    points=claims,
+                )
+                return result
+
+        async def bot_plays() -> dict[str, Any]:
+            async with connect(server) as client:
+                await client.login(bot_account)
+                await client.enter("sprint", bot_account["user_id"])
+                await client.start(now())
+                began = trio.current_time()
+                sent: list[float] = []
+                rng = random.Random(23)
+                at = 0.05
+                while at < 10.8:
+                    if len(sent) >= 12:  # the governor: never 13 in a second
+                        at = max(at, sent[-12] + 1.003)
+                    await trio.sleep_until(began + at)
+                    sent.append(at)
+                    await client.call(type="point", client_ts=now())
+                    at += rng.lognormvariate(math.log(0.0909), 0.15)
+                await client.recv_type("end_game")
+                return {}
+
+        results: dict[str, dict[str, Any]] = {}
+
+        async def run(name: str, player: Any) -> None:
+            results[name] = await player()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, "person", person_plays)
+                nursery.start_soon(run, "bot", bot_plays)
+        found = await flags(server)
+        by_user = {(f["user_id"], f["reason"]) for f in found}
+        assert (bot_account["user_id"], "superhuman_rate") in by_user
+        assert [f for f in found if f["user_id"] == person_account["user_id"]] == [
+            f
+            for f in found
+            if f["user_id"] == person_account["user_id"] and f["reason"] == "outlier_score"
+        ]
+        person = results["person"]
+        assert person["accepted"] is True and person["saved"] is True
+        assert (person["held"], person["held_reason"]) == (True, "review_top_score")
+        assert person["score"] > 55
+        assert "steady" not in [name for name, _ in await board(server, "sprint")]
+        async with http(server) as api:
+            mine = (
+                await api.get(
+                    "/api/me", headers={"authorization": f"Bearer {person_account['token']}"}
+                )
+            ).json()
+        assert mine["results"][0]["held_reason"] == "review_top_score"
+
+
+async def test_throwaway_accounts_leave_the_range_where_it_was_and_the_next_bot_is_held(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The probe's attack on the old outlier fence, against a game's default settings: ten
+    people with accounts older than a day set the range; 20 throwaway bot accounts (new, and
+    flagged) score far above it, and five more new accounts score just under it; the range
+    stays where it was, and a bot that plays like a fast person after them is held."""
+    path = databases.resolve(tmp_path / "test.db")
+    databases.add_game(path, "race", **asdict(GameSettings(duration_ms=30_000)))
+    async with running_server(make_config(tmp_path, inline=True)) as server:
+        store = server.service.store
+        day_ago = server.service.clock.now_ms() - 2 * 86_400_000
+        people = []
+        for n in range(10):
+            account = await register(server, f"veteran{n}")
+            databases.sql(
+                path, "UPDATE users SET created_at = ? WHERE id = ?", (day_ago, account["user_id"])
+            )
+            people.append(account)
+        rng = random.Random(8)
+        with trio.fail_after(3_000):  # 36 games of 30 s, virtual time
+            for account in people:
+                async with connect(server) as client:
+                    await client.login(account)
+                    game = await play(
+                        server, client, "race", account["user_id"], person(rng, 29_000)
+                    )
+                    assert (await submit(client, game))["held"] is False
+            before = await store.review_range("race", server.service.clock.now_ms())
+            assert before is not None and before["from"] == "trusted players"
+            top = before["top"]
+            assert isinstance(top, int)
+            for n in range(20):  # metronomes at 9 a second: flagged, far above the range
+                account = await register(server, f"throwaway{n}")
+                async with connect(server) as client:
+                    await client.login(account)
+                    game = await play(server, client, "race", account["user_id"], [111.0] * 250)
+                    assert (await submit(client, game))["held_reason"] == "flagged"
+            for n in range(5):  # human-like, just under the top: not held, not trusted
+                account = await register(server, f"patient{n}")
+                async with connect(server) as client:
+                    await client.login(account)
+                    gaps = [29_000 / (top + 1)] * (top - 1)
+                    gaps = [g * rng.uniform(0.7, 1.3) for g in gaps]
+                    game = await play(server, client, "race", account["user_id"], gaps)
+                    result = await submit(client, game)
+                    assert result["accepted"] is True and result["score"] <= top
+            after = await store.review_range("race", server.service.clock.now_ms())
+            assert after is not None and after["top"] == top
+            bot = await register(server, "bot")
+            async with connect(server) as client:
+                await client.login(bot)
+                gaps = [rng.lognormvariate(math.log(125), 0.3) for _ in range(210)]
+                game = await play(server, client, "race", bot["user_id"], gaps)
+                result = await submit(client, game)
+        assert (result["held"], result["held_reason"]) == (True, "review_top_score")
+        assert "bot" not in [name for name, _ in await board(server, "race")]

@@ -80,7 +80,9 @@ def test_the_simulated_people_are_what_the_probe_measured() -> None:
     rng = random.Random(7)
     experts = [person(rng, "expert", timing_sim.GOOD) for _ in range(100)]
     for session in experts:
-        gaps = sorted(b - a for a, b in zip(session.client_times, session.client_times[1:], strict=False))
+        gaps = sorted(
+            b - a for a, b in zip(session.client_times, session.client_times[1:], strict=False)
+        )
         median = gaps[len(gaps) // 2]
         assert 100 <= median <= 160  # 7-9 points a second inside a streak (and a little drift)
     stalled = [person(rng, "regular", POOR) for _ in range(100)]
@@ -144,7 +146,9 @@ def test_the_floor_threshold_is_a_binomial_tail() -> None:
     # Monotone in n, and always above what a person with a 2 % share shows on average.
     values = [floor_threshold(n) for n in range(FLOOR_MIN_INTERVALS, 2000, 7)]
     assert values == sorted(values)
-    assert all(k > 0.02 * n for k, n in zip(values, range(FLOOR_MIN_INTERVALS, 2000, 7), strict=False))
+    assert all(
+        k > 0.02 * n for k, n in zip(values, range(FLOOR_MIN_INTERVALS, 2000, 7), strict=False)
+    )
 
 
 def test_a_few_accidental_double_hits_are_not_enough() -> None:
