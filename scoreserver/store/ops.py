@@ -428,11 +428,11 @@ def save_result(
 
 
 def _player_held(conn: Connection, user_id: int, session_id: str) -> bool:
-    """Whether an open flag that holds keeps this player (or this session) off boards."""
+    """Whether an open flag that holds keeps this player off boards (a flag that someone else's
+    failed submission of this session raised is theirs, not the player's)."""
     row = conn.execute(
-        "SELECT 1 FROM flags WHERE status = 'open' AND holds = 1"
-        " AND (user_id = ? OR session_id = ?) LIMIT 1",
-        (user_id, session_id),
+        "SELECT 1 FROM flags WHERE status = 'open' AND holds = 1 AND user_id = ? LIMIT 1",
+        (user_id,),
     ).fetchone()
     return row is not None
 
@@ -453,7 +453,7 @@ def trusted_bests(conn: Connection, game_id: str, now: int) -> list[review.Trust
         "  AND NOT EXISTS (SELECT 1 FROM flags f WHERE f.user_id = s.user_id"
         "                  AND f.status = 'open')"
         "  AND NOT EXISTS (SELECT 1 FROM flags f WHERE f.session_id = s.session_id"
-        "                  AND f.status <> 'cleared')"
+        "                  AND f.user_id = s.user_id AND f.status <> 'cleared')"
         " GROUP BY s.user_id",
         (game_id, now),
     ).fetchall()
@@ -492,7 +492,7 @@ def my_results(conn: Connection, user_id: int, now: int, limit: int = 50) -> lis
     for row in conn.execute(
         "SELECT s.session_id, s.game_id, s.score, s.created_at, s.hidden, s.held,"
         " EXISTS (SELECT 1 FROM flags f WHERE f.session_id = s.session_id"
-        "  AND f.status = 'open' AND f.holds = 1) AS session_flagged"
+        "  AND f.user_id = s.user_id AND f.status = 'open' AND f.holds = 1) AS session_flagged"
         " FROM scores s WHERE s.user_id = ? ORDER BY s.created_at DESC, s.id DESC LIMIT ?",
         (user_id, limit),
     ):
