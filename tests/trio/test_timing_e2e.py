@@ -29,7 +29,7 @@ from ..conftest import Client, add_game, connect, http, make_config, register, r
 
 pytestmark = pytest.mark.engines
 
-TIMED = {"human_floor_ms": 60, "min_rhythm_cv": 0.05}  # a new game's defaults, spelled out
+TIMED = {"human_floor_ms": 60, "min_rhythm_cv": 0.05, "human_max_rate": 10.0}  # defaults
 
 
 @pytest.fixture
