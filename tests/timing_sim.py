@@ -36,7 +36,6 @@ Where the numbers come from (not from what the rules expect):
 
 from __future__ import annotations
 
-import bisect
 import math
 import random
 from collections.abc import Callable
@@ -501,12 +500,3 @@ def _cdf(k: int, n: int, p: float) -> float:
         total += math.exp(log_term)
         log_term += math.log(n - i) - math.log(i + 1) + log_p - log_q
     return min(1.0, total)
-
-
-def best_of(values: list[int]) -> int:
-    return max(values) if values else 0
-
-
-def rank_above(sorted_scores: list[int], score: int) -> int:
-    """How many of `sorted_scores` (ascending) are above `score`."""
-    return len(sorted_scores) - bisect.bisect_right(sorted_scores, score)

@@ -59,6 +59,9 @@ from scoreserver.core.timing import (
     rate_window_ms,
 )
 
+# The largest count a setting may hold: exact in JSON and in a browser's numbers.
+SCORE_MOST = 2**53
+
 # --- settings ------------------------------------------------------------------------------
 
 
@@ -106,16 +109,16 @@ class GameSettings:
                 raise ValueError(f"{name} must not be negative")
         if not 0 <= self.min_rhythm_cv < 10:
             raise ValueError("min_rhythm_cv is a coefficient of variation, 0 (off) to 10")
-        if self.max_score is not None and self.max_score < 0:
-            raise ValueError("max_score must not be negative")
+        if self.max_score is not None and not 0 <= self.max_score <= SCORE_MOST:
+            raise ValueError(f"max_score is 0 to {SCORE_MOST}")
         if self.title is not None and not 1 <= len(self.title) <= 80:
             raise ValueError("a title is 1 to 80 characters")
         if not 0 <= self.human_max_rate <= 1000:
             raise ValueError("human_max_rate is points a second, 0 (off) to 1000")
-        if self.review_above is not None and self.review_above < 0:
-            raise ValueError("review_above must not be negative")
-        if self.review_min_players < 1:
-            raise ValueError("review_min_players must be at least 1")
+        if self.review_above is not None and not 0 <= self.review_above <= SCORE_MOST:
+            raise ValueError(f"review_above is a score, 0 to {SCORE_MOST}")
+        if not 1 <= self.review_min_players <= SCORE_MOST:
+            raise ValueError(f"review_min_players is 1 to {SCORE_MOST}")
         if not 0 <= self.review_account_age_h <= 24 * 3650:
             raise ValueError("review_account_age_h is hours, 0 to ten years")
 

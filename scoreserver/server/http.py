@@ -30,6 +30,7 @@ from scoreserver.server.service import Service
 from scoreserver.server.sessions import Peer
 from scoreserver.server.webio import HttpError, bearer, error_response, int_param, read_json
 from scoreserver.server.ws import origin_allowed
+from scoreserver.store import User
 from scoreserver.wire import protocol as wire
 from scoreserver.wire.tokens import b64encode, raw_public
 
@@ -111,19 +112,23 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
             raise HttpError(401, HttpCode.AUTH_FAILED, str(exc)) from None
         return JSONResponse({"token": token, "user_id": user.id, "name": user.name})
 
+    async def identified(request: Request) -> User:
+        """The account of the request's `Authorization: Bearer LOGIN_TOKEN` (401 without one)."""
+        token = bearer(request)
+        if token is None:
+            raise HttpError(401, HttpCode.AUTH_FAILED, "use `Authorization: Bearer LOGIN_TOKEN`")
+        try:
+            return await service.identify(token)
+        except AuthError as exc:
+            raise HttpError(401, HttpCode.AUTH_FAILED, str(exc)) from None
+
     async def submitter(request: Request) -> Peer:
         """Who submits: anyone may (the tokens authorize a submission), but a player who sends
         their login token is known by it, so a failure is held against them, not an address."""
         peer = peer_of(request)
         if "authorization" not in request.headers:
             return peer
-        token = bearer(request)
-        if token is None:
-            raise HttpError(401, HttpCode.AUTH_FAILED, "use `Authorization: Bearer LOGIN_TOKEN`")
-        try:
-            user = await service.identify(token)
-        except AuthError as exc:
-            raise HttpError(401, HttpCode.AUTH_FAILED, str(exc)) from None
+        user = await identified(request)
         peer.user_id, peer.name = user.id, user.name
         return peer
 
@@ -146,13 +151,7 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
     async def me(request: Request) -> Response:
         """The player's own account and results, each saying whether it is on the boards and,
         if not, why (held for review, flagged, hidden, banned)."""
-        token = bearer(request)
-        if token is None:
-            raise HttpError(401, HttpCode.AUTH_FAILED, "send `Authorization: Bearer LOGIN_TOKEN`")
-        try:
-            user = await service.identify(token)
-        except AuthError as exc:
-            raise HttpError(401, HttpCode.AUTH_FAILED, str(exc)) from None
+        user = await identified(request)
         results = await service.store.my_results(user.id, service.clock.now_ms())
         return JSONResponse({"user_id": user.id, "name": user.name, "results": results})
 

@@ -420,14 +420,14 @@ def save_result(
             detail={**review.evidence(score, found, trusted), "held": holds_score},
             holds=False,  # the score is held (scores.held), not the player's other results
         )
-    if _player_held(conn, user_id, session_id):
+    if _player_held(conn, user_id):
         return SavedResult(True, review.HELD_FLAGGED, flag_id)
     if holds_score:
         return SavedResult(True, review.REVIEW_TOP_SCORE, flag_id)
     return SavedResult(True, None, flag_id)
 
 
-def _player_held(conn: Connection, user_id: int, session_id: str) -> bool:
+def _player_held(conn: Connection, user_id: int) -> bool:
     """Whether an open flag that holds keeps this player off boards (a flag that someone else's
     failed submission of this session raised is theirs, not the player's)."""
     row = conn.execute(

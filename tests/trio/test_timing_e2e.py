@@ -470,3 +470,35 @@ async def test_throwaway_accounts_leave_the_range_where_it_was_and_the_next_bot_
                 result = await submit(client, game)
         assert (result["held"], result["held_reason"]) == (True, "review_top_score")
         assert "bot" not in [name for name, _ in await board(server, "race")]
+
+
+async def test_a_players_own_results_refuse_every_bad_credential_at_once(
+    timed_server: Server,
+) -> None:
+    """GET /api/me: no header, another scheme, a bare scheme, a token past any length, bytes
+    past ASCII, a token one character off, all sent at once: each 401 with its error code, and the owner is served afterwards."""
+    server = timed_server
+    owner = await register(server, "owner")
+    bad: list[dict[str, str | bytes]] = [
+        {},
+        {"authorization": "Basic b3duZXI6eA=="},
+        {"authorization": "Bearer"},
+        {"authorization": "Bearer " + "x" * 8000},
+        {"authorization": b"Bearer \xff\xfe\x80"},  # bytes past ASCII
+        {"authorization": f"Bearer {owner['token']}x"},
+    ]
+    answers: list[tuple[int, str]] = []
+    with trio.fail_after(30):
+        async with http(server) as api:
+
+            async def ask(headers: dict[str, str | bytes]) -> None:
+                response = await api.get("/api/me", headers=headers)
+                answers.append((response.status_code, response.json()["error"]))
+
+            async with trio.open_nursery() as nursery:
+                for headers in bad:
+                    nursery.start_soon(ask, headers)
+            assert answers == [(401, "auth_failed")] * len(bad)
+            mine = await api.get("/api/me", headers={"authorization": f"Bearer {owner['token']}"})
+            assert mine.status_code == 200
+            assert mine.json() == {"user_id": owner["user_id"], "name": "owner", "results": []}

@@ -441,3 +441,24 @@ def test_a_result_above_the_games_bound_is_implausible() -> None:
         check_submission(unbounded, "start", "end", submitted(unbounded), seq_of, T0 + 31_000),
         SubmissionAccepted,
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("review_above", 2**63),
+        ("review_above", -1),
+        ("review_min_players", 0),
+        ("review_min_players", 2**63),
+        ("max_score", 2**63),
+        ("human_max_rate", float("nan")),
+        ("human_max_rate", 1e308),
+        ("review_account_age_h", float("inf")),
+    ],
+)
+def test_settings_past_their_bounds_are_refused(field: str, value: object) -> None:
+    """What a database cannot hold (2**63 overflows SQLite's INTEGER) is refused here, before
+    any engine sees it, with a message the command line prints."""
+    with pytest.raises(ValueError, match=field):
+        GameSettings(duration_ms=30_000, **{field: value})  # type: ignore[arg-type]
+    assert GameSettings(duration_ms=30_000, review_above=2**53, max_score=2**53).max_score == 2**53
