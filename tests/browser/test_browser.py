@@ -320,7 +320,7 @@ def test_the_review_console_draws_a_flagged_sessions_evidence(
         rhythm_text = " ".join(
             page.locator("#charts figure").nth(2).locator("text").all_text_contents()
         )
-        assert "this session 0.0" in rhythm_text and "flags below 0.07" in rhythm_text
+        assert "this session 0.0" in rhythm_text and "flags below 0.05" in rhythm_text
         assert "human floor" in page.locator("#charts figure").nth(1).text_content()
         # Nothing cut off: no horizontal overflow, every chart inside the viewport.
         overflow = page.evaluate(
