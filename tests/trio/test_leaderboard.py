@@ -24,12 +24,17 @@ NOW = 1_800_000_000_000
 DAY = 86_400_000
 
 
+# The board's own mechanics: no review of the top (no rate ceiling to take a range from, and
+# never enough trusted players), which test_timing_e2e.py tests.
+BOARD_ONLY = GameSettings(duration_ms=1000, human_max_rate=0, review_min_players=2**53)
+
+
 @pytest.fixture
 def conn(tmp_path: Path) -> Iterator[Any]:
     connection = open_database(databases.resolve(tmp_path / "board.db"))
     with transaction(connection):
-        ops.insert_game(connection, "g", GameSettings(duration_ms=1000), 0)
-        ops.insert_game(connection, "other", GameSettings(duration_ms=1000), 0)
+        ops.insert_game(connection, "g", BOARD_ONLY, 0)
+        ops.insert_game(connection, "other", BOARD_ONLY, 0)
     yield connection
     connection.close()
 
