@@ -121,7 +121,7 @@ async def register_at(http_url: str, name: str) -> dict[str, Any]:
 async def test_acknowledged_results_survive_sigkill(tmp_path: Path) -> None:
     made = cli(
         tmp_path,
-        *("games", "add", "quick", "--duration", "0.4"),
+        *("games", "add", "quick", "--duration", "0.4", "--human-max-rate", "0"),
         *("--human-floor-ms", "0", "--min-rhythm-cv", "0"),  # its players are scripts
     )
     assert made.returncode == 0, made.stderr
@@ -211,7 +211,17 @@ async def test_twenty_sigkills_under_load_lose_no_acknowledged_result(tmp_path: 
     import random
 
     rng = random.Random(20)
-    flash = ("games", "add", "flash", "--duration", "0.3", "--human-floor-ms", "0")
+    flash = (
+        "games",
+        "add",
+        "flash",
+        "--duration",
+        "0.3",
+        "--human-floor-ms",
+        "0",
+        "--human-max-rate",
+        "0",
+    )
     assert cli(tmp_path, *flash, "--min-rhythm-cv", "0").returncode == 0
     acknowledged: set[str] = set()
     accounts: list[dict[str, Any]] = []
