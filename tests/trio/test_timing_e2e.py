@@ -476,7 +476,8 @@ async def test_a_players_own_results_refuse_every_bad_credential_at_once(
     timed_server: Server,
 ) -> None:
     """GET /api/me: no header, another scheme, a bare scheme, a token past any length, bytes
-    past ASCII, a token one character off, all sent at once: each 401 with its error code, and the owner is served afterwards."""
+    past ASCII, a token one character off, all sent at once: each 401 with its error code,
+    and the owner is served afterwards."""
     server = timed_server
     owner = await register(server, "owner")
     bad: list[dict[str, str | bytes]] = [
