@@ -151,6 +151,7 @@ CREATE TABLE flags (
     resolution_note TEXT
 );
 CREATE INDEX flags_open ON flags(status, user_id);
+CREATE INDEX flags_session ON flags(session_id);  -- a result's own flags (core/review.py)
 
 -- Public keys that ever signed tokens; the private key lives in the key file.
 CREATE TABLE signing_keys (

@@ -156,6 +156,7 @@ CREATE TABLE flags (
     resolution_note TEXT
 );
 CREATE INDEX flags_open ON flags(status, user_id);
+CREATE INDEX flags_session ON flags(session_id);  -- a result's own flags (core/review.py)
 
 CREATE TABLE signing_keys (
     kid         TEXT COLLATE "C" PRIMARY KEY,

@@ -170,6 +170,7 @@ REVIEW_SQL = (
     "UPDATE games SET hold_outliers = 1",
     "ALTER TABLE scores ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE scores ADD COLUMN reviewed_at INTEGER",
+    "CREATE INDEX flags_session ON flags(session_id)",
 )
 
 # From each older version to the next; `ensure_schema` runs them in one transaction.

@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from scoreserver.core import review as core_review
 from scoreserver.core.rules import GameSettings
 from scoreserver.ops import cli
 from scoreserver.server import moderation
@@ -503,3 +504,64 @@ async def test_a_players_own_results_refuse_every_bad_credential_at_once(
             mine = await api.get("/api/me", headers={"authorization": f"Bearer {owner['token']}"})
             assert mine.status_code == 200
             assert mine.json() == {"user_id": owner["user_id"], "name": "owner", "results": []}
+
+
+@pytest.mark.parametrize("needed", [1, 5, 40])
+def test_the_quick_range_a_save_reads_is_the_range_of_the_whole_population(
+    tmp_path: Path, needed: int
+) -> None:
+    """ops._review_range_quickly (what every save reads, in the writer) against
+    core.review.review_range over every trusted best (what /admin and the evidence read),
+    on random populations: flagged, cleared, banned, held, hidden, reviewed, young."""
+    rng = random.Random(needed)
+    conn = open_database(databases.resolve(tmp_path / "q.db"))
+    now = 10**12
+    settings = GameSettings(duration_ms=30_000, review_min_players=needed)
+    with transaction(conn):
+        ops.insert_game(conn, "g", settings, 0)
+        for user in range(1, 62):  # 61 flags others' sessions only
+            young = rng.random() < 0.3
+            conn.execute(
+                "INSERT INTO users (id, name, password_hash, created_at, banned_until)"
+                " VALUES (?, ?, 'x', ?, ?)",
+                (
+                    user,
+                    f"u{user}",
+                    now - (3600_000 if young else 10**9),
+                    now + 1 if rng.random() < 0.05 else None,
+                ),
+            )
+        for n in range(300):
+            user, session = rng.randint(1, 60), f"s{n}"
+            conn.execute(
+                "INSERT INTO game_sessions (id, game_id, user_id, settings_json, started_at,"
+                " client_start_ts, start_token, state) VALUES (?, 'g', ?, '{}', 0, 0, 't',"
+                " 'submitted')",
+                (session, user),
+            )
+            conn.execute(
+                "INSERT INTO scores (session_id, game_id, user_id, score, created_at, hidden,"
+                " held, reviewed_at) VALUES (?, 'g', ?, ?, ?, ?, ?, ?)",
+                (
+                    session,
+                    user,
+                    rng.randint(1, 400),
+                    now - 1000,
+                    int(rng.random() < 0.05),
+                    int(rng.random() < 0.05),
+                    now if rng.random() < 0.1 else None,
+                ),
+            )
+            if rng.random() < 0.1:
+                conn.execute(
+                    "INSERT INTO flags (created_at, reason, game_id, session_id, user_id,"
+                    " detail_json, status) VALUES (0, 'x', 'g', ?, ?, '{}', ?)",
+                    (session, rng.choice([user, 61]), rng.choice(["open", "cleared", "banned"])),
+                )
+    for _ in range(3):
+        whole = core_review.review_range(ops.trusted_bests(conn, "g", now), settings)
+        quick = ops._review_range_quickly(conn, "g", settings, now)
+        assert (quick.top, quick.source) == (whole.top, whole.source)
+        assert min(quick.trusted_players, needed) == min(whole.trusted_players, needed)
+        settings = GameSettings(duration_ms=30_000, review_min_players=needed, review_above=50)
+    conn.close()
