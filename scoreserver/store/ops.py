@@ -401,6 +401,8 @@ def save_result(
     found = _review_range_quickly(conn, game_id, settings, now) if settings is not None else None
     above = found is not None and review.above_range(score, found)
     holds_score = above and settings is not None and settings.hold_outliers
+    # Read before the score is in: the population it was judged against.
+    evidence = _review_evidence(conn, game_id, settings, score, now) if above else None
     conn.execute(
         "INSERT INTO scores (session_id, game_id, user_id, score, created_at, held)"
         " VALUES (?, ?, ?, ?, ?, ?)",
@@ -408,7 +410,7 @@ def save_result(
     )
     notify(conn, f"score {game_id}")
     flag_id = None
-    if above and found is not None:
+    if evidence is not None:
         flag_id = insert_flag(
             conn,
             review.OUTLIER_SCORE,
@@ -416,10 +418,7 @@ def save_result(
             game_id=game_id,
             session_id=session_id,
             user_id=user_id,
-            detail={
-                **review.evidence(score, found, trusted_bests(conn, game_id, now)),
-                "held": holds_score,
-            },
+            detail={**evidence, "held": holds_score},
             holds=False,  # the score is held (scores.held), not the player's other results
         )
     if _player_held(conn, user_id):
@@ -427,6 +426,16 @@ def save_result(
     if holds_score:
         return SavedResult(True, review.REVIEW_TOP_SCORE, flag_id)
     return SavedResult(True, None, flag_id)
+
+
+def _review_evidence(
+    conn: Connection, game_id: str, settings: GameSettings | None, score: int, now: int
+) -> dict[str, object]:
+    """A held result's evidence, from the whole trusted population (the quick range a save
+    reads stops counting players at the number needed)."""
+    assert settings is not None
+    trusted = trusted_bests(conn, game_id, now)
+    return review.evidence(score, review.review_range(trusted, settings), trusted)
 
 
 def _player_held(conn: Connection, user_id: int) -> bool:
