@@ -467,24 +467,45 @@ async def test_three_nodes_behind_haproxy_as_docs_scaling_configures_it(tmp_path
                 )
                 for name, port in own.items()
             }
-            (tmp_path / "haproxy.cfg").write_text(haproxy_config(ports, nodes))
-            proxy = await trio.lowlevel.open_process(
-                [haproxy, "-db", "-f", str(tmp_path / "haproxy.cfg")],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            log = tmp_path / "haproxy.log"
+
+            async def start_proxy() -> trio.Process:
+                (tmp_path / "haproxy.cfg").write_text(haproxy_config(ports, nodes))
+                with log.open("ab") as out:
+                    return await trio.lowlevel.open_process(
+                        [haproxy, "-db", "-f", str(tmp_path / "haproxy.cfg")],
+                        stdout=out,
+                        stderr=out,
+                    )
+
+            proxy = await start_proxy()
             try:
-                lb_ws = f"ws://127.0.0.1:{ports['8765']}/"
-                lb_http = f"http://127.0.0.1:{ports['8080']}"
 
                 async def proxy_up() -> bool:  # HAProxy listens and finds a node up
+                    nonlocal proxy
+                    if proxy.poll() is not None:
+                        # Exited: a front port chosen free was taken before HAProxy bound
+                        # it (its own words are in the log). Again, on new front ports.
+                        for front in ("8765", "8080"):
+                            ports[front] = free_port()
+                        proxy = await start_proxy()
+                        return False
                     try:
-                        async with httpx.AsyncClient(base_url=lb_http) as api:
+                        async with httpx.AsyncClient(
+                            base_url=f"http://127.0.0.1:{ports['8080']}"
+                        ) as api:
                             return (await api.get("/healthz")).status_code == 200
                     except httpx.TransportError:
                         return False
 
-                await eventually(proxy_up, 20, "HAProxy serves")
+                try:
+                    await eventually(proxy_up, 40, "HAProxy serves")
+                except AssertionError as exc:
+                    raise AssertionError(
+                        f"{exc}; HAProxy said: {log.read_text()[-2000:]}"
+                    ) from None
+                lb_ws = f"ws://127.0.0.1:{ports['8765']}/"
+                lb_http = f"http://127.0.0.1:{ports['8080']}"
                 kim = await register_at(lb_http, "kim")
                 async with open_client(lb_ws) as ws:
                     started = await start(ws, kim)
