@@ -16,7 +16,10 @@ def fmt_time(ms: int | None) -> str:
 
 def who(flag: Mapping[str, Any]) -> str:
     if flag.get("user_id") is not None:
-        return f"{flag.get('user_name')} (#{flag['user_id']})"
+        address = flag.get("guest_addr")
+        return f"{flag.get('user_name')} (#{flag['user_id']})" + (
+            f" at {address}" if address else ""
+        )
     return f"guest {flag.get('guest_addr') or '?'}"
 
 
@@ -91,9 +94,7 @@ def _detail_value(key: str, value: object) -> str:
 
     if key == "histogram" and isinstance(value, dict):
         counts, width = value.get("counts") or [], value.get("bin_width") or 1
-        spans = [
-            f"{i * width}-{(i + 1) * width - 1}: {n}" for i, n in enumerate(counts) if n
-        ]
+        spans = [f"{i * width}-{(i + 1) * width - 1}: {n}" for i, n in enumerate(counts) if n]
         return ", ".join(spans) or "-"
     if key.endswith(_TIME_KEYS):
         if isinstance(value, list):

@@ -98,6 +98,7 @@ class GameSettings:
     # ... and how old (hours) an account must be for its results to count, unless a reviewer
     # cleared them.
     review_account_age_h: float = 24.0
+
     def __post_init__(self) -> None:
         if self.duration_ms <= 0:
             raise ValueError("duration must be positive")

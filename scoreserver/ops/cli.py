@@ -38,9 +38,15 @@ from scoreserver.errors import (
     StoreError,
 )
 from scoreserver.server import moderation
-from scoreserver.server.accounts import PasswordPolicy, validate_credentials
+from scoreserver.server.accounts import (
+    BUDGET_MOST,
+    BudgetSettings,
+    PasswordPolicy,
+    validate_credentials,
+)
 from scoreserver.server.signer import SIGNER_MODES
 from scoreserver.store import DELETED_NAME, FOREVER, STORE_WRITERS, Location, Store, WriterMode
+from scoreserver.wire.addresses import HEADERS, TrustedProxies
 
 DEFAULT_DB = Path("scoreserver.db")
 DEFAULT_KEY = Path("scoreserver.key")
@@ -76,13 +82,79 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         "--max-msg-rate",
         type=float,
         default=60.0,
-        help="messages per second per connection (0: no limit)",
+        metavar="PER_S",
+        help="game-socket messages a second per connection, sustained (default 60; 0: no limit)",
     )
     parser.add_argument(
         "--max-conns-per-addr",
         type=int,
         default=256,
-        help="connections per client address (0: no limit)",
+        metavar="N",
+        help="game-socket connections per client address, per node (default 256; 0: no limit)",
+    )
+    parser.add_argument(
+        "--max-conns",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="game-socket connections in all, per node (default 20000; 0: no limit)",
+    )
+    budgets = BudgetSettings()
+    parser.add_argument(
+        "--login-attempts-per-addr",
+        type=int,
+        default=budgets.login_attempts_per_addr,
+        metavar="N",
+        help="logins, registrations and account deletions a minute per client address, on all"
+        f" nodes together (default {budgets.login_attempts_per_addr}; 0: no limit)",
+    )
+    parser.add_argument(
+        "--failed-logins-per-account",
+        type=int,
+        default=budgets.failed_logins_per_account,
+        metavar="N",
+        help="failed logins a minute per account, whatever the addresses"
+        f" (default {budgets.failed_logins_per_account}; at least 1)",
+    )
+    parser.add_argument(
+        "--failed-submissions-per-addr",
+        type=int,
+        default=budgets.failed_submissions_per_addr,
+        metavar="N",
+        help="failed submissions (each one a flag) a minute per client address; past it they"
+        " are refused, not flagged; honest ones are never refused"
+        f" (default {budgets.failed_submissions_per_addr}; 0: no limit)",
+    )
+    parser.add_argument(
+        "--admin-failures-per-addr",
+        type=int,
+        default=budgets.admin_failures_per_addr,
+        metavar="N",
+        help="failed /admin logins a minute per client address"
+        f" (default {budgets.admin_failures_per_addr}; at least 1)",
+    )
+    parser.add_argument(
+        "--admin-failures",
+        type=int,
+        default=budgets.admin_failures,
+        metavar="N",
+        help="failed /admin logins a minute, whatever the addresses"
+        f" (default {budgets.admin_failures}; at least 1)",
+    )
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a balancer or proxy whose connections may name the client: its PROXY header (v1,"
+        " v2) or --forwarded-header is read (repeatable; default none: every peer is the client)",
+    )
+    parser.add_argument(
+        "--forwarded-header",
+        choices=HEADERS,
+        default="x-forwarded-for",
+        help="the header the trusted proxies write (only that one is read; default"
+        " x-forwarded-for)",
     )
     parser.add_argument(
         "--allow-origin",
@@ -480,6 +552,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together")
     _check_node_flags(args)
+    budgets = _budgets(args)
     if args.workers > 1 and args.worker_of is None:
         from scoreserver.ops.workers import WorkersError, run_workers
 
@@ -496,8 +569,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limits=Limits(
             max_msg_rate=args.max_msg_rate,
             max_conns_per_addr=args.max_conns_per_addr,
+            max_conns=args.max_conns,
             allowed_origins=tuple(args.allow_origin),
         ),
+        budgets=budgets,
+        trusted_proxies=tuple(args.trusted_proxy),
+        forwarded_header=args.forwarded_header,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         signer=args.signer,
@@ -520,6 +597,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 MAX_WORKERS = 64
 MAX_LEASE_S = 3600.0
+
+
+def _budgets(args: argparse.Namespace) -> BudgetSettings:
+    """The budget flags and --trusted-proxy, refused in one line when out of bounds."""
+    try:
+        TrustedProxies(args.trusted_proxy)
+    except ValueError as exc:
+        raise CliError(f"--trusted-proxy: {exc}") from None
+    for flag, value in (
+        ("--max-conns-per-addr", args.max_conns_per_addr),
+        ("--max-conns", args.max_conns),
+    ):
+        if not 0 <= value <= BUDGET_MOST:
+            raise CliError(f"{flag} must be 0 to {BUDGET_MOST}")
+    if not 0 <= args.max_msg_rate <= BUDGET_MOST:
+        raise CliError(f"--max-msg-rate must be 0 to {BUDGET_MOST}")
+    budgets = BudgetSettings(
+        login_attempts_per_addr=args.login_attempts_per_addr,
+        failed_logins_per_account=args.failed_logins_per_account,
+        failed_submissions_per_addr=args.failed_submissions_per_addr,
+        admin_failures_per_addr=args.admin_failures_per_addr,
+        admin_failures=args.admin_failures,
+    )
+    for name, problem in budgets.problems():
+        raise CliError(f"--{name.replace('_', '-')} {problem}")
+    return budgets
 
 
 def _check_node_flags(args: argparse.Namespace) -> None:

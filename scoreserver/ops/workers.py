@@ -32,6 +32,7 @@ from pathlib import Path
 import trio
 
 from scoreserver import children
+from scoreserver.server.accounts import BudgetSettings
 from scoreserver.server.app import parse_banner, serve_argv
 from scoreserver.store import Store, WriterMode
 from scoreserver.store.engine import Location, redact
@@ -88,6 +89,12 @@ def passed_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--host", args.host, "--db", str(args.db), "--key", str(args.key)]
     flags += ["--max-msg-rate", str(args.max_msg_rate)]
     flags += ["--max-conns-per-addr", str(args.max_conns_per_addr)]
+    flags += ["--max-conns", str(args.max_conns)]
+    for name in BudgetSettings.__dataclass_fields__:
+        flags += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    for network in args.trusted_proxy:
+        flags += ["--trusted-proxy", network]
+    flags += ["--forwarded-header", args.forwarded_header]
     for origin in args.allow_origin:
         flags += ["--allow-origin", origin]
     if args.tls_cert:

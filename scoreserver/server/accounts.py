@@ -162,29 +162,64 @@ async def charge_shared(
     return SharedCharge(store, [b for b, _ in budgets], charges, ids)
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    """The per-address and per-account budgets an operator sets (`run.py --help`; each counts
+    attempts within a minute). 0 turns a budget off where that is safe; the ones that stand
+    between a password and a guesser cannot be turned off. Shared by every node and worker of a
+    database (counted in its `attempts` table): see docs/security.md."""
+
+    login_attempts_per_addr: int = 30  # logins, registrations and account deletions
+    failed_logins_per_account: int = 10
+    failed_submissions_per_addr: int = 30
+    admin_failures_per_addr: int = 5
+    admin_failures: int = 10  # the one admin account, whatever the addresses
+
+    # Those that guard a password: at least one attempt a minute.
+    NOT_OFF = ("failed_logins_per_account", "admin_failures_per_addr", "admin_failures")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Each setting out of bounds, with what is wrong in words (empty: all is well). A
+        setting's name is its flag's (`failed_logins_per_account`: --failed-logins-per-account)."""
+        found = []
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if not 0 <= value <= BUDGET_MOST:
+                found.append((name, f"must be 0 to {BUDGET_MOST}"))
+            elif value == 0 and name in self.NOT_OFF:
+                found.append((name, "guards a password: it cannot be 0 (off)"))
+        return found
+
+
+BUDGET_MOST = 1_000_000
+
+
 @dataclass(slots=True)
 class AccessLimits:
-    """The budgets that keep guesses and junk slow (see `limits.py`: charged before the work).
+    """The budgets that keep guesses and junk slow (see `limits.py`: charged before the work),
+    from `BudgetSettings`: failed logins per account, whatever the address; login and
+    registration attempts per address; failed submissions (each one a flag) per address.
+    Every one is shared by the nodes and workers of a database."""
 
-    * failed logins per account, whatever the address: 10 a minute;
-    * login and registration attempts per address: 30 a minute;
-    * failed submissions (each one a flag) per address: 30 a minute.
-    """
+    settings: BudgetSettings = field(default_factory=BudgetSettings)
+    account_failures: Budget = field(init=False)
+    address_attempts: Budget = field(init=False)
+    failed_submissions: Budget = field(init=False)
 
-    account_failures: Budget = field(
-        default_factory=lambda: Budget(
-            10,
+    def __post_init__(self) -> None:
+        settings = self.settings
+        self.account_failures = Budget(
+            settings.failed_logins_per_account,
             message="too many failed logins for this account; wait a minute",
             shared="login_account",
         )
-    )
-    address_attempts: Budget = field(
-        default_factory=lambda: Budget(
-            30, message="too many logins from this address; wait a minute", shared="login_address"
+        self.address_attempts = Budget(
+            settings.login_attempts_per_addr,
+            message="too many logins from this address; wait a minute",
+            shared="login_address",
         )
-    )
-    failed_submissions: Budget = field(
-        default_factory=lambda: Budget(
-            30, message="too many failed submissions from this address; wait a minute"
+        self.failed_submissions = Budget(
+            settings.failed_submissions_per_addr,
+            message="too many failed submissions from this address; wait a minute",
+            shared="failed_submission",
         )
-    )

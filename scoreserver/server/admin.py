@@ -7,7 +7,8 @@ hours) that the page sends as `Authorization: Bearer ...`. `POST /api/admin/logo
 session on the server; setting a new password ends every session.
 
 Guesses are charged before the password is checked (`limits.py`): 5 failures a minute per
-address, and 10 a minute for the admin account whatever the addresses. Password checks run in
+address (`--admin-failures-per-addr`), and 10 a minute for the admin account whatever the
+addresses (`--admin-failures`), on every node together. Password checks run in
 the server's own small pool (`PasswordWork`), never in the threads that serve reads. Users are
 addressed by id. Lists are paged. Every decision goes through `moderation.py`, the same code as
 the command line, and is audited as "admin page".
@@ -33,13 +34,11 @@ from scoreserver.core.evidence import render_flag
 from scoreserver.core.limits import Budget
 from scoreserver.errors import BusyError, ConflictError, NotFoundError, RateLimitedError
 from scoreserver.server import moderation
-from scoreserver.server.accounts import PasswordWork, charge_shared
+from scoreserver.server.accounts import BudgetSettings, PasswordWork, charge_shared
 from scoreserver.server.webio import HttpError, bearer, int_param, read_json
 from scoreserver.store import Store
 
 SESSION_TTL_S = 8 * 3600
-FAILED_LOGINS_PER_ADDRESS = 5  # a minute
-FAILED_LOGINS_IN_ALL = 10  # a minute, for the one admin account, whatever the addresses
 BODY_BYTES = 16 * 1024  # every admin body: a password, a note, a number
 PAGE_DEFAULT = 100
 PAGE_MAX = 500
@@ -80,17 +79,24 @@ def _now_ms() -> int:
 class AdminConsole:
     """Login, sessions and the admin API's handlers."""
 
-    def __init__(self, store: Store, password_policy: Any, password_work: PasswordWork):
+    def __init__(
+        self,
+        store: Store,
+        password_policy: Any,
+        password_work: PasswordWork,
+        budgets: BudgetSettings | None = None,
+    ):
         self.store = store
         self.password_policy = password_policy
         self.password_work = password_work
+        budgets = budgets or BudgetSettings()
         self.address_failures = Budget(
-            FAILED_LOGINS_PER_ADDRESS,
+            budgets.admin_failures_per_addr,
             message="too many failed logins; wait a minute",
             shared="admin_address",
         )
         self.account_failures = Budget(
-            FAILED_LOGINS_IN_ALL,
+            budgets.admin_failures,
             message="too many failed admin logins; wait a minute",
             shared="admin_account",
         )

@@ -21,7 +21,6 @@ import signal
 import ssl
 import sys
 import time
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,9 +32,10 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from scoreserver.errors import PortTakenError, StoreError
-from scoreserver.server.accounts import PasswordPolicy
+from scoreserver.server.accounts import AccessLimits, BudgetSettings, PasswordPolicy
 from scoreserver.server.clock import ServerClock
 from scoreserver.server.http import create_app
+from scoreserver.server.httpserve import serve_http
 from scoreserver.server.nodes import (
     ATTEMPTS_KEEP_MS,
     ATTEMPTS_SWEEP_S,
@@ -47,10 +47,16 @@ from scoreserver.server.nodes import (
 from scoreserver.server.rooms import Rooms
 from scoreserver.server.service import DEMO_GAME, DEMO_SETTINGS, Service
 from scoreserver.server.signer import SIGNER_MODES, InlineSigner, ProcessSigner, Signer
-from scoreserver.server.transport import bind_listeners, bound_port, serve_game_socket
+from scoreserver.server.transport import (
+    ClientAddresses,
+    bind_listeners,
+    bound_port,
+    serve_game_socket,
+)
 from scoreserver.server.ws import GameSocket, Limits
 from scoreserver.store import ANSWER_TIMEOUT_S, STORE_WRITERS, Store, WriterMode
 from scoreserver.store.engine import redact
+from scoreserver.wire.addresses import HeaderName, TrustedProxies
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -202,6 +208,12 @@ class Config:
     # How many event loops this machine runs for this server (`--workers`): `--signer auto`
     # weighs the cores per loop.
     loops: int = 1
+    # Peers whose connections may name another client (`--trusted-proxy`), and the header
+    # those proxies write (`--forwarded-header`): wire/addresses.py.
+    trusted_proxies: tuple[str, ...] = ()
+    # The per-address and per-account budgets (`--login-attempts-per-addr` ...).
+    budgets: BudgetSettings = field(default_factory=BudgetSettings)
+    forwarded_header: HeaderName = "x-forwarded-for"
 
 
 @dataclass(slots=True)
@@ -272,6 +284,7 @@ async def prepare_database(
         key_path=config.key_path,
         settings_fingerprint=fingerprint,
         node=started.node,
+        limits=AccessLimits(config.budgets),
     )
     return service, store
 
@@ -308,6 +321,18 @@ async def _serve(
         "game socket",
         partial(bind_listeners, config.host, config.ws_port, reuse_port=config.reuse_port),
     )
+    try:
+        http_sockets = await _bind(
+            config,
+            config.http_port,
+            "--http-port",
+            "HTTP",
+            partial(bind_listeners, config.host, config.http_port, reuse_port=config.reuse_port),
+        )
+    except BaseException:
+        for sock in ws_sockets:
+            await sock.aclose()
+        raise
     if config.direct_ws_port is not None:
         direct = await _bind(
             config,
@@ -325,13 +350,14 @@ async def _serve(
     try:
         service, store = await prepare_database(config, int(time.time() * 1000), node_url)
     except BaseException:
-        for sock in ws_sockets:
+        for sock in ws_sockets + http_sockets:
             await sock.aclose()
         raise
     rooms = Rooms(service)
     service.rooms = rooms
-    socket = GameSocket(service, rooms, config.limits)
-    app = create_app(service, allowed_origins=config.limits.allowed_origins)
+    addresses = ClientAddresses(TrustedProxies(config.trusted_proxies), config.forwarded_header)
+    socket = GameSocket(service, rooms, config.limits, addresses)
+    app = create_app(service, allowed_origins=config.limits.allowed_origins, addresses=addresses)
     stop = trio.Event()
     monitor = LoopMonitor()
     gc_monitor = GcMonitor()
@@ -359,22 +385,12 @@ async def _serve(
     )
     _tune_gc()
 
+    # The HTTP port's connections are accepted by us (httpserve.py; bound above, with the
+    # system's backlog and SO_REUSEPORT for workers, like the game socket's).
     hconfig = HypercornConfig()
-    hconfig.bind = [f"{_bind_host(config.host)}:{config.http_port}"]
     hconfig.accesslog = None
     hconfig.errorlog = logging.getLogger("hypercorn.error")
     hconfig.graceful_timeout = 2.0
-    # hypercorn's default backlog (100) resets connections when a room full of players (or
-    # a burst of requests) connects at once; the game socket's listener uses the system's.
-    hconfig.backlog = 1024
-    if config.reuse_port:
-        # What makes hypercorn bind with SO_REUSEPORT; its trio `serve` forks nothing and
-        # says so in a warning, which is beside the point here.
-        hconfig.workers = 2
-        warnings.filterwarnings("ignore", "The config `workers` has no affect", Warning)
-    if config.tls_cert is not None:
-        hconfig.certfile = str(config.tls_cert)
-        hconfig.keyfile = str(config.tls_key) if config.tls_key else None
 
     gc_monitor.install()
     try:
@@ -400,6 +416,7 @@ async def _serve(
                         socket.streams,
                         ws_sockets,
                         _ssl_context(config),
+                        addresses.proxies,
                         max_message_size=config.limits.max_message_bytes,
                         # 64 KiB reads halve the cost of a large submission (4 KiB is the default).
                         receive_buffer_size=65536,
@@ -407,16 +424,17 @@ async def _serve(
                         disconnect_timeout=2.0,
                     ),
                 )
-                binds = await _listen(
-                    config,
-                    config.http_port,
-                    "--http-port",
-                    "HTTP",
-                    servers,
-                    # Starlette is an ASGI app; hypercorn's own ASGI types do not name it.
-                    partial(hypercorn_serve, app, hconfig, shutdown_trigger=stop.wait),  # type: ignore[arg-type]
+                http_port = await servers.start(
+                    partial(
+                        serve_http,
+                        app,
+                        hconfig,
+                        http_sockets,
+                        _ssl_context(config),
+                        addresses,
+                        shutdown_trigger=stop.wait,
+                    )
                 )
-                http_port = int(binds[0].rsplit(":", 1)[1])
                 app.state.ws_port = ws_server.port
                 server = Server(config, service, rooms, socket, ws_server.port, http_port, stop)
                 if config.metrics_port is not None:

@@ -28,10 +28,12 @@ from scoreserver.server.accounts import PASSWORD_MAX
 from scoreserver.server.admin import AdminConsole
 from scoreserver.server.service import Service
 from scoreserver.server.sessions import Peer
+from scoreserver.server.transport import ClientAddresses
 from scoreserver.server.webio import HttpError, bearer, error_response, int_param, read_json
 from scoreserver.server.ws import origin_allowed
 from scoreserver.store import User
 from scoreserver.wire import protocol as wire
+from scoreserver.wire.addresses import AddressError
 from scoreserver.wire.tokens import b64encode, raw_public
 
 logger = logging.getLogger(__name__)
@@ -89,7 +91,38 @@ def _json_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> Starlette:
+class ClientAddressMiddleware:
+    """Every request's `client` is its client (transport.ClientAddresses), not the proxy in
+    front: what comes after (limits, flags, logs, the admin console) reads `request.client`.
+    A forwarding header from a trusted proxy that cannot be read is refused with a 400."""
+
+    def __init__(self, app: ASGIApp, addresses: ClientAddresses):
+        self.app = app
+        self.addresses = addresses
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        peer = scope.get("client")
+        if scope["type"] in ("http", "websocket") and self.addresses.proxies and peer:
+            stream = self.addresses.http.get((peer[0], peer[1]))
+            try:
+                client = self.addresses.resolve(
+                    peer[0], stream.proxy_source if stream else None, scope["headers"]
+                )
+            except AddressError as exc:
+                logger.info("refused a request from %s: %s", peer[0], exc)
+                response = error_response(400, HttpCode.BAD_REQUEST, str(exc))
+                await response(scope, receive, send)
+                return
+            scope = {**scope, "client": (client, peer[1])}
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    service: Service,
+    *,
+    allowed_origins: tuple[str, ...] = (),
+    addresses: ClientAddresses | None = None,
+) -> Starlette:
     """The HTTP application for `service`."""
 
     @_json_errors
@@ -255,7 +288,9 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         logger.exception("HTTP handler failed", exc_info=exc)
         return error_response(500, HttpCode.INTERNAL_ERROR, "internal error")
 
-    admin = AdminConsole(service.store, service.password_policy, service.password_work)
+    admin = AdminConsole(
+        service.store, service.password_policy, service.password_work, service.limits.settings
+    )
 
     async def admin_page(request: Request) -> Response:
         if await admin._password_hash() is None:
@@ -293,6 +328,8 @@ def create_app(service: Service, *, allowed_origins: tuple[str, ...] = ()) -> St
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
     middleware = [Middleware(SameHostCORS, allowed_origins=allowed_origins)]
+    if addresses is not None:
+        middleware.insert(0, Middleware(ClientAddressMiddleware, addresses=addresses))
     app = Starlette(
         routes=routes,
         middleware=middleware,

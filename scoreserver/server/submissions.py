@@ -23,8 +23,8 @@ from scoreserver.core.rules import (
     check_submission,
     same_token,
 )
-from scoreserver.errors import BannedError, ConflictError, RateLimitedError, TokenError
-from scoreserver.server.accounts import AccessLimits
+from scoreserver.errors import BannedError, ConflictError, TokenError
+from scoreserver.server.accounts import AccessLimits, charge_shared
 from scoreserver.server.clock import ServerClock
 from scoreserver.server.metrics import Metrics
 from scoreserver.server.sessions import LiveSession, Peer
@@ -99,15 +99,11 @@ class SubmissionDesk:
         A failed submission is held against whoever submitted it (their account, or their
         address), never against the session's owner unless the owner sent it: holding a copy
         of someone's start token must not let anyone put them under review. Failures are
-        limited per address (RateLimitedError): refused at once when the address's budget is
-        spent, and charged as each one is decided (see `_reject`).
+        limited per address, on every node together (see `_reject`): past the budget a failure
+        is refused (RateLimitedError) instead of flagged. An honest submission is judged and
+        saved whatever its address has spent: a player behind the same NAT or balancer as a
+        junk sender is not refused for the junk.
         """
-        budget = self.host.limits.failed_submissions
-        if (
-            submitter.address is not None
-            and budget.remaining(submitter.address, trio.current_time()) == 0
-        ):
-            raise RateLimitedError(budget.message)
         outcome = await self._judge(start_token, end_token, points, submitter)
         verdict = "accepted" if outcome.accepted else str(outcome.reason)
         self.host.metrics.child(self.host.metrics.submissions, verdict).inc()
@@ -200,14 +196,20 @@ class SubmissionDesk:
         """Refuse a submission; flag the submitter for the reasons that flag (see `submit`).
 
         A failure is charged to the submitter's address the moment it is decided, before its
-        flag is written and with no await in between: failures sent at once are counted one
-        by one, and past the budget they are refused (RateLimitedError) instead of flagged.
-        Honest submissions are never charged, however many arrive together.
+        flag is written: this node's count first, with no await in between (failures sent at
+        once are counted one by one), then every node's (the database's `attempts`). Past the
+        budget it is refused (RateLimitedError) instead of flagged. Honest submissions are
+        never charged, however many arrive together.
         """
         if not reason.flags_account:
             return ResultOutcome(False, reason=str(reason))
         if submitter.address is not None:
-            self.host.limits.failed_submissions.charge(submitter.address, trio.current_time())
+            await charge_shared(
+                self.host.store,
+                [(self.host.limits.failed_submissions, submitter.address)],
+                trio.current_time(),
+                self.host.clock.now_ms(),
+            )
         if record is not None:
             detail = {
                 **detail,

@@ -1,10 +1,14 @@
 """The game socket's byte streams, as trio-websocket reads them and as we see them.
 
+Every accepted connection, on both ports, is first a `ClientStream`: the socket, and who the
+client is (the TCP peer, or what a trusted proxy's PROXY header names; `ClientAddresses`
+adds the forwarding headers of the request). Under TLS the TLS stream runs over it.
+
 trio-websocket serves listeners it is given (`WebSocketServer`). Ours hand it each accepted
 connection wrapped in an `ObservedStream`, which passes every byte through unchanged and gives
 the server, through public calls only, the three things trio-websocket does not:
 
-* the peer's address (for the per-address limits and flags);
+* the client's address (for the per-address limits and flags);
 * the `Host` of the opening handshake (the same-origin check needs it; wsproto keeps it off
   the request's headers), read from the first bytes as they pass;
 * a way to drop the connection without a close handshake (`drop`), for a peer that does not
@@ -39,16 +43,31 @@ wrong), and `tests/trio/test_transport.py` says so when that happens.
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import os
 import ssl
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 from trio_websocket import WebSocketRequest, WebSocketServer
 
 from scoreserver.server.frames import speed_up
+from scoreserver.wire.addresses import (
+    NEED_MORE,
+    AddressError,
+    HeaderName,
+    ProxyHeader,
+    TrustedProxies,
+    canonical,
+    client_address,
+    read_proxy_header,
+)
+
+logger = logging.getLogger(__name__)
 
 # The most of a handshake read for its Host (browsers send well under 4 KiB): a Host past it
 # is not read, whatever the chunks, and a browser's handshake without one is refused.
@@ -58,34 +77,86 @@ READ_SIZE = 65536
 MAX_READS_WITHOUT_YIELD = 16
 
 
-class ObservedStream(trio.abc.HalfCloseableStream):
-    """One accepted connection: its bytes pass through; its peer and Host are kept."""
+class ClientStream(trio.abc.HalfCloseableStream):
+    """One accepted TCP connection: its bytes, read and written directly where that needs no
+    wait (see the module docstring), and who sent them. The client is the TCP peer, or, when
+    the peer is a trusted proxy (`ClientAddresses.proxies`) and its first bytes are a PROXY
+    header (v1 or v2), the source that header names; the header is taken off the stream, and
+    one that breaks the format is answered with a 400 and the connection closed. Both ports'
+    connections are these: under TLS, the TLS stream runs over one (a PROXY header comes
+    before TLS: TLS passthrough)."""
 
-    def __init__(self, inner: trio.SocketStream | trio.SSLStream[trio.SocketStream]):
-        self.inner = inner
-        raw = inner.transport_stream if isinstance(inner, trio.SSLStream) else inner
-        self.peer: str = str(raw.socket.getpeername()[0])
-        self.key = f"scoreserver-connection-{next(_numbers)}"
-        self.host: str | None = None
-        self._head: bytearray | None = bytearray()
-        # The socket read and written directly (see the module docstring); None under TLS or
-        # where the OS reads sockets otherwise.
-        self._direct: trio.socket.SocketType | None = (
-            raw.socket if inner is raw and os.name == "posix" else None
+    def __init__(self, raw: trio.SocketStream, proxies: TrustedProxies | None = None):
+        self.raw = raw
+        self.socket = raw.socket  # hypercorn reads the peer and the port from it
+        name = raw.socket.getpeername()
+        self.peer_key: tuple[str, int] = (str(name[0]), int(name[1]))
+        self.peer = canonical(self.peer_key[0])
+        self.proxy_source: str | None = None
+        # The first bytes of a trusted proxy's connection, until they are known to be (or not
+        # to be) a PROXY header; None once they are.
+        self._preamble: bytearray | None = (
+            bytearray() if proxies is not None and proxies.trusts(self.peer) else None
         )
+        self._unread = b""
+        self._direct: trio.socket.SocketType | None = raw.socket if os.name == "posix" else None
         self._reads_without_yield = 0
 
-    def __repr__(self) -> str:
-        return self.key
+    @property
+    def client(self) -> str:
+        """The client as the TCP connection tells it (forwarding headers come later)."""
+        return self.proxy_source or self.peer
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        size = max_bytes or READ_SIZE
+        if self._preamble is not None:
+            self._unread = await self._read_preamble(self._preamble)
+            self._preamble = None
+        if self._unread:
+            data, self._unread = self._unread[:size], self._unread[size:]
+            return data
         if self._direct is None:
-            data = await self.inner.receive_some(max_bytes)
-        else:
-            data = await self._receive_direct(max_bytes or READ_SIZE)
-        if self._head is not None:
-            self._see(data)
-        return data
+            return await self.raw.receive_some(size)
+        return await self._receive_direct(size)
+
+    async def _read_preamble(self, buffer: bytearray) -> bytes:
+        """The bytes after a PROXY header, or all read when there is none."""
+        while True:
+            data = await (
+                self.raw.receive_some(READ_SIZE)
+                if self._direct is None
+                else self._receive_direct(READ_SIZE)
+            )
+            if not data:
+                return bytes(buffer)  # the end: what came is passed on (and refused above)
+            buffer += data
+            try:
+                header = read_proxy_header(buffer)
+            except AddressError as exc:
+                logger.info("refused a connection from %s: %s", self.peer, exc)
+                await self._refuse(str(exc))
+                raise trio.BrokenResourceError(f"a malformed PROXY header: {exc}") from None
+            if header is NEED_MORE:
+                continue
+            if header is None:
+                return bytes(buffer)
+            assert isinstance(header, ProxyHeader)
+            self.proxy_source = header.source
+            return bytes(buffer[header.length :])
+
+    async def _refuse(self, why: str) -> None:
+        body = json.dumps({"error": "bad_request", "message": why}).encode()
+        head = (
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        with trio.move_on_after(1):
+            try:
+                await self.raw.send_all(head.encode() + body)
+            except trio.BrokenResourceError:
+                pass
+        # Closed here: whoever reads this stream sees it broken and need not close it in time.
+        await self.raw.aclose()
 
     async def _receive_direct(self, max_bytes: int) -> bytes:
         sock = self._direct
@@ -108,6 +179,59 @@ class ObservedStream(trio.abc.HalfCloseableStream):
             self._reads_without_yield += 1
             return data
 
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sock = self._direct
+        if sock is not None and data:
+            fd = sock.fileno()
+            if fd >= 0:  # closed: trio's call below says so
+                try:
+                    sent = os.write(fd, data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
+                if sent == len(data):
+                    return  # all in the kernel's buffer: nothing to wait for
+                data = memoryview(data)[sent:]
+        await self.raw.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.raw.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.raw.send_eof()
+
+    async def aclose(self) -> None:
+        await self.raw.aclose()
+
+
+class ObservedStream(trio.abc.HalfCloseableStream):
+    """One game-socket connection as trio-websocket reads it: its bytes pass through; its
+    client (`ClientStream`) and the Host of its handshake are kept."""
+
+    def __init__(self, inner: ClientStream | trio.SSLStream[ClientStream]):
+        self.inner = inner
+        self.transport: ClientStream = (
+            inner.transport_stream if isinstance(inner, trio.SSLStream) else inner
+        )
+        self.key = f"scoreserver-connection-{next(_numbers)}"
+        self.host: str | None = None
+        self._head: bytearray | None = bytearray()
+
+    @property
+    def peer(self) -> str:
+        """The client as its TCP connection names it (`ClientStream.client`)."""
+        return self.transport.client
+
+    def __repr__(self) -> str:
+        return self.key
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        if self._head is not None:
+            self._see(data)
+        return data
+
     def _see(self, data: bytes | bytearray) -> None:
         """Read Host from the handshake's first HEAD_LIMIT bytes, however they are split."""
         assert self._head is not None
@@ -124,26 +248,13 @@ class ObservedStream(trio.abc.HalfCloseableStream):
         self._head = None  # the handshake is over: the rest is frames, not looked at
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        sock = self._direct
-        if sock is not None and data:
-            fd = sock.fileno()
-            if fd >= 0:  # closed: trio's call below says so
-                try:
-                    sent = os.write(fd, data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError as exc:
-                    raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
-                if sent == len(data):
-                    return  # all in the kernel's buffer: nothing to wait for
-                data = memoryview(data)[sent:]
         await self.inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.inner.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        if isinstance(self.inner, trio.SocketStream):
+        if isinstance(self.inner, ClientStream):
             await self.inner.send_eof()
 
     async def aclose(self) -> None:
@@ -151,8 +262,7 @@ class ObservedStream(trio.abc.HalfCloseableStream):
 
     async def drop(self) -> None:
         """Close the TCP connection without writing anything more to it."""
-        raw = self.inner.transport_stream if isinstance(self.inner, trio.SSLStream) else self.inner
-        await raw.aclose()
+        await self.transport.raw.aclose()
 
 
 class Streams:
@@ -170,18 +280,84 @@ class Streams:
         return self._by_key[str(request.remote)]
 
 
-class ObservingListener(trio.abc.Listener[ObservedStream]):
-    def __init__(self, inner: trio.abc.Listener[Any], streams: Streams):
+@dataclass(slots=True)
+class ClientAddresses:
+    """Who a connection's client is, on both ports (`--trusted-proxy`, `--forwarded-header`;
+    wire/addresses.py): `resolve` it from a connection's `ClientStream` and its request's
+    headers. `http` holds the HTTP port's open connections by their TCP peer's address and
+    port, which is how hypercorn names a request's connection (`scope["client"]`)."""
+
+    proxies: TrustedProxies = field(default_factory=TrustedProxies)
+    header: HeaderName = "x-forwarded-for"
+    http: weakref.WeakValueDictionary[tuple[str, int], ClientStream] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+
+    def resolve(
+        self, peer: str, proxy_source: str | None, headers: Iterable[tuple[bytes, bytes]]
+    ) -> str:
+        """The client of a request from `peer` (AddressError: a header that cannot be read)."""
+        if not self.proxies:
+            return canonical(peer)
+        wanted = self.header.encode()
+        values = [v.decode("latin-1") for k, v in headers if k.lower() == wanted]
+        return client_address(
+            peer, self.proxies, proxy_source=proxy_source, header=self.header, values=values
+        )
+
+
+class ClientListener(trio.abc.Listener[ClientStream]):
+    """Accepts on a socket listener, each connection a `ClientStream`. A connection already
+    reset when it is accepted (a balancer's TCP health check does that: connect, close) has
+    no peer to name: it is closed and the next one accepted."""
+
+    def __init__(self, inner: trio.SocketListener, proxies: TrustedProxies):
         self.inner = inner
+        self.proxies = proxies
+
+    async def accept(self) -> ClientStream:
+        while True:
+            raw = await self.inner.accept()
+            try:
+                return ClientStream(raw, self.proxies)
+            except OSError:  # ENOTCONN from getpeername: gone before it was accepted
+                await raw.aclose()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class ObservingListener(trio.abc.Listener[ObservedStream]):
+    """Accepts on a socket listener and hands trio-websocket each connection as an
+    `ObservedStream` (over TLS when there is a context), registered in `streams`."""
+
+    def __init__(
+        self,
+        inner: trio.SocketListener,
+        streams: Streams,
+        ssl_context: ssl.SSLContext | None,
+        proxies: TrustedProxies,
+    ):
+        self.inner = ClientListener(inner, proxies)
         self.streams = streams
+        self.ssl_context = ssl_context
 
     async def accept(self) -> ObservedStream:
-        stream = ObservedStream(await self.inner.accept())
+        client = await self.inner.accept()
+        stream = ObservedStream(tls_over(client, self.ssl_context))
         self.streams.add(stream)
         return stream
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def tls_over(
+    stream: ClientStream, ssl_context: ssl.SSLContext | None
+) -> ClientStream | trio.SSLStream[ClientStream]:
+    if ssl_context is None:
+        return stream
+    return trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
 
 
 class GameSocketServer:
@@ -227,19 +403,17 @@ async def serve_game_socket(
     streams: Streams,
     sockets: list[trio.SocketListener],
     ssl_context: ssl.SSLContext | None,
+    proxies: TrustedProxies,
     *,
     task_status: trio.TaskStatus[GameSocketServer] = trio.TASK_STATUS_IGNORED,
     **options: Any,
 ) -> None:
     """trio-websocket's server on our listeners, bound beforehand (`bind_listeners`; see the
     module docstring)."""
-    listeners: list[trio.abc.Listener[Any]] = list(sockets)
-    if ssl_context is not None:
-        listeners = [trio.SSLListener(s, ssl_context, https_compatible=True) for s in sockets]
     server = WebSocketServer(
         handler,
         # Typed for trio's listeners; any listener serves (its `listeners` names others by repr).
-        [ObservingListener(listener, streams) for listener in listeners],  # type: ignore[misc]
+        [ObservingListener(s, streams, ssl_context, proxies) for s in sockets],  # type: ignore[misc]
         **options,
     )
     bound = bound_port(sockets)

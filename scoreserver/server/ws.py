@@ -25,8 +25,15 @@ from scoreserver.errors import AuthError, ConflictError, ProtocolError, RateLimi
 from scoreserver.server.rooms import Room, Rooms
 from scoreserver.server.service import Service
 from scoreserver.server.sessions import LiveSession, Peer, PointIn
-from scoreserver.server.transport import MessageHandOver, ObservedStream, Streams, quicken
+from scoreserver.server.transport import (
+    ClientAddresses,
+    MessageHandOver,
+    ObservedStream,
+    Streams,
+    quicken,
+)
 from scoreserver.wire import protocol as wire
+from scoreserver.wire.addresses import AddressError
 from scoreserver.wire.tokens import Purpose
 
 logger = logging.getLogger(__name__)
@@ -138,10 +145,17 @@ class Connection:
 class GameSocket:
     """The game socket: every connection's handler, and the registry of connections."""
 
-    def __init__(self, service: Service, rooms: Rooms, limits: Limits):
+    def __init__(
+        self,
+        service: Service,
+        rooms: Rooms,
+        limits: Limits,
+        addresses: ClientAddresses | None = None,
+    ):
         self.service = service
         self.rooms = rooms
         self.limits = limits
+        self.addresses = addresses or ClientAddresses()
         self.streams = Streams()  # the accepted connections (transport.py)
         self.connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
@@ -150,7 +164,14 @@ class GameSocket:
 
     async def handle(self, request: WebSocketRequest) -> None:
         stream = self.streams.of(request)
-        address = stream.peer
+        try:
+            address = self.addresses.resolve(
+                stream.transport.peer, stream.transport.proxy_source, request.headers
+            )
+        except AddressError as exc:
+            logger.info("refused a game socket from %s: %s", stream.peer, exc)
+            await request.reject(400, body=str(exc).encode())
+            return
         limits = self.limits
         if (limits.max_conns and len(self.connections) >= limits.max_conns) or (
             limits.max_conns_per_addr and self._per_address[address] >= limits.max_conns_per_addr

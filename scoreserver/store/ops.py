@@ -135,7 +135,8 @@ def erase_user(conn: Connection, user_id: int, now: int) -> str:
     """Erase an account's personal data; keep its results, under a name that is no one's.
 
     Gone: the name (it becomes free to register again), the password hash, every login
-    token, the user agents recorded with its sessions and flags, a ban note. Kept: the user
+    token, the user agents recorded with its sessions and flags and the addresses recorded
+    with its flags, a ban note. Kept: the user
     id, its scores and sessions (ranks and audits stay consistent), flags and decisions.
     Returns the name the account had.
     """
@@ -149,7 +150,9 @@ def erase_user(conn: Connection, user_id: int, now: int) -> str:
     )
     conn.execute("DELETE FROM login_tokens WHERE user_id = ?", (user_id,))
     conn.execute("UPDATE game_sessions SET user_agent = NULL WHERE user_id = ?", (user_id,))
-    conn.execute("UPDATE flags SET user_agent = NULL WHERE user_id = ?", (user_id,))
+    conn.execute(
+        "UPDATE flags SET user_agent = NULL, guest_addr = NULL WHERE user_id = ?", (user_id,)
+    )
     return user.name
 
 
@@ -580,7 +583,9 @@ def insert_flag(
     detail: Mapping[str, object] | None = None,
     holds: bool = True,
 ) -> int:
-    """A flag for review; while open, one that `holds` keeps the player off boards."""
+    """A flag for review; while open, one that `holds` keeps the player off boards.
+    `guest_addr` is the client address it came from (a guest's or a player's: the column's
+    name is older than players' addresses in it); an erasure forgets a player's."""
     row = conn.execute(
         "INSERT INTO flags (created_at, reason, game_id, session_id, user_id, guest_addr,"
         " user_agent, detail_json, holds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -590,7 +595,7 @@ def insert_flag(
             game_id,
             session_id,
             user_id,
-            None if user_id is not None else guest_addr,
+            guest_addr,
             user_agent,
             json.dumps(dict(detail or {}), default=str),
             int(holds),

@@ -149,6 +149,7 @@ NODES_SQL = (
     "CREATE INDEX scores_created ON scores(created_at)",
 )
 
+
 def _migrate_3_to_4(conn: SqliteConnection) -> None:
     """Schema 4: the rate ceiling and the review of the top of the board."""
     for statement in REVIEW_SQL:

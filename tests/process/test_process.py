@@ -22,7 +22,7 @@ from scoreserver.server.app import parse_banner, serve_command
 from scoreserver.store.connect import connect as db_connect
 
 from .. import databases
-from ..conftest import open_client
+from ..conftest import open_client, self_signed
 
 pytestmark = [pytest.mark.slow, pytest.mark.engines]
 
@@ -310,43 +310,9 @@ async def test_a_damaged_or_foreign_database_is_refused_at_start(tmp_path: Path)
 
 
 async def test_tls_serves_both_ports(tmp_path: Path) -> None:
-    import datetime
-    import ipaddress
-    import ssl
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     from scoreserver.server.app import Config, serve
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    trust = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    trust = self_signed(tmp_path)
     config = Config(
         ws_port=0,
         http_port=0,

@@ -194,8 +194,8 @@ async def test_identity_mismatch_is_refused_and_flagged(
         flags = await inline_server.service.store.flags()
         assert [(f["reason"], f["user_id"], f["guest_addr"]) for f in flags] == [
             ("identity_mismatch", None, "127.0.0.1"),
-            ("identity_mismatch", dan["user_id"], None),
-            ("identity_mismatch", dan["user_id"], None),
+            ("identity_mismatch", dan["user_id"], "127.0.0.1"),
+            ("identity_mismatch", dan["user_id"], "127.0.0.1"),
         ]
         assert flags[0]["detail"]["claimed_user_id"] == dan["user_id"]
 

@@ -24,13 +24,19 @@ from trio_websocket import (
     serve_websocket,
 )
 
+from scoreserver.server.app import Server
 from scoreserver.server.transport import (
     MAX_READS_WITHOUT_YIELD,
+    ClientListener,
+    ClientStream,
     MessageHandOver,
     ObservedStream,
     _QuickLock,
     quicken,
 )
+from scoreserver.wire.addresses import TrustedProxies
+
+from ..conftest import connect, http
 
 
 @asynccontextmanager
@@ -40,7 +46,7 @@ async def connected() -> AsyncIterator[tuple[ObservedStream, trio.SocketStream]]
     port = listeners[0].socket.getsockname()[1]
     try:
         peer = await trio.open_tcp_stream("127.0.0.1", port)
-        ours = ObservedStream(await listeners[0].accept())
+        ours = ObservedStream(ClientStream(await listeners[0].accept()))
         try:
             yield ours, peer
         finally:
@@ -54,7 +60,9 @@ async def connected() -> AsyncIterator[tuple[ObservedStream, trio.SocketStream]]
 async def test_direct_reads_wait_for_data_and_see_the_end() -> None:
     with trio.fail_after(10):
         async with connected() as (ours, peer):
-            assert ours._direct is not None  # plain TCP: the direct path is the one tested
+            assert (
+                ours.transport._direct is not None
+            )  # plain TCP: the direct path is the one tested
             got: list[bytes | bytearray] = []
 
             async def read_two() -> None:
@@ -275,3 +283,36 @@ async def test_the_hand_over_offers_a_message_to_take_only_when_none_waits_in_th
     assert offered == ["a", "d"] and hand_over.pending == 0
     with pytest.raises(trio.WouldBlock):
         receive_end.receive_nowait()
+
+
+def _reset_connection(port: int) -> None:
+    """Connect and reset at once (SO_LINGER 0), as a balancer's TCP health check may."""
+    gone = socket.socket()
+    gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    gone.connect(("127.0.0.1", port))
+    gone.close()
+
+
+async def test_a_connection_reset_before_it_is_accepted_is_skipped() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    for _ in range(3):
+        _reset_connection(port)
+    good = await trio.open_tcp_stream("127.0.0.1", port)
+    async with good:
+        with trio.fail_after(10):
+            client = await ClientListener(listeners[0], TrustedProxies()).accept()
+        assert client.peer_key[1] == good.socket.getsockname()[1]
+        await client.aclose()
+    await listeners[0].aclose()
+
+
+async def test_both_ports_serve_on_after_connections_reset_at_accept(server: Server) -> None:
+    with trio.fail_after(30):
+        for _ in range(50):
+            _reset_connection(server.ws_port)
+            _reset_connection(server.http_port)
+        async with connect(server) as client:
+            assert (await client.call(type="whoami"))["type"] == "identity"
+        async with http(server) as api:
+            assert (await api.get("/healthz")).status_code == 200
