@@ -676,6 +676,17 @@ HOSTILE: list[str | bytes] = [
         (["--node-url", "ws://h:99999/"], "--node-url"),
         (["--node-url", "ws://h/\x1b[2J"], "--node-url"),
         (["--node-url", "ws://h/" + "x" * 5000], "--node-url"),
+        (["--failed-logins-per-account", "0"], "--failed-logins-per-account"),
+        (["--admin-failures", "0"], "--admin-failures"),
+        (["--admin-failures-per-addr", "0"], "--admin-failures-per-addr"),
+        (["--login-attempts-per-addr", "-1"], "--login-attempts-per-addr"),
+        (["--failed-submissions-per-addr", str(2**63)], "--failed-submissions-per-addr"),
+        (["--max-conns", "-5"], "--max-conns"),
+        (["--max-conns-per-addr", str(2**63)], "--max-conns-per-addr"),
+        (["--max-msg-rate", "nan"], "--max-msg-rate"),
+        (["--trusted-proxy", "10.0.0.0/33"], "--trusted-proxy"),
+        (["--trusted-proxy", ""], "--trusted-proxy"),
+        (["--trusted-proxy", "balancer.example"], "--trusted-proxy"),
     ],
 )
 def test_node_flags_out_of_bounds_are_refused_in_one_line(
@@ -692,3 +703,32 @@ def test_node_flags_out_of_bounds_are_refused_in_one_line(
     assert named in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "s.db").exists()  # refused before anything was made
+
+
+def test_workers_are_started_with_every_budget_and_proxy_flag() -> None:
+    from scoreserver.ops.cli import build_parser
+    from scoreserver.ops.workers import passed_flags
+
+    given = [
+        *("--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::1"),
+        *("--forwarded-header", "forwarded", "--login-attempts-per-addr", "7"),
+        *("--failed-logins-per-account", "3", "--failed-submissions-per-addr", "0"),
+        *("--admin-failures-per-addr", "2", "--admin-failures", "4", "--max-conns", "9"),
+        *("--max-conns-per-addr", "5", "--max-msg-rate", "12.5"),
+    ]
+    args = build_parser().parse_args(["serve", *given])
+    again = build_parser().parse_args(["serve", *passed_flags(args)])
+    for name in (
+        "trusted_proxy",
+        "forwarded_header",
+        "login_attempts_per_addr",
+        "failed_logins_per_account",
+        "failed_submissions_per_addr",
+        "admin_failures_per_addr",
+        "admin_failures",
+        "max_conns",
+        "max_conns_per_addr",
+        "max_msg_rate",
+    ):
+        assert getattr(again, name) == getattr(args, name), name
+    assert args.trusted_proxy == ["10.0.0.0/8", "::1"] and args.login_attempts_per_addr == 7
