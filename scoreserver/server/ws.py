@@ -159,6 +159,7 @@ class GameSocket:
         self.streams = Streams()  # the accepted connections (transport.py)
         self.connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
+        self._admitted = 0  # handshakes past the caps and not yet closed
 
     # -- a connection's life --
 
@@ -173,11 +174,23 @@ class GameSocket:
             await request.reject(400, body=str(exc).encode())
             return
         limits = self.limits
-        if (limits.max_conns and len(self.connections) >= limits.max_conns) or (
+        if (limits.max_conns and self._admitted >= limits.max_conns) or (
             limits.max_conns_per_addr and self._per_address[address] >= limits.max_conns_per_addr
         ):
             await request.reject(429, body=b"too many connections")
             return
+        # Counted before the first await: handshakes sent at once cannot pass the caps together.
+        self._admitted += 1
+        self._per_address[address] += 1
+        try:
+            await self._admit(request, stream, address)
+        finally:
+            self._admitted -= 1
+            self._per_address[address] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
+
+    async def _admit(self, request: WebSocketRequest, stream: ObservedStream, address: str) -> None:
         if not self._origin_allowed(request, stream):
             await request.reject(403, body=b"origin not allowed")
             return
@@ -188,10 +201,9 @@ class GameSocket:
         conn.hand_over = quicken(ws)
         if conn.hand_over is not None:
             conn.hand_over.take = functools.partial(self._take_point, conn)
-        if limits.max_msg_rate:
-            conn.bucket = TokenBucket(limits.max_msg_rate, limits.msg_burst)
+        if self.limits.max_msg_rate:
+            conn.bucket = TokenBucket(self.limits.max_msg_rate, self.limits.msg_burst)
         self.connections.add(conn)
-        self._per_address[address] += 1
         try:
             await self._serve(conn)
         except ConnectionClosed:
@@ -203,9 +215,6 @@ class GameSocket:
         finally:
             conn.closed = True
             self.connections.discard(conn)
-            self._per_address[address] -= 1
-            if not self._per_address[address]:
-                del self._per_address[address]
             self._leave_room(conn)
             if conn.session is not None and conn.session.player is conn:
                 conn.session.player = None

@@ -4,6 +4,7 @@ keepalive timeouts, logins, and peers that never read. A normal player is served
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -108,6 +109,30 @@ async def test_connections_per_address(
             assert b" 101 " in head
             for raw in [again, *(r for r, _ in open_ones[1:])]:
                 await raw.aclose()
+
+
+async def test_connection_caps_hold_when_handshakes_arrive_at_once(tmp_path: Path) -> None:
+    """The caps are counted before the first await: 300 handshakes at once from one address
+    (real time: their handshakes interleave) open exactly the per-address cap."""
+    with trio.fail_after(60):
+        async with limited(tmp_path, max_conns_per_addr=10) as server:
+            opened: list[tuple[RawSocket, bytes]] = []
+
+            async def one() -> None:
+                opened.append(await RawSocket.open(server.ws_port))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(300):
+                    nursery.start_soon(one)
+            codes = Counter(head.split(b" ")[1] for _, head in opened)
+            assert codes == {b"101": 10, b"429": 290}
+            for raw, _ in opened:
+                await raw.aclose()
+            while server.socket.connections:
+                await trio.sleep(0.01)
+            again, head = await RawSocket.open(server.ws_port)
+            assert b" 101 " in head
+            await again.aclose()
 
 
 async def test_no_permessage_deflate(
