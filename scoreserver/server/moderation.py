@@ -226,11 +226,29 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
+# What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection"): a cell that
+# begins with one of these is written with a leading apostrophe, which spreadsheets show as
+# text. The full-width forms are there because some spreadsheets fold them to the ASCII ones.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def neutralised(value: object) -> object:
+    """A CSV cell a spreadsheet shows as written and never evaluates (numbers as they are)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def export_csv(data: Export, what: str = "board") -> str:
-    """One table of `export` as CSV: the board (default) or every result."""
+    """One table of `export` as CSV: the board (default) or every result. Every text cell is
+    quoted and a formula's first character neutralised (`neutralised`); the JSON export keeps
+    every value exact."""
     out = io.StringIO()
     columns = BOARD_COLUMNS if what == "board" else RESULT_COLUMNS
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(
+        out, fieldnames=columns, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC
+    )
     writer.writeheader()
-    writer.writerows(data["board"] if what == "board" else data["results"])
+    for row in data["board"] if what == "board" else data["results"]:
+        writer.writerow({key: neutralised(value) for key, value in row.items()})
     return out.getvalue()

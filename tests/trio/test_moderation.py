@@ -587,6 +587,37 @@ async def test_a_backup_of_the_live_database_while_it_is_written(
         assert code == 1 and "exists" in err
 
 
+FORMULAS = ['=HYPERLINK("//x.example")', "=cmd|'/C calc'!A0", "+1+2", "@SUM(1,1)", "-2+3"]
+
+
+async def test_exports_never_hand_a_spreadsheet_a_formula(server: Server) -> None:
+    """OWASP's CSV injection: names a spreadsheet would evaluate are written as text in every
+    CSV export (the command line's and /admin's), and exactly as they are in the JSON one."""
+    import csv as csvlib
+
+    from .test_edges import admin_headers
+
+    with trio.fail_after(60):
+        for index, name in enumerate(FORMULAS):
+            await scored_player(server, name, index + 1)
+        async with http(server) as api:
+            auth = await admin_headers(server, api)
+            admin_csv = (
+                await api.get("/api/admin/export/quick?format=csv&what=results", headers=auth)
+            ).text
+        for what in ([], ["--results"]):
+            code, out, _ = run_cli(server, "export", "quick", *what)
+            assert code == 0
+            for text in (out, admin_csv):
+                players = [r["player"] for r in csvlib.DictReader(io.StringIO(text))]
+                assert sorted(players) == sorted("'" + name for name in FORMULAS)
+                for line in text.splitlines()[1:]:
+                    cells = next(csvlib.reader([line]))
+                    assert not any(c.startswith(("=", "+", "-", "@")) for c in cells), line
+        code, out, _ = run_cli(server, "export", "quick", "--format", "json")
+        assert sorted(r["player"] for r in json.loads(out)["board"]) == sorted(FORMULAS)
+
+
 async def test_export_the_board_as_shown_and_every_result(server: Server) -> None:
     import csv as csvlib
 
