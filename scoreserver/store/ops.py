@@ -136,7 +136,8 @@ def erase_user(conn: Connection, user_id: int, now: int) -> str:
 
     Gone: the name (it becomes free to register again), the password hash, every login
     token, the user agents recorded with its sessions and flags and the addresses recorded
-    with its flags, a ban note. Kept: the user
+    with its flags (and in their evidence), a ban note; old bans' audit rows name the id
+    instead, and its name's and addresses' login budget counts are dropped. Kept: the user
     id, its scores and sessions (ranks and audits stay consistent), flags and decisions.
     Returns the name the account had.
     """
@@ -150,9 +151,24 @@ def erase_user(conn: Connection, user_id: int, now: int) -> str:
     )
     conn.execute("DELETE FROM login_tokens WHERE user_id = ?", (user_id,))
     conn.execute("UPDATE game_sessions SET user_agent = NULL WHERE user_id = ?", (user_id,))
+    # The addresses its flags recorded, and the copies of its name and addresses elsewhere:
+    # its flags' evidence, the audit's targets of old bans, the login budgets' keys.
+    addresses = set()
+    for flag_id, address, detail_json in conn.execute(
+        "SELECT id, guest_addr, detail_json FROM flags WHERE user_id = ?", (user_id,)
+    ).fetchall():
+        detail = json.loads(detail_json or "{}")
+        addresses |= {a for a in (address, detail.pop("submitted_from", None)) if a}
+        conn.execute(
+            "UPDATE flags SET user_agent = NULL, guest_addr = NULL, detail_json = ? WHERE id = ?",
+            (json.dumps(detail), flag_id),
+        )
     conn.execute(
-        "UPDATE flags SET user_agent = NULL, guest_addr = NULL WHERE user_id = ?", (user_id,)
+        "UPDATE audit SET target = ? WHERE target = ? AND command IN ('users ban', 'users unban')",
+        (f"user {user_id}", user.name),
     )
+    for key in {user.name.casefold(), *addresses}:
+        conn.execute("DELETE FROM attempts WHERE key = ?", (key,))
     return user.name
 
 
@@ -1162,7 +1178,7 @@ def decide_ban(
     """Ban an account until `ban_until`, or (None) lift its ban. Returns the user's id."""
     user_id = set_ban(conn, name, ban_until, note if ban_until is not None else None)
     command = "users ban" if ban_until is not None else "users unban"
-    insert_audit(conn, actor, command, name, audit_note, now)
+    insert_audit(conn, actor, command, name, audit_note, now)  # erase_user renames it
     return user_id
 
 

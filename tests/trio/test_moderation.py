@@ -681,3 +681,71 @@ def test_every_command_words_an_unknown_thing_the_same_way(tmp_path: Path) -> No
         assert code == 1 and out == "", command
         assert err.startswith("scoreserver: not found: no "), (command, err)
         assert err.count("\n") == 1, (command, err)
+
+
+def text_columns(where: str | Path) -> list[tuple[str, str]]:
+    """Every (table, column) of text in the database, on either engine."""
+    if str(where).startswith("postgresql://"):
+        found = databases.sql(
+            where,
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema()"
+            " AND data_type IN ('text', 'character varying')",
+        )
+        return [(str(t), str(c)) for t, c in found]
+    tables = databases.sql(where, "SELECT name FROM sqlite_master WHERE type = 'table'")
+    return [
+        (str(table), str(column[1]))
+        for (table,) in tables
+        for column in databases.sql(where, f'PRAGMA table_info("{table}")')
+        if "TEXT" in str(column[2]).upper() or not column[2]
+    ]
+
+
+async def test_an_erasure_leaves_no_copy_of_the_name_or_the_address(server: Server) -> None:
+    """Every text column of the database is scanned after `DELETE /api/me`: the name and the
+    address the player was flagged at are nowhere (audit targets of old bans, login budgets'
+    keys, flags' evidence included)."""
+    from .test_edges import http_from
+
+    name, address = "Zed Erasable", "127.0.0.77"
+    with trio.fail_after(60):
+        zed = await new_player(server, name)
+        auth = {"Authorization": f"Bearer {zed['token']}"}
+        async with http_from(server, address) as api:
+            for _ in range(3):
+                wrong = await api.post("/api/login", json={"name": name, "password": "x" * 12})
+                assert wrong.status_code == 401
+            junk = {"start_token": "a", "end_token": "b", "points": []}
+            refused = (await api.post("/api/results", json=junk, headers=auth)).json()
+            assert refused["reason"] == "bad_start_token"
+        for command in ("ban", "unban"):
+            assert run_cli(server, "users", command, name, "--note", "checked")[0] == 0
+        where = server.config.db_path
+        columns = text_columns(where)
+        assert ("audit", "target") in columns and ("attempts", "key") in columns
+
+        def copies() -> list[tuple[str, str]]:
+            return [
+                (table, column)
+                for table, column in columns
+                for needle in (name.casefold(), address)
+                if databases.sql(
+                    where,
+                    f'SELECT COUNT(*) FROM "{table}" WHERE lower("{column}") LIKE ?',
+                    (f"%{needle}%",),
+                )[0][0]
+            ]
+
+        assert {("audit", "target"), ("attempts", "key"), ("flags", "guest_addr")} <= set(
+            copies()
+        )  # the scan finds them before
+        async with http_from(server, address) as api:
+            # A ban ends the account's logins: in again, then erased.
+            login = await api.post("/api/login", json={"name": name, "password": "hunter2hunter2"})
+            auth = {"Authorization": f"Bearer {login.json()['token']}"}
+            gone = await api.request(
+                "DELETE", "/api/me", headers=auth, json={"password": "hunter2hunter2"}
+            )
+            assert gone.status_code == 200, gone.text
+        assert copies() == []
