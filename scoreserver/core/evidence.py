@@ -25,6 +25,8 @@ def who(flag: Mapping[str, Any]) -> str:
 
 # Words for the keys of a flag's evidence; a key not listed is shown with spaces for `_`.
 DETAIL_LABELS = {
+    "repeats": "times (one cause, counted)",
+    "last_at": "last time",
     "bursts_in_period": "bursts in the period",
     "burst_limit": "bursts allowed",
     "burst_period_ms": "burst period",
@@ -109,8 +111,10 @@ def _detail_value(key: str, value: object) -> str:
 
 def render_flag(flag: Mapping[str, Any]) -> str:
     """A flag as a reviewer reads it: who, why, and the session's timeline."""
+    repeats = (flag.get("detail") or {}).get("repeats")
     lines = [
-        f"flag {flag['id']}: {flag['reason']}  [{flag['status']}]",
+        f"flag {flag['id']}: {flag['reason']}  [{flag['status']}]"
+        + (f"  x{repeats}" if repeats else ""),
         f"  when        {fmt_time(flag['created_at'])}",
         f"  who         {who(flag)}",
         f"  user agent  {flag.get('user_agent') or '-'}",

@@ -386,10 +386,13 @@ class ResultReason(enum.StrEnum):
 
     @property
     def flags_account(self) -> bool:
+        # A void game is refused without a flag: the system voided it (a shutdown, a node
+        # found gone) or the rules did, and then they flagged the player themselves.
         return self not in (
             ResultReason.ALREADY_SUBMITTED,
             ResultReason.EXPIRED,
             ResultReason.ACCOUNT_BANNED,
+            ResultReason.SESSION_VOIDED,
         )
 
 
@@ -418,6 +421,9 @@ class SessionRecord:
     end_reason: EndReason | None
     points: Mapping[int, IssuedPoint]  # by seq
     submitted: bool = False
+    # How the game ended as the server reports it: the end reason, or `crashed` (its node was
+    # found gone: `end_reason` is then server_shutdown, a void).
+    ended_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,7 +532,8 @@ def check_submission(
         return SubmissionRejected(ResultReason.BAD_START_TOKEN, {})
     if record.submitted:
         return SubmissionRejected(ResultReason.ALREADY_SUBMITTED, {})
-    if record.end_reason in (EndReason.BURST_LIMIT, EndReason.SERVER_SHUTDOWN):
+    if record.end_reason is not None and record.end_reason != EndReason.TIME_UP:
+        # burst_limit, server_shutdown, or crashed (its node found gone): void.
         return SubmissionRejected(
             ResultReason.SESSION_VOIDED, {"end_reason": str(record.end_reason)}
         )

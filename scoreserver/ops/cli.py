@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import shutil
 import sys
 import time
@@ -44,6 +45,8 @@ from scoreserver.server.accounts import (
     PasswordPolicy,
     validate_credentials,
 )
+from scoreserver.server.admin import SESSION_TTL_S as ADMIN_SESSION_TTL_S
+from scoreserver.server.admin import token_hash as admin_token_hash
 from scoreserver.server.signer import SIGNER_MODES
 from scoreserver.store import DELETED_NAME, FOREVER, STORE_WRITERS, Location, Store, WriterMode
 from scoreserver.wire.addresses import HEADERS, TrustedProxies
@@ -140,6 +143,15 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="failed /admin logins a minute, whatever the addresses"
         f" (default {budgets.admin_failures}; at least 1)",
+    )
+    parser.add_argument(
+        "--flags-per-addr",
+        type=int,
+        default=budgets.flags_per_addr,
+        metavar="N",
+        help="flags a minute per sender (a logged-in player's account, else the client address);"
+        " past it, that sender's flags are not recorded; repeats of an open flag's cause count"
+        f" on it (default {budgets.flags_per_addr}; at least 1)",
     )
     parser.add_argument(
         "--trusted-proxy",
@@ -478,6 +490,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read the password from standard input (default: ask on the terminal)",
     )
+    link = admin.add_parser(
+        "login-link",
+        parents=[common],
+        help="print a link that opens /admin without the password (for whoever can run this on"
+        " the server's machine: works while guessers hold the password login at its limit)",
+    )
+    link.add_argument(
+        "--url",
+        default="http://127.0.0.1:8080",
+        help="the server's HTTP address as your browser reaches it (default http://127.0.0.1:8080)",
+    )
     return parser
 
 
@@ -619,6 +642,7 @@ def _budgets(args: argparse.Namespace) -> BudgetSettings:
         failed_submissions_per_addr=args.failed_submissions_per_addr,
         admin_failures_per_addr=args.admin_failures_per_addr,
         admin_failures=args.admin_failures,
+        flags_per_addr=args.flags_per_addr,
     )
     for name, problem in budgets.problems():
         raise CliError(f"--{name.replace('_', '-')} {problem}")
@@ -966,12 +990,33 @@ async def cmd_leaderboard(args: argparse.Namespace, store: Store) -> int:
 
 
 async def cmd_admin(args: argparse.Namespace, store: Store) -> int:
+    if args.action == "login-link":
+        return await _admin_login_link(args, store)
     password = _read_password(args.password_stdin)
     if len(password) < 12:
         raise CliError("the admin password must have at least 12 characters")
     encoded = PasswordPolicy().hash(password)
     ended = await store.set_admin_password(encoded, str(CLI_ACTOR()), now_ms())
     print(f"admin password set; /admin is open to it ({ended} earlier admin sessions ended)")
+    return 0
+
+
+async def _admin_login_link(args: argparse.Namespace, store: Store) -> int:
+    """An admin session made on the machine (the database is the proof of authority), as a
+    link: the token travels in the fragment, which browsers never send to a server."""
+    url = args.url.rstrip("/")
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        raise CliError("--url must be an http:// or https:// address, e.g. http://10.0.0.5:8080")
+    token = secrets.token_urlsafe(32)
+    now = now_ms()
+    await store.add_admin_session(
+        admin_token_hash(token), now, now + ADMIN_SESSION_TTL_S * 1000, "command line"
+    )
+    await store.record_command(str(CLI_ACTOR()), "admin login-link", None, None, now)
+    print(f"{url}/admin#session={token}")
+    print(
+        f"(opens /admin for {ADMIN_SESSION_TTL_S // 3600} hours; keep it private)", file=sys.stderr
+    )
     return 0
 
 

@@ -174,9 +174,17 @@ class BudgetSettings:
     failed_submissions_per_addr: int = 30
     admin_failures_per_addr: int = 5
     admin_failures: int = 10  # the one admin account, whatever the addresses
+    # Flags a minute per sender: a logged-in player's account, else the client address. Past
+    # it a sender's flags are not written (this node's count: it is charged before any await).
+    flags_per_addr: int = 10
 
-    # Those that guard a password: at least one attempt a minute.
-    NOT_OFF = ("failed_logins_per_account", "admin_failures_per_addr", "admin_failures")
+    # Those that guard a password or the review queue: at least one a minute.
+    NOT_OFF = (
+        "failed_logins_per_account",
+        "admin_failures_per_addr",
+        "admin_failures",
+        "flags_per_addr",
+    )
 
     def problems(self) -> list[tuple[str, str]]:
         """Each setting out of bounds, with what is wrong in words (empty: all is well). A
@@ -187,7 +195,7 @@ class BudgetSettings:
             if not 0 <= value <= BUDGET_MOST:
                 found.append((name, f"must be 0 to {BUDGET_MOST}"))
             elif value == 0 and name in self.NOT_OFF:
-                found.append((name, "guards a password: it cannot be 0 (off)"))
+                found.append((name, "cannot be 0 (off): it guards a password or the review queue"))
         return found
 
 
@@ -205,6 +213,8 @@ class AccessLimits:
     account_failures: Budget = field(init=False)
     address_attempts: Budget = field(init=False)
     failed_submissions: Budget = field(init=False)
+    flags: Budget = field(init=False)
+    device_failures: Budget = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -222,4 +232,12 @@ class AccessLimits:
             settings.failed_submissions_per_addr,
             message="too many failed submissions from this address; wait a minute",
             shared="failed_submission",
+        )
+        self.flags = Budget(settings.flags_per_addr, message="too many flags from this sender")
+        # A device that logged in to the account before: its own budget, as many a minute as
+        # the account's (`Service.login`).
+        self.device_failures = Budget(
+            settings.failed_logins_per_account,
+            message="too many failed logins from this device; wait a minute",
+            shared="login_device",
         )

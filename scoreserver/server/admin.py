@@ -21,7 +21,7 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import msgspec
 import trio
@@ -51,6 +51,16 @@ Days = Annotated[float, msgspec.Meta(gt=0, le=MAX_BAN_DAYS)]
 
 class AdminLogin(msgspec.Struct, frozen=True):
     password: Annotated[str, msgspec.Meta(max_length=1024)]
+    # The `device` an earlier admin login from this browser answered with (see `_login`).
+    device: Annotated[str, msgspec.Meta(max_length=400)] | None = None
+
+
+class Devices(Protocol):
+    """Device tokens (Service.device_token, Service.known_device)."""
+
+    def device_token(self, user_id: int | None, scope: str = "") -> str: ...
+
+    def known_device(self, device: object, scope: str) -> Any: ...
 
 
 class Resolve(msgspec.Struct, frozen=True):
@@ -66,6 +76,11 @@ class BanBody(msgspec.Struct, frozen=True):
 
 class NoteBody(msgspec.Struct, frozen=True):
     note: Note = ""
+
+
+def token_hash(token: str) -> bytes:
+    """What `admin_sessions` keeps of a session token (its SHA-256)."""
+    return _token_hash(token)
 
 
 def _token_hash(token: str) -> bytes:
@@ -85,8 +100,10 @@ class AdminConsole:
         password_policy: Any,
         password_work: PasswordWork,
         budgets: BudgetSettings | None = None,
+        devices: Devices | None = None,
     ):
         self.store = store
+        self.devices = devices
         self.password_policy = password_policy
         self.password_work = password_work
         budgets = budgets or BudgetSettings()
@@ -94,6 +111,13 @@ class AdminConsole:
             budgets.admin_failures_per_addr,
             message="too many failed logins; wait a minute",
             shared="admin_address",
+        )
+        # A browser that logged in to /admin before: its own budget, so that strangers
+        # spending the admin account's budget do not lock the operator out.
+        self.device_failures = Budget(
+            budgets.admin_failures_per_addr,
+            message="too many failed admin logins from this browser; wait a minute",
+            shared="admin_device",
         )
         self.account_failures = Budget(
             budgets.admin_failures,
@@ -122,14 +146,15 @@ class AdminConsole:
             )
         body = await read_json(request, AdminLogin, BODY_BYTES)
         address = request.client.host if request.client else "?"
+        known = self.devices.known_device(body.device, "admin") if self.devices else None
+        budgets = (
+            [(self.device_failures, known.session_hex)]
+            if known is not None
+            else [(self.address_failures, address), (self.account_failures, "admin")]
+        )
         try:
             # Shared by every node: guesses spread over nodes count together.
-            charged = await charge_shared(
-                self.store,
-                [(self.address_failures, address), (self.account_failures, "admin")],
-                trio.current_time(),
-                _now_ms(),
-            )
+            charged = await charge_shared(self.store, budgets, trio.current_time(), _now_ms())
         except RateLimitedError as exc:
             return _error(429, HttpCode.RATE_LIMITED, str(exc))
         try:
@@ -145,7 +170,10 @@ class AdminConsole:
         await self.store.add_admin_session(
             _token_hash(token), now, now + SESSION_TTL_S * 1000, address
         )
-        return JSONResponse({"token": token, "expires_in_s": SESSION_TTL_S})
+        answer: dict[str, object] = {"token": token, "expires_in_s": SESSION_TTL_S}
+        if self.devices is not None:
+            answer["device"] = self.devices.device_token(None, "admin")
+        return JSONResponse(answer)
 
     @staticmethod
     def _presented(request: Request) -> bytes | None:

@@ -51,6 +51,9 @@ class ResultBody(msgspec.Struct, frozen=True):
 class Credentials(msgspec.Struct, frozen=True):
     name: Annotated[str, msgspec.Meta(max_length=256)]
     password: Annotated[str, msgspec.Meta(max_length=PASSWORD_MAX)]
+    # The `device` a previous login or registration of this account answered with: this
+    # device's logins are limited on their own (Service.login).
+    device: Annotated[str, msgspec.Meta(max_length=400)] | None = None
 
 
 # A login or registration body: a name and a password, with room for JSON's escapes.
@@ -134,16 +137,24 @@ def create_app(
             raise HttpError(400, HttpCode.BAD_REQUEST, str(exc)) from None
         except ConflictError:
             raise HttpError(409, HttpCode.NAME_TAKEN, "that name is taken") from None
-        return JSONResponse({"token": token, "user_id": user.id, "name": user.name}, 201)
+        device = service.device_token(user.id)
+        return JSONResponse(
+            {"token": token, "user_id": user.id, "name": user.name, "device": device}, 201
+        )
 
     @_json_errors
     async def login(request: Request) -> Response:
         body = await read_json(request, Credentials, CREDENTIALS_BODY_BYTES)
         try:
-            token, user = await service.login(body.name, body.password, peer_of(request).address)
+            token, user = await service.login(
+                body.name, body.password, peer_of(request).address, body.device
+            )
         except AuthError as exc:
             raise HttpError(401, HttpCode.AUTH_FAILED, str(exc)) from None
-        return JSONResponse({"token": token, "user_id": user.id, "name": user.name})
+        device = service.device_token(user.id)
+        return JSONResponse(
+            {"token": token, "user_id": user.id, "name": user.name, "device": device}
+        )
 
     async def identified(request: Request) -> User:
         """The account of the request's `Authorization: Bearer LOGIN_TOKEN` (401 without one)."""
@@ -289,7 +300,11 @@ def create_app(
         return error_response(500, HttpCode.INTERNAL_ERROR, "internal error")
 
     admin = AdminConsole(
-        service.store, service.password_policy, service.password_work, service.limits.settings
+        service.store,
+        service.password_policy,
+        service.password_work,
+        service.limits.settings,
+        service,
     )
 
     async def admin_page(request: Request) -> Response:

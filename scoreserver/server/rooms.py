@@ -178,8 +178,19 @@ class Rooms:
         try:
             await self._session_life(session, session_bytes, task_status)
         except Exception:
-            # A bug: this session is lost (voided at the next start), the room goes on.
-            logger.exception("session %s failed", session.session_id)
+            # A bug: this session ends as a shutdown ends it (its row voided, the player told
+            # with end_game and free to start again); the room and every other session go on.
+            logger.exception("session %s failed; ending it", session.session_id)
+            if session.end_message is None:
+                with trio.CancelScope(shield=True):
+                    try:
+                        now = self.service.clock.now_ms()
+                        session.rules.shutdown(now)
+                        await self._end(
+                            session, session_bytes, GameEnded(EndReason.SERVER_SHUTDOWN, now)
+                        )
+                    except Exception:
+                        logger.exception("session %s: its end failed too", session.session_id)
 
     async def _session_life(
         self, session: LiveSession, session_bytes: bytes, task_status: trio.TaskStatus[None]
@@ -372,10 +383,18 @@ class Rooms:
             end_token = service.keys.sign(
                 Purpose.END, session_bytes, session.user_id, session.game_id, ended.at_ms
             )
+        word = str(ended.reason)
         try:
-            await service.store.end_session(
+            moved = await service.store.end_session(
                 session.session_id, end_token, ended.at_ms, str(ended.reason)
             )
+            if not moved:
+                # Not ours any more: another node found this one gone (a stall past the lease)
+                # and voided the game. Its end is what every node reports: crashed, no token.
+                logger.warning("session %s was voided elsewhere: not ending it", session.session_id)
+                end_token, word = None, "crashed"
+                session.rules.shutdown(ended.at_ms)
+                ended = GameEnded(EndReason.SERVER_SHUTDOWN, ended.at_ms)
         except StoreError as exc:
             # The writer is gone or stalled (the server is stopping): the end cannot be kept,
             # so no end token goes out. The player is told the game is void, not left waiting;
@@ -383,6 +402,7 @@ class Rooms:
             logger.error("session %s: its end could not be committed (%s)", session.session_id, exc)
             end_token = None
             ended = GameEnded(EndReason.SERVER_SHUTDOWN, ended.at_ms)
+            word = str(ended.reason)
             session.rules.end_reason = EndReason.SERVER_SHUTDOWN
         session.end_token = end_token
         self._release(session)
@@ -392,7 +412,7 @@ class Rooms:
         if ended.reason is not EndReason.TIME_UP:
             service.sessions.pop(session.session_id, None)
         session.end_message = wire.EndGame(
-            reason=str(ended.reason),
+            reason=word,
             server_ts=ended.at_ms,
             end_token=end_token,
             session_id=session.session_id,

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from scoreserver.core.limits import Budget
 from scoreserver.core.names import normalize_name
 from scoreserver.core.rules import (
     GameSettings,
@@ -25,6 +26,8 @@ from scoreserver.core.rules import (
 )
 from scoreserver.errors import (
     AuthError,
+    RateLimitedError,
+    TokenError,
 )
 from scoreserver.server.accounts import (
     LOGIN_TOKEN_TTL_MS,
@@ -44,9 +47,12 @@ from scoreserver.server.sessions import LiveSession, Peer
 from scoreserver.server.signer import InlineSigner, Signer
 from scoreserver.server.submissions import ResultOutcome, ScoreListener, SubmissionDesk
 from scoreserver.store import NodeInfo, Store, User
-from scoreserver.wire.tokens import KeyRing
+from scoreserver.wire.tokens import Claims, KeyRing, Purpose
 
 logger = logging.getLogger(__name__)
+
+# How long a device token names a device that logged in before (Service.device_token).
+DEVICE_TTL_MS = 180 * 86_400_000
 T = TypeVar("T")
 
 DEMO_GAME = "demo"
@@ -125,24 +131,41 @@ class Service:
         return token, User(user_id, name, encoded, None)
 
     async def login(
-        self, name: object, password: object, address: str | None = None
+        self,
+        name: object,
+        password: object,
+        address: str | None = None,
+        device: object = None,
     ) -> tuple[str, User]:
+        """A login token for the right password. Guesses are charged before the check and
+        given back on success (guesses sent together are counted together, see limits.py): a
+        stranger's to the account's and the address's budgets; a device that logged in to this
+        account before (`device`, from `device_token`) to that device's own, so strangers
+        spending the account's budget do not lock its owner out (OWASP's device cookies)."""
         if not isinstance(name, str) or not isinstance(password, str):
             raise AuthError("name and password must be strings")
         try:
             name = normalize_name(name)
         except ValueError:
             name = name.strip()  # not a name anyone could have registered: fails below
-        account = name.casefold()
-        # Charged before the check, given back on success: guesses sent together are counted
-        # together (see limits.py).
-        budgets = [(self.limits.account_failures, account)]
-        if address is not None:
-            budgets.append((self.limits.address_attempts, address))
+        known = self.known_device(device, "")
+        if known is not None:
+            budgets = [(self.limits.device_failures, known.session_hex)]
+        else:
+            budgets = self._stranger_budgets(name, address)
         charged = await charge_shared(self.store, budgets, trio.current_time(), self.clock.now_ms())
         if len(password) > PASSWORD_MAX:
             raise AuthError("wrong name or password")
         user = await self.store.user_by_name(name)
+        if known is not None and (user is None or user.id != known.user_id):
+            # Another account's device: here it is a stranger, charged as one (the device's
+            # own charge stays: it guessed).
+            charged = await charge_shared(
+                self.store,
+                self._stranger_budgets(name, address),
+                trio.current_time(),
+                self.clock.now_ms(),
+            )
         if user is not None:
             encoded = user.password_hash
         else:  # made once, in the password pool: the first unknown name must not stall the loop
@@ -155,6 +178,33 @@ class Service:
         if user.banned(now):
             raise AuthError("this account is banned")
         return await self._issue_login_token(user.id, now), user
+
+    def _stranger_budgets(self, name: str, address: str | None) -> list[tuple[Budget, str]]:
+        budgets = [(self.limits.account_failures, name.casefold())]
+        if address is not None:
+            budgets.append((self.limits.address_attempts, address))
+        return budgets
+
+    def device_token(self, user_id: int | None, scope: str = "") -> str:
+        """A token naming this device as one that logged in to `user_id` (scope "admin": to
+        the admin page): signed, with a random device id, good for DEVICE_TTL_MS."""
+        return self.keys.sign(
+            Purpose.DEVICE, secrets.token_bytes(16), user_id, scope, self.clock.now_ms()
+        )
+
+    def known_device(self, device: object, scope: str) -> Claims | None:
+        """The claims of a device token of `scope` that verifies and is not too old; None
+        for anything else (a stranger)."""
+        if not isinstance(device, str) or not device or len(device) > 400:
+            return None
+        now = self.clock.now_ms()
+        try:
+            claims = self.keys.verify(device, Purpose.DEVICE, now)
+        except TokenError:
+            return None
+        if claims.game_id != scope or not 0 <= now - claims.issued_at <= DEVICE_TTL_MS:
+            return None
+        return claims
 
     async def delete_account(self, token: str, password: object, address: str | None) -> int:
         """A player erases their own account (their login token and password, both): personal
@@ -208,11 +258,22 @@ class Service:
         game_id: str | None = None,
         session_id: str | None = None,
         detail: dict[str, object] | None = None,
-    ) -> int:
-        """Record a flag and return once it is committed (before anything reveals it)."""
+        budgeted: bool = True,
+    ) -> int | None:
+        """Record a flag and return its id once it is committed (before anything reveals
+        it). A repeat of an open flag's cause is counted on it (ops.insert_flag). None: the
+        sender (the account, else the address) is past its flags budget this minute, charged
+        here before any await, and nothing was written: no one can fill the review queue."""
         if peer is not None:
             user_id = user_id if user_id is not None else peer.user_id
             guest_addr = guest_addr or peer.address
+        sender = f"user {user_id}" if user_id is not None else f"address {guest_addr}"
+        try:
+            if budgeted:
+                self.limits.flags.charge(sender, trio.current_time())
+        except RateLimitedError:
+            self.metrics.child(self.metrics.flags, "dropped_over_budget").inc()
+            return None
         flag_id = await self.store.add_flag(
             reason,
             self.clock.now_ms(),

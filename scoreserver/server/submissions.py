@@ -79,7 +79,8 @@ class SubmissionHost(Protocol):
         game_id: str | None,
         session_id: str | None,
         detail: dict[str, object],
-    ) -> int:
+        budgeted: bool = True,
+    ) -> int | None:
         """Record a flag against `peer` (Service.flag: committed before it returns)."""
 
 
@@ -223,5 +224,6 @@ class SubmissionDesk:
             game_id=record.game_id if record is not None else None,
             session_id=record.session_id if record is not None else None,
             detail={**detail, "submitted_from": submitter.address},
+            budgeted=False,  # failed submissions have their budget (charged above)
         )
         return ResultOutcome(False, reason=str(reason), flag_id=flag_id)

@@ -543,7 +543,7 @@ class GameSocket:
             wire.encode(
                 wire.EndGame(
                     id=message.id,
-                    reason=str(record.end_reason),
+                    reason=record.ended_by or str(record.end_reason),
                     server_ts=record.ended_at,
                     end_token=record.end_token,
                     session_id=record.session_id,

@@ -16,6 +16,8 @@
 //   resumes by itself, and submits over HTTP if the socket cannot be had.
 
 const TOKEN_KEY = "scoreserver.login";
+// A device token per account name (casefolded, as names are compared), kept across logouts.
+const deviceKey = (name) => `scoreserver.device.${String(name).trim().toLowerCase()}`;
 const REQUEST_TIMEOUT_MS = 15000;
 
 // Every code a player may meet, in plain words. Pages show `explain(code)`; code keeps the
@@ -154,12 +156,17 @@ export class ScoreClient extends EventTarget {
     return this._useLogin(await this._post("/api/register", { name, password }));
   }
 
+  /** Log in. This browser's device token for the account (kept from its last login here) goes
+   * with it: the server limits a known device's attempts on their own, so strangers guessing
+   * the password cannot lock the player out from here. */
   async login(name, password) {
-    return this._useLogin(await this._post("/api/login", { name, password }));
+    const device = this.storage ? this.storage.getItem(deviceKey(name)) || undefined : undefined;
+    return this._useLogin(await this._post("/api/login", { name, password, device }));
   }
 
   async _useLogin(data) {
     if (this.storage) this.storage.setItem(TOKEN_KEY, data.token);
+    if (this.storage && data.device) this.storage.setItem(deviceKey(data.name), data.device);
     if (this._ws) await this._auth(data.token);
     return this.whoami();
   }
@@ -175,6 +182,7 @@ export class ScoreClient extends EventTarget {
     });
     const data = await response.json();
     if (!response.ok) throw new ScoreError(data.error, data.message);
+    if (this.storage && this.identity.name) this.storage.removeItem(deviceKey(this.identity.name));
     await this.logout();
     return data;
   }

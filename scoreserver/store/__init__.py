@@ -240,9 +240,10 @@ class Store(Transport):
 
     async def end_session(
         self, session_id: str, end_token: str | None, ended_at: int, reason: str
-    ) -> None:
-        """Committed with every point queued before it (writes keep their order)."""
-        await self._write(ops.end_session, session_id, end_token, ended_at, reason)
+    ) -> bool:
+        """Committed with every point queued before it (writes keep their order). False: the
+        session was no longer running (voided by another node), and nothing changed."""
+        return bool(await self._write(ops.end_session, session_id, end_token, ended_at, reason))
 
     async def session(self, session_id: str) -> SessionRecord | None:
         return await self._read(ops.load_session, session_id)

@@ -337,13 +337,16 @@ def end_session(
     end_token: str | None,
     ended_at: int,
     reason: str,
-) -> None:
+) -> bool:
+    """End a running session; False when it was not running (another node found this one gone
+    and voided it): then nothing changed, and the end must not be announced."""
     state = after(SessionState.RUNNING, reason)
-    conn.execute(
+    cur = conn.execute(
         "UPDATE game_sessions SET end_token = ?, ended_at = ?, end_reason = ?, state = ?"
         " WHERE id = ? AND state = ?",
         (end_token, ended_at, reason, state, session_id, SessionState.RUNNING),
     )
+    return int(cur.rowcount) == 1
 
 
 def void_lost_sessions(conn: Connection, now: int) -> int:
@@ -385,6 +388,7 @@ def load_session(conn: Connection, session_id: str) -> SessionRecord | None:
         end_reason=end_reason,
         points=points,
         submitted=row["state"] == SessionState.SUBMITTED,
+        ended_by=reason,
     )
 
 
@@ -601,7 +605,26 @@ def insert_flag(
 ) -> int:
     """A flag for review; while open, one that `holds` keeps the player off boards.
     `guest_addr` is the client address it came from (a guest's or a player's: the column's
-    name is older than players' addresses in it); an erasure forgets a player's."""
+    name is older than players' addresses in it); an erasure forgets a player's.
+
+    One cause is one flag: while a flag of the same reason, game and session is open against
+    the same player (or, for a guest, the same address), a repeat is counted on it (its
+    evidence's `repeats` and `last_at`) and its id returned, with nothing else written."""
+    who = "user_id = ?" if user_id is not None else "user_id IS NULL AND guest_addr = ?"
+    same = conn.execute(
+        f"SELECT id, detail_json FROM flags WHERE status = 'open' AND reason = ? AND {who}"
+        " AND COALESCE(game_id, '') = ? AND COALESCE(session_id, '') = ?"
+        " ORDER BY id LIMIT 1",
+        (reason, user_id if user_id is not None else guest_addr, game_id or "", session_id or ""),
+    ).fetchone()
+    if same is not None:
+        evidence = json.loads(same[1] or "{}")
+        evidence["repeats"] = int(evidence.get("repeats", 1)) + 1
+        evidence["last_at"] = now
+        conn.execute(
+            "UPDATE flags SET detail_json = ? WHERE id = ?", (json.dumps(evidence), same[0])
+        )
+        return int(same[0])
     row = conn.execute(
         "INSERT INTO flags (created_at, reason, game_id, session_id, user_id, guest_addr,"
         " user_agent, detail_json, holds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",

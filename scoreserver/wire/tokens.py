@@ -54,6 +54,9 @@ class Purpose(enum.Enum):
     START = b"S"
     POINT = b"P"
     END = b"E"
+    # A device that logged in to an account before (its user id; game_id "admin" for the
+    # admin page): its logins are limited on their own, not with a stranger's guesses.
+    DEVICE = b"D"
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,8 +195,8 @@ async def test_identity_mismatch_is_refused_and_flagged(
         assert [(f["reason"], f["user_id"], f["guest_addr"]) for f in flags] == [
             ("identity_mismatch", None, "127.0.0.1"),
             ("identity_mismatch", dan["user_id"], "127.0.0.1"),
-            ("identity_mismatch", dan["user_id"], "127.0.0.1"),
         ]
+        assert flags[1]["detail"]["repeats"] == 2  # one cause, counted
         assert flags[0]["detail"]["claimed_user_id"] == dan["user_id"]
 
 

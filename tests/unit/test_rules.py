@@ -376,5 +376,12 @@ class TestSubmission:
         assert not ResultReason.ALREADY_SUBMITTED.flags_account
         assert not ResultReason.EXPIRED.flags_account
         assert not ResultReason.ACCOUNT_BANNED.flags_account  # already decided by a person
-        quiet = (ResultReason.ALREADY_SUBMITTED, ResultReason.EXPIRED, ResultReason.ACCOUNT_BANNED)
+        # A void game: the system voided it (shutdown, crash), or the rules did and flagged.
+        assert not ResultReason.SESSION_VOIDED.flags_account
+        quiet = (
+            ResultReason.ALREADY_SUBMITTED,
+            ResultReason.EXPIRED,
+            ResultReason.ACCOUNT_BANNED,
+            ResultReason.SESSION_VOIDED,
+        )
         assert all(r.flags_account for r in ResultReason if r not in quiet)
