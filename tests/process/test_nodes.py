@@ -732,3 +732,50 @@ def test_workers_are_started_with_every_budget_and_proxy_flag() -> None:
     ):
         assert getattr(again, name) == getattr(args, name), name
     assert args.trusted_proxy == ["10.0.0.0/8", "::1"] and args.login_attempts_per_addr == 7
+
+
+@on_postgres
+async def test_a_node_that_stalls_past_its_lease_frames_no_one(tmp_path: Path) -> None:
+    """Node A stops (SIGSTOP) past its lease with a game running; node B voids the game; A
+    resumes (SIGCONT), its timer fires at once. A signs no end token and reports what every
+    node reports, `crashed`; the player's submission is refused without a flag, and the
+    player starts again at once."""
+    add_games(tmp_path)
+    with trio.fail_after(120):
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(node(tmp_path, "a.key"))
+            b = await stack.enter_async_context(node(tmp_path, "b.key"))
+            kim = await register_at(a.http, "kim")
+            async with open_client(a.ws) as ws:
+                started = await start(ws, kim)  # "quick": 4 s
+                points = await score(ws, 2)
+                a.process.send_signal(signal.SIGSTOP)
+                try:
+
+                    async def voided() -> bool:
+                        state = rows(
+                            tmp_path,
+                            "SELECT state, end_reason FROM game_sessions WHERE id = ?",
+                            (started["session_id"],),
+                        )
+                        return tuple(state[0]) == ("voided", "crashed")
+
+                    await eventually(voided, 30, "node B voids the stalled node's game")
+                finally:
+                    a.process.send_signal(signal.SIGCONT)
+                with trio.fail_after(20):
+                    while (end := json.loads(await ws.get_message()))["type"] != "end_game":
+                        pass
+            assert end["reason"] == "crashed" and end.get("end_token") is None, end
+            for where in (a.ws, b.ws):
+                async with open_client(where) as again:
+                    assert (await call(again, type="auth", token=kim["token"]))["user_id"]
+                    resumed = await call(again, type="resume", start_token=started["start_token"])
+                    assert (resumed["type"], resumed["reason"]) == ("end_game", "crashed"), where
+            result = await submit_http(
+                b.http, started, {"end_token": started["start_token"]}, points
+            )
+            assert result["reason"] == "session_voided", result
+            assert rows(tmp_path, "SELECT COUNT(*) FROM flags")[0][0] == 0
+            async with open_client(b.ws) as ws:
+                assert (await start(ws, kim))["type"] == "game_started"
