@@ -3,19 +3,24 @@ on a real server (127.0.0.1, port 0) with its writer process, on both engines.""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from trio_websocket import wrap_client_stream
 
 from scoreserver.server.accounts import BudgetSettings
 from scoreserver.server.app import Server
 
 from .. import databases
-from ..conftest import add_game, connect, make_config, register, running_server
+from ..conftest import Client, add_game, connect, make_config, register, running_server
+from ..rawws import RawSocket
+from .test_end_to_end import play_quick
 
 pytestmark = pytest.mark.engines
 
@@ -245,3 +250,92 @@ async def test_the_operator_always_has_a_way_in(server: Server) -> None:
             assert listed.status_code == 200, listed.text
         code, _, err = run_cli(server, "admin", "login-link", "--url", "ftp://x")
         assert code == 1 and "--url" in err
+
+
+@asynccontextmanager
+async def socket_from(server: Server, address: str) -> AsyncIterator[Client]:
+    """A game-socket client whose connection comes from `address` (a loopback address)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.ws_port, local_address=address)
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(nursery, stream, "127.0.0.1", "/")
+            try:
+                yield Client(ws)
+            finally:
+                await ws.aclose()
+    finally:
+        await stream.aclose()
+
+
+async def test_everything_at_once_leaves_the_player_and_the_operator_alone(
+    server: Server,
+) -> None:
+    """On the default configuration with its helper processes, all at once: 20 sockets of
+    identity claims, 1,000 handshakes from one address, 12 wrong admin guesses from three
+    addresses, and a player logging in and playing throughout. The player is served and
+    saved, the operator logs in, the flags stay one bounded count."""
+    from .test_edges import http_from, set_admin_password
+
+    set_admin_password(server.config.db_path, "the right admin password")
+    right = {"password": "the right admin password"}
+    with trio.fail_after(120):
+        async with http_from(server, "127.0.0.9") as operator:
+            device = (await operator.post("/api/admin/login", json=right)).json()["device"]
+        opened: list[tuple[RawSocket, bytes]] = []
+        saved: list[dict[str, Any]] = []
+
+        async def handshakes() -> None:
+            async def one() -> None:
+                opened.append(await RawSocket.open(server.ws_port))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(1000):
+                    nursery.start_soon(one)
+
+        async def claims(address: str) -> None:
+            async with socket_from(server, address) as client:
+                for _ in range(20):
+                    reply = await client.call(type="enter_game_room", game_id="quick", user_id=7)
+                    assert reply["code"] == "identity_mismatch"
+
+        async def guesses(address: str) -> None:
+            async with http_from(server, address) as guesser:
+                for _ in range(4):
+                    await guesser.post("/api/admin/login", json={"password": "a wrong guess"})
+
+        async def player() -> None:
+            async with http_from(server, "127.0.0.20") as api:
+                made = await api.post(
+                    "/api/register", json={"name": "pat", "password": "pat's password"}
+                )
+                assert made.status_code == 201, made.text
+                pat = made.json()
+                async with socket_from(server, "127.0.0.20") as client:
+                    await client.login(pat)
+                    game = await play_quick(client, 3, pat["user_id"])
+                body = {k: game[k] for k in ("start_token", "end_token", "points")}
+                result = await api.post(
+                    "/api/results", json=body, headers={"Authorization": f"Bearer {pat['token']}"}
+                )
+                saved.append(result.json())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handshakes)
+            for _ in range(20):
+                nursery.start_soon(claims, "127.0.0.30")
+            for address in ("127.0.0.5", "127.0.0.6", "127.0.0.7"):
+                nursery.start_soon(guesses, address)
+            nursery.start_soon(player)
+        assert saved and saved[0]["saved"] is True, saved
+        codes = Counter(head.split(b" ")[1] for _, head in opened)
+        assert codes[b"101"] == 256 and codes[b"101"] + codes[b"429"] == 1000, codes
+        for raw, _ in opened:
+            await raw.aclose()
+        async with http_from(server, "127.0.0.9") as operator:
+            assert (await operator.post("/api/admin/login", json=right)).status_code == 429
+            known = await operator.post("/api/admin/login", json={**right, "device": device})
+            assert known.status_code == 200, known.text
+        flags = await server.service.store.flags()
+        assert [(f["guest_addr"], f["detail"]["repeats"]) for f in flags] == [
+            ("127.0.0.30", FLAGS_BUDGET)
+        ]
