@@ -103,13 +103,21 @@ class ShortFrames:
         "_conn",
         "_decoder",
         "_events",
+        "_max",
         "_messages",
         "_proto",
         "_receive",
         "_send",
     )
 
-    def __init__(self, ws: WSConnection, connection: Connection, proto: FrameProtocol) -> None:
+    def __init__(
+        self,
+        ws: WSConnection,
+        connection: Connection,
+        proto: FrameProtocol,
+        max_message_bytes: int | None = None,
+    ) -> None:
+        self._max = max_message_bytes
         decoder = proto._frame_decoder
         self._conn = connection
         self._proto = proto
@@ -143,6 +151,17 @@ class ShortFrames:
                 # refusal's code (1002, 1007) before dropping the connection.
                 self._conn._state = _REMOTE_CLOSING
             yield event
+        header = self._decoder.header  # parsed as the events above were read
+        if (
+            self._max is not None
+            and header is not None
+            and header.payload_len > self._max
+            and self._conn._state is _OPEN
+        ):
+            # A frame declared longer than any message may be: refused at its header (1009),
+            # not after a payload that may never come (trio-websocket counts what arrives).
+            self._conn._state = _REMOTE_CLOSING
+            yield CloseConnection(code=1009, reason="message too big")
 
     def send(self, event: Event) -> bytes:
         if (
@@ -155,10 +174,11 @@ class ShortFrames:
         return self._send(event)
 
 
-def speed_up(ws: Any) -> bool:
+def speed_up(ws: Any, max_message_bytes: int | None = None) -> bool:
     """Read and write short text frames of this open server connection without wsproto's
     general path (see the module docstring); False, and nothing changed, unless `ws` is a
-    wsproto connection as wsproto 1.3 makes it, open, with no extension."""
+    wsproto connection as wsproto 1.3 makes it, open, with no extension. A frame whose header
+    declares more than `max_message_bytes` is refused at the header (1009)."""
     if type(ws) is not WSConnection:
         return False
     connection = ws.connection
@@ -173,6 +193,7 @@ def speed_up(ws: Any) -> bool:
         and type(getattr(decoder, "buffer", None)) is Buffer
         and type(getattr(decoder.buffer, "buffer", None)) is bytearray
         and hasattr(decoder, "header")
+        and "payload_len" in getattr(type(decoder.header), "_fields", ("payload_len",))
         and type(getattr(proto, "_message_decoder", None)) is MessageDecoder
         and hasattr(proto._message_decoder, "opcode")
         and hasattr(proto, "_outbound_opcode")
@@ -180,7 +201,7 @@ def speed_up(ws: Any) -> bool:
         and getattr(connection, "_state", None) is _OPEN
     ):
         return False
-    frames = ShortFrames(ws, connection, proto)
+    frames = ShortFrames(ws, connection, proto, max_message_bytes)
     # Instance attributes in front of WSConnection's methods (what trio-websocket calls).
     ws.receive_data = frames.receive_data  # type: ignore[method-assign]
     ws.send = frames.send  # type: ignore[method-assign]

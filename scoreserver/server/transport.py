@@ -494,7 +494,8 @@ def quicken(ws: Any) -> MessageHandOver | None:
     path (`frames.speed_up`). They are trio-websocket's own attributes, replaced only where
     they are what it made and its message channel is empty (checked: a version that changed
     them keeps its own); None when the lock and channel were left as they were."""
-    speed_up(getattr(ws, "_wsproto", None))
+    limit = getattr(ws, "_max_message_size", None)
+    speed_up(getattr(ws, "_wsproto", None), limit if isinstance(limit, int) else None)
     lock = getattr(ws, "_stream_lock", None)
     channel = getattr(ws, "_send_channel", None)
     if not (

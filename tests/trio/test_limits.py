@@ -3,6 +3,7 @@ keepalive timeouts, logins, and peers that never read. A normal player is served
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -50,13 +51,44 @@ async def test_an_oversized_message_closes_with_1009(
         async with limited(tmp_path) as server:
             raw, head = await RawSocket.open(server.ws_port)
             assert b" 101 " in head
-            await raw.send_frame(b'{"type": "whoami", "pad": "' + b"x" * (256 * 1024) + b'"}')
-            frame = await raw.read_frame()
+            big = b'{"type": "whoami", "pad": "' + b"x" * (256 * 1024) + b'"}'
+
+            async def send() -> None:
+                # Refused at the frame's header: the server closes before taking it all.
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await raw.send_frame(big)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                frame = await raw.read_frame()
             assert frame is not None and frame[0] == 0x8 and close_code(frame[1]) == 1009
             await raw.aclose()
             async with connect(server) as client:  # just under the limit is fine
                 await client.send(type="whoami", pad="x" * (255 * 1024))
                 assert (await client.recv())["type"] == "identity"
+
+
+@pytest.mark.parametrize("declared", [256 * 1024 + 1, 2**32, 2**63 - 1])
+async def test_a_frame_declared_too_long_is_refused_at_its_header(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, declared: int
+) -> None:
+    """A frame header declaring more than a message may hold, then nothing: closed with 1009
+    at once, not held open until the keepalive gives up on it."""
+    with trio.fail_after(30):
+        async with limited(tmp_path) as server:
+            raw, head = await RawSocket.open(server.ws_port)
+            assert b" 101 " in head
+            start = trio.current_time()
+            # FIN, text; masked, 64-bit length; the masking key; no payload.
+            await raw.stream.send_all(
+                bytes([0x81, 0x80 | 127]) + declared.to_bytes(8, "big") + b"\x01\x02\x03\x04"
+            )
+            frame = await raw.read_frame()
+            assert frame is not None and frame[0] == 0x8 and close_code(frame[1]) == 1009
+            assert trio.current_time() - start < 1  # the keepalive would take 20 s and more
+            await raw.aclose()
+            async with connect(server) as client:
+                assert (await client.call(type="whoami"))["type"] == "identity"
 
 
 async def test_message_rate_limit_then_1008(
