@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, overload
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from scoreserver.codes import HttpCode
@@ -33,10 +33,15 @@ async def read_json(request: Request, kind: type[Any], limit: int = MAX_BODY_BYT
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise too_large
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect:
+        # The client left before its body arrived: an answer nobody reads, and nothing to log
+        # (it is not the server's fault, and it is not worth a traceback).
+        raise HttpError(400, HttpCode.BAD_REQUEST, "the client left mid-request") from None
     try:
         return msgspec.json.decode(bytes(body or b"{}"), type=kind)
     except msgspec.DecodeError as exc:

@@ -3,6 +3,7 @@ on a real server (127.0.0.1, port 0) with its writer process, on both engines.""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from scoreserver.server.accounts import BudgetSettings
 from scoreserver.server.app import Server
 
 from .. import databases
-from ..conftest import Client, add_game, connect, make_config, register, running_server
+from ..conftest import Client, add_game, connect, http, make_config, register, running_server
 from ..rawws import RawSocket
 from .test_end_to_end import play_quick
 
@@ -339,3 +340,32 @@ async def test_everything_at_once_leaves_the_player_and_the_operator_alone(
         assert [(f["guest_addr"], f["detail"]["repeats"]) for f in flags] == [
             ("127.0.0.30", FLAGS_BUDGET)
         ]
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/results", "/api/login", "/api/register", "/api/admin/login", "/api/me"]
+)
+async def test_a_client_that_leaves_mid_request_is_not_an_error(
+    server: Server, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """A body cut off by the client's leaving is nobody's failure: no ERROR, no traceback,
+    and the next request is served."""
+    from .test_edges import set_admin_password
+
+    set_admin_password(server.config.db_path, "the right admin password")
+    method = b"DELETE" if path == "/api/me" else b"POST"
+    with trio.fail_after(30):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.http_port)
+        await stream.send_all(
+            method + b" " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"name": "a'
+        )
+        await trio.sleep(0.2)  # the server is reading the body
+        await stream.aclose()
+        async with http(server) as api:
+            for _ in range(20):  # until the server has seen the end
+                assert (await api.get("/healthz")).status_code == 200
+                await trio.sleep(0.05)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
