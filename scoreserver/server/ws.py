@@ -55,7 +55,9 @@ class Limits:
 
     max_msg_rate: float = 60.0  # messages per second, sustained
     msg_burst: int = 120  # the token bucket's depth
-    rate_strikes: int = 120  # rate-limited messages in a row before closing with 1008
+    # Rate-limited messages before closing with 1008, counted until the sender's bucket is
+    # full again (ws.GameSocket._forgive).
+    rate_strikes: int = 120
     max_conns_per_addr: int = 256
     max_conns: int = 20_000
     max_message_bytes: int = 256 * 1024
@@ -251,7 +253,7 @@ class GameSocket:
                 conn, ProtocolError(wire.RATE_LIMITED, "too many messages; slow down")
             )
             return True
-        conn.strikes = 0
+        self._forgive(conn)
         try:
             decoded, conn.decoded = conn.decoded, None
             if decoded is not None and decoded[0] is frame:
@@ -262,6 +264,15 @@ class GameSocket:
         except ProtocolError as exc:
             await self._reply_error(conn, exc)
         return True
+
+    @staticmethod
+    def _forgive(conn: Connection) -> None:
+        """Refused messages are forgiven once the sender has slowed down enough for its bucket
+        to be full again, not at the first message let through: a flood just over the rate
+        (a message through now and then) still meets `rate_strikes` and the 1008."""
+        bucket = conn.bucket
+        if conn.strikes and bucket is not None and bucket.tokens >= bucket.burst - 1:
+            conn.strikes = 0
 
     def _take_point(self, conn: Connection, frame: str | bytes) -> bool:
         """Carry a point to its session right in trio-websocket's reader's step, as `_handle`
@@ -299,7 +310,7 @@ class GameSocket:
                     bucket.give_back()  # the handler takes it for this frame
                 conn.decoded = (frame, message)
                 return False
-            conn.strikes = 0
+            self._forgive(conn)
             return True
         except Exception:  # pragma: no cover - a bug; the handler path still answers
             logger.exception("a point could not be handed over in the reader; queued instead")

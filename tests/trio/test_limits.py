@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from trio_websocket import ConnectionClosed
 
 from scoreserver.server.app import Server
 
@@ -91,6 +92,29 @@ async def test_a_frame_declared_too_long_is_refused_at_its_header(
                 assert (await client.call(type="whoami"))["type"] == "identity"
 
 
+async def test_a_flood_just_over_the_rate_meets_the_1008_after_the_strikes(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Messages at 1.5 times the rate: some pass (the bucket refills), the rest are refused,
+    and after exactly `rate_strikes` refusals the connection is closed with 1008; a message
+    let through now and then does not start the count again."""
+    with trio.fail_after(120):
+        async with limited(tmp_path, max_msg_rate=10, msg_burst=20, rate_strikes=30) as server:
+            async with connect(server) as client:
+                refused = passed = 0
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        await trio.sleep(1 / 15)
+                        reply = await client.call(type="whoami")
+                        if reply["type"] == "error":
+                            assert reply["code"] == "rate_limited"
+                            refused += 1
+                        else:
+                            passed += 1
+                assert closed.value.reason.code == 1008
+                assert refused == 30 and passed > 20  # the burst, then about 10 a second
+
+
 async def test_message_rate_limit_then_1008(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -101,8 +125,8 @@ async def test_message_rate_limit_then_1008(
                     assert (await client.call(type="whoami", id=n))["type"] == "identity"
                 refused = await client.call(type="whoami", id="over")
                 assert refused["type"] == "error" and refused["code"] == "rate_limited"
-                await trio.sleep(1.0)  # 10 tokens come back; virtual time
-                for _ in range(10):
+                await trio.sleep(2.0)  # the bucket is full again (virtual time): forgiven
+                for _ in range(20):
                     assert (await client.call(type="whoami"))["type"] == "identity"
                 for _ in range(5):
                     assert (await client.call(type="whoami"))["code"] == "rate_limited"
