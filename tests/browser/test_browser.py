@@ -6,6 +6,8 @@ Without /usr/bin/chromium these tests skip, unless SCORESERVER_REQUIRE_BROWSER i
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import sqlite3
 import subprocess
@@ -473,7 +475,9 @@ def test_the_console_shows_session_ids_and_hides_and_restores_a_score(
     row = page.locator("#scores tr", has_text="Hana")  # type: ignore[attr-defined]
     row.wait_for()
     results = cli(server_url, "export", "demo", "--results").stdout
-    session = next(line.split(",")[0] for line in results.splitlines() if ",Hana," in line)
+    session = next(
+        r["session_id"] for r in csv.DictReader(io.StringIO(results)) if r["player"] == "Hana"
+    )
     assert session[:12] in row.inner_text()
     page.once("dialog", lambda dialog: dialog.accept("test: hide"))  # type: ignore[attr-defined]
     row.locator("button", has_text="Hide").click()
