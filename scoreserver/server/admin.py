@@ -137,6 +137,9 @@ class AdminConsole:
             return _error(exc.status, exc.code, exc.message)
 
     async def _login(self, request: Request) -> Response:
+        # The body first, as every route reads it: one too large is refused before any await
+        # of ours, while the connection still reads what follows.
+        body = await read_json(request, AdminLogin, BODY_BYTES)
         encoded = await self._password_hash()
         if encoded is None:
             return _error(
@@ -144,7 +147,6 @@ class AdminConsole:
                 HttpCode.ADMIN_DISABLED,
                 "no admin password is set: run `scoreserver admin set-password`",
             )
-        body = await read_json(request, AdminLogin, BODY_BYTES)
         address = request.client.host if request.client else "?"
         known = self.devices.known_device(body.device, "admin") if self.devices else None
         budgets = (

@@ -28,7 +28,7 @@ from scoreserver.server.accounts import PASSWORD_MAX
 from scoreserver.server.admin import AdminConsole
 from scoreserver.server.service import Service
 from scoreserver.server.sessions import Peer
-from scoreserver.server.transport import ClientAddresses
+from scoreserver.server.transport import ClientAddresses, ClientStream
 from scoreserver.server.webio import HttpError, bearer, error_response, int_param, read_json
 from scoreserver.server.ws import origin_allowed
 from scoreserver.store import User
@@ -84,11 +84,9 @@ def _json_errors(handler: Handler) -> Handler:
             except BusyError as exc:
                 raise HttpError(503, HttpCode.BUSY, str(exc)) from None
         except HttpError as exc:
-            response = error_response(exc.status, exc.code, exc.message)
-            if exc.status == 413:
-                # The rest of the body was not read: this connection cannot be reused.
-                response.headers["connection"] = "close"
-            return response
+            # A 413 (the rest of the body unread) closes its connection:
+            # ClientAddressMiddleware, for every route.
+            return error_response(exc.status, exc.code, exc.message)
 
     wrapped.__name__ = handler.__name__
     return wrapped
@@ -97,7 +95,9 @@ def _json_errors(handler: Handler) -> Handler:
 class ClientAddressMiddleware:
     """Every request's `client` is its client (transport.ClientAddresses), not the proxy in
     front: what comes after (limits, flags, logs, the admin console) reads `request.client`.
-    A forwarding header from a trusted proxy that cannot be read is refused with a 400."""
+    A forwarding header from a trusted proxy that cannot be read is refused with a 400. And a
+    413 closes its connection (`_closing_after_413`): it is where each request's connection
+    is known."""
 
     def __init__(self, app: ASGIApp, addresses: ClientAddresses):
         self.app = app
@@ -105,8 +105,10 @@ class ClientAddressMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         peer = scope.get("client")
+        stream = self.addresses.http.get((peer[0], peer[1])) if peer else None
+        if stream is not None and scope["type"] == "http":
+            send = _closing_after_413(send, stream)
         if scope["type"] in ("http", "websocket") and self.addresses.proxies and peer:
-            stream = self.addresses.http.get((peer[0], peer[1]))
             try:
                 client = self.addresses.resolve(
                     peer[0], stream.proxy_source if stream else None, scope["headers"]
@@ -118,6 +120,25 @@ class ClientAddressMiddleware:
                 return
             scope = {**scope, "client": (client, peer[1])}
         await self.app(scope, receive, send)
+
+
+def _closing_after_413(send: Send, stream: ClientStream) -> Send:
+    """A 413 leaves a body unread: the answer says `connection: close`, and once it is sent
+    the connection lingers and closes (ClientStream.linger_then_close), so the client reads
+    the answer at once instead of waiting on its own write until it times out."""
+    refused = False
+
+    async def watched(message: Message) -> None:
+        nonlocal refused
+        if message["type"] == "http.response.start" and message["status"] == 413:
+            refused = True
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+        if refused and message["type"] == "http.response.body" and not message.get("more_body"):
+            await stream.linger_then_close()
+
+    return watched
 
 
 def create_app(

@@ -74,6 +74,10 @@ logger = logging.getLogger(__name__)
 HEAD_LIMIT = 16 * 1024
 _numbers = itertools.count(1)
 READ_SIZE = 65536
+# A refused body still coming in is read and dropped for this long, up to this much, before
+# the connection is closed (ClientStream.linger_then_close).
+LINGER_S = 2.0
+LINGER_BYTES = 64 * 1024 * 1024
 MAX_READS_WITHOUT_YIELD = 16
 
 
@@ -156,6 +160,34 @@ class ClientStream(trio.abc.HalfCloseableStream):
             except trio.BrokenResourceError:
                 pass
         # Closed here: whoever reads this stream sees it broken and need not close it in time.
+        await self.raw.aclose()
+
+    async def linger_then_close(
+        self, within_s: float = LINGER_S, most_bytes: int = LINGER_BYTES
+    ) -> None:
+        """Close after a refusal that left a request body unread (a 413): the end of our side
+        first (the answer is whole), then what the client still sends is read and dropped, so
+        that it finishes its write and reads the answer instead of blocking on a full window;
+        then the connection is closed, at most `within_s` later (nginx's lingering close)."""
+        taken = 0
+        with trio.move_on_after(within_s):
+            try:
+                await self.raw.send_eof()
+                while taken < most_bytes:
+                    try:
+                        data = await (
+                            self._receive_direct(READ_SIZE)
+                            if self._direct is not None
+                            else self.raw.receive_some(READ_SIZE)
+                        )
+                    except trio.BusyResourceError:
+                        await trio.sleep(0.05)  # the HTTP server reads (and drops) it itself
+                        continue
+                    if not data:
+                        break
+                    taken += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
         await self.raw.aclose()
 
     async def _receive_direct(self, max_bytes: int) -> bytes:

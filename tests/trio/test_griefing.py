@@ -3,6 +3,7 @@ on a real server (127.0.0.1, port 0) with its writer process, on both engines.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -369,3 +370,34 @@ async def test_a_client_that_leaves_mid_request_is_not_an_error(
                 await trio.sleep(0.05)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+@pytest.mark.parametrize("path", ["/api/results", "/api/login", "/api/admin/login"])
+async def test_a_body_too_large_is_answered_and_its_connection_closed(
+    server: Server, path: str
+) -> None:
+    """4 MiB bodies, one after another, each written whole by a client that reads only after
+    (as most HTTP clients do): answered 413 and closed at once, none left waiting on its write
+    for a timeout (the connection lingers while the client finishes, then closes)."""
+    from .test_edges import set_admin_password
+
+    set_admin_password(server.config.db_path, "the right admin password")
+    body = b'{"password": "' + b"x" * (4 * 1024 * 1024) + b'"}'
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with trio.fail_after(60):
+        for _ in range(6):
+            stream = await trio.open_tcp_stream("127.0.0.1", server.http_port)
+            async with stream:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(head + body)  # blocks if nobody reads
+                answer = b""
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while chunk := await stream.receive_some():
+                        answer += chunk
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+            assert b"connection: close" in answer.lower()
+        async with http(server) as api:
+            assert (await api.get("/healthz")).status_code == 200
