@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.slow]
 DOC = Path(__file__).parents[2] / "docs" / "scaling.md"
 PASSWORD = "hunter2hunter2"
 JUNK = {"start_token": "a", "end_token": "b", "points": []}
+JUNK_ADDRESS = "127.0.9.9"  # not among the players' addresses
 AT_ONCE = 24  # players under way at once (the node checks passwords one at a time)
 
 
@@ -259,15 +260,34 @@ async def test_players_behind_each_documented_balancer_are_their_own_addresses(
                         flagged = index % 10 == 0
                         results.append(await a_player(f"p{index}", address, fronts, flagged))
 
+                junk: list[int] = []
+
+                async def junk_sender() -> None:
+                    """One address sends 40 junk submissions through the balancer while the
+                    players play: limited to its own budget (30), nobody else's."""
+                    transport = httpx.AsyncHTTPTransport(local_address=JUNK_ADDRESS)
+                    async with httpx.AsyncClient(
+                        base_url=f"http://127.0.0.1:{fronts['8080']}", transport=transport
+                    ) as api:
+                        for _ in range(40):
+                            reply = await api.post("/api/results", json=JUNK)
+                            junk.append(reply.status_code)
+                            await trio.sleep(0.05)
+
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(junk_sender)
                     for index, address in enumerate(addresses(players)):
                         nursery.start_soon(one, index, address)
+    assert sorted(junk) == [200] * 30 + [429] * 10
     assert len(results) == players
     # Saved, every one; held only when the player has an open flag (the flagged tenth).
     wrong = [r for r in results if not (r["accepted"] and r["saved"] and r["held"] == r["flagged"])]
     assert wrong == []
     where = {r["user_id"]: r["address"] for r in results}
-    flags = rows(tmp_path, "SELECT reason, user_id, guest_addr FROM flags")
+    flags = rows(tmp_path, "SELECT reason, user_id, guest_addr FROM flags WHERE user_id > 0")
     assert len(flags) == 2 * len([i for i in range(players) if i % 10 == 0])
     assert all(address == where[user_id] for _, user_id, address in flags), flags[:5]
+    # The junk: one flag for its one cause, at its own address, counted 30 times.
+    junk_flags = rows(tmp_path, "SELECT guest_addr, detail_json FROM flags WHERE user_id IS NULL")
+    assert [(a, json.loads(d)["repeats"]) for a, d in junk_flags] == [(JUNK_ADDRESS, 30)]
     assert {reason for reason, *_ in flags} == {"identity_mismatch", "submission:bad_start_token"}
