@@ -36,6 +36,7 @@ const WORDS = {
   time_up: "Time's up!",
   burst_limit: "Game stopped: too many points too fast. It will be reviewed.",
   server_shutdown: "Game stopped: the server is restarting. This game cannot be saved.",
+  crashed: "Game stopped: the server running it stopped answering. This game cannot be saved; start a new one.",
   // why a result was refused
   bad_start_token: "This result could not be checked (its game is not one the server started).",
   bad_end_token: "This result could not be checked (the game had not ended properly).",
