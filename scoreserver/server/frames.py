@@ -105,6 +105,7 @@ class ShortFrames:
         "_events",
         "_max",
         "_messages",
+        "_on_refuse",
         "_proto",
         "_receive",
         "_send",
@@ -116,8 +117,10 @@ class ShortFrames:
         connection: Connection,
         proto: FrameProtocol,
         max_message_bytes: int | None = None,
+        on_refuse: Callable[[], None] | None = None,
     ) -> None:
         self._max = max_message_bytes
+        self._on_refuse = on_refuse
         decoder = proto._frame_decoder
         self._conn = connection
         self._proto = proto
@@ -161,6 +164,8 @@ class ShortFrames:
             # A frame declared longer than any message may be: refused at its header (1009),
             # not after a payload that may never come (trio-websocket counts what arrives).
             self._conn._state = _REMOTE_CLOSING
+            if self._on_refuse is not None:
+                self._on_refuse()
             yield CloseConnection(code=1009, reason="message too big")
 
     def send(self, event: Event) -> bytes:
@@ -174,11 +179,16 @@ class ShortFrames:
         return self._send(event)
 
 
-def speed_up(ws: Any, max_message_bytes: int | None = None) -> bool:
+def speed_up(
+    ws: Any,
+    max_message_bytes: int | None = None,
+    on_refuse: Callable[[], None] | None = None,
+) -> bool:
     """Read and write short text frames of this open server connection without wsproto's
     general path (see the module docstring); False, and nothing changed, unless `ws` is a
     wsproto connection as wsproto 1.3 makes it, open, with no extension. A frame whose header
-    declares more than `max_message_bytes` is refused at the header (1009)."""
+    declares more than `max_message_bytes` is refused at the header (1009), and `on_refuse`
+    called (the stream then closes with a lingering close)."""
     if type(ws) is not WSConnection:
         return False
     connection = ws.connection
@@ -201,7 +211,7 @@ def speed_up(ws: Any, max_message_bytes: int | None = None) -> bool:
         and getattr(connection, "_state", None) is _OPEN
     ):
         return False
-    frames = ShortFrames(ws, connection, proto, max_message_bytes)
+    frames = ShortFrames(ws, connection, proto, max_message_bytes, on_refuse)
     # Instance attributes in front of WSConnection's methods (what trio-websocket calls).
     ws.receive_data = frames.receive_data  # type: ignore[method-assign]
     ws.send = frames.send  # type: ignore[method-assign]

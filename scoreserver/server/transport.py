@@ -249,6 +249,7 @@ class ObservedStream(trio.abc.HalfCloseableStream):
         self.key = f"scoreserver-connection-{next(_numbers)}"
         self.host: str | None = None
         self._head: bytearray | None = bytearray()
+        self._linger = False
 
     @property
     def peer(self) -> str:
@@ -289,7 +290,16 @@ class ObservedStream(trio.abc.HalfCloseableStream):
         if isinstance(self.inner, ClientStream):
             await self.inner.send_eof()
 
+    def linger_on_close(self) -> None:
+        """A frame was refused before its payload was read: when trio-websocket closes this
+        stream, read and drop what the client still sends for a moment first, so that it
+        finishes its write and reads the close frame instead of meeting a reset."""
+        self._linger = True
+
     async def aclose(self) -> None:
+        if self._linger:
+            await self.transport.linger_then_close()
+            return
         await self.inner.aclose()
 
     async def drop(self) -> None:
@@ -520,14 +530,19 @@ class MessageHandOver:
         await self._channel.aclose()
 
 
-def quicken(ws: Any) -> MessageHandOver | None:
+def quicken(ws: Any, stream: ObservedStream | None = None) -> MessageHandOver | None:
     """Two yields less a point on an accepted connection (see `_QuickLock`,
     `MessageHandOver`), and its short text frames read and written without wsproto's general
     path (`frames.speed_up`). They are trio-websocket's own attributes, replaced only where
     they are what it made and its message channel is empty (checked: a version that changed
-    them keeps its own); None when the lock and channel were left as they were."""
+    them keeps its own); None when the lock and channel were left as they were. A frame
+    refused at its header (too long) makes `stream` close with a lingering close."""
     limit = getattr(ws, "_max_message_size", None)
-    speed_up(getattr(ws, "_wsproto", None), limit if isinstance(limit, int) else None)
+    speed_up(
+        getattr(ws, "_wsproto", None),
+        limit if isinstance(limit, int) else None,
+        stream.linger_on_close if stream is not None else None,
+    )
     lock = getattr(ws, "_stream_lock", None)
     channel = getattr(ws, "_send_channel", None)
     if not (

@@ -200,7 +200,7 @@ class GameSocket:
         ws = await request.accept()
         peer = Peer(address=address, user_agent=headers.get("user-agent", "")[:200])
         conn = Connection(ws, peer, stream)
-        conn.hand_over = quicken(ws)
+        conn.hand_over = quicken(ws, stream)
         if conn.hand_over is not None:
             conn.hand_over.take = functools.partial(self._take_point, conn)
         if self.limits.max_msg_rate:
