@@ -52,6 +52,29 @@ def _unmask(payload: bytes, key: bytes) -> bytes:
     return (int.from_bytes(payload, "big") ^ int.from_bytes(keys[:n], "big")).to_bytes(n, "big")
 
 
+def close_frame_at(data: bytes | bytearray) -> int | None:
+    """Where a close frame begins in `data`, when whole frames come before it there (0: it
+    is the first); None when there is none, or a frame before it is cut short."""
+    i, n = 0, len(data)
+    while n - i >= 2:
+        first, second = data[i], data[i + 1]
+        if first & 0x0F == 0x8:
+            return i
+        length, j = second & 0x7F, i + 2
+        if length == 126:
+            if n - j < 2:
+                return None
+            length, j = int.from_bytes(data[j : j + 2], "big"), j + 2
+        elif length == 127:
+            if n - j < 8:
+                return None
+            length, j = int.from_bytes(data[j : j + 8], "big"), j + 8
+        if second & 0x80:
+            j += 4
+        i = j + length
+    return None
+
+
 def take_text_frames(data: bytes, append: Callable[[Event], None]) -> int:
     """Decode the whole, masked, unfragmented text frames under 64 KiB at the front of
     `data`, appending a `TextMessage` for each; return how many bytes they took."""

@@ -55,7 +55,7 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketRequest, WebSocketServer
 
-from scoreserver.server.frames import speed_up
+from scoreserver.server.frames import close_frame_at, speed_up
 from scoreserver.wire.addresses import (
     NEED_MORE,
     AddressError,
@@ -77,6 +77,8 @@ READ_SIZE = 65536
 # A refused body still coming in is read and dropped for this long, up to this much, before
 # the connection is closed (ClientStream.linger_then_close).
 LINGER_S = 2.0
+# How long a peer's close waits for the messages that came with it to be answered.
+CLOSE_WAIT_S = 2.0
 LINGER_BYTES = 64 * 1024 * 1024
 MAX_READS_WITHOUT_YIELD = 16
 
@@ -250,6 +252,10 @@ class ObservedStream(trio.abc.HalfCloseableStream):
         self.host: str | None = None
         self._head: bytearray | None = bytearray()
         self._linger = False
+        # A peer's close frame that came in one read after messages: handed on only once
+        # `settled` says they were answered (see receive_some).
+        self._later: bytes | None = None
+        self.settled: Callable[[], Coroutine[Any, Any, None]] | None = None
 
     @property
     def peer(self) -> str:
@@ -260,9 +266,23 @@ class ObservedStream(trio.abc.HalfCloseableStream):
         return self.key
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._later is not None:
+            later, self._later = self._later, None
+            if self.settled is not None:
+                with trio.move_on_after(CLOSE_WAIT_S):
+                    await self.settled()
+            return later
         data = await self.inner.receive_some(max_bytes)
         if self._head is not None:
             self._see(data)
+        elif self.settled is not None and b"\x88" in data:
+            # Messages and the peer's close in one read: trio-websocket would answer the close
+            # (and refuse every reply after it) before the handler answered the messages. The
+            # close goes on once they are answered (RFC 6455 lets a server finish first).
+            at = close_frame_at(data)
+            if at:
+                self._later = bytes(data[at:])
+                return data[:at]
         return data
 
     def _see(self, data: bytes | bytearray) -> None:
@@ -496,13 +516,14 @@ class MessageHandOver:
     takes overtakes a message in the channel or in the handler's hands.
     """
 
-    __slots__ = ("_channel", "_ws", "pending", "take")
+    __slots__ = ("_answered", "_channel", "_ws", "pending", "take")
 
     def __init__(self, channel: trio.MemorySendChannel[Any], ws: Any = None) -> None:
         self._channel = channel
         self._ws = ws
         self.pending = 0
         self.take: Callable[[str | bytes], bool] | None = None
+        self._answered: trio.Event | None = None
 
     async def send(self, value: Any) -> None:
         take = self.take
@@ -525,6 +546,14 @@ class MessageHandOver:
     def done(self) -> None:
         """The handler is done with a message it got from the channel."""
         self.pending -= 1
+        if not self.pending and self._answered is not None:
+            self._answered.set()
+
+    async def wait_answered(self) -> None:
+        """Return once the handler is done with every message it was handed."""
+        while self.pending:
+            self._answered = trio.Event()
+            await self._answered.wait()
 
     async def aclose(self) -> None:
         await self._channel.aclose()

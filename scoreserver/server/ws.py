@@ -201,6 +201,7 @@ class GameSocket:
         peer = Peer(address=address, user_agent=headers.get("user-agent", "")[:200])
         conn = Connection(ws, peer, stream)
         conn.hand_over = quicken(ws, stream)
+        stream.settled = functools.partial(_settled, conn)
         if conn.hand_over is not None:
             conn.hand_over.take = functools.partial(self._take_point, conn)
         if self.limits.max_msg_rate:
@@ -633,3 +634,10 @@ def origin_allowed(origin: str, host: str | None, allowed: tuple[str, ...]) -> b
     except ValueError:
         return False
     return origin_host is not None and origin_host == request_host
+
+
+async def _settled(conn: Connection) -> None:
+    """Return once every message handed to the connection's handler is answered
+    (ObservedStream holds a peer's close until then)."""
+    if conn.hand_over is not None:
+        await conn.hand_over.wait_answered()

@@ -115,6 +115,30 @@ async def test_a_flood_just_over_the_rate_meets_the_1008_after_the_strikes(
                 assert refused == 30 and passed > 20  # the burst, then about 10 a second
 
 
+async def test_messages_sent_with_the_close_are_answered_before_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Messages and then a close frame, all in one write: each message is answered, then the
+    close is answered (RFC 6455 lets a server finish what it was sending before its close)."""
+    with trio.fail_after(30):
+        async with limited(tmp_path) as server:
+            raw, head = await RawSocket.open(server.ws_port)
+            assert b" 101 " in head
+            frames = b"".join(
+                RawSocket.frame(json.dumps({"type": "whoami", "id": n}).encode()) for n in range(3)
+            )
+            await raw.stream.send_all(frames + RawSocket.frame(b"\x03\xe8", opcode=0x8))
+            seen = []
+            while (frame := await raw.read_frame()) is not None:
+                seen.append(frame[0])
+                if frame[0] == 0x8:
+                    assert close_code(frame[1]) == 1000
+                    break
+                assert json.loads(frame[1])["id"] == len(seen) - 1
+            assert seen == [0x1, 0x1, 0x1, 0x8]
+            await raw.aclose()
+
+
 async def test_message_rate_limit_then_1008(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

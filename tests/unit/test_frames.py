@@ -264,3 +264,20 @@ def test_text_frame_is_a_servers_unmasked_frame() -> None:
     assert text_frame("hi") == b"\x81\x02hi"
     assert text_frame("x" * 200)[:4] == b"\x81\x7e\x00\xc8"
     assert text_frame("x" * 70000)[:10] == b"\x81\x7f" + (70000).to_bytes(8, "big")
+
+
+def test_close_frame_at_finds_a_close_after_whole_frames_only() -> None:
+    from scoreserver.server.frames import close_frame_at
+
+    from ..rawws import RawSocket
+
+    text = RawSocket.frame(b'{"type":"whoami"}')
+    big = RawSocket.frame(b"x" * 70_000)  # a 64-bit length
+    mid = RawSocket.frame(b"y" * 300)  # a 16-bit length
+    close = RawSocket.frame(b"\x03\xe8", opcode=0x8)
+    assert close_frame_at(text + close) == len(text)
+    assert close_frame_at(text + mid + big + close) == len(text + mid + big)
+    assert close_frame_at(close + text) == 0
+    assert close_frame_at(text) is None
+    assert close_frame_at((text + close)[: len(text) - 3]) is None  # cut short
+    assert close_frame_at(b"") is None and close_frame_at(b"\x81") is None
