@@ -134,7 +134,7 @@ async def test_a_failure_in_one_session_ends_it_and_frees_its_player(
             again = await victim.call(type="game_start", client_ts=now())
             assert again["type"] == "game_started", again
             for _ in range(3):
-                await trio.sleep(0.5)
+                await trio.sleep(0.5)  # virtual time (autojump_clock)
                 reply = await bystander.call(type="point", client_ts=now())
                 assert reply["type"] == "point_accepted", reply
         rows = databases.sql(
@@ -362,12 +362,13 @@ async def test_a_client_that_leaves_mid_request_is_not_an_error(
             b"Authorization: Bearer x\r\nContent-Type: application/json\r\n"
             b'Content-Length: 1000\r\n\r\n{"name": "a'
         )
-        await trio.sleep(0.2)  # the server is reading the body
+        # The server (in this process) has taken the head and waits for the body...
+        await trio.testing.wait_all_tasks_blocked(0.05)
         await stream.aclose()
+        # ...and has seen the end of it, and answered or logged whatever it would.
+        await trio.testing.wait_all_tasks_blocked(0.05)
         async with http(server) as api:
-            for _ in range(20):  # until the server has seen the end
-                assert (await api.get("/healthz")).status_code == 200
-                await trio.sleep(0.05)
+            assert (await api.get("/healthz")).status_code == 200
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert errors == [], [r.getMessage() for r in errors]
 

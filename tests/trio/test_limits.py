@@ -104,7 +104,7 @@ async def test_a_flood_just_over_the_rate_meets_the_1008_after_the_strikes(
                 refused = passed = 0
                 with pytest.raises(ConnectionClosed) as closed:
                     while True:
-                        await trio.sleep(1 / 15)
+                        await trio.sleep(1 / 15)  # virtual time (autojump_clock)
                         reply = await client.call(type="whoami")
                         if reply["type"] == "error":
                             assert reply["code"] == "rate_limited"
@@ -208,8 +208,8 @@ async def test_connection_caps_hold_when_handshakes_arrive_at_once(tmp_path: Pat
             assert codes == {b"101": 10, b"429": 290}
             for raw, _ in opened:
                 await raw.aclose()
-            while server.socket.connections:
-                await trio.sleep(0.01)
+            while server.socket.connections:  # until the server has seen each close
+                await trio.testing.wait_all_tasks_blocked(0.01)
             again, head = await RawSocket.open(server.ws_port)
             assert b" 101 " in head
             await again.aclose()
