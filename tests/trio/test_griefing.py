@@ -402,3 +402,41 @@ async def test_a_body_too_large_is_answered_and_its_connection_closed(
             assert b"connection: close" in answer.lower()
         async with http(server) as api:
             assert (await api.get("/healthz")).status_code == 200
+
+
+@pytest.mark.parametrize("route", ["/api/login", "/api/admin/login"])
+async def test_device_tokens_at_their_bounds_and_guesses_with_one_sent_at_once(
+    server: Server, route: str
+) -> None:
+    """Hostile `device` values get a clear 400 or count as a stranger's (never a 500); 30
+    wrong guesses with one device sent at once: exactly the device's budget is checked."""
+    from .test_edges import all_at_once, http_from, set_admin_password
+
+    set_admin_password(server.config.db_path, "the right admin password")
+    right = {"name": "ann", "password": "p" * 12}
+    if route == "/api/admin/login":
+        right = {"password": "the right admin password"}
+    with trio.fail_after(60):
+        async with http_from(server, "127.0.0.1") as api:
+            if route == "/api/login":
+                await api.post("/api/register", json=right)
+            device = (await api.post(route, json=right)).json()["device"]
+            hostiles = (2**63, -1, "", "x" * 10_000, [[[]]], {"a": 1}, "\x00\x01\xff", None, 1.5)
+            for hostile in hostiles:
+                reply = await api.post(route, json={**right, "device": hostile})
+                assert reply.status_code in (200, 400), (hostile, reply.text)
+                if reply.status_code == 400:
+                    assert reply.json()["error"] == "bad_request"
+        async with http_from(server, "127.0.0.44") as api:
+            wrong = {**right, "password": "a wrong password", "device": device}
+            codes = Counter(
+                r.status_code for r in await all_at_once(30, lambda _: api.post(route, json=wrong))
+            )
+            budget = (
+                BudgetSettings().failed_logins_per_account
+                if route == "/api/login"
+                else BudgetSettings().admin_failures_per_addr
+            )
+            assert codes == {401: budget, 429: 30 - budget}, codes
+        async with http_from(server, "127.0.0.45") as api:
+            assert (await api.get("/healthz")).status_code == 200
