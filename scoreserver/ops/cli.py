@@ -636,13 +636,9 @@ def _budgets(args: argparse.Namespace) -> BudgetSettings:
             raise CliError(f"{flag} must be 0 to {BUDGET_MOST}")
     if not 0 <= args.max_msg_rate <= BUDGET_MOST:
         raise CliError(f"--max-msg-rate must be 0 to {BUDGET_MOST}")
+    # Each setting's flag is its name (--login-attempts-per-addr: login_attempts_per_addr).
     budgets = BudgetSettings(
-        login_attempts_per_addr=args.login_attempts_per_addr,
-        failed_logins_per_account=args.failed_logins_per_account,
-        failed_submissions_per_addr=args.failed_submissions_per_addr,
-        admin_failures_per_addr=args.admin_failures_per_addr,
-        admin_failures=args.admin_failures,
-        flags_per_addr=args.flags_per_addr,
+        **{name: getattr(args, name) for name in BudgetSettings.__dataclass_fields__}
     )
     for name, problem in budgets.problems():
         raise CliError(f"--{name.replace('_', '-')} {problem}")
