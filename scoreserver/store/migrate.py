@@ -47,6 +47,8 @@ TABLES = (
             "banned_until",
             "ban_note",
             "deleted_at",
+            "reset_hash",
+            "reset_expires_at",
         ),
         ("id",),
         identity="id",

@@ -197,6 +197,7 @@ GAME_FIELDS = (
     "review_above",
     "review_min_players",
     "review_account_age_h",
+    "archived_at",
 )
 
 

@@ -32,13 +32,13 @@ import trio
 
 from ..errors import ConflictError, StoreError
 from .engine import redact
-from .sqlite import REVIEW_SQL
+from .sqlite import CONSOLE_SQL, REVIEW_SQL, rekey_names
 
 logger = logging.getLogger("scoreserver.store")
 # How often the listening thread looks up from its wait (to notice it should stop).
 LISTEN_POLL_S = 0.5
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA_PATH = Path(__file__).with_name("postgres.sql")
 CONNECT_TIMEOUT_S = 10
 SCHEMA_LOCK = 0x5C0E5E  # the advisory lock held while the schema is created or checked
@@ -136,8 +136,9 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-# From each older version to the next, run in the one transaction of `ensure_schema`.
-UPGRADES: dict[int, tuple[str, ...]] = {
+# From each older version to the next, run in the one transaction of `ensure_schema`: SQL, or
+# a function of the connection for what SQL alone cannot do.
+UPGRADES: dict[int, tuple[str | Callable[[Any], None], ...]] = {
     2: (
         'ALTER TABLE game_sessions ADD COLUMN node_id TEXT COLLATE "C"',
         "CREATE INDEX game_sessions_node ON game_sessions(node_id) WHERE state = 'running'",
@@ -153,6 +154,13 @@ UPGRADES: dict[int, tuple[str, ...]] = {
     3: tuple(
         statement.replace(" REAL ", " DOUBLE PRECISION ").replace(" INTEGER", " BIGINT")
         for statement in REVIEW_SQL
+    ),
+    4: (
+        *(
+            statement.replace(" BLOB", " BYTEA").replace(" INTEGER", " BIGINT")
+            for statement in CONSOLE_SQL
+        ),
+        rekey_names,
     ),
 }
 
@@ -177,7 +185,10 @@ def ensure_schema(conn: PgConnection) -> None:
             if version in UPGRADES:
                 for step in range(version, SCHEMA_VERSION):
                     for statement in UPGRADES[step]:
-                        conn.execute(statement)
+                        if callable(statement):
+                            statement(conn)
+                        else:
+                            conn.execute(statement)
                 conn.execute("UPDATE scoreserver_schema SET version = ?", (SCHEMA_VERSION,))
                 logger.info(
                     "database schema upgraded from version %d to %d", version, SCHEMA_VERSION

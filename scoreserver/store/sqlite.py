@@ -18,11 +18,11 @@ from typing import Final
 
 from ..core.names import skeleton
 from ..errors import ConflictError, StoreError
-from .engine import transaction
+from .engine import Connection, transaction
 
 logger = logging.getLogger("scoreserver.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA_PATH = Path(__file__).with_name("sqlite.sql")
 
 
@@ -174,11 +174,44 @@ REVIEW_SQL = (
     "CREATE INDEX flags_session ON flags(session_id)",
 )
 
+
+def _migrate_4_to_5(conn: SqliteConnection) -> None:
+    """Schema 5: archived games, password reset codes, look-alike keys of any case."""
+    for statement in CONSOLE_SQL:
+        conn.execute(statement)
+    rekey_names(conn)
+
+
+# Schema 5's additions, both engines (postgres.py spells the types its way).
+CONSOLE_SQL = (
+    "ALTER TABLE games ADD COLUMN archived_at INTEGER",
+    "ALTER TABLE users ADD COLUMN reset_hash BLOB",
+    "ALTER TABLE users ADD COLUMN reset_expires_at INTEGER",
+)
+
+
+def rekey_names(conn: Connection) -> None:
+    """Recompute every name's look-alike key with today's `skeleton` (either engine). An
+    account whose name now looks like an older account's keeps no key (NULLs never collide):
+    it keeps its name, and nobody new can take one like it."""
+    rows = conn.execute(
+        "SELECT id, name FROM users WHERE name_skeleton IS NOT NULL ORDER BY id"
+    ).fetchall()
+    conn.execute("UPDATE users SET name_skeleton = NULL")
+    taken: set[str] = set()
+    for user_id, name in rows:
+        key = skeleton(name)
+        if key not in taken:
+            taken.add(key)
+            conn.execute("UPDATE users SET name_skeleton = ? WHERE id = ?", (key, user_id))
+
+
 # From each older version to the next; `ensure_schema` runs them in one transaction.
 MIGRATIONS: dict[int, Callable[[SqliteConnection], None]] = {
     1: _migrate_1_to_2,
     2: _migrate_2_to_3,
     3: _migrate_3_to_4,
+    4: _migrate_4_to_5,
 }
 
 

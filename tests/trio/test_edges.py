@@ -26,7 +26,7 @@ from scoreserver.server.accounts import PasswordPolicy
 from scoreserver.server.app import Server
 from scoreserver.store import ops, sqlite
 from scoreserver.store.connect import open_database
-from scoreserver.store.engine import transaction
+from scoreserver.store.engine import INTEGRITY_ERRORS, transaction
 
 from .. import databases
 from ..conftest import (
@@ -167,6 +167,41 @@ def test_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
     assert states == {"a": "voided", "b": "running"}
     skeletons = upgraded.execute("SELECT name, name_skeleton FROM users ORDER BY id").fetchall()
     assert [tuple(r) for r in skeletons] == [("star", "star"), ("stаr", None)]
+    upgraded.close()
+
+
+def test_schema_4_is_upgraded_with_look_alike_keys_of_any_case(tmp_path: Path) -> None:
+    """Schema 5 rekeys names: `alice` and `АLICE` (Cyrillic А), which schema 4's keys told
+    apart, become one name; the older account keeps its key, the newer keeps its name and no
+    key. Games gain an archive time, accounts a reset code (both engines)."""
+    path = databases.location(tmp_path, "four.db")
+    conn = open_database(path)
+    postgres = conn.dialect == "postgres"
+    with transaction(conn):
+        for name, old_key in (("alice", "alice"), ("АLICE", "allce"), ("bob", "bob")):
+            conn.execute(
+                "INSERT INTO users (name, name_skeleton, password_hash, created_at)"
+                " VALUES (?, ?, 'x', 0)",
+                (name, old_key),
+            )
+        conn.execute("ALTER TABLE games DROP COLUMN archived_at")
+        conn.execute("ALTER TABLE users DROP COLUMN reset_expires_at")
+        conn.execute("ALTER TABLE users DROP COLUMN reset_hash")
+        if postgres:
+            conn.execute("UPDATE scoreserver_schema SET version = 4")
+        else:
+            conn.execute("PRAGMA user_version = 4")
+    conn.close()
+    upgraded = open_database(path)
+    keys = upgraded.execute("SELECT name, name_skeleton FROM users ORDER BY id").fetchall()
+    assert [tuple(r) for r in keys] == [("alice", "allce"), ("АLICE", None), ("bob", "bob")]
+    with pytest.raises(INTEGRITY_ERRORS), transaction(upgraded):
+        upgraded.execute(
+            "INSERT INTO users (name, name_skeleton, password_hash, created_at)"
+            " VALUES ('ALlCE', 'allce', 'x', 0)"
+        )
+    assert upgraded.execute("SELECT archived_at FROM games").fetchall() == []
+    assert upgraded.execute("SELECT reset_hash FROM users WHERE name = 'bob'").fetchone()[0] is None
     upgraded.close()
 
 
@@ -658,6 +693,13 @@ async def test_look_alike_and_invisible_names_are_refused(tmp_path: Path) -> Non
             for look_alike in ("stаr", "ＳＴＡＲ", "Star", "ѕtar", "ЅТАR"):
                 reply = await reg(look_alike, "127.0.0.3")
                 assert reply.status_code == 409, look_alike
+            # Names with an "i", whose capital maps to "l" in Unicode's data: one name in any
+            # case and script (Cyrillic А and М).
+            for first, look_alike in (("alice", "АLICE"), ("alina", "АLINA"), ("mila", "МILA")):
+                assert (await reg(first, "127.0.0.6")).status_code == 201, first
+                for other in (look_alike, first.upper(), first.title()):
+                    reply = await reg(other, "127.0.0.7")
+                    assert reply.status_code == 409, other
             for invisible in ("st\u3164ar", "st\u034far", "s\u200btar", "\u2800", "a\u202eb"):
                 reply = await reg(invisible, "127.0.0.4")
                 assert reply.status_code == 400, invisible
