@@ -34,12 +34,14 @@ class ProtocolError(ScoreServerError):
         message: str,
         request_id: str | int | None = None,
         url: str | None = None,
+        details: dict[str, object] | None = None,
     ):
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
         self.url = url  # `session_elsewhere`: the game socket of the node that has the session
+        self.details = details or {}  # `auth_failed`: `reason`, `banned_until` (AuthError)
 
 
 class TokenError(ScoreServerError):
@@ -47,7 +49,23 @@ class TokenError(ScoreServerError):
 
 
 class AuthError(ScoreServerError):
-    """Credentials or a login token that do not hold."""
+    """Credentials or a login token that do not hold. `reason` says which, for the player's
+    words: `wrong_password` (a name and password, or the password confirming an erasure),
+    `expired` (a login token the server does not know, or no longer), `banned` (the account
+    is banned; `banned_until` epoch ms, None for a ban until lifted)."""
+
+    def __init__(self, message: str, reason: str = "expired", banned_until: int | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.banned_until = banned_until
+
+    def details(self) -> dict[str, object]:
+        """The fields an error reply adds to `error` and `message` (an extension of
+        `auth_failed`): `reason`, and `banned_until` for a ban that ends."""
+        extra: dict[str, object] = {"reason": self.reason}
+        if self.banned_until is not None:
+            extra["banned_until"] = self.banned_until
+        return extra
 
 
 class RateLimitedError(ScoreServerError):

@@ -68,10 +68,10 @@ DETAIL_LABELS = {
     "shortest_ms_player_clock": "shortest interval (player)",
     "shortest_ms_on_arrival": "shortest interval (arrival)",
     "tripped_on": "tripped on",
-    "rhythm_figure": "rhythm (player's clock)",
-    "rhythm_on_arrival": "rhythm (on arrival)",
+    "rhythm_figure": "rhythm when flagged (player)",
+    "rhythm_on_arrival": "rhythm when flagged (arrival)",
     "min_rhythm_cv": "flags below",
-    "points": "points judged",
+    "points": "points judged when flagged",
     "mean_interval_ms": "mean interval",
     "max_score": "the game's most",
     "score": "score",
@@ -102,7 +102,7 @@ def _detail_value(key: str, value: object) -> str:
         if isinstance(value, list):
             return ", ".join(when(v) for v in value) or "-"
         return when(value)
-    if key.endswith("_ms") and isinstance(value, int | float):
+    if ("_ms_" in key or key.endswith("_ms")) and isinstance(value, int | float):
         return f"{value:g} ms"
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -143,34 +143,53 @@ def render_flag(flag: Mapping[str, Any]) -> str:
         )
         if evidence.get("timing"):
             lines.append("")
-            lines.extend(timing_words(evidence["timing"]))
+            flagged_at = (flag.get("detail") or {}).get("points")
+            lines.extend(timing_words(evidence["timing"], flagged_at))
         lines.append("")
         lines.extend(_timeline(start, session.get("ended_at"), points, evidence))
     return "\n".join(lines)
 
 
-def timing_words(timing: dict[str, Any]) -> list[str]:
+def rhythm_verdict(figure: float, threshold: float, population: Mapping[str, Any] | None) -> str:
+    """Where a session's rhythm figure stands: under the flag line, or against the range this
+    game's other players show (5th to 95th percentile); the words and the chart agree."""
+    if threshold and figure < threshold:
+        return "too regular for a person: under the line the game flags below"
+    if not population:
+        return "above the line the game flags below; no other players yet to compare"
+    if figure > population["p95"]:
+        return (
+            "more irregular than this game's other players (bursts and pauses); not a rhythm"
+            " flag, which is for regularity"
+        )
+    if figure < population["p5"]:
+        return "more regular than this game's other players, yet above the flag line"
+    return "within what this game's other players show"
+
+
+def timing_words(timing: dict[str, Any], flagged_at: object = None) -> list[str]:
     """The timing figures of a session, as a reviewer reads them (docs/anti-cheat.md). The
-    verdicts rest on the player's clock; arrival figures are context (a network moves them)."""
+    verdicts rest on the player's clock; arrival figures are context (a network moves them).
+    These are over every point the session received; a flag raised earlier (`flagged_at`
+    points) carries the figures it was raised on, which this says."""
     floor, threshold = timing["human_floor_ms"], timing["min_rhythm_cv"]
     player_gaps = timing["intervals_player_clock"]
-    lines = [f"  timing of its {timing['points']} points received:"]
+    population = timing.get("population")
+    head = f"  timing of all its {timing['points']} points received"
+    if isinstance(flagged_at, int) and flagged_at != timing["points"]:
+        head += f" (the flag was raised on its first {flagged_at}: its figures above)"
+    lines = [head + ":"]
     if timing["rhythm_figure"] is None:
         lines.append("    rhythm: too few points to measure")
     else:
         judged = "" if timing["rhythm_judged"] else " (too few points to be judged)"
-        verdict = (
-            "too regular for a person"
-            if threshold and timing["rhythm_figure"] < threshold
-            else "within what people show"
-        )
-        limit = f"the game flags below {threshold:g}" if threshold else "the rhythm check is off"
+        verdict = rhythm_verdict(timing["rhythm_figure"], threshold, population)
+        limit = f"flags below {threshold:g}" if threshold else "the rhythm check is off"
         lines.append(
             f"    rhythm on the player's clock: {timing['rhythm_figure']:.3f} ({verdict};"
             f" {limit}){judged}; on arrival {_figure(timing['rhythm_on_arrival'])} (context:"
             " a network moves it)"
         )
-    population = timing.get("population")
     if population:
         lines.append(
             f"    this game's other players: {population['p5']:.3f} to {population['p95']:.3f},"

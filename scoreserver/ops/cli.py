@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import getpass
 import json
 import logging
@@ -16,16 +17,19 @@ import math
 import os
 import re
 import secrets
+import shlex
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import trio
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -48,10 +52,19 @@ from scoreserver.server.accounts import (
 from scoreserver.server.admin import SESSION_TTL_S as ADMIN_SESSION_TTL_S
 from scoreserver.server.admin import token_hash as admin_token_hash
 from scoreserver.server.signer import SIGNER_MODES
-from scoreserver.store import DELETED_NAME, FOREVER, STORE_WRITERS, Location, Store, WriterMode
+from scoreserver.store import (
+    DELETED_NAME,
+    FOREVER,
+    STORE_WRITERS,
+    Location,
+    Store,
+    WriterMode,
+    ops,
+)
 from scoreserver.wire.addresses import HEADERS, TrustedProxies
 
 DEFAULT_DB = Path("scoreserver.db")
+WEBHOOK_ENV = "SCORESERVER_WEBHOOK"  # --webhook, kept out of `ps`
 DEFAULT_KEY = Path("scoreserver.key")
 NOTE_HELP = "why: every decision is audited with its note (required)"
 
@@ -202,6 +215,14 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         help="the address /metrics listens on (keep it private: it is not for players)",
     )
     parser.add_argument(
+        "--webhook",
+        metavar="URL",
+        default=os.environ.get(WEBHOOK_ENV) or None,
+        help="POST a JSON notification here for every new first place and new flag (a Discord"
+        " or Slack incoming-webhook URL works as it is; retried, never delays play). Such URLs"
+        f" are secrets: {WEBHOOK_ENV}=URL keeps it out of `ps` (default: off)",
+    )
+    parser.add_argument(
         "--node-url",
         help="this node's game-socket URL as players reach it, for other nodes of the database"
         " to send them here (default ws://HOST:PORT/ of its socket; docs/scaling.md)",
@@ -329,6 +350,15 @@ def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
         " whose accounts are all new)",
     )
     parser.add_argument("--title", help="a display name for pages (default: the game id)")
+    if not required:  # `games set`: an option not given keeps its value; no defaults to show
+        for action in parser._actions:
+            if action.help:
+                text = _DEFAULT_IN_HELP.sub(lambda m: f" ({m[1]})" if m[1] else "", action.help)
+                action.help = text
+
+
+# "(default 60; 0: off)" -> " (0: off)"; "(default: none)" -> "".
+_DEFAULT_IN_HELP = re.compile(r" \(default:? [^;)]*(?:; ([^)]*))?\)")
 
 
 class _Help(argparse.HelpFormatter):
@@ -405,6 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     delete.add_argument("name", help="the player's name")
     delete.add_argument("--note", required=True, help=NOTE_HELP)
+    reset = users.add_parser(
+        "reset-password",
+        parents=[common],
+        help="print a one-time code (24 h) with which the player sets a new password on the"
+        " game's page",
+    )
+    reset.add_argument("name", help="the player's name")
 
     games = sub.add_parser("games", help="games and their rules").add_subparsers(
         dest="action", required=True
@@ -412,9 +449,26 @@ def build_parser() -> argparse.ArgumentParser:
     gadd = games.add_parser("add", parents=[common], help="create a game")
     gadd.add_argument("game_id", help="the new game's id (in URLs: /board/GAME_ID)")
     _game_options(gadd, required=True)
-    gset = games.add_parser("set", parents=[common], help="change a game's rules")
+    gset = games.add_parser(
+        "set",
+        parents=[common],
+        help="change a game's rules",
+        description="Change a game's rules: only the options given change; the others keep"
+        " their values (`games show GAME_ID`). New sessions use them; running ones keep theirs.",
+    )
     gset.add_argument("game_id", help="the game to change")
     _game_options(gset, required=False)
+    arch = games.add_parser(
+        "archive",
+        parents=[common],
+        help="stop new games of GAME_ID; its board and results stay (--undo: playable again)",
+    )
+    arch.add_argument("game_id", help="the game")
+    arch.add_argument("--undo", action="store_true", help="make the game playable again")
+    rm = games.add_parser(
+        "remove", parents=[common], help="delete a game nobody has played (else: archive it)"
+    )
+    rm.add_argument("game_id", help="the game")
     games.add_parser("list", parents=[common], help="list games")
     gshow = games.add_parser("show", parents=[common], help="show a game's rules")
     gshow.add_argument("game_id", nargs="?", help="one game (default: all)")
@@ -469,6 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate",
         parents=[common],
         help="copy the database (--db) into a new, empty one (--to), checked row for row",
+    )
+    mg.add_argument(
+        "--while-running",
+        action="store_true",
+        help="copy although a server is using the database (what it writes meanwhile is lost)",
     )
     mg.add_argument(
         "--to",
@@ -546,17 +605,22 @@ def CLI_ACTOR() -> moderation.Actor:  # noqa: N802 - reads as the constant it ne
     return moderation.Actor(actor(), "cli")
 
 
-def _read_password(from_stdin: bool) -> str:
-    """The password from standard input (--password-stdin), or asked for twice on a terminal."""
+def _read_password(from_stdin: bool, check: Callable[[str], None] | None = None) -> str:
+    """The password from standard input (--password-stdin), or asked for twice on a terminal;
+    `check` (CliError if the password cannot be used) runs before it is asked for again."""
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             raise CliError("no password on standard input")
+        if check is not None:
+            check(password)
         return password
     if not sys.stdin.isatty():
         raise CliError("no terminal to ask for the password on: pipe it in with --password-stdin")
     try:
         password = getpass.getpass("password: ")
+        if check is not None:
+            check(password)
         again = getpass.getpass("again: ")
     except EOFError:
         raise CliError("no password given") from None
@@ -575,6 +639,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together")
     _check_node_flags(args)
+    if args.webhook is not None:
+        parts = urlsplit(args.webhook)
+        if parts.scheme not in ("http", "https") or not parts.hostname or len(args.webhook) > 2048:
+            raise CliError("--webhook must be an http:// or https:// URL")
+        os.environ[WEBHOOK_ENV] = args.webhook  # workers inherit it, never in their argv
     budgets = _budgets(args)
     if args.workers > 1 and args.worker_of is None:
         from scoreserver.ops.workers import WorkersError, run_workers
@@ -604,6 +673,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store_writer=args.store_writer,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        webhook=args.webhook,
         node_url=args.node_url,
         node_lease_s=args.node_lease,
         reuse_port=args.worker_of is not None,
@@ -619,6 +689,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 MAX_WORKERS = 64
+ADMIN_PASSWORD_MIN = 12
 MAX_LEASE_S = 3600.0
 
 
@@ -679,13 +750,20 @@ def _leaf(error: BaseException) -> BaseException:
     return error
 
 
-async def cmd_users(args: argparse.Namespace, store: Store) -> int:
-    if args.action == "add":
-        password = _read_password(args.password_stdin)
+def _player_password_check(name: str) -> Callable[[str], None]:
+    def check(password: str) -> None:
         try:
-            name, password = validate_credentials(args.name, password)
+            validate_credentials(name, password)
         except ValueError as exc:
             raise CliError(str(exc)) from None
+
+    return check
+
+
+async def cmd_users(args: argparse.Namespace, store: Store) -> int:
+    if args.action == "add":
+        password = _read_password(args.password_stdin, _player_password_check(args.name))
+        name, password = validate_credentials(args.name, password)
         encoded = PasswordPolicy().hash(password)
         user_id = await store.add_user(name, encoded, now_ms())
         print(f"user {name} created (id {user_id})")
@@ -693,18 +771,19 @@ async def cmd_users(args: argparse.Namespace, store: Store) -> int:
         now = now_ms()
         rows = await store.users()
         _table(
-            ["id", "name", "created", "scores", "open flags", "banned until"],
+            ["id", "name", "created", "scores", "flags", "banned until"],
             [
                 [
                     r["id"],
                     r["name"],
-                    fmt_time(r["created_at"]),
+                    fmt_short(r["created_at"]),
                     r["scores"],
                     r["open_flags"],
-                    _ban_text(r["banned_until"], now),
+                    _ban_text(r["banned_until"], now, short=True),
                 ]
                 for r in rows
             ],
+            fold=("name",),
         )
     elif args.action == "ban":
         until = await moderation.ban_user(
@@ -720,13 +799,23 @@ async def cmd_users(args: argparse.Namespace, store: Store) -> int:
     elif args.action == "unban":
         await moderation.unban_user(store, args.name, actor=CLI_ACTOR(), note=args.note)
         print(f"{args.name} unbanned")
+    elif args.action == "reset-password":
+        code = await moderation.issue_reset_code(store, args.name, actor=CLI_ACTOR())
+        print(f"reset code for {args.name}: {code}")
+        print(
+            "Give it to the player: on the game's page, under 'Forgot your password?', they"
+            " enter their name, this code and a new password. It works once, for 24 hours;"
+            " a new code replaces it."
+        )
     return 0
 
 
-def _ban_text(until: int | None, now: int) -> str:
+def _ban_text(until: int | None, now: int, *, short: bool = False) -> str:
     if until is None or until <= now:
         return "-"
-    return "until unbanned" if until >= FOREVER else f"until {fmt_time(until)}"
+    if until >= FOREVER:
+        return "for good" if short else "until unbanned"
+    return fmt_short(until) if short else f"until {fmt_time(until)}"
 
 
 def _game_changes(args: argparse.Namespace) -> dict[str, object]:
@@ -774,32 +863,43 @@ async def cmd_games(args: argparse.Namespace, store: Store) -> int:
         settings = await moderation.set_game(store, args.game_id, changes, actor=CLI_ACTOR())
         print(f"game {args.game_id} changed; new sessions use it (running ones keep theirs)")
         _print_game(args.game_id, settings)
+    elif args.action == "archive":
+        await moderation.archive_game(store, args.game_id, not args.undo, actor=CLI_ACTOR())
+        if args.undo:
+            print(f"game {args.game_id} can be played again")
+        else:
+            print(
+                f"game {args.game_id} archived: no new games; its board stays at"
+                f" /board/{args.game_id}"
+            )
+    elif args.action == "remove":
+        await moderation.remove_game(store, args.game_id, actor=CLI_ACTOR())
+        print(f"game {args.game_id} removed")
     elif args.action == "list":
         games = await store.games()
         _table(
-            [
-                "game",
-                "duration s",
-                "burst window ms",
-                "threshold",
-                "limit",
-                "period ms",
-                "latency ms",
-                "submit window s",
-            ],
+            ["game", "title", "secs", "burst", "floor", "rhythm", "rate", "max", "state"],
             [
                 [
                     g,
-                    s.duration_ms / 1000,
-                    s.burst_window_ms,
-                    s.burst_threshold,
-                    s.burst_limit,
-                    s.burst_period_ms,
-                    s.latency_ms,
-                    s.submission_window_ms / 1000,
+                    s.title or "-",
+                    f"{s.duration_ms / 1000:g}",
+                    f"{s.burst_threshold}/{s.burst_window_ms / 1000:g}s",
+                    f"{s.human_floor_ms}ms" if s.human_floor_ms else "off",
+                    f"{s.min_rhythm_cv:g}" if s.min_rhythm_cv else "off",
+                    f"{s.human_max_rate:g}/s" if s.human_max_rate else "off",
+                    "-" if s.max_score is None else s.max_score,
+                    "archived" if s.archived_at is not None else "open",
                 ]
                 for g, s in games.items()
             ],
+            fold=("title",),
+            optional=("burst", "title"),
+        )
+        print(
+            "burst: most points in a window; floor: closest human points; rhythm: least"
+            " variation; rate: sustained ceiling. All of it: games show GAME_ID",
+            file=sys.stderr,
         )
     elif args.action == "show":
         games = await store.games()
@@ -859,15 +959,17 @@ async def cmd_flags(args: argparse.Namespace, store: Store) -> int:
             [
                 [
                     f["id"],
-                    fmt_time(f["created_at"]),
+                    fmt_short(f["created_at"]),
                     f["status"],
                     f["reason"],
                     f["game_id"] or "-",
                     who(f),
-                    (f["session_id"] or "-")[:12],
+                    (f["session_id"] or "-")[:8],
                 ]
                 for f in flags
             ],
+            fold=("who",),
+            optional=("session", "status", "when"),
         )
     elif args.action == "show":
         flag = await store.flag(args.flag_id)
@@ -905,8 +1007,8 @@ async def cmd_keys(args: argparse.Namespace, store: Store) -> int:
             [
                 [
                     r["kid"],
-                    fmt_time(r["created_at"]),
-                    fmt_time(r["retired_at"]),
+                    fmt_short(r["created_at"]),
+                    fmt_short(r["retired_at"]),
                     "current (signing)"
                     if r["retired_at"] is None
                     else _verifies_until(r["retired_at"] + lifetime, now),
@@ -938,7 +1040,7 @@ async def cmd_keys(args: argparse.Namespace, store: Store) -> int:
 
 
 def _verifies_until(until: int, now: int) -> str:
-    return fmt_time(until) if until > now else f"expired {fmt_time(until)}"
+    return fmt_short(until) if until > now else f"expired {fmt_short(until)}"
 
 
 async def cmd_audit(args: argparse.Namespace, store: Store) -> int:
@@ -947,7 +1049,7 @@ async def cmd_audit(args: argparse.Namespace, store: Store) -> int:
         [
             [
                 a["id"],
-                fmt_time(a["at"]),
+                fmt_short(a["at"]),
                 a["actor"],
                 a["command"],
                 a["target"] or "-",
@@ -955,6 +1057,7 @@ async def cmd_audit(args: argparse.Namespace, store: Store) -> int:
             ]
             for a in await store.audit()
         ],
+        fold=("who", "target", "note"),
     )
     return 0
 
@@ -979,8 +1082,9 @@ async def cmd_leaderboard(args: argparse.Namespace, store: Store) -> int:
         print(json.dumps({"game_id": args.game_id, "entries": entries}, indent=2))
     else:
         _table(
-            ["rank", "player", "score", "session (for scores hide)"],
+            ["rank", "player", "score", "session"],
             [[e["rank"], e["name"], e["score"], e["session_id"]] for e in entries],
+            fold=("player",),
         )
     return 0
 
@@ -988,13 +1092,16 @@ async def cmd_leaderboard(args: argparse.Namespace, store: Store) -> int:
 async def cmd_admin(args: argparse.Namespace, store: Store) -> int:
     if args.action == "login-link":
         return await _admin_login_link(args, store)
-    password = _read_password(args.password_stdin)
-    if len(password) < 12:
-        raise CliError("the admin password must have at least 12 characters")
+    password = _read_password(args.password_stdin, _admin_password_check)
     encoded = PasswordPolicy().hash(password)
     ended = await store.set_admin_password(encoded, str(CLI_ACTOR()), now_ms())
     print(f"admin password set; /admin is open to it ({ended} earlier admin sessions ended)")
     return 0
+
+
+def _admin_password_check(password: str) -> None:
+    if len(password) < ADMIN_PASSWORD_MIN:
+        raise CliError(f"the admin password must have at least {ADMIN_PASSWORD_MIN} characters")
 
 
 async def _admin_login_link(args: argparse.Namespace, store: Store) -> int:
@@ -1016,21 +1123,72 @@ async def _admin_login_link(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+FOLD_MIN = 12  # the narrowest a column of free text (a name, a note) is squeezed to
+
+
+def _table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    fold: Collection[str] = (),
+    optional: Sequence[str] = (),
+) -> None:
     """Rows as a table that fits the terminal and keeps its columns straight for any name
-    (wide CJK characters, emoji): rich measures display widths and wraps what is too long."""
+    (wide CJK characters, emoji; rich measures display widths).
+
+    Only the columns named in `fold` (free text: names, notes) wrap; ids, codes, numbers,
+    times and headers never do. Where even that is too wide, the columns named in `optional`
+    are left out, in that order, and a line on stderr says which.
+    """
     if not rows:
         print("(none)")
         return
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="")
-    for header in headers:
-        table.add_column(header, overflow="fold")
-    for row in rows:
-        table.add_row(*(str(cell) for cell in row))
+    cells = [[str(cell) for cell in row] for row in rows]
     width = shutil.get_terminal_size((120, 24)).columns
+    natural = {
+        h: max(cell_len(h), *(cell_len(row[i]) for row in cells)) for i, h in enumerate(headers)
+    }
+
+    def needed(columns: Sequence[str]) -> int:
+        squeezed = [
+            min(natural[h], max(cell_len(h), FOLD_MIN)) if h in fold else natural[h]
+            for h in columns
+        ]
+        return sum(squeezed) + 3 * (len(columns) - 1)  # a rule and a space either side
+
+    shown = list(headers)
+    left_out = []
+    for header in optional:
+        if needed(shown) <= width:
+            break
+        shown.remove(header)
+        left_out.append(header)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="")
+    for header in shown:
+        if header in fold:
+            table.add_column(header, overflow="fold", min_width=cell_len(header))
+        else:
+            table.add_column(header, no_wrap=True, min_width=natural[header])
+    keep = [headers.index(h) for h in shown]
+    for row in cells:
+        table.add_row(*(row[i] for i in keep))
     # Plain text only: no colours or styles (output goes to terminals, pipes and files alike).
     console = Console(file=sys.stdout, width=width, color_system=None, highlight=False, emoji=False)
     console.print(table)
+    if left_out:
+        print(
+            f"(left out to fit {width} columns: {', '.join(left_out)}; widen the terminal,"
+            " or see the JSON or `show`)",
+            file=sys.stderr,
+        )
+
+
+def fmt_short(ms: int | None) -> str:
+    """A time for a table's column: minutes, and the year only when it is not this one."""
+    if ms is None:
+        return "-"
+    at = datetime.fromtimestamp(ms / 1000, UTC)
+    return at.strftime("%m-%d %H:%M" if at.year == datetime.now(UTC).year else "%Y-%m-%d")
 
 
 async def cmd_export(args: argparse.Namespace, store: Store) -> int:
@@ -1059,14 +1217,52 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     source, target = Location.of(args.db), Location.of(args.to)
     if source.dialect == "sqlite" and not source.path.exists():
         raise CliError(f"no database at {source}")
+    running = _running_servers(source)
+    if running and not args.while_running:
+        raise CliError(
+            f"a server is running on {source} ({running}): stop it first, or what it writes"
+            " during the copy is lost (--while-running copies anyway)"
+        )
     started = time.monotonic()
     counts = copy(source, target, report=lambda table, rows: print(f"  {table}: {rows} rows"))
     print(
         f"copied {sum(counts.values())} rows of {len(counts)} tables from {source} to {target}"
-        f" in {time.monotonic() - started:.1f} s; every row checked. Start the server with"
-        f" --db {target} (stop the old one first: it would go on writing to {source})"
+        f" in {time.monotonic() - started:.1f} s; every row checked."
     )
+    print("Start the server on it (stop the old one first: it would go on writing to the old):")
+    print(f"  python run.py --db {shlex.quote(_without_password(args.to))}")
+    if _without_password(args.to) != args.to:
+        print("  (the password, left out here: in PGPASSWORD or ~/.pgpass, or in the URL)")
     return 0
+
+
+def _running_servers(location: Location) -> str:
+    """Which servers use the database now ('' if none): nodes whose lease has not run out."""
+    from scoreserver.store.connect import open_database
+
+    conn = open_database(location)
+    try:
+        nodes = ops.list_nodes(conn)
+    finally:
+        conn.close()
+    now = now_ms()
+    live = [n for n in nodes if n["seen_at"] + n["lease_ms"] > now]
+    return ", ".join(f"pid {n['pid']} on {n['host']}" for n in live)
+
+
+def _without_password(url: str) -> str:
+    """A database URL without its password (user@host stays): printable, and it still works
+    with the password in PGPASSWORD or ~/.pgpass."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -1118,6 +1314,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     sys.stdout, sys.stderr = TerminalSafe(stdout), TerminalSafe(stderr)
     try:
         return _run(args)
+    except BrokenPipeError:
+        # The reader went away (`... | head -1`): end quietly, as `cat` would, and keep the
+        # interpreter's last flush of stdout from failing again on the closed pipe.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a program its pipe ended
     finally:
         sys.stdout, sys.stderr = stdout, stderr
 

@@ -21,6 +21,7 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Annotated, Any, Protocol
 
 import msgspec
@@ -30,8 +31,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from scoreserver.codes import HttpCode
-from scoreserver.core.evidence import render_flag
+from scoreserver.core.evidence import render_flag, rhythm_verdict
 from scoreserver.core.limits import Budget
+from scoreserver.core.rules import GameSettings
 from scoreserver.errors import BusyError, ConflictError, NotFoundError, RateLimitedError
 from scoreserver.server import moderation
 from scoreserver.server.accounts import BudgetSettings, PasswordWork, charge_shared
@@ -76,6 +78,52 @@ class BanBody(msgspec.Struct, frozen=True):
 
 class NoteBody(msgspec.Struct, frozen=True):
     note: Note = ""
+
+
+class ArchiveBody(msgspec.Struct, frozen=True):
+    archived: bool = True
+
+
+class GameBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A game's settings as /admin sends them: every field optional (`games set` changes only
+    those given); `game_id` only when adding. Names as GameSettings'; null clears an optional
+    bound (max_score, review_above, title)."""
+
+    game_id: str | None = None
+    duration_ms: int | None = None
+    burst_window_ms: int | None = None
+    burst_threshold: int | None = None
+    burst_limit: int | None = None
+    burst_period_ms: int | None = None
+    latency_ms: int | None = None
+    submission_window_ms: int | None = None
+    human_floor_ms: int | None = None
+    min_rhythm_cv: float | None = None
+    max_score: int | None | msgspec.UnsetType = msgspec.UNSET
+    hold_outliers: bool | None = None
+    title: str | None | msgspec.UnsetType = msgspec.UNSET
+    human_max_rate: float | None = None
+    review_above: int | None | msgspec.UnsetType = msgspec.UNSET
+    review_min_players: int | None = None
+    review_account_age_h: float | None = None
+
+    def changes(self) -> dict[str, object]:
+        """The settings given: None leaves a setting as it is, except for the optional ones,
+        where null (given) clears it and absence leaves it."""
+        out: dict[str, object] = {}
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name == "game_id" or value is msgspec.UNSET:
+                continue
+            if value is None and name not in NULLABLE:
+                continue
+            if name == "title" and isinstance(value, str) and not value.strip():
+                value = None
+            out[name] = value
+        return out
+
+
+NULLABLE = frozenset({"max_score", "title", "review_above"})
 
 
 def token_hash(token: str) -> bytes:
@@ -229,6 +277,12 @@ class AdminConsole:
     async def flag(self, request: Request) -> Any:
         flag_id = _path_id(request, "flag_id")
         flag = await self.store.flag(flag_id)
+        timing = (flag.get("evidence") or {}).get("timing")
+        if timing and timing.get("rhythm_figure") is not None:
+            # The chart's caption says what the text says (evidence.rhythm_verdict).
+            timing["rhythm_verdict"] = rhythm_verdict(
+                timing["rhythm_figure"], timing["min_rhythm_cv"], timing.get("population")
+            )
         return {"flag": flag, "text": render_flag(flag)}
 
     async def resolve(self, request: Request) -> Any:
@@ -249,8 +303,73 @@ class AdminConsole:
 
     async def users(self, request: Request) -> Any:
         limit, offset = _page(request)
-        rows = await self.store.users(limit=limit + 1, offset=offset)
+        search = request.query_params.get("q", "").strip()[:64] or None
+        rows = await self.store.users(limit=limit + 1, offset=offset, search=search)
         return {"users": rows[:limit], **_paging(limit, offset, len(rows))}
+
+    async def player(self, request: Request) -> Any:
+        """One account's page: ban, results with why each is off the boards, sessions, flags."""
+        return await self.store.player_page(_path_id(request, "user_id"), _now_ms())
+
+    async def reset_code(self, request: Request) -> Any:
+        name = await self._user_name(request)
+        code = await moderation.issue_reset_code(self.store, name, actor=self.actor(request))
+        return {
+            "name": name,
+            "code": code,
+            "valid_hours": moderation.RESET_CODE_TTL_MS // 3_600_000,
+        }
+
+    async def delete_user(self, request: Request) -> Any:
+        name = await self._user_name(request)
+        body = await read_json(request, NoteBody, BODY_BYTES)
+        user_id = await moderation.delete_user(
+            self.store, name, actor=self.actor(request), note=body.note
+        )
+        return {"user_id": user_id, "deleted": True}
+
+    async def summary(self, request: Request) -> Any:
+        """What the console polls (every 2 s) to know when to fetch again."""
+        return await self.store.review_summary()
+
+    async def games(self, request: Request) -> Any:
+        """Every game with all its settings and how much it has been played."""
+        games = await self.store.games()
+        use = await self.store.games_in_use()
+        return {
+            "games": [
+                {"game_id": game_id, **asdict(settings), **use.get(game_id, {})}
+                for game_id, settings in games.items()
+            ]
+        }
+
+    async def add_game(self, request: Request) -> Any:
+        body = await read_json(request, GameBody, BODY_BYTES)
+        changes = body.changes()
+        if body.game_id is None or "duration_ms" not in changes:
+            raise ValueError("game_id and duration_ms are required")
+        settings = GameSettings(**changes)  # type: ignore[arg-type]
+        await moderation.add_game(self.store, body.game_id, settings, actor=self.actor(request))
+        return {"game_id": body.game_id, **asdict(settings)}
+
+    async def set_game(self, request: Request) -> Any:
+        game_id = request.path_params["game_id"]
+        body = await read_json(request, GameBody, BODY_BYTES)
+        settings = await moderation.set_game(
+            self.store, game_id, body.changes(), actor=self.actor(request)
+        )
+        return {"game_id": game_id, **asdict(settings)}
+
+    async def archive_game(self, request: Request) -> Any:
+        game_id = request.path_params["game_id"]
+        body = await read_json(request, ArchiveBody, BODY_BYTES)
+        await moderation.archive_game(self.store, game_id, body.archived, actor=self.actor(request))
+        return {"game_id": game_id, "archived": body.archived}
+
+    async def remove_game(self, request: Request) -> Any:
+        game_id = request.path_params["game_id"]
+        await moderation.remove_game(self.store, game_id, actor=self.actor(request))
+        return {"game_id": game_id, "removed": True}
 
     async def _user_name(self, request: Request) -> str:
         user_id = _path_id(request, "user_id")
@@ -337,6 +456,19 @@ class AdminConsole:
             Route("/api/admin/users", g(self.users), methods=["GET"]),
             Route("/api/admin/users/{user_id:int}/ban", g(self.ban), methods=["POST"]),
             Route("/api/admin/users/{user_id:int}/unban", g(self.unban), methods=["POST"]),
+            Route("/api/admin/users/{user_id:int}", g(self.player), methods=["GET"]),
+            Route(
+                "/api/admin/users/{user_id:int}/reset-password",
+                g(self.reset_code),
+                methods=["POST"],
+            ),
+            Route("/api/admin/users/{user_id:int}/delete", g(self.delete_user), methods=["POST"]),
+            Route("/api/admin/summary", g(self.summary), methods=["GET"]),
+            Route("/api/admin/games", g(self.games), methods=["GET"]),
+            Route("/api/admin/games", g(self.add_game), methods=["POST"]),
+            Route("/api/admin/games/{game_id}", g(self.set_game), methods=["POST"]),
+            Route("/api/admin/games/{game_id}", g(self.remove_game), methods=["DELETE"]),
+            Route("/api/admin/games/{game_id}/archive", g(self.archive_game), methods=["POST"]),
             Route("/api/admin/scores/{session_id}/hide", g(self.hide), methods=["POST"]),
             Route("/api/admin/scores/{session_id}/restore", g(self.restore), methods=["POST"]),
             Route("/api/admin/audit", g(self.audit), methods=["GET"]),

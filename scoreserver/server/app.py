@@ -12,12 +12,14 @@ the store commits what is queued and closes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import logging
 import os
 import re
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -53,6 +55,7 @@ from scoreserver.server.transport import (
     bound_port,
     serve_game_socket,
 )
+from scoreserver.server.webhooks import Webhooks
 from scoreserver.server.ws import GameSocket, Limits
 from scoreserver.store import ANSWER_TIMEOUT_S, STORE_WRITERS, Store, WriterMode
 from scoreserver.store.engine import redact
@@ -194,6 +197,8 @@ class Config:
     # /metrics (Prometheus) on its own port: None is off, 0 any free port.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # Where organisers are told of new first places and flags (server/webhooks.py).
+    webhook: str | None = None
     # This node's game-socket URL as other nodes hand it to players (`session_elsewhere`);
     # None: ws(s)://HOST:PORT/ of the port it listens on (right on one machine).
     node_url: str | None = None
@@ -242,6 +247,48 @@ class Server:
     def http_url(self) -> str:
         scheme = "https" if self.config.tls_cert else "http"
         return f"{scheme}://{_url_host(self.config.host)}:{self.http_port}"
+
+
+def welcome(server: Server, has_admin: bool) -> str:
+    """What an organiser needs after the banner line: the addresses players can reach (every
+    address of the machine when it listens on all of them), the big screen, /admin, metrics."""
+    config = server.config
+    urls = play_urls(config, server.http_port)
+    games = sorted(g for g, s in server.service.games.items() if s.archived_at is None)
+    board = f"/board/{games[0]}" if len(games) == 1 else "/board/"
+    lines = ["  players open:  " + "   ".join(f"{u}/" for u in urls)]
+    if config.host in ("127.0.0.1", "localhost", "::1"):
+        lines.append("                 (this machine only: --host 0.0.0.0 opens it to the LAN)")
+    lines.append(f"  big screen:    {urls[0]}{board}")
+    admin = "" if has_admin else "  (set its password first: scoreserver admin set-password)"
+    lines.append(f"  review:        {urls[0]}/admin{admin}")
+    if server.metrics_port is not None:
+        host = _url_host(config.metrics_host)
+        lines.append(f"  metrics:       http://{host}:{server.metrics_port}/metrics")
+    return "\n".join(lines)
+
+
+def play_urls(config: Config, http_port: int) -> list[str]:
+    """The HTTP origins other machines reach this server at."""
+    scheme = "https" if config.tls_cert else "http"
+    return [f"{scheme}://{_url_host(h)}:{http_port}" for h in reachable_hosts(config.host)]
+
+
+def reachable_hosts(host: str) -> list[str]:
+    """The addresses others reach a server listening on `host` at: the machine's own IPv4
+    addresses for 0.0.0.0 (the route out first, found by a UDP connect that sends nothing),
+    else `host` itself."""
+    if host not in ("0.0.0.0", "", "::"):
+        return [host]
+    found: list[str] = []
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet leaves; the route is chosen
+        found.append(probe.getsockname()[0])
+    with contextlib.suppress(OSError):
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            found.append(str(info[4][0]))
+    own = [a for a in dict.fromkeys(found) if not a.startswith("127.") and a != "0.0.0.0"]
+    return own or ["127.0.0.1"]
 
 
 def _url_host(host: str) -> str:
@@ -436,6 +483,7 @@ async def _serve(
                     )
                 )
                 app.state.ws_port = ws_server.port
+                app.state.play_urls = play_urls(config, http_port)
                 server = Server(config, service, rooms, socket, ws_server.port, http_port, stop)
                 if config.metrics_port is not None:
                     mconfig = HypercornConfig()
@@ -454,6 +502,9 @@ async def _serve(
                     )
                     server.metrics_port = int(mbinds[0].rsplit(":", 1)[1])
                 servers.start_soon(_housekeeping, service, config.reanchor_clock)
+                if config.webhook:
+                    service.webhooks = Webhooks(config.webhook)
+                    servers.start_soon(service.webhooks.run)
                 if store.threaded:
                     # (The autojump-clock tests' inline store is one node alone: no lease.)
                     servers.start_soon(_heartbeat, service, rooms)
@@ -470,6 +521,8 @@ async def _serve(
                         f"  database {redact(str(config.db_path))}  node={node_url}",
                         flush=True,
                     )
+                    has_admin = await store.admin_password_hash() is not None
+                    print(welcome(server, has_admin), flush=True)
                 logger.info("listening: socket %s, HTTP %s", server.ws_url, server.http_url)
                 task_status.started(server)
                 await stop.wait()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+import segno
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
 WINDOWS_MS = {"day": 86_400_000, "week": 7 * 86_400_000}
+QR_TEXT_MAX = 512  # a URL; more would make a code no phone reads off a screen
 
 
 class ResultBody(msgspec.Struct, frozen=True):
@@ -83,10 +85,12 @@ def _json_errors(handler: Handler) -> Handler:
                 raise HttpError(429, HttpCode.RATE_LIMITED, str(exc)) from None
             except BusyError as exc:
                 raise HttpError(503, HttpCode.BUSY, str(exc)) from None
+            except AuthError as exc:
+                raise HttpError(401, HttpCode.AUTH_FAILED, str(exc), exc.details()) from None
         except HttpError as exc:
             # A 413 (the rest of the body unread) closes its connection:
             # ClientAddressMiddleware, for every route.
-            return error_response(exc.status, exc.code, exc.message)
+            return error_response(exc.status, exc.code, exc.message, exc.extra)
 
     wrapped.__name__ = handler.__name__
     return wrapped
@@ -166,12 +170,28 @@ def create_app(
     @_json_errors
     async def login(request: Request) -> Response:
         body = await read_json(request, Credentials, CREDENTIALS_BODY_BYTES)
+        token, user = await service.login(
+            body.name, body.password, peer_of(request).address, body.device
+        )
+        device = service.device_token(user.id)
+        return JSONResponse(
+            {"token": token, "user_id": user.id, "name": user.name, "device": device}
+        )
+
+    class ResetBody(msgspec.Struct, frozen=True):
+        name: Annotated[str, msgspec.Meta(max_length=256)]
+        code: Annotated[str, msgspec.Meta(max_length=64)]
+        password: Annotated[str, msgspec.Meta(max_length=PASSWORD_MAX)]
+
+    @_json_errors
+    async def reset_password(request: Request) -> Response:
+        body = await read_json(request, ResetBody, CREDENTIALS_BODY_BYTES)
         try:
-            token, user = await service.login(
-                body.name, body.password, peer_of(request).address, body.device
+            token, user = await service.reset_password(
+                body.name, body.code, body.password, peer_of(request).address
             )
-        except AuthError as exc:
-            raise HttpError(401, HttpCode.AUTH_FAILED, str(exc)) from None
+        except ValueError as exc:
+            raise HttpError(400, HttpCode.BAD_REQUEST, str(exc)) from None
         device = service.device_token(user.id)
         return JSONResponse(
             {"token": token, "user_id": user.id, "name": user.name, "device": device}
@@ -182,10 +202,7 @@ def create_app(
         token = bearer(request)
         if token is None:
             raise HttpError(401, HttpCode.AUTH_FAILED, "use `Authorization: Bearer LOGIN_TOKEN`")
-        try:
-            return await service.identify(token)
-        except AuthError as exc:
-            raise HttpError(401, HttpCode.AUTH_FAILED, str(exc)) from None
+        return await service.identify(token)  # AuthError: 401 (_json_errors)
 
     async def submitter(request: Request) -> Peer:
         """Who submits: anyone may (the tokens authorize a submission), but a player who sends
@@ -206,10 +223,7 @@ def create_app(
         if token is None:
             raise HttpError(401, HttpCode.AUTH_FAILED, "send `Authorization: Bearer LOGIN_TOKEN`")
         body = await read_json(request, Erasure, CREDENTIALS_BODY_BYTES)
-        try:
-            user_id = await service.delete_account(token, body.password, peer_of(request).address)
-        except AuthError as exc:
-            raise HttpError(401, HttpCode.AUTH_FAILED, str(exc)) from None
+        user_id = await service.delete_account(token, body.password, peer_of(request).address)
         return JSONResponse({"deleted": True, "user_id": user_id})
 
     @_json_errors
@@ -278,7 +292,23 @@ def create_app(
 
     async def config(request: Request) -> Response:
         # Where the game socket listens: the client module asks, so pages need no settings.
-        return JSONResponse({"ws_port": request.app.state.ws_port})
+        # play_urls: where other machines reach this HTTP port (the big screen's "play at").
+        return JSONResponse(
+            {
+                "ws_port": request.app.state.ws_port,
+                "play_urls": getattr(request.app.state, "play_urls", []),
+            }
+        )
+
+    async def qr_code(request: Request) -> Response:
+        # A QR code of `text` (the big screen's play address), as SVG.
+        text = request.query_params.get("text", "")
+        if not 1 <= len(text) <= QR_TEXT_MAX:
+            return error_response(
+                400, HttpCode.BAD_REQUEST, f"`text` is 1 to {QR_TEXT_MAX} characters"
+            )
+        svg = segno.make(text, error="m").svg_inline(scale=8, border=2, dark="#0b1020")
+        return Response(svg, media_type="image/svg+xml", headers={"cache-control": "max-age=3600"})
 
     async def games(request: Request) -> Response:
         return JSONResponse(
@@ -288,6 +318,7 @@ def create_app(
                         "game_id": game_id,
                         "duration_ms": settings.duration_ms,
                         "title": settings.title,
+                        "archived": settings.archived_at is not None,
                     }
                     for game_id, settings in sorted(service.games.items())
                 ]
@@ -302,6 +333,14 @@ def create_app(
             return FileResponse(path, headers={"cache-control": "no-cache"})
 
         return serve_page
+
+    async def board_page(request: Request) -> Response:
+        # A board of no game is a 404 (the list of boards, to pick the right one).
+        if request.path_params["game_id"] not in service.games:
+            return FileResponse(
+                STATIC_DIR / "games.html", status_code=404, headers={"cache-control": "no-cache"}
+            )
+        return FileResponse(STATIC_DIR / "board.html", headers={"cache-control": "no-cache"})
 
     async def favicon(request: Request) -> Response:
         return FileResponse(
@@ -347,6 +386,7 @@ def create_app(
         *admin.routes(admin_page),
         Route("/api/register", register, methods=["POST"]),
         Route("/api/login", login, methods=["POST"]),
+        Route("/api/reset-password", reset_password, methods=["POST"]),
         Route("/api/results", results, methods=["POST"]),
         Route("/api/me", delete_me, methods=["DELETE"]),
         Route("/api/me", me, methods=["GET"]),
@@ -355,9 +395,10 @@ def create_app(
         Route("/api/keys", keys, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/config", config, methods=["GET"]),
+        Route("/api/qr.svg", qr_code, methods=["GET"]),
         Route("/api/stats", stats, methods=["GET"]),
         Route("/", page("index.html"), methods=["GET"]),
-        Route("/board/{game_id}", page("board.html"), methods=["GET"]),
+        Route("/board/{game_id}", board_page, methods=["GET"]),
         Route("/board/", page("games.html"), methods=["GET"]),
         Route("/board", page("games.html"), methods=["GET"]),
         Route("/favicon.ico", favicon, methods=["GET"]),

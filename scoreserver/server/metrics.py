@@ -87,4 +87,20 @@ class Metrics:
         (gauge.labels(*labels) if labels else gauge).set_function(read)
 
     def asgi(self) -> Any:
-        return make_asgi_app(self.registry)
+        """The /metrics app, answering the ASGI lifespan protocol itself (prometheus_client's
+        app does not, and hypercorn logged a "Lifespan error" at every start)."""
+        inner = make_asgi_app(self.registry)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "lifespan":
+                await inner(scope, receive, send)
+                return
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+        return app

@@ -9,7 +9,10 @@ there is no decision without its record, and no record of a decision that did no
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import re
+import secrets
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -138,9 +141,47 @@ async def set_score_hidden(
     return await store.decide_hidden(session_id, hidden, actor=str(actor), note=note, now=_now())
 
 
+# A game id goes into URLs (/board/GAME_ID, /?game=GAME_ID) and file names of exports.
+GAME_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+RESET_CODE_TTL_MS = 24 * 3_600_000
+# A reset code is read aloud or copied from a screen: no 0/O, 1/I/L.
+RESET_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+RESET_CODE_LENGTH = 12  # about 59 bits; guesses are charged like logins'
+
+
+def reset_code_hash(code: str) -> bytes:
+    """The stored form of a reset code, as a player may type it (any case, with or without
+    dashes and spaces)."""
+    canonical = "".join(c for c in code.upper() if c not in "- ")
+    return hashlib.sha256(canonical.encode("utf-8")).digest()
+
+
+async def issue_reset_code(store: Store, name: str, *, actor: Actor) -> str:
+    """A one-time code with which `name` sets a new password on the demo page (or POST
+    /api/reset-password), good for 24 hours; the last one issued is the only one that works."""
+    raw = "".join(secrets.choice(RESET_ALPHABET) for _ in range(RESET_CODE_LENGTH))
+    code = "-".join(raw[i : i + 4] for i in range(0, RESET_CODE_LENGTH, 4))
+    now = _now()
+    await store.decide_reset_code(
+        name, reset_code_hash(code), now + RESET_CODE_TTL_MS, actor=str(actor), now=now
+    )
+    return code
+
+
+async def archive_game(store: Store, game_id: str, archived: bool, *, actor: Actor) -> None:
+    await store.decide_archive_game(game_id, archived, actor=str(actor), now=_now())
+
+
+async def remove_game(store: Store, game_id: str, *, actor: Actor) -> None:
+    await store.decide_remove_game(game_id, actor=str(actor), now=_now())
+
+
 async def add_game(store: Store, game_id: str, settings: GameSettings, *, actor: Actor) -> None:
-    if not 1 <= len(game_id.encode()) <= 64 or not game_id.isprintable():
-        raise ValueError("a game id is 1 to 64 bytes of printable text")
+    if GAME_ID.fullmatch(game_id) is None:
+        raise ValueError(
+            "a game id is 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or"
+            " digit (it goes into URLs: /board/GAME_ID)"
+        )
     await store.decide_new_game(
         game_id,
         settings,

@@ -42,11 +42,13 @@ from scoreserver.server.accounts import (
 )
 from scoreserver.server.clock import ServerClock
 from scoreserver.server.metrics import Metrics
+from scoreserver.server.moderation import reset_code_hash
 from scoreserver.server.nodes import load_keys
 from scoreserver.server.sessions import LiveSession, Peer
 from scoreserver.server.signer import InlineSigner, Signer
 from scoreserver.server.submissions import ResultOutcome, ScoreListener, SubmissionDesk
-from scoreserver.store import NodeInfo, Store, User
+from scoreserver.server.webhooks import Webhooks
+from scoreserver.store import FOREVER, NodeInfo, Store, User
 from scoreserver.wire.tokens import Claims, KeyRing, Purpose
 
 logger = logging.getLogger(__name__)
@@ -88,6 +90,8 @@ class Service:
     # checked and saved by this process. The state is never stored: a crash leaves them ENDED.
     submitting: set[str] = field(default_factory=set)
     submissions: SubmissionDesk = field(init=False)
+    # Notifications for organisers (--webhook), if any.
+    webhooks: Webhooks | None = None
 
     def __post_init__(self) -> None:
         self.submissions = SubmissionDesk(self)
@@ -143,7 +147,7 @@ class Service:
         account before (`device`, from `device_token`) to that device's own, so strangers
         spending the account's budget do not lock its owner out (OWASP's device cookies)."""
         if not isinstance(name, str) or not isinstance(password, str):
-            raise AuthError("name and password must be strings")
+            raise AuthError("name and password must be strings", "wrong_password")
         try:
             name = normalize_name(name)
         except ValueError:
@@ -155,7 +159,7 @@ class Service:
             budgets = self._stranger_budgets(name, address)
         charged = await charge_shared(self.store, budgets, trio.current_time(), self.clock.now_ms())
         if len(password) > PASSWORD_MAX:
-            raise AuthError("wrong name or password")
+            raise AuthError("wrong name or password", "wrong_password")
         user = await self.store.user_by_name(name)
         if known is not None and (user is None or user.id != known.user_id):
             # Another account's device: here it is a stranger, charged as one (the device's
@@ -172,11 +176,37 @@ class Service:
             encoded = await self._cpu(dummy_hash, self.password_policy)
         ok = await self._cpu(self.password_policy.verify, password, encoded)
         if user is None or not ok:
-            raise AuthError("wrong name or password")
+            raise AuthError("wrong name or password", "wrong_password")
         await charged.refund(0)  # the account's failure budget; the address's stays charged
         now = self.clock.now_ms()
         if user.banned(now):
-            raise AuthError("this account is banned")
+            raise AuthError("this account is banned", "banned", _ban_end(user))
+        return await self._issue_login_token(user.id, now), user
+
+    async def reset_password(
+        self, name: object, code: object, password: object, address: str | None
+    ) -> tuple[str, User]:
+        """A new password set with a one-time reset code an organiser issued
+        (moderation.issue_reset_code); a login token for it. A wrong code is charged like a
+        wrong password, to the account's and the address's budgets."""
+        if not isinstance(code, str) or len(code) > 64:
+            raise AuthError("wrong or expired reset code", "bad_reset_code")
+        name, password = validate_credentials(name, password)  # ValueError: 400
+        charged = await charge_shared(
+            self.store,
+            self._stranger_budgets(name, address),
+            trio.current_time(),
+            self.clock.now_ms(),
+        )
+        encoded = await self._cpu(self.password_policy.hash, password)
+        now = self.clock.now_ms()
+        user = await self.store.use_reset_code(name, reset_code_hash(code), encoded, now)
+        if user is None:
+            raise AuthError("wrong or expired reset code", "bad_reset_code")
+        await charged.refund(0)
+        logger.info("user %d set a new password with a reset code", user.id)
+        if user.banned(now):
+            raise AuthError("this account is banned", "banned", _ban_end(user))
         return await self._issue_login_token(user.id, now), user
 
     def _stranger_budgets(self, name: str, address: str | None) -> list[tuple[Budget, str]]:
@@ -211,13 +241,13 @@ class Service:
         data goes, results stay under a name that is no one's. Audited. Returns the user id."""
         user = await self.identify(token)
         if not isinstance(password, str) or len(password) > PASSWORD_MAX:
-            raise AuthError("wrong password")
+            raise AuthError("wrong password", "wrong_password")
         budgets = [(self.limits.account_failures, user.name.casefold())]
         if address is not None:
             budgets.append((self.limits.address_attempts, address))
         charged = await charge_shared(self.store, budgets, trio.current_time(), self.clock.now_ms())
         if not await self._cpu(self.password_policy.verify, password, user.password_hash):
-            raise AuthError("wrong password")
+            raise AuthError("wrong password", "wrong_password")
         await charged.refund(0)
         await self.store.erase_own_account(user.id, self.clock.now_ms())
         logger.info("user %d erased their account", user.id)
@@ -243,7 +273,7 @@ class Service:
         if user is None:
             raise AuthError("unknown or expired login token")
         if user.banned(now):
-            raise AuthError("this account is banned")
+            raise AuthError("this account is banned", "banned", _ban_end(user))
         return user
 
     # -- flags --
@@ -285,6 +315,10 @@ class Service:
             detail=detail,
         )
         self.metrics.child(self.metrics.flags, reason).inc()
+        if self.webhooks is not None:
+            name = peer.name if peer is not None and peer.user_id == user_id else None
+            who = name or (f"user {user_id}" if user_id is not None else "a guest")
+            self.webhooks.flag(flag_id, reason, game_id, who)
         logger.warning(
             "flag %d: %s (user %s, address %s, session %s)",
             flag_id,
@@ -318,3 +352,9 @@ class Service:
         for sid in stale:
             del self.sessions[sid]
         return len(stale)
+
+
+def _ban_end(user: User) -> int | None:
+    """When a user's ban ends, for their words; None for a ban until lifted."""
+    until = user.banned_until
+    return None if until is None or until >= FOREVER else until

@@ -16,6 +16,7 @@ from typing import Protocol
 import trio
 
 from scoreserver.core.rules import (
+    GameSettings,
     PointLike,
     ResultReason,
     SessionRecord,
@@ -28,6 +29,7 @@ from scoreserver.server.accounts import AccessLimits, charge_shared
 from scoreserver.server.clock import ServerClock
 from scoreserver.server.metrics import Metrics
 from scoreserver.server.sessions import LiveSession, Peer
+from scoreserver.server.webhooks import Webhooks
 from scoreserver.store import Store
 from scoreserver.wire.tokens import KeyRing, Purpose, peek_seq
 
@@ -70,6 +72,10 @@ class SubmissionHost(Protocol):
     def submitting(self) -> set[str]: ...
     @property
     def rooms(self) -> ScoreListener | None: ...
+    @property
+    def webhooks(self) -> Webhooks | None: ...
+    @property
+    def games(self) -> dict[str, GameSettings]: ...
 
     async def flag(
         self,
@@ -173,6 +179,8 @@ class SubmissionDesk:
             self.host.rooms.score_saved(record.game_id)
         if kept.flag_id is not None:
             self.host.metrics.child(self.host.metrics.flags, "outlier_score").inc()
+        if self.host.webhooks is not None and kept.saved:
+            await self._tell(record, session_id, verdict.score, kept.flag_id, now)
         return ResultOutcome(
             True,
             score=verdict.score,
@@ -180,6 +188,22 @@ class SubmissionDesk:
             held=kept.held,
             held_reason=kept.held_reason,
         )
+
+    async def _tell(
+        self, record: SessionRecord, session_id: str, score: int, flag_id: int | None, now: int
+    ) -> None:
+        """Tell organisers (--webhook) of a flag this result raised, or of a new first place:
+        the board's first entry is now this session's."""
+        webhooks = self.host.webhooks
+        assert webhooks is not None
+        if flag_id is not None:
+            webhooks.flag(flag_id, "outlier_score", record.game_id, f"user {record.user_id}")
+            return
+        top = await self.host.store.leaderboard(record.game_id, now, limit=1, with_sessions=True)
+        if top and top[0].get("session_id") == session_id:
+            settings = self.host.games.get(record.game_id)
+            title = (settings.title if settings else None) or record.game_id
+            webhooks.first_place(record.game_id, title, str(top[0]["name"]), score)
 
     async def _record(self, session_id: str) -> SessionRecord | None:
         live = self.host.sessions.get(session_id)

@@ -14,15 +14,20 @@ MAX_BODY_BYTES = 256 * 1024
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, code: HttpCode, message: str):
+    def __init__(
+        self, status: int, code: HttpCode, message: str, extra: dict[str, object] | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.extra = extra  # more fields of the error's JSON (`auth_failed`'s `reason`)
 
 
-def error_response(status: int, code: HttpCode, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
+def error_response(
+    status: int, code: HttpCode, message: str, extra: dict[str, object] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **(extra or {})}, status_code=status)
 
 
 async def read_json(request: Request, kind: type[Any], limit: int = MAX_BODY_BYTES) -> Any:

@@ -20,7 +20,7 @@ import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
-from scoreserver.core.rules import RejectReason
+from scoreserver.core.rules import GameSettings, RejectReason
 from scoreserver.errors import AuthError, ConflictError, ProtocolError, RateLimitedError, TokenError
 from scoreserver.server.rooms import Room, Rooms
 from scoreserver.server.service import Service
@@ -320,7 +320,14 @@ class GameSocket:
     async def _reply_error(self, conn: Connection, exc: ProtocolError) -> None:
         await conn.send(
             wire.encode(
-                wire.Error(id=exc.request_id, code=exc.code, message=exc.message, url=exc.url)
+                wire.Error(
+                    id=exc.request_id,
+                    code=exc.code,
+                    message=exc.message,
+                    url=exc.url,
+                    reason=exc.details.get("reason"),  # type: ignore[arg-type]
+                    banned_until=exc.details.get("banned_until"),  # type: ignore[arg-type]
+                )
             )
         )
 
@@ -359,7 +366,9 @@ class GameSocket:
         try:
             user = await self.service.identify(message.token)
         except AuthError as exc:
-            raise ProtocolError(wire.AUTH_FAILED, str(exc), message.id) from None
+            raise ProtocolError(
+                wire.AUTH_FAILED, str(exc), message.id, details=exc.details()
+            ) from None
         if user.id != conn.peer.user_id:
             self._leave_room(conn)  # a room is entered as an identity
         conn.peer.user_id = user.id
@@ -367,9 +376,7 @@ class GameSocket:
         await self._identity(conn, message.id)
 
     async def _enter_room(self, conn: Connection, message: wire.EnterGameRoom) -> None:
-        settings = self.service.games.get(message.game_id)
-        if settings is None:
-            raise ProtocolError(wire.UNKNOWN_GAME, f"no game {message.game_id!r}", message.id)
+        settings = self._playable(message.game_id, message.id)
         if message.user_id != conn.peer.user_id:
             await self.service.flag(
                 "identity_mismatch",
@@ -403,6 +410,20 @@ class GameSocket:
             )
         )
 
+    def _playable(self, game_id: str, request_id: str | int | None) -> GameSettings:
+        """The settings of a game that can be played now: not removed, not archived."""
+        settings = self.service.games.get(game_id)
+        if settings is None:
+            raise ProtocolError(wire.UNKNOWN_GAME, f"no game {game_id!r}", request_id)
+        if settings.archived_at is not None:
+            raise ProtocolError(
+                wire.UNKNOWN_GAME,
+                f"game {game_id!r} is archived: its board is kept, no new games",
+                request_id,
+                details={"reason": "archived"},
+            )
+        return settings
+
     def _leave_room(self, conn: Connection) -> None:
         if conn.room is not None:
             conn.room.members.discard(conn)
@@ -420,7 +441,7 @@ class GameSocket:
             raise ProtocolError(
                 wire.SESSION_ACTIVE, "a game is already running on this connection", message.id
             )
-        settings = self.service.games[room.game_id]
+        settings = self._playable(room.game_id, message.id)
         try:
             conn.session = await self.rooms.start_session(
                 room, dataclasses.replace(conn.peer), conn, settings, message.client_ts, message.id

@@ -10,7 +10,8 @@
 // The server is the authority on time: a game ends when `end_game` arrives, not when a page
 // timer says so. Events (ScoreClient is an EventTarget; event.detail carries the data):
 //   identity, room, start, point, reject, end, result, leaderboard, disconnect, reconnect,
-//   moved (a resume sent to another server: `session_elsewhere`, followed), error. Every code a player may see (a rejected point's reason, a game's end, a refused
+//   moved (a resume sent to another server: `session_elsewhere`, followed), logged_out (a kept
+//   login no longer holds: expired, or the account banned; detail.words says which), error. Every code a player may see (a rejected point's reason, a game's end, a refused
 //   result, an error) has plain words: `explain(code)`, also `detail.words` on reject, end and
 //   result events and `error.words` on a ScoreError. A lost socket is always reported ("disconnect"); mid-game the client reconnects and
 //   resumes by itself, and submits over HTTP if the socket cannot be had.
@@ -59,7 +60,14 @@ const WORDS = {
   bad_message: "The server could not understand a message from this page.",
   unknown_type: "The server did not understand a request from this page.",
   auth_failed: "Your login has expired or is no longer valid: please log in again.",
+  // auth_failed, by its `reason`
+  "auth_failed.wrong_password": "Wrong name or password.",
+  "auth_failed.expired": "Your login has expired or is no longer valid: please log in again.",
+  "auth_failed.banned": "This account is banned until a reviewer lifts the ban.",
+  "auth_failed.banned_until": "This account is banned until {until}.",
+  "auth_failed.bad_reset_code": "That reset code is wrong or has expired: ask the organiser for a new one.",
   unknown_game: "There is no such game on this server.",
+  "unknown_game.archived": "This game is over: its board is kept, but it cannot be played any more.",
   identity_mismatch: "This page is not logged in as that player.",
   not_in_room: "Join the game before starting it.",
   session_active: "A game is already running for you (perhaps in another tab).",
@@ -72,20 +80,30 @@ const WORDS = {
   timeout: "The server did not answer in time.",
 };
 
-/** A code of the protocol in plain words (the code itself if it is new to this client). */
-export function explain(code) {
-  return WORDS[code] || String(code).replaceAll("_", " ");
+/** A code of the protocol in plain words (the code itself if it is new to this client).
+ * `detail` is the rest of an error reply: `auth_failed` says why in `reason` (wrong_password,
+ * expired, banned) and until when a ban lasts in `banned_until`. */
+export function explain(code, detail = {}) {
+  const reason = detail && detail.reason;
+  if (reason === "banned" && typeof detail.banned_until === "number") {
+    const until = new Date(detail.banned_until).toLocaleString();
+    return WORDS[`${code}.banned_until`].replace("{until}", until);
+  }
+  return WORDS[`${code}.${reason}`] || WORDS[code] || String(code).replaceAll("_", " ");
 }
 
 export class ScoreError extends Error {
-  constructor(code, message, url) {
+  constructor(code, message, url, detail = {}) {
     super(message || code);
     this.name = "ScoreError";
     this.code = code;
     /** `session_elsewhere`: the game socket of the server that has the game. */
     this.url = url;
+    /** `auth_failed`: why (wrong_password, expired, banned), and a ban's end (epoch ms). */
+    this.reason = detail.reason || null;
+    this.bannedUntil = typeof detail.banned_until === "number" ? detail.banned_until : null;
     /** The code in plain words, for players (`message` is the server's own, for developers). */
-    this.words = explain(code);
+    this.words = explain(code, detail);
   }
 }
 
@@ -149,7 +167,7 @@ export class ScoreClient extends EventTarget {
     } catch {
       throw new ScoreError("bad_response", `HTTP ${response.status} without JSON`);
     }
-    if (!response.ok) throw new ScoreError(data.error || `http_${response.status}`, data.message);
+    if (!response.ok) throw new ScoreError(data.error || `http_${response.status}`, data.message, undefined, data);
     return data;
   }
 
@@ -182,7 +200,11 @@ export class ScoreClient extends EventTarget {
       body: JSON.stringify({ password }),
     });
     const data = await response.json();
-    if (!response.ok) throw new ScoreError(data.error, data.message);
+    if (!response.ok) {
+      const error = new ScoreError(data.error, data.message, undefined, data);
+      if (error.reason === "wrong_password") error.words = "Wrong password: the account was not deleted.";
+      throw error;
+    }
     if (this.storage && this.identity.name) this.storage.removeItem(deviceKey(this.identity.name));
     await this.logout();
     return data;
@@ -197,6 +219,12 @@ export class ScoreClient extends EventTarget {
     const data = await response.json();
     if (!response.ok) throw new ScoreError(data.error, data.message);
     return data.results.map((r) => ({ ...r, words: r.held_reason ? explain(r.held_reason) : null }));
+  }
+
+  /** Set a new password with the one-time reset code an organiser gave the player
+   * (`scoreserver users reset-password NAME`, or /admin); logs in with it. */
+  async resetPassword(name, code, password) {
+    return this._useLogin(await this._post("/api/reset-password", { name, code, password }));
   }
 
   /** Forget the login; the connection continues as a guest. */
@@ -249,7 +277,8 @@ export class ScoreClient extends EventTarget {
         await this._auth(token);
       } catch (error) {
         if (error.code !== "auth_failed") throw error;
-        this.storage.removeItem(TOKEN_KEY); // expired or banned: play as a guest
+        this.storage.removeItem(TOKEN_KEY); // expired or banned: play as a guest, and say why
+        this._emit("logged_out", { reason: error.reason, banned_until: error.bannedUntil, words: error.words });
       }
     }
   }
@@ -301,7 +330,7 @@ export class ScoreClient extends EventTarget {
       this._pending.delete(message.id);
       clearTimeout(waiting.timer);
       if (message.type === "error") {
-        waiting.reject(new ScoreError(message.code, message.message, message.url));
+        waiting.reject(new ScoreError(message.code, message.message, message.url, message));
       }
       else waiting.resolve(message);
       return;

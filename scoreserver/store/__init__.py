@@ -189,8 +189,19 @@ class Store(Transport):
     async def user_by_login_token(self, token_hash: bytes, now: int) -> User | None:
         return await self._read(ops.user_by_login_token, token_hash, now)
 
-    async def users(self, *, limit: int = -1, offset: int = 0) -> list[UserSummary]:
-        return await self._read(ops.list_users, limit=limit, offset=offset)
+    async def users(
+        self, *, limit: int = -1, offset: int = 0, search: str | None = None
+    ) -> list[UserSummary]:
+        return await self._read(ops.list_users, limit=limit, offset=offset, search=search)
+
+    async def player_page(self, user_id: int, now: int) -> dict[str, Any]:
+        return await self._read(ops.player_page, user_id, now)
+
+    async def games_in_use(self) -> dict[str, dict[str, Any]]:
+        return await self._read(ops.games_in_use)
+
+    async def review_summary(self) -> dict[str, Any]:
+        return await self._read(ops.review_summary)
 
     async def erase_own_account(self, user_id: int, now: int) -> None:
         await self._write(ops.erase_own_account, user_id, now)
@@ -391,6 +402,26 @@ class Store(Transport):
             audit_note=audit_note,
             now=now,
         )
+
+    async def decide_archive_game(
+        self, game_id: str, archived: bool, *, actor: str, now: int
+    ) -> GameSettings:
+        return await self._write(ops.decide_archive_game, game_id, archived, actor=actor, now=now)
+
+    async def decide_remove_game(self, game_id: str, *, actor: str, now: int) -> None:
+        await self._write(ops.decide_remove_game, game_id, actor=actor, now=now)
+
+    async def decide_reset_code(
+        self, name: str, code_hash: bytes, expires_at: int, *, actor: str, now: int
+    ) -> int:
+        return await self._write(
+            ops.decide_reset_code, name, code_hash, expires_at, actor=actor, now=now
+        )
+
+    async def use_reset_code(
+        self, name: str, code_hash: bytes, password_hash: str, now: int
+    ) -> User | None:
+        return await self._write(ops.use_reset_code, name, code_hash, password_hash, now)
 
     async def record_command(
         self, actor: str, command: str, target: str | None, note: str | None, now: int

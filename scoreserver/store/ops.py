@@ -103,16 +103,89 @@ def user_by_login_token(conn: Connection, token_hash: bytes, now: int) -> User |
     )
 
 
-def list_users(conn: Connection, *, limit: int = -1, offset: int = 0) -> list[UserSummary]:
+def list_users(
+    conn: Connection, *, limit: int = -1, offset: int = 0, search: str | None = None
+) -> list[UserSummary]:
+    """Accounts by id; `search` keeps those whose name holds it (any case) or whose id it is."""
+    where, params = "", list[object]()
+    if search:
+        pattern = "%" + search.casefold().replace("!", "!!").replace("%", "!%").replace("_", "!_")
+        where = " WHERE lower(u.name) LIKE ? ESCAPE '!'"
+        params.append(pattern + "%")
+        if search.isdigit() and int(search) < 2**63:
+            where += " OR u.id = ?"
+            params.append(int(search))
     rows = conn.execute(
         "SELECT u.id, u.name, u.created_at, u.banned_until, u.ban_note,"
         " (SELECT COUNT(*) FROM flags f WHERE f.user_id = u.id AND f.status = 'open')"
         "   AS open_flags,"
         " (SELECT COUNT(*) FROM scores s WHERE s.user_id = u.id) AS scores"
-        " FROM users u ORDER BY u.id LIMIT ? OFFSET ?",
-        (no_limit(limit), offset),
+        f" FROM users u{where} ORDER BY u.id LIMIT ? OFFSET ?",
+        (*params, no_limit(limit), offset),
     ).fetchall()
     return [cast(UserSummary, dict(row)) for row in rows]
+
+
+def player_page(conn: Connection, user_id: int, now: int) -> dict[str, Any]:
+    """Everything a reviewer looks at for one account: who, its ban, its results (each with
+    why it is off the boards, if it is), its recent sessions, its flags."""
+    row = conn.execute(
+        "SELECT id, name, created_at, banned_until, ban_note, deleted_at,"
+        " reset_expires_at FROM users WHERE id = ?",
+        (user_id,),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no user {user_id}")
+    user = dict(row)
+    if user.pop("reset_expires_at") is not None:
+        user["reset_code_open"] = True
+    sessions = [
+        dict(r)
+        for r in conn.execute(
+            "SELECT id, game_id, started_at, ended_at, end_reason, state FROM game_sessions"
+            " WHERE user_id = ? ORDER BY started_at DESC LIMIT 50",
+            (user_id,),
+        )
+    ]
+    flags = [
+        _flag_dict(r)
+        for r in conn.execute(
+            "SELECT f.*, u.name AS user_name FROM flags f LEFT JOIN users u ON u.id = f.user_id"
+            " WHERE f.user_id = ? ORDER BY f.id DESC LIMIT 100",
+            (user_id,),
+        )
+    ]
+    return {
+        "user": user,
+        "results": my_results(conn, user_id, now, limit=100),
+        "sessions": sessions,
+        "flags": flags,
+    }
+
+
+def games_in_use(conn: Connection) -> dict[str, dict[str, Any]]:
+    """Per game: how many sessions were played, results kept, and when it was last played."""
+    return {
+        row["game_id"]: dict(row)
+        for row in conn.execute(
+            "SELECT g.id AS game_id,"
+            " (SELECT COUNT(*) FROM game_sessions s WHERE s.game_id = g.id) AS sessions,"
+            " (SELECT COUNT(*) FROM scores r WHERE r.game_id = g.id) AS results,"
+            " (SELECT MAX(started_at) FROM game_sessions s WHERE s.game_id = g.id)"
+            "   AS last_played_at"
+            " FROM games g ORDER BY g.id"
+        )
+    }
+
+
+def review_summary(conn: Connection) -> dict[str, Any]:
+    """What changes the review console: open flags, the newest flag and audit row."""
+    row = conn.execute(
+        "SELECT (SELECT COUNT(*) FROM flags WHERE status = 'open') AS open_flags,"
+        " (SELECT MAX(id) FROM flags) AS last_flag_id,"
+        " (SELECT MAX(id) FROM audit) AS last_audit_id"
+    ).fetchone()
+    return {key: row[key] or 0 for key in ("open_flags", "last_flag_id", "last_audit_id")}
 
 
 def set_ban(conn: Connection, name: str, banned_until: int | None, note: str | None) -> int:
@@ -1246,6 +1319,68 @@ def decide_game_changes(
     settings = update_game(conn, game_id, changes, now)
     insert_audit(conn, actor, "games set", game_id, audit_note, now)
     return settings
+
+
+def decide_archive_game(
+    conn: Connection, game_id: str, archived: bool, *, actor: str, now: int
+) -> GameSettings:
+    """Archive a game (no new sessions; its board stays) or make it playable again."""
+    settings = update_game(conn, game_id, {"archived_at": now if archived else None}, now)
+    command = "games archive" if archived else "games unarchive"
+    insert_audit(conn, actor, command, game_id, None, now)
+    return settings
+
+
+def decide_remove_game(conn: Connection, game_id: str, *, actor: str, now: int) -> None:
+    """Delete a game nobody has played (a typo, a test); one with sessions is archived instead."""
+    if get_game(conn, game_id) is None:
+        raise NotFoundError(f"no game {game_id!r}")
+    played = conn.execute(
+        "SELECT count(*) FROM game_sessions WHERE game_id = ?", (game_id,)
+    ).fetchone()[0]
+    if played:
+        raise ConflictError(
+            f"game {game_id!r} has {played} sessions: archive it instead (its board is kept)"
+        )
+    conn.execute("DELETE FROM games WHERE id = ?", (game_id,))
+    notify(conn, "settings")
+    insert_audit(conn, actor, "games remove", game_id, None, now)
+
+
+def decide_reset_code(
+    conn: Connection, name: str, code_hash: bytes, expires_at: int, *, actor: str, now: int
+) -> int:
+    """Give an account a one-time password reset code (its hash; a new one replaces the
+    last). Returns the user's id."""
+    user = user_by_name(conn, name)
+    if user is None:
+        raise NotFoundError(f"no user named {name!r}")
+    conn.execute(
+        "UPDATE users SET reset_hash = ?, reset_expires_at = ? WHERE id = ?",
+        (code_hash, expires_at, user.id),
+    )
+    insert_audit(conn, actor, "users reset-password", name, "a one-time reset code issued", now)
+    return user.id
+
+
+def use_reset_code(
+    conn: Connection, name: str, code_hash: bytes, password_hash: str, now: int
+) -> User | None:
+    """Set a new password with a reset code: the code is spent, and every login token of the
+    account ends. None if the name, the code or its time does not hold."""
+    user = user_by_name(conn, name)
+    if user is None:
+        return None
+    changed = conn.execute(
+        "UPDATE users SET password_hash = ?, reset_hash = NULL, reset_expires_at = NULL"
+        " WHERE id = ? AND reset_hash = ? AND reset_expires_at > ?",
+        (password_hash, user.id, code_hash, now),
+    ).rowcount
+    if changed != 1:
+        return None
+    conn.execute("DELETE FROM login_tokens WHERE user_id = ?", (user.id,))
+    insert_audit(conn, "the player", "users reset-password", name, "password set with a code", now)
+    return user
 
 
 def record_command(

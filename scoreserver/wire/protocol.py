@@ -238,6 +238,9 @@ class Error(ServerMessage, tag="error", frozen=True):
     code: str
     message: str
     url: str | None = None  # session_elsewhere: where to connect and resume
+    # auth_failed: why (wrong_password, expired, banned), and until when a ban lasts
+    reason: str | None = None
+    banned_until: int | None = None
 
 
 _encoder = msgspec.json.Encoder()
