@@ -1052,14 +1052,24 @@ async def cmd_audit(args: argparse.Namespace, store: Store) -> int:
                 fmt_short(a["at"]),
                 a["actor"],
                 a["command"],
-                a["target"] or "-",
+                _short_target(a["target"]),
                 _note_words(a["note"]),
             ]
             for a in await store.audit()
         ],
         fold=("who", "target", "note"),
+        optional=("who",),
     )
     return 0
+
+
+def _short_target(target: str | None) -> str:
+    """A session id as its first 12 digits (every command takes a prefix); others as they are."""
+    if target is None:
+        return "-"
+    if len(target) == 32 and all(c in "0123456789abcdef" for c in target):
+        return target[:12]
+    return target
 
 
 def _note_words(note: str | None) -> str:
@@ -1166,7 +1176,8 @@ def _table(
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="")
     for header in shown:
         if header in fold:
-            table.add_column(header, overflow="fold", min_width=cell_len(header))
+            squeezed = min(natural[header], max(cell_len(header), FOLD_MIN))
+            table.add_column(header, overflow="fold", min_width=squeezed)
         else:
             table.add_column(header, no_wrap=True, min_width=natural[header])
     keep = [headers.index(h) for h in shown]

@@ -348,7 +348,7 @@ class AdminConsole:
         changes = body.changes()
         if body.game_id is None or "duration_ms" not in changes:
             raise ValueError("game_id and duration_ms are required")
-        settings = GameSettings(**changes)  # type: ignore[arg-type]
+        settings = GameSettings(**changes)
         await moderation.add_game(self.store, body.game_id, settings, actor=self.actor(request))
         return {"game_id": body.game_id, **asdict(settings)}
 

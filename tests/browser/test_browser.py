@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -170,7 +171,7 @@ def test_a_player_registers_plays_and_the_board_updates_live(
     )
     shot(page, "demo-saved")
     # The board, another browser page, shows the score arrive without a reload.
-    row = board.locator("tr", has_text="Rosa")
+    row = board.locator("#rows-all tr", has_text="Rosa")
     sync_api.expect(row).to_contain_text("7", timeout=10_000)
     shot(board, "board-live")
     board_context.close()
@@ -262,6 +263,26 @@ def set_admin_password(server_url: str) -> None:
     )
 
 
+def answer_dialogs(page: object, answers: list[str | bool]) -> list[str | bool]:
+    """Answer the page's next dialogs in turn: a string is typed into a prompt and accepted,
+    True accepts (an alert, a confirm), False dismisses. The list empties as they are used."""
+
+    def answer(dialog: Any) -> None:
+        if not answers:
+            dialog.dismiss()
+            return
+        reply = answers.pop(0)
+        if reply is False:
+            dialog.dismiss()
+        elif reply is True:
+            dialog.accept()
+        else:
+            dialog.accept(reply)
+
+    page.on("dialog", answer)  # type: ignore[attr-defined]
+    return answers
+
+
 def admin_login(page: object, server_url: str) -> None:
     set_admin_password(server_url)
     page.goto(f"{server_url}/admin")  # type: ignore[attr-defined]
@@ -282,11 +303,14 @@ def test_the_review_console_bans_by_id_and_logs_out_on_the_server(
     page.goto(f"{server_url}/admin")  # type: ignore[attr-defined]
     page.fill("#password", "a long admin secret")  # type: ignore[attr-defined]
     page.click("#login-form button")  # type: ignore[attr-defined]
+    page.click("#tab-button-players")  # type: ignore[attr-defined]
     row = page.locator("#users tr", has_text="../dot")  # type: ignore[attr-defined]
     row.wait_for()
-    page.once("dialog", lambda dialog: dialog.accept("alt account"))  # type: ignore[attr-defined]
+    # A note, a length (empty: until lifted), and, for a ban without end, a confirmation.
+    answers = answer_dialogs(page, ["alt account", "", True])
     row.locator("button", has_text="Ban").click()
     page.locator("#users tr", has_text="../dot").locator("button", has_text="Unban").wait_for()  # type: ignore[attr-defined]
+    assert answers == [], answers  # every question was asked
     token = page.evaluate("sessionStorage.getItem('scoreserver.admin')")  # type: ignore[attr-defined]
     auth = {"authorization": f"Bearer {token}"}
     users = httpx.get(f"{server_url}/api/admin/users", headers=auth).json()["users"]
@@ -333,9 +357,10 @@ def test_the_review_console_draws_a_flagged_sessions_evidence(
         scroll_width, client_width, rightmost = overflow
         assert rightmost <= client_width, (name, overflow)
         assert scroll_width <= client_width, (name, overflow)
-        assert LONG_NAME in page.locator("#users").inner_text()
         page.locator("#charts").screenshot(path=str(ARTIFACTS / f"evidence-{name}.png"))
         shot(page, f"admin-evidence-{name}")
+        page.click("#tab-button-players")
+        sync_api.expect(page.locator("#users")).to_contain_text(LONG_NAME)
         context.close()
         assert errors == [], errors
     assert user_id > 0
@@ -373,6 +398,7 @@ def test_cancel_on_the_consoles_prompts_changes_nothing(server_url: str, page: o
         f"{server_url}/api/register", json={"name": "dora", "password": "hunter2hunter2"}
     ).json()
     admin_login(page, server_url)
+    page.click("#tab-button-players")  # type: ignore[attr-defined]
     row = page.locator("#users tr", has_text="dora")  # type: ignore[attr-defined]
     row.wait_for()
     audit_before = cli(server_url, "audit").stdout
@@ -472,6 +498,7 @@ def test_the_console_shows_session_ids_and_hides_and_restores_a_score(
 
     assert on_board()
     admin_login(page, server_url)
+    page.click("#tab-button-scores")  # type: ignore[attr-defined]
     row = page.locator("#scores tr", has_text="Hana")  # type: ignore[attr-defined]
     row.wait_for()
     results = cli(server_url, "export", "demo", "--results").stdout
