@@ -20,6 +20,7 @@ import secrets
 import shlex
 import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
@@ -976,7 +977,7 @@ async def cmd_flags(args: argparse.Namespace, store: Store) -> int:
         if args.json:
             print(json.dumps(flag, indent=2))
         else:
-            print(render_flag(flag))
+            print(_fit(render_flag(flag)))
     elif args.action == "resolve":
         await moderation.resolve_flag(
             store, args.flag_id, ban=args.ban, days=args.days, note=args.note, actor=CLI_ACTOR()
@@ -1192,6 +1193,27 @@ def _table(
             " or see the JSON or `show`)",
             file=sys.stderr,
         )
+
+
+def _fit(report: str) -> str:
+    """A report's long lines wrapped at the terminal's width, under their own indent."""
+    width = shutil.get_terminal_size((120, 24)).columns
+    out = []
+    for line in report.splitlines():
+        if cell_len(line) <= width:
+            out.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip()))
+        out.extend(
+            textwrap.wrap(
+                line,
+                width,
+                subsequent_indent=indent + "    ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        )
+    return "\n".join(out)
 
 
 def fmt_short(ms: int | None) -> str:

@@ -45,6 +45,8 @@ class Webhooks:
     delivered: int = 0
     dropped: int = 0
     _wake: trio.Event = field(default_factory=trio.Event)
+    # Set (and replaced) whenever a notification is delivered or given up: for whoever waits.
+    progress: trio.Event = field(default_factory=trio.Event)
     # Flags already told of: a repeat of an open flag's cause keeps its id (ops.insert_flag).
     _told: dict[int, None] = field(default_factory=dict)
 
@@ -105,6 +107,7 @@ class Webhooks:
             if 200 <= response.status_code < 300:
                 self.pending.remove(item)
                 self.delivered += 1
+                self._progressed()
                 return
             problem = f"HTTP {response.status_code}"
             retry_after = _seconds(response.headers.get("retry-after"))
@@ -112,6 +115,7 @@ class Webhooks:
             problem = type(exc).__name__
         if item.attempts >= MAX_ATTEMPTS:
             self.pending.remove(item)
+            self._progressed()
             logger.warning(
                 "webhook: a %s notification given up after %d attempts (%s)",
                 item.body["event"],
@@ -124,6 +128,10 @@ class Webhooks:
             delay = min(MAX_DELAY_S * 5, max(delay, retry_after))
         item.due = trio.current_time() + delay
         logger.info("webhook: %s; trying again in %.1f s", problem, delay)
+
+    def _progressed(self) -> None:
+        self.progress.set()
+        self.progress = trio.Event()
 
 
 def _seconds(value: str | None) -> float | None:
