@@ -7,6 +7,7 @@ Every error is JSON: `{"error": CODE, "message": TEXT}`.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -307,8 +308,13 @@ def create_app(
             return error_response(
                 400, HttpCode.BAD_REQUEST, f"`text` is 1 to {QR_TEXT_MAX} characters"
             )
-        svg = segno.make(text, error="m").svg_inline(scale=8, border=2, dark="#0b1020")
-        return Response(svg, media_type="image/svg+xml", headers={"cache-control": "max-age=3600"})
+        out = io.BytesIO()  # a standalone SVG (its namespace declared): an <img> shows it
+        segno.make(text, error="m").save(
+            out, kind="svg", scale=8, border=2, dark="#0b1020", xmldecl=False, svgns=True
+        )
+        return Response(
+            out.getvalue(), media_type="image/svg+xml", headers={"cache-control": "max-age=3600"}
+        )
 
     async def games(request: Request) -> Response:
         return JSONResponse(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -580,3 +582,171 @@ def test_the_client_follows_session_elsewhere_to_the_worker_that_has_its_game(
     sync_api.expect(page.locator("#result")).to_have_text(  # type: ignore[attr-defined]
         "Accepted: 3 points, saved.", timeout=15_000
     )
+
+
+# --- the consoles round two (issue 26) ------------------------------------------------------
+
+# Every control and heading inside the page's width, and no two of them on top of each other.
+LAYOUT_CHECK = (Path(__file__).parent / "layout.js").read_text()
+
+SIZES = (((1280, 800), "desktop"), ((1920, 1080), "wide"), ((390, 844), "phone"))
+
+
+def laid_out(page: object, where: str, root: str = "body") -> None:
+    problems = page.evaluate(LAYOUT_CHECK, root)  # type: ignore[attr-defined]
+    assert problems == [], (where, problems)
+
+
+def test_the_console_at_three_widths_lays_out_every_tab(server_url: str, browser: object) -> None:
+    """/admin's flag list, evidence, players, a player's page, games and audit at 1280, 1920
+    and 390 px: nothing cut off, nothing on top of anything else; on a phone, picking a flag
+    brings its evidence into view."""
+    metronome_bot(server_url, "LayoutBot")
+    honest_score(server_url, "Layla", 3)
+    set_admin_password(server_url)
+    for (width, height), name in SIZES:
+        context = browser.new_context(viewport={"width": width, "height": height})  # type: ignore[attr-defined]
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error, errors=errors: errors.append(str(error)))
+        admin_login(page, server_url)
+        page.locator("#flags tr").first.wait_for()
+        laid_out(page, f"flags {name}")
+        page.locator("#flags tr", has_text="LayoutBot").first.click()
+        page.locator("#charts figure").nth(3).wait_for()
+        laid_out(page, f"evidence {name}")
+        if name == "phone":  # the evidence is where the reader is, not 2,800 px below
+            top = page.evaluate("document.getElementById('detail').getBoundingClientRect().top")
+            assert abs(top) < height, top
+        shot(page, f"admin-evidence-{name}")
+        page.click("#tab-button-players")
+        page.locator("#users tr", has_text="Layla").click()
+        sync_api.expect(page.locator("#player-name")).to_contain_text("Layla")
+        page.locator("#player-results tr").first.wait_for()
+        laid_out(page, f"player page {name}")
+        shot(page, f"admin-player-{name}")
+        page.click("#tab-button-games")
+        page.locator("#games tr", has_text="demo").wait_for()
+        laid_out(page, f"games {name}")
+        page.click("#tab-button-scores")
+        page.locator("#scores tr").first.wait_for()
+        laid_out(page, f"scores {name}")
+        page.click("#tab-button-audit")
+        page.locator("#audit tr").first.wait_for()
+        laid_out(page, f"audit {name}")
+        # The audit's note column is a column, not a sliver: at least a fifth of the table.
+        note, table = page.evaluate(
+            "[document.querySelector('#tab-audit th:last-child').getBoundingClientRect().width,"
+            " document.querySelector('#tab-audit table').getBoundingClientRect().width]"
+        )
+        assert note >= table / 5, (name, note, table)
+        context.close()
+        assert errors == [], errors
+
+
+def test_a_new_flag_appears_in_the_console_within_two_seconds(
+    server_url: str, page: object
+) -> None:
+    admin_login(page, server_url)
+    page.locator("#flags").wait_for()  # type: ignore[attr-defined]
+    page.wait_for_function("document.title.includes('scoreserver review')")  # type: ignore[attr-defined]
+    # A stranger claims to be someone else: a flag, raised while the console is open.
+    from websockets.sync.client import connect as ws_connect
+
+    port = httpx.get(f"{server_url}/api/config").json()["ws_port"]
+    with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "enter_game_room", "game_id": "demo", "user_id": 424242}))
+        assert json.loads(ws.recv(timeout=10))["code"] == "identity_mismatch"
+    raised = time.monotonic()
+    row = page.locator("#flags tr", has_text="identity_mismatch")  # type: ignore[attr-defined]
+    row.first.wait_for(timeout=4_000)
+    assert time.monotonic() - raised < 3.0  # polled every 2 s, fetched at once
+    title = page.title()  # type: ignore[attr-defined]
+    assert re.match(r"\(\d+\) scoreserver review", title), title
+
+
+def test_the_demo_forgets_the_last_player_says_why_a_login_fails_and_resets_a_password(
+    server_url: str, page: object
+) -> None:
+    honest_score(server_url, "Olga", 2)
+    page.goto(server_url + "/")  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#board-title")).to_have_text("demo")  # type: ignore[attr-defined]
+    # A wrong password is said so, in words (not "your login has expired").
+    page.fill("#name", "Olga")  # type: ignore[attr-defined]
+    page.fill("#password", "not her password")  # type: ignore[attr-defined]
+    page.click("#login")  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#account-error")).to_have_text("Wrong name or password.")  # type: ignore[attr-defined]
+    # A name too long is said so as it is typed, not cut short.
+    page.fill("#name", "x" * 38)  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#account-error")).to_contain_text(
+        "at most 32 characters (this one has 38)"
+    )  # type: ignore[attr-defined]
+    # The organiser's reset code sets a new password from the page.
+    code = re.search(
+        r"reset code for Olga: (\S+)", cli(server_url, "users", "reset-password", "Olga").stdout
+    )
+    assert code is not None
+    page.fill("#name", "Olga")  # type: ignore[attr-defined]
+    page.locator("#forgot summary").click()  # type: ignore[attr-defined]
+    page.fill("#reset-code", code[1].lower())  # type: ignore[attr-defined]
+    page.fill("#reset-password", "a brand new one")  # type: ignore[attr-defined]
+    page.click("#reset-confirm")  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#who")).to_have_text("logged in: Olga")  # type: ignore[attr-defined]
+    # Her own results and their status, and her entry in bold on the board.
+    sync_api.expect(page.locator("#my-results li").first).to_contain_text("2 points")  # type: ignore[attr-defined]
+    bold = page.locator("#board li", has_text="Olga")  # type: ignore[attr-defined]
+    sync_api.expect(bold).to_have_css("font-weight", "700")
+    for size, name in (((1280, 800), "desktop"), ((1920, 1080), "wide"), ((390, 844), "phone")):
+        page.set_viewport_size({"width": size[0], "height": size[1]})  # type: ignore[attr-defined]
+        laid_out(page, f"demo {name}")
+    page.set_viewport_size({"width": 1200, "height": 800})  # type: ignore[attr-defined]
+    # Logging out leaves nothing of hers on the page.
+    page.click("#logout")  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#who")).to_have_text("guest")  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#mine")).to_be_hidden()  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#board li", has_text="Olga")).to_have_css("font-weight", "400")  # type: ignore[attr-defined]
+    # Banned: the login says so, with the ban's end.
+    cli(server_url, "users", "ban", "Olga", "--days", "2", "--note", "test")
+    page.fill("#name", "Olga")  # type: ignore[attr-defined]
+    page.fill("#password", "a brand new one")  # type: ignore[attr-defined]
+    page.click("#login")  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#account-error")).to_contain_text("This account is banned until")  # type: ignore[attr-defined]
+    cli(server_url, "users", "unban", "Olga", "--note", "test over")
+
+
+def test_another_games_page_says_its_title_and_the_big_screen_uses_its_space(
+    server_url: str, browser: object
+) -> None:
+    honest_score(server_url, "Bigscreen", 2)
+    cli(server_url, "games", "add", "sprint", "--duration", "5", "--title", "Sprint Cup")
+    deadline = time.monotonic() + 10
+    while "sprint" not in [
+        g["game_id"] for g in httpx.get(f"{server_url}/api/games").json()["games"]
+    ]:
+        assert time.monotonic() < deadline, "the server did not pick up the new game"
+        time.sleep(0.1)  # the server reloads settings within about 2 s (real time: a process)
+    for (width, height), name in SIZES:
+        context = browser.new_context(viewport={"width": width, "height": height})  # type: ignore[attr-defined]
+        page = context.new_page()
+        page.goto(f"{server_url}/?game=sprint")
+        sync_api.expect(page.locator("#game-title")).to_have_text("Sprint Cup")
+        sync_api.expect(page.locator("#board-title")).to_have_text("Sprint Cup")
+        assert page.title() == "scoreserver demo: Sprint Cup"
+        page.goto(f"{server_url}/board/demo")
+        page.locator("#rows-all tr").first.wait_for()
+        sync_api.expect(page.locator("#status")).to_have_text("live")
+        sync_api.expect(page.locator("#play")).to_be_visible()
+        assert "/?game=demo" in page.locator("#play-url").inner_text()
+        page.wait_for_function("document.getElementById('qr').naturalWidth > 0")
+        for window in ("week", "day"):
+            assert page.locator(f"#rows-{window} tr").count() >= 1
+        laid_out(page, f"board {name}")
+        if name == "wide":  # the side column beside the board, not under it
+            side, main = page.evaluate(
+                "[document.querySelector('aside').getBoundingClientRect().left,"
+                " document.querySelector('#all').getBoundingClientRect().right]"
+            )
+            assert side >= main, (side, main)
+        shot(page, f"board-{name}")
+        context.close()
+    cli(server_url, "games", "remove", "sprint")
