@@ -1,5 +1,6 @@
-"""Take the screenshots README shows: the demo, the live board and /admin, at a desktop size
-(1280x800) and a phone's (390x844), in real headless Chromium.
+"""Take the screenshots README shows: the demo, the live board and /admin (a flag's evidence and
+a player's page), at a desktop size (1280x800) and a phone's (390x844), and the board on a big
+screen (1920x1080), in real headless Chromium.
 
     .venv/bin/python docs/screenshots/take.py       # needs Debian's chromium (see .ci/run)
 
@@ -25,7 +26,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from scoreserver.server.app import parse_banner, serve_command  # noqa: E402
 from tests.players import honest_score, metronome_bot  # noqa: E402
 
-SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+SIZES = {"desktop": (1280, 800), "phone": (390, 844), "wide": (1920, 1080)}
 PASSWORD = "a long admin secret"
 
 
@@ -64,19 +65,29 @@ def main() -> int:
                 )
                 for size, (width, height) in SIZES.items():
                     page = browser.new_context(viewport={"width": width, "height": height}).new_page()
-                    page.goto(f"{url}/")
-                    page.locator("#board li").first.wait_for()
-                    page.screenshot(path=str(HERE / f"demo-{size}.png"))
+                    if size != "wide":
+                        page.goto(f"{url}/")
+                        page.locator("#board li").first.wait_for()
+                        page.screenshot(path=str(HERE / f"demo-{size}.png"))
                     page.goto(f"{url}/board/demo")
-                    page.locator("#rows tr").first.wait_for()
+                    page.locator("#rows-all tr").first.wait_for()
+                    page.wait_for_function("document.getElementById('qr').naturalWidth > 0")
                     page.wait_for_timeout(2600)  # the rows' arrival highlight fades
                     page.screenshot(path=str(HERE / f"board-{size}.png"))
+                    if size == "wide":
+                        page.context.close()
+                        continue
                     page.goto(f"{url}/admin")
                     page.fill("#password", PASSWORD)
                     page.click("#login-form button")
                     page.locator("#flags tr", has_text="robotic_rhythm").first.click()
                     page.locator("#charts figure").nth(3).wait_for()
                     page.screenshot(path=str(HERE / f"admin-{size}.png"), full_page=size == "phone")
+                    if size == "desktop":
+                        page.click("#tab-button-players")
+                        page.locator("#users tr", has_text="Rosa").click()
+                        page.locator("#player-results tr").first.wait_for()
+                        page.screenshot(path=str(HERE / "admin-player-desktop.png"))
                     page.context.close()
                 browser.close()
         finally:

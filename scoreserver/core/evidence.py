@@ -154,16 +154,16 @@ def rhythm_verdict(figure: float, threshold: float, population: Mapping[str, Any
     """Where a session's rhythm figure stands: under the flag line, or against the range this
     game's other players show (5th to 95th percentile); the words and the chart agree."""
     if threshold and figure < threshold:
-        return "too regular for a person: under the line the game flags below"
+        return "too regular for a person: below the flag line"
     if not population:
-        return "above the line the game flags below; no other players yet to compare"
+        return "above the flag line; no other players yet to compare"
     if figure > population["p95"]:
         return (
-            "more irregular than this game's other players (bursts and pauses); not a rhythm"
-            " flag, which is for regularity"
+            "more irregular than this game's other players (bursts and pauses); the rhythm"
+            " flag is only for regularity"
         )
     if figure < population["p5"]:
-        return "more regular than this game's other players, yet above the flag line"
+        return "more regular than this game's other players, but above the flag line"
     return "within what this game's other players show"
 
 
