@@ -136,8 +136,8 @@ async def test_a_metronome_bot_is_flagged_and_held_until_a_reviewer_clears_it(
         # The reviewer reads the figures in words.
         words = flags_show(server, found[0]["id"])
         assert (
-            "rhythm on the player's clock: 0.000 (too regular for a person; the game flags"
-            " below 0.05)" in words
+            "rhythm on the player's clock: 0.000 (too regular for a person: below the flag"
+            " line; flags below 0.05)" in words
         )
         assert "this game's other players: not enough sessions yet" in words
         assert "0 of 189 intervals on the player's clock; flags at 17 or more" in words
