@@ -830,6 +830,9 @@ async def _signals(server: Server, signals: AsyncIterator[int]) -> None:
 
 
 async def reload(service: Service) -> None:
-    """Pick up changed game settings and a rotated key (what SIGHUP does)."""
-    games, keys = await service.load_settings(service.clock.now_ms())
-    service.apply_settings(games, keys)
+    """Pick up changed game settings and a rotated key (what SIGHUP does). One reload at a
+    time: one that read the database before a change must not be applied after one that read
+    it since (the watcher's and SIGHUP's raced, and an archived game came back archived)."""
+    async with service.reloading:
+        games, keys = await service.load_settings(service.clock.now_ms())
+        service.apply_settings(games, keys)

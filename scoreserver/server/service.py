@@ -86,6 +86,7 @@ class Service:
     password_work: PasswordWork = field(default_factory=PasswordWork)
     # Set when new settings are applied (then replaced): lets a caller wait for a reload.
     settings_applied: trio.Event = field(default_factory=trio.Event)
+    reloading: trio.Lock = field(default_factory=trio.Lock)  # app.reload, one at a time
     # The sessions in state SUBMITTING (core/lifecycle.py): a submission of each is being
     # checked and saved by this process. The state is never stored: a crash leaves them ENDED.
     submitting: set[str] = field(default_factory=set)
