@@ -1,4 +1,4 @@
-"""How the server starts its helper processes (the point signer and the database writer)."""
+"""How the server starts its helper processes (the database writer; the supervisor's workers)."""
 
 from __future__ import annotations
 

@@ -38,8 +38,6 @@ def make_config(tmp_path: Path, *, inline: bool = False, **limits: Any) -> Confi
         limits=Limits(**limits),
         password_policy=FAST_PASSWORDS,
         store_writer="inline" if inline else "process",
-        # Under autojump_clock a child process's answer is real I/O the clock would jump past.
-        signer="inline" if inline else "process",
         reanchor_clock=False,
         handle_signals=False,
         announce=False,

@@ -52,7 +52,6 @@ from scoreserver.server.accounts import (
 )
 from scoreserver.server.admin import SESSION_TTL_S as ADMIN_SESSION_TTL_S
 from scoreserver.server.admin import token_hash as admin_token_hash
-from scoreserver.server.signer import SIGNER_MODES
 from scoreserver.store import (
     DELETED_NAME,
     FOREVER,
@@ -191,13 +190,9 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tls-cert", type=Path, help="serve both ports over TLS with this cert")
     parser.add_argument("--tls-key", type=Path, help="the TLS certificate's private key")
-    parser.add_argument(
-        "--signer",
-        choices=SIGNER_MODES,
-        default="auto",
-        help="where point tokens are signed: a child process on another core, the event loop, "
-        "or auto (the process when each event loop has two cores or more)",
-    )
+    # Gone: point tokens are MACs made on the loop (tokens.py); accepted and ignored, so
+    # that a command line written for an earlier version still starts.
+    parser.add_argument("--signer", help=argparse.SUPPRESS)
     parser.add_argument(
         "--store-writer",
         choices=STORE_WRITERS,
@@ -243,7 +238,6 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     # Internal: how `--workers N` starts each worker (its own game-socket port, shared ports).
     parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--loops", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--direct-ws-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--writer-socket", help=argparse.SUPPRESS)
 
@@ -637,6 +631,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.signer is not None:
+        logging.getLogger("scoreserver").warning(
+            "--signer is no longer needed and is ignored: point tokens are MACs made on the"
+            " event loop (docs/architecture.md)"
+        )
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together")
     _check_node_flags(args)
@@ -670,7 +669,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         forwarded_header=args.forwarded_header,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
-        signer=args.signer,
         store_writer=args.store_writer,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
@@ -678,7 +676,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         node_url=args.node_url,
         node_lease_s=args.node_lease,
         reuse_port=args.worker_of is not None,
-        loops=args.loops,
         direct_ws_port=args.direct_ws_port,
         writer_socket=args.writer_socket,
     )

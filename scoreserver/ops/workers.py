@@ -1,6 +1,6 @@
 """`scoreserver serve --workers N`: N event-loop processes of one node on one machine.
 
-Each worker is a whole server (`serve`, its own event loop, signer and store writer, its own
+Each worker is a whole server (`serve`, its own event loop and store writer, its own
 row in `nodes`), started with the same flags. They share the node's two ports: every worker
 listens on them with SO_REUSEPORT and the kernel spreads new connections among them. Each
 worker also listens on a game-socket port of its own (`--ws-port` + 1 + its index, or any
@@ -99,7 +99,7 @@ def passed_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--allow-origin", origin]
     if args.tls_cert:
         flags += ["--tls-cert", str(args.tls_cert), "--tls-key", str(args.tls_key)]
-    flags += ["--signer", args.signer, "--store-writer", args.store_writer]
+    flags += ["--store-writer", args.store_writer]
     flags += ["--log-level", args.log_level, "--node-lease", str(args.node_lease)]
     flags += ["--metrics-host", args.metrics_host]
     return flags
@@ -137,7 +137,6 @@ class Supervisor:
         for index in range(args.workers):
             direct = args.ws_port + 1 + index if args.ws_port else 0
             command = worker_command(flags, index, ws_port, http_port, direct)
-            command += ["--loops", str(args.workers)]
             if args.metrics_port is not None:
                 port = args.metrics_port + index if args.metrics_port else 0
                 command += ["--metrics-port", str(port)]

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import gc
 import logging
-import os
 import re
 import signal
 import socket
@@ -48,7 +47,6 @@ from scoreserver.server.nodes import (
 )
 from scoreserver.server.rooms import Rooms
 from scoreserver.server.service import DEMO_GAME, DEMO_SETTINGS, Service
-from scoreserver.server.signer import SIGNER_MODES, InlineSigner, ProcessSigner, Signer
 from scoreserver.server.transport import (
     ClientAddresses,
     bind_listeners,
@@ -179,16 +177,11 @@ class Config:
     password_policy: PasswordPolicy = field(default_factory=PasswordPolicy)
     # Tests under autojump_clock turn these off: no wall-clock re-anchor, no process signal
     # handlers (and they run the store's writer inline).
-    # Where point tokens are signed: "process" (a child process, on another core), "inline"
-    # (on the event loop), or "auto" (process when this loop has two cores or more: see
-    # `signer_for`).
-    signer: str = "auto"
     # The database writer: "process" (a child process), "thread" (a thread of this one) or
     # "inline" (on the event loop's thread: the autojump-clock tests).
     store_writer: str = "process"
-    # How long a helper process may owe an answer before it counts as stalled: the signer is
-    # then replaced by signing on the loop; a stalled writer stops the server cleanly.
-    signer_timeout_s: float = 2.0
+    # How long the writer process may owe an answer before it counts as stalled (it then stops
+    # the server cleanly).
     writer_timeout_s: float = ANSWER_TIMEOUT_S
     reanchor_clock: bool = True
     handle_signals: bool = True
@@ -210,9 +203,6 @@ class Config:
     direct_ws_port: int | None = None
     # The workers of one SQLite file share one writer process, reached on this Unix socket.
     writer_socket: str | None = None
-    # How many event loops this machine runs for this server (`--workers`): `--signer auto`
-    # weighs the cores per loop.
-    loops: int = 1
     # Peers whose connections may name another client (`--trusted-proxy`), and the header
     # those proxies write (`--forwarded-header`): wire/addresses.py.
     trusted_proxies: tuple[str, ...] = ()
@@ -408,10 +398,8 @@ async def _serve(
     stop = trio.Event()
     monitor = LoopMonitor()
     gc_monitor = GcMonitor()
-    signer = make_signer(config.signer, config.signer_timeout_s, config.loops)
-    service.signer = signer
     app.state.stats = partial(_stats, service, socket, store, monitor, gc_monitor)
-    app.state.health = partial(health, store, signer)
+    app.state.health = partial(health, store)
     metrics = service.metrics
     store.write_latency = metrics.write_seconds.observe
     metrics.watch(metrics.connections, lambda: len(socket.connections))
@@ -422,13 +410,6 @@ async def _serve(
         metrics.helper_ok,
         lambda: float(store.failure is None and store.lag_s() < HEALTH_LAG_S),
         "writer",
-    )
-    metrics.watch(
-        metrics.helper_ok,
-        lambda: float(
-            not isinstance(signer, ProcessSigner) or (signer.live and signer.lag_s() < HEALTH_LAG_S)
-        ),
-        "signer",
     )
     _tune_gc()
 
@@ -443,8 +424,6 @@ async def _serve(
     try:
         async with trio.open_nursery() as root:
             await root.start(_run_store, store, stop)
-            if isinstance(signer, ProcessSigner):
-                await root.start(signer.run)
             async with trio.open_nursery() as servers:
                 await servers.start(rooms.run)
                 await servers.start(socket.run_keepalive)
@@ -555,9 +534,9 @@ async def _run_store(store: Store, stop: trio.Event, *, task_status: trio.TaskSt
 HEALTH_LAG_S = 1.0
 
 
-def health(store: Store, signer: Signer) -> dict[str, object]:
-    """What /healthz says: `ok`, `degraded` (slower but correct: a helper is slow or signing
-    fell back to the loop) or `failing` (the writer is gone: nothing can be saved)."""
+def health(store: Store) -> dict[str, object]:
+    """What /healthz says: `ok`, `degraded` (slower but correct: the writer is slow) or
+    `failing` (the writer is gone: nothing can be saved)."""
     status = "ok"
     if store.failure is not None:
         writer = f"failed: {store.failure}"
@@ -567,16 +546,7 @@ def health(store: Store, signer: Signer) -> dict[str, object]:
         status = "degraded"
     else:
         writer = "ok"
-    mode = str(signer.stats()["mode"])
-    if isinstance(signer, ProcessSigner) and not signer.live:
-        signing = "on the event loop (signer process not running)"
-        status = "degraded" if status == "ok" else status
-    elif (lag := signer.lag_s()) > HEALTH_LAG_S:
-        signing = f"signer process not answering for {lag:.1f} s"
-        status = "degraded" if status == "ok" else status
-    else:
-        signing = mode
-    return {"status": status, "writer": writer, "signer": signing}
+    return {"status": status, "writer": writer}
 
 
 async def _listen(
@@ -614,33 +584,6 @@ def _address_in_use(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (the affinity mask where the platform has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def signer_for(cores: int, loops: int) -> str:
-    """Where `--signer auto` signs: in a child process when this loop has a core of its own
-    to spare for it (the machine's usable cores shared among the event loops it runs, the
-    workers of `--workers N`), else on the loop. With one core per loop a signer process
-    only competes with the loops for it (measured: docs/performance-notes.md)."""
-    return "process" if cores / max(1, loops) >= 2 else "inline"
-
-
-def make_signer(mode: str, answer_timeout_s: float = 2.0, loops: int = 1) -> Signer:
-    """The point signer for `mode` (see `Config.signer`); `loops`: the event loops this
-    machine runs for this server (`--workers`)."""
-    if mode not in SIGNER_MODES:
-        raise ValueError(f"signer must be one of {', '.join(SIGNER_MODES)}")
-    if mode == "auto":
-        mode = signer_for(usable_cores(), loops)
-    if mode == "process":
-        return ProcessSigner(answer_timeout_s=answer_timeout_s)
-    return InlineSigner()
-
-
 def _tune_gc() -> None:
     """Keep the cyclic collector off the hot path.
 
@@ -667,7 +610,6 @@ def _stats(
         + sum(1 for s in service.sessions.values() if s.running and s.user_id is None),
         "sessions_in_memory": len(service.sessions),
         "store_commits": store.commits,
-        "signer": service.signer.stats(),
         "loop_samples": monitor.samples,
         "loop_stalls_over_20ms": monitor.stalls,
         "loop_max_lag_ms": round(monitor.take_max(), 2),

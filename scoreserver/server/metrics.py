@@ -65,7 +65,7 @@ class Metrics:
         )
         self.helper_ok = Gauge(
             "scoreserver_helper_ok",
-            "1 while a helper answers as it should (writer; signer in its process), else 0.",
+            "1 while a helper answers as it should (the database writer), else 0.",
             ["helper"],
             registry=registry,
         )

@@ -45,7 +45,6 @@ from scoreserver.server.metrics import Metrics
 from scoreserver.server.moderation import reset_code_hash
 from scoreserver.server.nodes import load_keys
 from scoreserver.server.sessions import LiveSession, Peer
-from scoreserver.server.signer import InlineSigner, Signer
 from scoreserver.server.submissions import ResultOutcome, ScoreListener, SubmissionDesk
 from scoreserver.server.webhooks import Webhooks
 from scoreserver.store import FOREVER, NodeInfo, Store, User
@@ -76,7 +75,6 @@ class Service:
     # The running session of each (user, game): a user plays one game of a kind at a time.
     running_by_user: dict[tuple[int, str], LiveSession] = field(default_factory=dict)
     rooms: ScoreListener | None = None
-    signer: Signer = field(default_factory=InlineSigner)
     key_path: Path | None = None
     # This process as a node of those sharing the database (nodes.py); None: not registered.
     node: NodeInfo | None = None
@@ -109,6 +107,7 @@ class Service:
 
     def apply_settings(self, games: dict[str, GameSettings], keys: KeyRing) -> None:
         """Use new settings for sessions started from now on; running ones keep theirs."""
+        keys.carry_macs(self.keys)  # points issued under a key rotated away still check
         self.games = games
         self.keys = keys
         self.settings_applied.set()

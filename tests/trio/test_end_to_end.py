@@ -171,11 +171,7 @@ async def test_submission_over_the_socket_and_a_second_one(server: Server) -> No
 async def test_keys_and_health(server: Server) -> None:
     with trio.fail_after(10):
         async with http(server) as api:
-            assert (await api.get("/healthz")).json() == {
-                "status": "ok",
-                "writer": "ok",
-                "signer": "process",
-            }
+            assert (await api.get("/healthz")).json() == {"status": "ok", "writer": "ok"}
             keys = (await api.get("/api/keys")).json()["keys"]
             assert len(keys) == 1 and keys[0]["alg"] == "Ed25519"
             assert keys[0]["kid"] == server.service.keys.kid.hex()
@@ -394,5 +390,4 @@ async def test_prometheus_metrics_on_their_own_port_only(tmp_path: Any) -> None:
             assert lines['scoreserver_flags_total{reason="submission:bad_start_token"}'] == "1.0"
             assert lines["scoreserver_connections"] == "1.0"
             assert lines['scoreserver_helper_ok{helper="writer"}'] == "1.0"
-            assert lines['scoreserver_helper_ok{helper="signer"}'] == "1.0"
             assert float(lines["scoreserver_store_write_seconds_count"]) >= 3

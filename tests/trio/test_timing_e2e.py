@@ -305,7 +305,7 @@ def test_game_settings_round_trip_through_the_store(tmp_path: Path) -> None:
 async def test_a_stall_flags_no_one_and_a_governor_bot_is_flagged_on_the_default_configuration(
     tmp_path: Path,
 ) -> None:
-    """A server as `python run.py` runs it (signer and writer processes), a game made with
+    """A server as `python run.py` runs it (its writer process), a game made with
     the defaults but for its length (`games add sprint --duration 11`), in real time, two
     players at once:
 
