@@ -750,3 +750,17 @@ def test_another_games_page_says_its_title_and_the_big_screen_uses_its_space(
         shot(page, f"board-{name}")
         context.close()
     cli(server_url, "games", "remove", "sprint")
+
+
+def test_the_big_screen_says_in_words_when_it_cannot_reach_the_server(
+    server_url: str, page: object
+) -> None:
+    # The network drops every leaderboard request: the board says so in words (it said
+    # "offline (Failed to fetch)") and keeps trying.
+    page.route("**/leaderboard*", lambda route: route.abort())  # type: ignore[attr-defined]
+    page.goto(f"{server_url}/board/demo")  # type: ignore[attr-defined]
+    status = page.locator("#status")  # type: ignore[attr-defined]
+    sync_api.expect(status).to_have_text("offline: cannot reach the server; retrying…")
+    assert "Failed to fetch" not in status.inner_text()
+    page.unroute("**/leaderboard*")  # type: ignore[attr-defined]
+    sync_api.expect(status).to_have_text("live", timeout=20_000)
