@@ -31,7 +31,14 @@ from scoreserver.server.admin import AdminConsole
 from scoreserver.server.service import Service
 from scoreserver.server.sessions import Peer
 from scoreserver.server.transport import ClientAddresses, ClientStream
-from scoreserver.server.webio import HttpError, bearer, error_response, int_param, read_json
+from scoreserver.server.webio import (
+    NUL_REFUSED,
+    HttpError,
+    bearer,
+    error_response,
+    int_param,
+    read_json,
+)
 from scoreserver.server.ws import origin_allowed
 from scoreserver.store import User
 from scoreserver.wire import protocol as wire
@@ -124,7 +131,16 @@ class ClientAddressMiddleware:
                 await response(scope, receive, send)
                 return
             scope = {**scope, "client": (client, peer[1])}
+        if scope["type"] == "http" and _holds_nul(scope):
+            # No text with U+0000 reaches a route: PostgreSQL cannot store or compare it.
+            response = error_response(400, HttpCode.BAD_REQUEST, NUL_REFUSED)
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+
+def _holds_nul(scope: Scope) -> bool:
+    return "\x00" in scope["path"] or b"%00" in scope["query_string"].lower()
 
 
 def _closing_after_413(send: Send, stream: ClientStream) -> Send:

@@ -30,6 +30,11 @@ def error_response(
     return JSONResponse({"error": code, "message": message, **(extra or {})}, status_code=status)
 
 
+# JSON spells U+0000 in a string only as this escape (a raw NUL byte is not JSON).
+_NUL_ESCAPE = b"\\u0000"
+NUL_REFUSED = "text cannot hold the character U+0000"
+
+
 async def read_json(request: Request, kind: type[Any], limit: int = MAX_BODY_BYTES) -> Any:
     """The request body decoded as `kind`; 413 past `limit` bytes (read no further), 400 if
     malformed. Every route that takes a body reads it through here."""
@@ -47,6 +52,10 @@ async def read_json(request: Request, kind: type[Any], limit: int = MAX_BODY_BYT
         # The client left before its body arrived: an answer nobody reads, and nothing to log
         # (it is not the server's fault, and it is not worth a traceback).
         raise HttpError(400, HttpCode.BAD_REQUEST, "the client left mid-request") from None
+    if _NUL_ESCAPE in body:
+        # Refused for every body: PostgreSQL cannot store or compare a text with U+0000, and
+        # no field of ours needs one (a name refuses it anyway).
+        raise HttpError(400, HttpCode.BAD_REQUEST, NUL_REFUSED)
     try:
         return msgspec.json.decode(bytes(body or b"{}"), type=kind)
     except msgspec.DecodeError as exc:

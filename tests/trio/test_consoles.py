@@ -567,3 +567,113 @@ def _now() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+# --- the edges: hostile values at once, and behind a proxy ------------------------------------
+
+BIG = 2**63
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+async def test_hostile_values_at_the_bounds_sent_at_once_get_4xx_and_the_server_serves_on(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every new route and body, with integers past int64, negatives, empty, huge, deeply
+    nested and binary values, all at once against the default configuration: a 4xx each
+    (never a 500), and the server serves an honest player afterwards."""
+    with trio.fail_after(120):
+        await register(server, "vic", "correct horse")
+        async with http(server) as api:
+            auth = await admin(server, api, monkeypatch)
+        values: list[Any] = [BIG, -1, -BIG, 0, "", "x" * 20_000, [[[[]]]], {"a": {}}, None, 1.5e308]
+        values.append("nul\x00inside")  # PostgreSQL cannot store or compare it
+        requests: list[tuple[str, str, Any, bool]] = []
+        for value in values:
+            for field in ("name", "code", "password"):
+                body = {"name": "vic", "code": "AAAA-BBBB-CCCC", "password": "new words here"}
+                body[field] = value
+                requests.append(("POST", "/api/reset-password", body, False))
+            for field in ("game_id", "duration_ms", "title", "max_score", "min_rhythm_cv"):
+                body = {"game_id": "edge", "duration_ms": 1000, field: value}
+                requests.append(("POST", "/api/admin/games", body, True))
+                requests.append(("POST", "/api/admin/games/quick", {field: value}, True))
+            requests.append(("POST", "/api/admin/games/quick/archive", {"archived": value}, True))
+            requests.append(("POST", "/api/login", {"name": value, "password": "x" * 9}, False))
+            requests.append(("POST", "/api/admin/users/1/ban", {"note": value, "days": 1}, True))
+        for path in (
+            f"/api/admin/users/{BIG}",
+            f"/api/admin/users/{BIG * 10}",
+            "/api/admin/users/-1",
+            f"/api/admin/users?q={'9' * 400}",
+            "/api/admin/users?q=%FF%FE%00",
+            "/api/admin/games/%00/archive",
+            "/api/admin/games/" + "g" * 5000,
+            f"/api/qr.svg?text={'%FF' * 100}",
+            "/api/qr.svg?text=%00",
+            "/board/%FF%FE",
+            "/board/" + "b" * 5000,
+        ):
+            requests.append(("GET", path, None, True))
+        requests.append(("DELETE", "/api/admin/games/" + "g" * 300, None, True))
+        for path, admin_only in (("/api/reset-password", False), ("/api/admin/games", True)):
+            requests.append(("POST", path, DEEP, admin_only))
+            requests.append(("POST", path, b"\xff\xfe\x00binary", admin_only))
+            requests.append(("POST", path, b"x" * (64 * 1024), admin_only))
+
+        async def send(i: int) -> httpx.Response:
+            method, path, body, with_auth = requests[i]
+            headers = dict(auth) if with_auth else {}
+            content = None
+            if isinstance(body, str | bytes):
+                content = body if isinstance(body, bytes) else body.encode()
+                headers["content-type"] = "application/json"
+            async with httpx.AsyncClient(base_url=server.http_url, timeout=30) as client:
+                if content is not None:
+                    return await client.request(method, path, content=content, headers=headers)
+                if body is None:
+                    return await client.request(method, path, headers=headers)
+                return await client.request(method, path, json=body, headers=headers)
+
+        replies = await all_at_once(len(requests), send)
+        for (method, path, body, _), reply in zip(requests, replies, strict=True):
+            assert reply.status_code < 500, (method, path, str(body)[:80], reply.text[:200])
+            if reply.status_code >= 400 and reply.headers.get("content-type", "").startswith(
+                "application/json"
+            ):
+                assert reply.json()["error"], reply.text
+        assert not any(
+            r.status_code == 200 for r in replies if r.request.url.path == "/api/reset-password"
+        )
+        async with http(server) as api:
+            assert (await api.get("/healthz")).json()["status"] == "ok"
+            login = await api.post("/api/login", json={"name": "vic", "password": "correct horse"})
+            assert login.status_code == 200
+        async with connect(server) as client:
+            await client.enter("quick")
+
+
+async def test_reset_guesses_behind_a_proxy_are_charged_to_the_client_not_the_proxy(
+    tmp_path: Path,
+) -> None:
+    from .test_proxies import proxied, xff
+
+    with trio.fail_after(60):
+        async with running_server(proxied(tmp_path)) as server:
+            for name in ("ana", "ben"):
+                await register(server, name, "correct horse")
+            async with http(server) as api:  # from 127.0.0.1, the trusted proxy
+                for name, client in (("ana", "203.0.113.7"), ("ben", "198.51.100.9")):
+                    guess = await api.post(
+                        "/api/reset-password",
+                        json={"name": name, "code": "AAAA-BBBB-CCCC", "password": "new words!!"},
+                        headers=xff(client),
+                    )
+                    assert guess.json()["reason"] == "bad_reset_code"
+            keys = {
+                tuple(r)
+                for r in databases.sql(
+                    tmp_path / "test.db", "SELECT budget, key FROM attempts ORDER BY key"
+                )
+            }
+            addresses = {key for budget, key in keys if budget == "login_address"}
+            assert addresses == {"203.0.113.7", "198.51.100.9"}, keys  # never the proxy's
