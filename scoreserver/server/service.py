@@ -198,9 +198,12 @@ class Service:
             trio.current_time(),
             self.clock.now_ms(),
         )
+        code_hash = reset_code_hash(code)
+        if not await self.store.reset_code_holds(name, code_hash, self.clock.now_ms()):
+            raise AuthError("wrong or expired reset code", "bad_reset_code")  # no Argon2 spent
         encoded = await self._cpu(self.password_policy.hash, password)
         now = self.clock.now_ms()
-        user = await self.store.use_reset_code(name, reset_code_hash(code), encoded, now)
+        user = await self.store.use_reset_code(name, code_hash, encoded, now)
         if user is None:
             raise AuthError("wrong or expired reset code", "bad_reset_code")
         await charged.refund(0)

@@ -418,6 +418,9 @@ class Store(Transport):
             ops.decide_reset_code, name, code_hash, expires_at, actor=actor, now=now
         )
 
+    async def reset_code_holds(self, name: str, code_hash: bytes, now: int) -> bool:
+        return await self._read(ops.reset_code_holds, name, code_hash, now)
+
     async def use_reset_code(
         self, name: str, code_hash: bytes, password_hash: str, now: int
     ) -> User | None:

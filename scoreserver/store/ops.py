@@ -150,8 +150,7 @@ def player_page(conn: Connection, user_id: int, now: int) -> dict[str, Any]:
     flags = [
         _flag_dict(r)
         for r in conn.execute(
-            "SELECT f.*, u.name AS user_name FROM flags f LEFT JOIN users u ON u.id = f.user_id"
-            " WHERE f.user_id = ? ORDER BY f.id DESC LIMIT 100",
+            _FLAGS + " WHERE f.user_id = ? ORDER BY f.id DESC LIMIT 100",
             (user_id,),
         )
     ]
@@ -718,6 +717,10 @@ def insert_flag(
     return int(row[0])
 
 
+# A flag with its player's name (every read of flags).
+_FLAGS = "SELECT f.*, u.name AS user_name FROM flags f LEFT JOIN users u ON u.id = f.user_id"
+
+
 def list_flags(
     conn: Connection,
     *,
@@ -728,10 +731,7 @@ def list_flags(
     offset: int = 0,
 ) -> list[Flag]:
     """Flags, oldest first; `limit`/`offset` page them (-1: no limit)."""
-    sql = (
-        "SELECT f.*, u.name AS user_name FROM flags f LEFT JOIN users u ON u.id = f.user_id"
-        " WHERE 1 = 1"
-    )
+    sql = _FLAGS + " WHERE 1 = 1"
     params: list[Any] = []
     if open_only:
         sql += " AND f.status = 'open'"
@@ -753,8 +753,7 @@ def _flag_dict(row: Any) -> Flag:
 
 def get_flag(conn: Connection, flag_id: int) -> Flag:
     row = conn.execute(
-        "SELECT f.*, u.name AS user_name FROM flags f LEFT JOIN users u ON u.id = f.user_id"
-        " WHERE f.id = ?",
+        _FLAGS + " WHERE f.id = ?",
         (flag_id,),
     ).fetchone()
     if row is None:
@@ -1361,6 +1360,19 @@ def decide_reset_code(
     )
     insert_audit(conn, actor, "users reset-password", name, "a one-time reset code issued", now)
     return user.id
+
+
+def reset_code_holds(conn: Connection, name: str, code_hash: bytes, now: int) -> bool:
+    """Whether `name` has this reset code, unspent and in time (a read: no Argon2 work is done
+    for a wrong code; `use_reset_code` checks again as it sets the password)."""
+    user = user_by_name(conn, name)
+    return user is not None and (
+        conn.execute(
+            "SELECT 1 FROM users WHERE id = ? AND reset_hash = ? AND reset_expires_at > ?",
+            (user.id, code_hash, now),
+        ).fetchone()
+        is not None
+    )
 
 
 def use_reset_code(

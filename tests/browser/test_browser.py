@@ -424,6 +424,16 @@ def test_cancel_on_the_consoles_prompts_changes_nothing(server_url: str, page: o
     assert cli(server_url, "audit").stdout == audit_before
 
 
+def wait_for_game(server_url: str, game_id: str) -> None:
+    """Until the server lists a game just added from the command line."""
+    deadline = time.monotonic() + 10
+    while game_id not in [
+        g["game_id"] for g in httpx.get(f"{server_url}/api/games").json()["games"]
+    ]:
+        assert time.monotonic() < deadline, "the server did not pick up the new game"
+        time.sleep(0.1)  # the server reloads settings within about 2 s (real time: a process)
+
+
 def test_a_mistyped_game_and_the_pages_browsers_ask_for(server_url: str, page: object) -> None:
     """A game that does not exist is said so (not "cannot reach the server"); /board/ lists
     the games; favicon.ico is an icon; an empty board has no "1." before its message."""
@@ -442,12 +452,7 @@ def test_a_mistyped_game_and_the_pages_browsers_ask_for(server_url: str, page: o
     icon = httpx.get(f"{server_url}/favicon.ico")
     assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
     cli(server_url, "games", "add", "empty", "--duration", "5", "--title", "The Empty Cup")
-    deadline = time.monotonic() + 10
-    while "empty" not in [
-        g["game_id"] for g in httpx.get(f"{server_url}/api/games").json()["games"]
-    ]:
-        assert time.monotonic() < deadline, "the server did not pick up the new game"
-        time.sleep(0.1)  # the server reloads settings within about 2 s (real time: a process)
+    wait_for_game(server_url, "empty")
     page.goto(f"{server_url}/board/empty")  # type: ignore[attr-defined]
     sync_api.expect(page.locator("#title")).to_have_text("The Empty Cup", timeout=10_000)  # type: ignore[attr-defined]
     sync_api.expect(page.locator("#empty-all")).to_have_text("No scores yet. Be the first!")  # type: ignore[attr-defined]
@@ -719,12 +724,7 @@ def test_another_games_page_says_its_title_and_the_big_screen_uses_its_space(
 ) -> None:
     honest_score(server_url, "Bigscreen", 2)
     cli(server_url, "games", "add", "sprint", "--duration", "5", "--title", "Sprint Cup")
-    deadline = time.monotonic() + 10
-    while "sprint" not in [
-        g["game_id"] for g in httpx.get(f"{server_url}/api/games").json()["games"]
-    ]:
-        assert time.monotonic() < deadline, "the server did not pick up the new game"
-        time.sleep(0.1)  # the server reloads settings within about 2 s (real time: a process)
+    wait_for_game(server_url, "sprint")
     for (width, height), name in SIZES:
         context = browser.new_context(viewport={"width": width, "height": height})  # type: ignore[attr-defined]
         page = context.new_page()
