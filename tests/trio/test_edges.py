@@ -440,7 +440,7 @@ async def test_a_copy_of_a_victims_tokens_cannot_flag_or_hide_them(server: Serve
         for forged in mangled(game["start_token"]):
             attempts.append(({**honest, "start_token": forged}, None))
             attempts.append(({**honest, "start_token": forged}, mal["token"]))
-        junk_points = [{"token": p["token"][:-2] + "AA", "client_ts": 1} for p in game["points"]]
+        junk_points = [{"token": mangled(p["token"])[2], "client_ts": 1} for p in game["points"]]
         attempts.append(({**honest, "points": junk_points}, mal["token"]))
         for body, token in attempts:
             result = await submit_http(server, body, token)
