@@ -7,6 +7,7 @@ expect); bench/anticheat.py runs the same on more sessions for docs/anti-cheat.m
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -32,6 +33,8 @@ from scoreserver.core.rules import (
 )
 from scoreserver.core.timing import (
     ASSESS_EVERY,
+    FLOOR_ALPHA,
+    FLOOR_HUMAN_SHARE,
     FLOOR_MIN_INTERVALS,
     INHUMAN_TIMING,
     ROBOTIC_RHYTHM,
@@ -149,6 +152,29 @@ def test_the_floor_threshold_is_a_binomial_tail() -> None:
     assert all(
         k > 0.02 * n for k, n in zip(values, range(FLOOR_MIN_INTERVALS, 2000, 7), strict=False)
     )
+
+
+def reference_threshold(n: int) -> int:
+    """The threshold from its definition, the whole tail from k = n down (O(n))."""
+    p = FLOOR_HUMAN_SHARE
+    log_p = [n * math.log1p(-p)]
+    for k in range(n):
+        log_p.append(log_p[k] + math.log(n - k) - math.log(k + 1) + math.log(p / (1 - p)))
+    tail = 0.0
+    for k in range(n, -1, -1):
+        tail += math.exp(log_p[k])
+        if tail >= FLOOR_ALPHA:
+            return k + 1
+    raise AssertionError("the distribution sums to 1")
+
+
+def test_the_floor_threshold_sums_only_the_tail_that_counts() -> None:
+    """The short sum (from TAIL_REACH deviations past the mean) agrees with the whole one at
+    every size a game can judge, up to a 24-hour game at ten points a second."""
+    sizes = [*range(1, 400), *range(400, 5000, 37), 20_011, 100_003, 864_000]
+    assert [floor_threshold(n) for n in sizes] == [reference_threshold(n) for n in sizes]
+    # Above the mean everywhere: `findings` skips the threshold for counts at or under it.
+    assert all(floor_threshold(n) > n * FLOOR_HUMAN_SHARE for n in sizes)
 
 
 def test_a_few_accidental_double_hits_are_not_enough() -> None:
