@@ -35,9 +35,11 @@ game socket right in the reader's step (`MessageHandOver.take`): a point goes to
 session's inbox without waking the connection's handler, when nothing of that connection's
 waits for the handler.
 
-They are trio-websocket's private attributes: each is replaced only if it is exactly
-what trio-websocket 0.12 made, so a version that changed them keeps its own (slower, never
-wrong), and `tests/trio/test_transport.py` says so when that happens.
+They are trio-websocket's private attributes: they are replaced only on the releases listed in
+`server/tested.py` (the ones the differential tests passed on), and only if each is exactly
+what that release made, so any other release keeps its own (slower, never wrong);
+`tests/trio/test_transport.py` says so when that happens, and serves a whole game on the
+plain path.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ import trio
 from trio_websocket import WebSocketRequest, WebSocketServer
 
 from scoreserver.server.frames import close_frame_at, speed_up
+from scoreserver.server.tested import fast_path_allowed
 from scoreserver.wire.addresses import (
     NEED_MORE,
     AddressError,
@@ -558,6 +561,15 @@ class MessageHandOver:
     async def aclose(self) -> None:
         await self._channel.aclose()
 
+    # trio-websocket's reader holds its channel open with `async with` for its whole life:
+    # whether it entered the channel before this hand-over took its place or enters this, the
+    # channel is closed when the reader ends.
+    async def __aenter__(self) -> MessageHandOver:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
 
 def quicken(ws: Any, stream: ObservedStream | None = None) -> MessageHandOver | None:
     """Two yields less a point on an accepted connection (see `_QuickLock`,
@@ -566,12 +578,15 @@ def quicken(ws: Any, stream: ObservedStream | None = None) -> MessageHandOver | 
     they are what it made and its message channel is empty (checked: a version that changed
     them keeps its own); None when the lock and channel were left as they were. A frame
     refused at its header (too long) makes `stream` close with a lingering close."""
-    limit = getattr(ws, "_max_message_size", None)
-    speed_up(
-        getattr(ws, "_wsproto", None),
-        limit if isinstance(limit, int) else None,
-        stream.linger_on_close if stream is not None else None,
-    )
+    if fast_path_allowed("wsproto"):
+        limit = getattr(ws, "_max_message_size", None)
+        speed_up(
+            getattr(ws, "_wsproto", None),
+            limit if isinstance(limit, int) else None,
+            stream.linger_on_close if stream is not None else None,
+        )
+    if not fast_path_allowed("trio-websocket"):
+        return None
     lock = getattr(ws, "_stream_lock", None)
     channel = getattr(ws, "_send_channel", None)
     if not (

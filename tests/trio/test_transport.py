@@ -8,11 +8,13 @@ and backpressure."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -24,6 +26,7 @@ from trio_websocket import (
     serve_websocket,
 )
 
+from scoreserver.server import tested
 from scoreserver.server.app import Server
 from scoreserver.server.transport import (
     MAX_READS_WITHOUT_YIELD,
@@ -36,7 +39,7 @@ from scoreserver.server.transport import (
 )
 from scoreserver.wire.addresses import TrustedProxies
 
-from ..conftest import connect, http
+from ..conftest import add_game, connect, http, make_config, register, running_server
 
 
 @asynccontextmanager
@@ -316,3 +319,89 @@ async def test_both_ports_serve_on_after_connections_reset_at_accept(server: Ser
             assert (await client.call(type="whoami"))["type"] == "identity"
         async with http(server) as api:
             assert (await api.get("/healthz")).status_code == 200
+
+
+# -- the fast paths only on the releases they were tested on (`server/tested.py`) --
+
+
+@pytest.fixture
+def fresh_check() -> Iterator[None]:
+    tested.fast_path_allowed.cache_clear()
+    yield
+    tested.fast_path_allowed.cache_clear()
+
+
+def test_the_fast_paths_run_only_on_a_tested_release(
+    fresh_check: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(tested.OVERRIDE_VARIABLE, raising=False)
+    for name in tested.TESTED:  # what this suite runs on is a tested release
+        assert tested.installed(name) in tested.TESTED[name], name
+        assert tested.fast_path_allowed(name)
+    tested.fast_path_allowed.cache_clear()
+    monkeypatch.setitem(tested.TESTED, "wsproto", ("0.0.1",))
+    with caplog.at_level(logging.WARNING, logger="scoreserver.server"):
+        assert not tested.fast_path_allowed("wsproto")
+        assert not tested.fast_path_allowed("wsproto")  # asked again: answered, not logged
+    warned = [r.getMessage() for r in caplog.records if "not a release" in r.getMessage()]
+    assert len(warned) == 1 and "wsproto" in warned[0] and "0.0.1" in warned[0], warned
+    tested.fast_path_allowed.cache_clear()
+    monkeypatch.setenv(tested.OVERRIDE_VARIABLE, "any")
+    assert tested.fast_path_allowed("wsproto")  # how .ci/newest tries a newer release
+    tested.fast_path_allowed.cache_clear()
+    monkeypatch.setenv(tested.OVERRIDE_VARIABLE, "off")
+    assert not tested.fast_path_allowed("trio-websocket")
+
+
+@pytest.mark.parametrize("why", ["untested releases", "SCORESERVER_FAST_PATHS=off"])
+async def test_the_plain_path_serves_a_whole_game(
+    why: str,
+    fresh_check: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On a release the fast paths were not tested on, nothing of the libraries is replaced,
+    and a game is played, submitted and saved as on the fast path."""
+    if why == "untested releases":
+        monkeypatch.delenv(tested.OVERRIDE_VARIABLE, raising=False)
+        for name in tested.TESTED:
+            monkeypatch.setitem(tested.TESTED, name, ("0.0.1",))
+    else:
+        monkeypatch.setenv(tested.OVERRIDE_VARIABLE, "off")
+    add_game(tmp_path / "test.db", "demo", duration_ms=30_000)
+    with trio.fail_after(120):
+        async with running_server(make_config(tmp_path, inline=True)) as server:
+            now = server.service.clock.now_ms
+            ann = await register(server, "ann")
+            async with connect(server) as player:
+                await player.login(ann)
+                await player.enter("demo", ann["user_id"])
+                (conn,) = server.socket.connections
+                assert conn.hand_over is None
+                assert type(conn.ws._stream_lock) is trio.StrictFIFOLock
+                assert "send" not in vars(conn.ws._wsproto)  # wsproto's own method
+                started = await player.start(now())
+                points = await player.score(now, 12, 0.4)
+                end = await player.recv_type("end_game")
+                result = await player.call(
+                    type="submit_result",
+                    start_token=started["start_token"],
+                    end_token=end["end_token"],
+                    points=points,
+                )
+                assert result["type"] == "result" and result["accepted"], result
+                assert result["score"] == 12
+            board = await server.service.store.leaderboard("demo", now())
+            assert [(e["name"], e["score"]) for e in board] == [("ann", 12)]
+
+
+async def test_the_hand_over_closes_its_channel_whichever_order_the_reader_took() -> None:
+    """trio-websocket's reader holds its channel with `async with`: entered on the hand-over
+    (the reader started after `quicken`), the channel still closes when the reader ends."""
+    send_end, receive_end = trio.open_memory_channel[str](1)
+    async with MessageHandOver(send_end) as hand_over:
+        await hand_over.send("a")
+    assert receive_end.receive_nowait() == "a"
+    with pytest.raises(trio.EndOfChannel):
+        receive_end.receive_nowait()
