@@ -243,55 +243,58 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument(
-        "--duration", type=float, required=required, help="seconds (fractions allowed)"
-    )
+    added: list[argparse.Action] = []
+
+    def option(*names: str, **how: Any) -> None:
+        added.append(parser.add_argument(*names, **how))
+
+    option("--duration", type=float, required=required, help="seconds (fractions allowed)")
     defaults = GameSettings(duration_ms=1)
-    parser.add_argument(
+    option(
         "--burst-window-ms",
         type=int,
         help=f"the window bursts are counted in (default {defaults.burst_window_ms})",
     )
-    parser.add_argument(
+    option(
         "--burst-threshold",
         type=int,
         help=f"most points accepted in any burst window (default {defaults.burst_threshold})",
     )
-    parser.add_argument(
+    option(
         "--burst-limit",
         type=int,
         help=f"bursts allowed in a burst period; one more ends the game and flags it"
         f" (default {defaults.burst_limit})",
     )
-    parser.add_argument(
+    option(
         "--burst-period-ms",
         type=int,
         help=f"the period bursts are counted in (default {defaults.burst_period_ms})",
     )
-    parser.add_argument(
+    option(
         "--latency-ms",
         type=int,
         help=f"how far a point's time may be from where the player's clock puts it"
         f" (default {defaults.latency_ms})",
     )
-    parser.add_argument(
+    option(
         "--submission-window-s",
         type=float,
         help=f"how long after its end a game may be submitted"
         f" (default {defaults.submission_window_ms // 1000})",
     )
-    parser.add_argument(
+    option(
         "--human-floor-ms",
         type=int,
         help="points repeatedly closer than this are flagged inhuman_timing (default 60; 0: off)",
     )
-    parser.add_argument(
+    option(
         "--min-rhythm-cv",
         type=float,
         help="intervals (on the player's clock) more regular than this coefficient of"
         f" variation are flagged robotic_rhythm (default {defaults.min_rhythm_cv:g}; 0: off)",
     )
-    parser.add_argument(
+    option(
         "--human-max-rate",
         type=float,
         metavar="PER_S",
@@ -300,15 +303,17 @@ def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
         " point is not a deliberate act)",
     )
     bound = parser.add_mutually_exclusive_group()
-    bound.add_argument(
-        "--max-score",
-        type=int,
-        help="a result above N is refused as implausible_score and flagged (default: none)",
+    added.append(
+        bound.add_argument(
+            "--max-score",
+            type=int,
+            help="a result above N is refused as implausible_score and flagged (default: none)",
+        )
     )
     bound.add_argument(
         "--no-max-score", action="store_true", help="remove the game's --max-score bound"
     )
-    parser.add_argument(
+    option(
         "--hold-outliers",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -317,26 +322,28 @@ def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
         " and still shows it)",
     )
     review_top = parser.add_mutually_exclusive_group()
-    review_top.add_argument(
-        "--review-above",
-        type=int,
-        metavar="SCORE",
-        help="the top of the review range while the game has too few trusted players"
-        " (default: half of what --human-max-rate allows in a game)",
+    added.append(
+        review_top.add_argument(
+            "--review-above",
+            type=int,
+            metavar="SCORE",
+            help="the top of the review range while the game has too few trusted players"
+            " (default: half of what --human-max-rate allows in a game)",
+        )
     )
     review_top.add_argument(
         "--no-review-above",
         action="store_true",
         help="take the settings' top from --human-max-rate again",
     )
-    parser.add_argument(
+    option(
         "--review-min-players",
         type=int,
         metavar="N",
         help="trusted players needed before the range comes from their best scores"
         f" (default {defaults.review_min_players})",
     )
-    parser.add_argument(
+    option(
         "--review-account-age-h",
         type=float,
         metavar="HOURS",
@@ -344,9 +351,9 @@ def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
         f" reviewer cleared them (default {defaults.review_account_age_h:g}; 0 for an event"
         " whose accounts are all new)",
     )
-    parser.add_argument("--title", help="a display name for pages (default: the game id)")
+    option("--title", help="a display name for pages (default: the game id)")
     if not required:  # `games set`: an option not given keeps its value; no defaults to show
-        for action in parser._actions:
+        for action in added:
             if action.help:
                 text = _DEFAULT_IN_HELP.sub(lambda m: f" ({m[1]})" if m[1] else "", action.help)
                 action.help = text
