@@ -406,6 +406,8 @@ async def _serve(
     metrics.watch(metrics.sessions, lambda: sum(1 for s in service.sessions.values() if s.running))
     metrics.watch(metrics.loop_lag, lambda: monitor.last_lag_ms / 1000)
     metrics.watch(metrics.loop_stalls, lambda: monitor.stalls)
+    metrics.watch(metrics.writer_queue, store.queue_depth)
+    metrics.watch(metrics.writer_waits, lambda: store.waits_for_room)
     metrics.watch(
         metrics.helper_ok,
         lambda: float(store.failure is None and store.lag_s() < HEALTH_LAG_S),
@@ -544,9 +546,17 @@ def health(store: Store) -> dict[str, object]:
     elif (lag := store.lag_s()) > HEALTH_LAG_S:
         writer = f"not answering for {lag:.1f} s"
         status = "degraded"
+    elif (depth := store.queue_depth()) >= store.queue_bound:
+        writer = f"behind: {depth} rows queued, players held until it catches up"
+        status = "degraded"
     else:
         writer = "ok"
-    return {"status": status, "writer": writer}
+    return {
+        "status": status,
+        "writer": writer,
+        "writer_queue": store.queue_depth(),
+        "writer_queue_bound": store.queue_bound,
+    }
 
 
 async def _listen(

@@ -63,6 +63,16 @@ class Metrics:
             "Probes that woke more than 20 ms late, since start.",
             registry=registry,
         )
+        self.writer_queue = Gauge(
+            "scoreserver_writer_queue_depth",
+            "Rows queued for the database writer and not yet committed.",
+            registry=registry,
+        )
+        self.writer_waits = Gauge(
+            "scoreserver_writer_queue_waits",
+            "Times a game waited for the writer's queue to drain (it was full), since start.",
+            registry=registry,
+        )
         self.helper_ok = Gauge(
             "scoreserver_helper_ok",
             "1 while a helper answers as it should (the database writer), else 0.",

@@ -239,6 +239,9 @@ class Rooms:
                         run = [p for p in run if p is not WAKE]
                         if not run:
                             continue  # woken: look at the time and at shutting_down
+                    # A writer that fell behind holds the session here (backpressure: its
+                    # inbox fills, then the player's socket); at once while it keeps up.
+                    await service.store.room_for_writes()
                     await self._carry_out_run(
                         session,
                         session_bytes,

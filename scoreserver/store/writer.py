@@ -56,6 +56,12 @@ WRITER_CHILD_MODULE = "scoreserver.store.writer_child"
 URL_VARIABLE = "SCORESERVER_WRITER_DB"
 FRAME_LENGTH = struct.Struct(">I")
 READER_POOL_SIZE = 8
+# Units queued for the writer and not yet committed, past which the sessions wait before they
+# judge more points (`room_for_writes`): a writer that falls behind slows the players down
+# instead of growing this process's memory without bound. About 3 s of the most points this
+# machine has accepted (docs/performance.md); the sessions go on once it is half as deep.
+QUEUE_BOUND = 50_000
+ROOM_POLL_S = 0.005
 
 T = TypeVar("T")
 Op = Callable[..., T]
@@ -190,11 +196,33 @@ class Transport:
         self._writer: Connection | None = None
         self._running = False
         self.commits = 0  # transactions committed by the writer (for tests and benchmarks)
+        self.queue_bound = QUEUE_BOUND
+        self.waits_for_room = 0  # times a session waited for the queue (for /metrics, tests)
+        self._sent_units = 0  # child process: units in `_sent`
+        self._in_batch = 0  # thread: units the writer thread holds in its batch
 
     @property
     def failure(self) -> StoreError | None:
         """Why the writer stopped serving (it died or stopped answering), or None."""
         return self._failed
+
+    def queue_depth(self) -> int:
+        """Units queued for the writer and not yet committed (0 for the inline writer)."""
+        if self.child_process:
+            return len(self._pending) + self._sent_units
+        if self.threaded:
+            return self._queue.qsize() + self._in_batch
+        return 0
+
+    async def room_for_writes(self) -> None:
+        """Return at once while the writer's queue is under `queue_bound`; past it, wait until
+        it is half as deep (or the writer has failed: the writes then fail on their own)."""
+        if self.queue_depth() < self.queue_bound:
+            return
+        self.waits_for_room += 1
+        resume = self.queue_bound // 2
+        while self.queue_depth() > resume and self._failed is None and self._running:
+            await trio.sleep(ROOM_POLL_S)
 
     def lag_s(self) -> float:
         """How long the oldest awaited write has gone unanswered (0: none is waiting)."""
@@ -341,8 +369,10 @@ class Transport:
             while not stopping:
                 batch: list[Job] = []
                 stopping = self._collect(batch, self._queue.get())
+                self._in_batch = len(batch)
                 if batch:
                     self._run_batch(conn, batch)
+                self._in_batch = 0
         finally:
             conn.close()
 
@@ -467,6 +497,7 @@ class Transport:
                 self._deliver(batch, False, [(None, failed) for job in batch if job.waited])
                 continue
             self._sent.append(batch)
+            self._sent_units += len(batch)
             # Never cut a frame in half: a cancelled write would garble the stream.
             with trio.CancelScope(shield=True):
                 await stdin.send_all(FRAME_LENGTH.pack(len(payload)) + payload)
@@ -480,6 +511,7 @@ class Transport:
                 return
             committed, results = reply
             batch = self._sent.popleft()
+            self._sent_units -= len(batch)
             self._deliver(batch, committed, results)
 
     async def _receive_reply(
@@ -535,7 +567,9 @@ class Transport:
                     reply = await self._receive_reply(receive)
                     if reply is None:
                         break
-                    self._deliver(self._sent.popleft(), *reply)
+                    batch = self._sent.popleft()
+                    self._sent_units -= len(batch)
+                    self._deliver(batch, *reply)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         if process is not None:
@@ -549,6 +583,7 @@ class Transport:
                     job.error = StoreError(stopped)
                     job.event.set()
         self._sent.clear()
+        self._sent_units = 0
         self._pending = []
 
     # -- reads --

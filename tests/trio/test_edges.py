@@ -643,6 +643,67 @@ async def test_health_reports_a_slow_writer_before_it_times_out(
             assert "not answering" in health.json()["writer"]
 
 
+async def test_a_writer_that_falls_behind_holds_the_players_not_the_memory(
+    tmp_path: Path,
+) -> None:
+    """The writer's queue is bounded: past the bound the sessions wait before they judge
+    more points (answered late, none lost), /healthz says degraded with the depth and
+    /metrics shows it; once the writer catches up, every point is answered and saved."""
+    add_game(
+        tmp_path / "test.db",
+        "long",
+        duration_ms=120_000,
+        latency_ms=120_000,  # points judged late are still on time: this is about the queue
+        burst_threshold=1000,
+        **databases.NO_TIMING,
+    )
+    config = make_config(tmp_path)
+    config.writer_timeout_s = 60.0  # nothing awaited waits on the stopped writer here
+    config.metrics_port = 0
+    sent = 60
+    async with running_server(config) as server:
+        store = server.service.store
+        store.queue_bound = 20
+        with trio.fail_after(60):
+            async with connect(server) as player, http(server) as api:
+                await player.enter("long", None)
+                await player.start(wall_ms())
+                (writer,) = child_processes("writer_child")
+                os.kill(writer, signal.SIGSTOP)
+                try:
+                    for n in range(sent):
+                        await player.send(type="point", client_ts=wall_ms(), id=n)
+                    answered = []
+                    with trio.move_on_after(2.0):  # held: the rest does not come
+                        while True:
+                            answered.append(await player.recv_type("point_accepted"))
+                    assert store.queue_bound <= len(answered) < sent, len(answered)
+                    assert store.queue_depth() >= store.queue_bound
+                    health = (await api.get("/healthz")).json()
+                    assert health["status"] == "degraded" and "behind" in health["writer"]
+                    assert health["writer_queue"] >= health["writer_queue_bound"] == 20
+                    scraped = (
+                        await api.get(f"http://127.0.0.1:{server.metrics_port}/metrics")
+                    ).text
+                    depth = next(
+                        float(line.split()[-1])
+                        for line in scraped.splitlines()
+                        if line.startswith("scoreserver_writer_queue_depth ")
+                    )
+                    assert depth >= 20, depth
+                finally:
+                    os.kill(writer, signal.SIGCONT)
+                while len(answered) < sent:
+                    answered.append(await player.recv_type("point_accepted"))
+                assert [reply["id"] for reply in answered] == list(range(sent))
+                assert store.waits_for_room >= 1
+                while store.queue_depth():
+                    await trio.sleep(0.01)
+                assert (await api.get("/healthz")).json()["status"] == "ok"
+        rows = databases.sql(config.db_path, "SELECT COUNT(*) FROM issued_points")
+        assert rows[0][0] == sent
+
+
 # --- what operators see ------------------------------------------------------------------
 
 

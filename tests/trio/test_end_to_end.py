@@ -171,7 +171,12 @@ async def test_submission_over_the_socket_and_a_second_one(server: Server) -> No
 async def test_keys_and_health(server: Server) -> None:
     with trio.fail_after(10):
         async with http(server) as api:
-            assert (await api.get("/healthz")).json() == {"status": "ok", "writer": "ok"}
+            assert (await api.get("/healthz")).json() == {
+                "status": "ok",
+                "writer": "ok",
+                "writer_queue": 0,
+                "writer_queue_bound": server.service.store.queue_bound,
+            }
             keys = (await api.get("/api/keys")).json()["keys"]
             assert len(keys) == 1 and keys[0]["alg"] == "Ed25519"
             assert keys[0]["kid"] == server.service.keys.kid.hex()
