@@ -58,8 +58,9 @@ FRAME_LENGTH = struct.Struct(">I")
 READER_POOL_SIZE = 8
 # Units queued for the writer and not yet committed, past which the sessions wait before they
 # judge more points (`room_for_writes`): a writer that falls behind slows the players down
-# instead of growing this process's memory without bound. About 3 s of the most points this
-# machine has accepted (docs/performance.md); the sessions go on once it is half as deep.
+# instead of growing this process's memory without bound. A few seconds of the most points
+# one loop accepts (docs/performance.md), some tens of MB; the sessions go on once it is half
+# as deep.
 QUEUE_BOUND = 50_000
 ROOM_POLL_S = 0.005
 
