@@ -19,7 +19,7 @@ from ..core.lifecycle import Move, SessionState, after
 from ..core.names import skeleton
 from ..core.rules import EndReason, GameSettings, IssuedPoint, SessionRecord
 from ..errors import BannedError, ConflictError, NotFoundError, RateLimitedError
-from .engine import INTEGRITY_ERRORS, Connection, is_unique_violation, no_limit
+from .engine import INTEGRITY_ERRORS, Connection, is_unique_violation, no_limit, transaction
 from .records import (
     AuditEntry,
     BoardEntry,
@@ -40,7 +40,7 @@ FOREVER = 2**62  # banned_until of a ban without an end
 # PostgreSQL: the channel of the notices that tell every node to re-read something (ids only:
 # `score GAME_ID`, `boards`, `settings`); the lock that makes shared budgets count one by one.
 CHANNEL = "scoreserver"
-ATTEMPTS_LOCK = 0x5C0E_A77E
+ATTEMPTS_LOCK = 0x5C0E_A77E  # the class of the login budgets' advisory locks (int4)
 
 
 def notify(conn: Connection, payload: str) -> None:
@@ -1199,9 +1199,14 @@ def charge_attempts(
 ) -> list[int]:
     """Charge one attempt to each (budget, key, limit, window_ms, message): all of them, or
     none and RateLimitedError (with the message of the spent one). Counted one by one across
-    every node: SQLite's write lock, or an advisory lock on PostgreSQL."""
+    every node: by SQLite's write lock, or on PostgreSQL by an advisory lock per budget and
+    key (taken in one order, so that two charges never wait on each other in a circle): a
+    charge waits only for charges of the same key, never for another player's."""
     if conn.dialect == "postgres":
-        conn.execute("SELECT pg_advisory_xact_lock(?)", (ATTEMPTS_LOCK,))
+        for budget, key in sorted({(budget, key) for budget, key, limit, *_ in charges if limit}):
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(?, hashtext(?))", (ATTEMPTS_LOCK, f"{budget}:{key}")
+            )
     for budget, key, limit, window_ms, message in charges:
         if not limit:
             continue
@@ -1220,6 +1225,15 @@ def charge_attempts(
         )
         for budget, key, *_ in charges
     ]
+
+
+def charge_attempts_alone(
+    conn: Connection, charges: list[tuple[str, str, int, int, str]], now: int
+) -> list[int]:
+    """`charge_attempts` in a transaction of its own (PostgreSQL: on a reader connection, so
+    that its key's lock is held for this charge alone, not until a writer batch commits)."""
+    with transaction(conn):
+        return charge_attempts(conn, charges, now)
 
 
 def refund_attempts(conn: Connection, ids: list[int]) -> None:

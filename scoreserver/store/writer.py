@@ -62,7 +62,6 @@ READER_POOL_SIZE = 8
 # one loop accepts (docs/performance.md), some tens of MB; the sessions go on once it is half
 # as deep.
 QUEUE_BOUND = 50_000
-ROOM_POLL_S = 0.005
 
 T = TypeVar("T")
 Op = Callable[..., T]
@@ -201,6 +200,7 @@ class Transport:
         self.waits_for_room = 0  # times a session waited for the queue (for /metrics, tests)
         self._sent_units = 0  # child process: units in `_sent`
         self._in_batch = 0  # thread: units the writer thread holds in its batch
+        self._room: trio.Event | None = None  # set when the queue has room again
 
     @property
     def failure(self) -> StoreError | None:
@@ -221,9 +221,20 @@ class Transport:
         if self.queue_depth() < self.queue_bound:
             return
         self.waits_for_room += 1
-        resume = self.queue_bound // 2
-        while self.queue_depth() > resume and self._failed is None and self._running:
-            await trio.sleep(ROOM_POLL_S)
+        while self.queue_depth() > self.queue_bound // 2 and self._failed is None:
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
+
+    def _check_room(self) -> None:
+        """Wake the sessions waiting for room once the queue is half as deep (or the writer
+        failed). Called on the event loop after each batch is answered."""
+        room = self._room
+        if room is not None and (
+            self.queue_depth() <= self.queue_bound // 2 or self._failed is not None
+        ):
+            self._room = None
+            room.set()
 
     def lag_s(self) -> float:
         """How long the oldest awaited write has gone unanswered (0: none is waiting)."""
@@ -237,6 +248,9 @@ class Transport:
             self._failed = error
             logger.critical("%s; the store stops", error)
         self._failed_event.set()
+        if self._room is not None:
+            self._room.set()  # the sessions waiting for room go on; their writes fail
+            self._room = None
         for job in list(self._awaited):
             if job.event is not None and not job.event.is_set():
                 job.error = StoreError(str(self._failed))
@@ -374,6 +388,11 @@ class Transport:
                 if batch:
                     self._run_batch(conn, batch)
                 self._in_batch = 0
+                if self._room is not None and self._token is not None:
+                    try:
+                        self._token.run_sync_soon(self._check_room)
+                    except trio.RunFinishedError:
+                        pass
         finally:
             conn.close()
 
@@ -514,6 +533,7 @@ class Transport:
             batch = self._sent.popleft()
             self._sent_units -= len(batch)
             self._deliver(batch, committed, results)
+            self._check_room()
 
     async def _receive_reply(
         self, stdout: trio.abc.ReceiveStream

@@ -286,3 +286,46 @@ async def test_processes_sharing_one_writer_each_get_their_own_answers(tmp_path:
         await writer.stdin.aclose()
         assert await writer.wait() == 0
     assert not (tmp_path / "writer.sock").exists()
+
+
+async def test_a_login_budget_waits_only_for_charges_of_its_own_key(
+    tmp_path: Path, engine: str
+) -> None:
+    """On PostgreSQL a charge takes its key's lock in a short transaction of its own: it
+    waits neither for the writer's batches (the writer is stopped here) nor for another key,
+    only for another charge of the same key."""
+    if engine != "postgres":
+        pytest.skip("SQLite has one writer: charges are counted one at a time by its lock")
+    import psycopg
+
+    store = Store(databases.location(tmp_path, "s.db"), writer="process")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        (writer,) = child_processes("writer_child")
+        os.kill(writer, signal.SIGSTOP)
+        try:
+            with psycopg.connect(store.location.target, autocommit=True) as other:
+                other.execute("BEGIN")
+                other.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                    (ops.ATTEMPTS_LOCK, "login:ann"),
+                )
+                with trio.fail_after(10):  # another key: at once
+                    assert len(await store.charge_attempts([("login", "bob", 5, 60_000, "")], 1))
+                charged = trio.Event()
+
+                async def charge_ann() -> None:
+                    await store.charge_attempts([("login", "ann", 5, 60_000, "")], 1)
+                    charged.set()
+
+                nursery.start_soon(charge_ann)
+                with trio.move_on_after(1.0):
+                    await charged.wait()
+                assert not charged.is_set()  # the same key: after the other holder
+                other.execute("COMMIT")
+                with trio.fail_after(10):
+                    await charged.wait()
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        assert count(store, "attempts") == 2
+        nursery.cancel_scope.cancel()
