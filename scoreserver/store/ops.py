@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from ..core import review, timing
 from ..core.lifecycle import Move, SessionState, after
-from ..core.names import skeleton
+from ..core.names import fold, skeleton
 from ..core.rules import EndReason, GameSettings, IssuedPoint, SessionRecord
 from ..errors import BannedError, ConflictError, NotFoundError, RateLimitedError
 from .engine import INTEGRITY_ERRORS, Connection, is_unique_violation, no_limit, transaction
@@ -72,10 +72,21 @@ def insert_user(conn: Connection, name: str, password_hash: str, now: int) -> in
 
 
 def user_by_name(conn: Connection, name: str) -> User | None:
-    # Names are unique without regard to ASCII case: SQLite's column says so (COLLATE
-    # NOCASE), PostgreSQL's index is on lower(name).
+    """The account whose name is `name` in any case, by one rule on both engines
+    (`names.fold`): found through its look-alike key (unique, and a function of the folded
+    name), then compared folded. A name kept from before look-alike keys (a look-alike of an
+    older one, whose key is NULL) is found by the engine's own case rule instead."""
+    wanted = fold(name)
+    for row in conn.execute(
+        "SELECT * FROM users WHERE name_skeleton = ?", (skeleton(name),)
+    ).fetchall():
+        if fold(row["name"]) == wanted:
+            return _user(row)
     where = "name = ?" if conn.dialect == "sqlite" else "lower(name) = lower(?)"
-    return _user(conn.execute(f"SELECT * FROM users WHERE {where}", (name,)).fetchone())
+    row = conn.execute(
+        f"SELECT * FROM users WHERE {where} AND name_skeleton IS NULL", (name,)
+    ).fetchone()
+    return _user(row)
 
 
 def user_by_id(conn: Connection, user_id: int) -> User | None:
@@ -739,8 +750,9 @@ def list_flags(
         sql += " AND f.game_id = ?"
         params.append(game_id)
     if user_name is not None:
-        sql += " AND u.name = ?" if conn.dialect == "sqlite" else " AND lower(u.name) = lower(?)"
-        params.append(user_name)
+        user = user_by_name(conn, user_name)  # one case rule on both engines
+        sql += " AND f.user_id = ?"
+        params.append(user.id if user is not None else -1)
     sql += " ORDER BY f.id LIMIT ? OFFSET ?"
     return [_flag_dict(row) for row in conn.execute(sql, [*params, no_limit(limit), offset])]
 

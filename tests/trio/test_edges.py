@@ -707,6 +707,26 @@ async def test_a_writer_that_falls_behind_holds_the_players_not_the_memory(
 # --- what operators see ------------------------------------------------------------------
 
 
+async def test_a_name_is_one_name_in_any_case_by_one_rule_on_both_engines(
+    tmp_path: Path,
+) -> None:
+    """Unicode's full case folding, not SQLite's ASCII-only NOCASE nor PostgreSQL's lower():
+    `ZOË` logs in as `Zoë`, `STRASSE` as `Straße`, and `Zoe` is somebody else."""
+    async with running_server(make_config(tmp_path)) as server, http(server) as api:
+        with trio.fail_after(60):
+            for name in ("Zoë", "Straße"):
+                made = await api.post("/api/register", json={"name": name, "password": "p" * 12})
+                assert made.status_code == 201, made.text
+            for typed, owner in (("ZOË", "Zoë"), ("zoë", "Zoë"), ("STRASSE", "Straße")):
+                reply = await api.post("/api/login", json={"name": typed, "password": "p" * 12})
+                assert reply.status_code == 200, (typed, reply.text)
+                assert reply.json()["name"] == owner
+            stranger = await api.post("/api/login", json={"name": "Zoe", "password": "p" * 12})
+            assert stranger.status_code == 401, stranger.text
+            taken = await api.post("/api/register", json={"name": "ZOË", "password": "q" * 12})
+            assert taken.status_code == 409, taken.text
+
+
 async def test_look_alike_and_invisible_names_are_refused(tmp_path: Path) -> None:
     async with running_server(make_config(tmp_path)) as server, http(server) as api:
         with trio.fail_after(60):
