@@ -290,22 +290,17 @@ class GameSocket:
                 message = wire.decode_client(frame)
             except ProtocolError:
                 return False  # the handler decodes it again and answers the error
-            session = conn.session
-            if (
-                not isinstance(message, wire.Point)
-                or session is None
-                or not session.running
-                or session.inbox_send is None
-            ):
+            admitted = self._admit_point(conn, message) if isinstance(message, wire.Point) else None
+            if not isinstance(admitted, tuple):
                 conn.decoded = (frame, message)
-                return False
+                return False  # not a point, or one the handler refuses with its reason
+            inbox, point = admitted
             bucket = conn.bucket
             if bucket is not None and not bucket.take():
                 conn.decoded = (frame, message)
                 return False  # the handler counts the strike
-            point = PointIn(message.client_ts, self.service.clock.now_ms(), message.id)
             try:
-                session.inbox_send.send_nowait(point)
+                inbox.send_nowait(point)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 if bucket is not None:
                     bucket.give_back()  # the handler takes it for this frame
@@ -449,30 +444,42 @@ class GameSocket:
         except ConflictError as exc:
             raise ProtocolError(wire.SESSION_ACTIVE, str(exc), message.id) from None
 
-    async def _point(self, conn: Connection, message: wire.Point) -> None:
-        received_at = self.service.clock.now_ms()
+    def _admit_point(
+        self, conn: Connection, message: wire.Point
+    ) -> tuple[trio.MemorySendChannel[PointIn], PointIn] | RejectReason:
+        """The one rule by which a point enters its session, on both paths (`_take_point` in
+        the reader, `_point` in the handler): the session's inbox and the point stamped as it
+        arrived, or why it is refused before its session sees it."""
         session = conn.session
-        reason = None
         if session is None:
-            reason = RejectReason.NO_SESSION
-        elif not session.running or session.inbox_send is None:
-            reason = RejectReason.GAME_OVER
-        else:
-            point = PointIn(message.client_ts, received_at, message.id)
+            return RejectReason.NO_SESSION
+        if not session.running or session.inbox_send is None:
+            return RejectReason.GAME_OVER
+        received_at = self.service.clock.now_ms()
+        return session.inbox_send, PointIn(message.client_ts, received_at, message.id)
+
+    async def _point(self, conn: Connection, message: wire.Point) -> None:
+        admitted = self._admit_point(conn, message)
+        if isinstance(admitted, tuple):
+            inbox, point = admitted
             try:
                 try:
                     # No checkpoint when the inbox has room (the common case): the next
                     # get_message yields anyway, and a checkpoint here costs ~10 µs a point.
-                    session.inbox_send.send_nowait(point)
+                    inbox.send_nowait(point)
                 except trio.WouldBlock:
-                    await session.inbox_send.send(point)
+                    await inbox.send(point)
+                return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                reason = RejectReason.GAME_OVER
-        if reason is not None:
-            self.service.metrics.count_point(reason)
-            await conn.send(
-                wire.encode(wire.PointRejected(id=message.id, reason=reason, server_ts=received_at))
+                admitted = RejectReason.GAME_OVER
+        self.service.metrics.count_point(admitted)
+        await conn.send(
+            wire.encode(
+                wire.PointRejected(
+                    id=message.id, reason=admitted, server_ts=self.service.clock.now_ms()
+                )
             )
+        )
 
     async def _submit(self, conn: Connection, message: wire.SubmitResult) -> None:
         try:
