@@ -24,7 +24,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scoreserver.server.app import parse_banner, serve_command  # noqa: E402
+from scoreserver.server.launch import parse_banner, serve_command  # noqa: E402
 
 ADDRESSES = [f"127.0.0.{n}" for n in range(2, 11)]
 

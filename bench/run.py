@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scoreserver.core.rules import GameSettings  # noqa: E402
-from scoreserver.server.app import parse_banner, serve_command  # noqa: E402
+from scoreserver.server.launch import parse_banner, serve_command  # noqa: E402
 from scoreserver.store import ops  # noqa: E402
 from scoreserver.store.connect import open_database  # noqa: E402
 from scoreserver.store.engine import transaction  # noqa: E402

@@ -17,7 +17,8 @@ import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from scoreserver.server.accounts import PasswordPolicy
-from scoreserver.server.app import Config, Server, serve
+from scoreserver.server.app import Server, serve
+from scoreserver.server.config import Config
 from scoreserver.server.ws import Limits
 
 from . import databases

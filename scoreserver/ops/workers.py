@@ -33,7 +33,7 @@ import trio
 
 from scoreserver import children
 from scoreserver.server.accounts import BudgetSettings
-from scoreserver.server.app import parse_banner, serve_argv
+from scoreserver.server.launch import parse_banner, serve_argv
 from scoreserver.store import Store, WriterMode
 from scoreserver.store.engine import Location, redact
 from scoreserver.wire.tokens import load_or_create_key

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from scoreserver.server.app import parse_banner, serve_command
+from scoreserver.server.launch import parse_banner, serve_command
 
 from ..players import LONG_NAME, honest_score, metronome_bot
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import trio
 
-from scoreserver.server.app import parse_banner, serve_command
+from scoreserver.server.launch import parse_banner, serve_command
 
 from .. import databases
 from ..conftest import open_client

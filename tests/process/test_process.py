@@ -18,7 +18,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from scoreserver.server.app import parse_banner, serve_command
+from scoreserver.server.launch import parse_banner, serve_command
 from scoreserver.store.connect import connect as db_connect
 
 from .. import databases
@@ -311,7 +311,8 @@ async def test_a_damaged_or_foreign_database_is_refused_at_start(tmp_path: Path)
 
 
 async def test_tls_serves_both_ports(tmp_path: Path) -> None:
-    from scoreserver.server.app import Config, serve
+    from scoreserver.server.app import serve
+    from scoreserver.server.config import Config
 
     trust = self_signed(tmp_path)
     config = Config(

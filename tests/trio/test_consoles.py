@@ -21,7 +21,8 @@ import pytest
 import trio
 
 from scoreserver.ops import cli
-from scoreserver.server.app import Server, reachable_hosts, welcome
+from scoreserver.server.app import Server, welcome
+from scoreserver.server.config import reachable_hosts
 from scoreserver.store.connect import open_database
 from scoreserver.store.engine import transaction
 
@@ -215,7 +216,7 @@ async def test_a_game_archived_while_a_player_is_in_its_room_starts_no_game(
 
 async def _reloaded(server: Server) -> None:
     """Wait until the server applied the database's settings (the watcher, within ~2 s)."""
-    from scoreserver.server.app import reload
+    from scoreserver.server.background import reload
 
     await reload(server.service)
 

@@ -14,7 +14,8 @@ import pytest
 import trio
 
 from scoreserver.ops import cli
-from scoreserver.server.app import Server, reload
+from scoreserver.server.app import Server
+from scoreserver.server.background import reload
 from scoreserver.store import ops
 from scoreserver.store.connect import connect as db_connect
 from scoreserver.store.connect import open_database
