@@ -1,8 +1,10 @@
 """The store: every read and write of the database, behind one typed async interface.
 
     Store(location, writer=...)       `--db`: a SQLite file or a postgresql:// URL (engine.py)
-      named methods                   one per thing a caller needs; records.py types the rows
-        -> ops.py                     the operations, in SQL both engines run
+      named methods                   one per thing a caller needs; records.py types the rows;
+                                      most are `writes(ops.X)` / `reads(ops.X)` (writer.py):
+                                      the operation's own signature, written once
+        -> ops/                       the operations, in SQL both engines run, by table
         -> writer.py                  one writer (process, thread or inline) and readers
         -> sqlite.py | postgres.py    connections and schema, per engine
 
@@ -21,7 +23,7 @@ from typing import Any
 
 import trio
 
-from ..core.rules import GameSettings, SessionRecord
+from ..core.rules import GameSettings
 from . import ops, postgres, sqlite
 from .engine import Location
 from .ops import DELETED_NAME, FOREVER
@@ -38,7 +40,7 @@ from .records import (
     User,
     UserSummary,
 )
-from .writer import ANSWER_TIMEOUT_S, STORE_WRITERS, Transport, WriterMode
+from .writer import ANSWER_TIMEOUT_S, STORE_WRITERS, Transport, WriterMode, reads, writes
 
 __all__ = [
     "ANSWER_TIMEOUT_S",
@@ -96,25 +98,14 @@ class Store(Transport):
             await self._read(_check_integrity)
         return await self._write(ops.start_node, node, now, demo_id, demo, public_key, gone)
 
-    async def node_heartbeat(
-        self, node_id: str, kid: str, now: int, gone: list[str]
-    ) -> tuple[bool, int]:
-        """Renew this node's lease; void the sessions of nodes whose lease ran out or that
-        are known gone."""
-        return await self._write(ops.node_heartbeat, node_id, kid, now, gone)
-
-    async def rejoin_node(self, node: NodeInfo, now: int) -> int:
-        return await self._write(ops.rejoin_node, node, now)
-
-    async def leave_node(self, node_id: str) -> None:
-        await self._write(ops.leave_node, node_id)
-
-    async def session_node(self, session_id: str, now: int) -> str | None:
-        """The URL of the live node running `session_id`, if any node runs it."""
-        return await self._read(ops.session_node, session_id, now)
-
-    async def nodes(self) -> list[dict[str, Any]]:
-        return await self._read(ops.list_nodes)
+    # Renew this node's lease; void the sessions of nodes whose lease ran out or that
+    # are known gone.
+    node_heartbeat = writes(ops.node_heartbeat)
+    rejoin_node = writes(ops.rejoin_node)
+    leave_node = writes(ops.leave_node)
+    # The URL of the live node running `session_id`, if any node runs it.
+    session_node = reads(ops.session_node)
+    nodes = reads(ops.list_nodes)
 
     async def charge_attempts(
         self, charges: list[tuple[str, str, int, int, str]], now: int
@@ -126,11 +117,8 @@ class Store(Transport):
             return await self._read(ops.charge_attempts_alone, charges, now)
         return await self._write(ops.charge_attempts, charges, now)
 
-    async def refund_attempts(self, ids: list[int]) -> None:
-        await self._write(ops.refund_attempts, ids)
-
-    async def forget_attempts(self, before: int) -> int:
-        return await self._write(ops.forget_attempts, before)
+    refund_attempts = writes(ops.refund_attempts)
+    forget_attempts = writes(ops.forget_attempts)
 
     async def watch_notices(
         self,
@@ -146,99 +134,32 @@ class Store(Transport):
             return
         await postgres.listen(self.location.target, ops.CHANNEL, deliver, task_status)
 
-    async def use_signing_key(
-        self, kid: str, public_key: bytes, now: int
-    ) -> tuple[int, list[SigningKey]]:
-        return await self._write(ops.use_signing_key, kid, public_key, now)
-
-    async def record_signing_key(self, kid: str, public_key: bytes, now: int) -> None:
-        """Record a key a node signs with (every node verifies with it)."""
-        await self._write(ops.record_signing_key, kid, public_key, now)
-
-    async def key_history(self) -> tuple[int, list[SigningKey]]:
-        """How long a retired key still verifies, and every key ever recorded."""
-        return await self._read(ops.key_history)
-
-    async def games(self) -> dict[str, GameSettings]:
-        return await self._read(ops.list_games)
-
-    async def game(self, game_id: str) -> GameSettings | None:
-        return await self._read(ops.get_game, game_id)
-
-    async def settings_fingerprint(self) -> tuple[object, ...]:
-        return await self._read(ops.settings_fingerprint)
-
-    async def board_fingerprint(self) -> tuple[object, ...]:
-        return await self._read(ops.board_fingerprint)
-
-    async def get_setting(self, key: str) -> str | None:
-        return await self._read(ops.get_setting, key)
-
+    use_signing_key = writes(ops.use_signing_key)
+    # Record a key a node signs with (every node verifies with it).
+    record_signing_key = writes(ops.record_signing_key)
+    # How long a retired key still verifies, and every key ever recorded.
+    key_history = reads(ops.key_history)
+    games = reads(ops.list_games)
+    game = reads(ops.get_game)
+    settings_fingerprint = reads(ops.settings_fingerprint)
+    board_fingerprint = reads(ops.board_fingerprint)
+    get_setting = reads(ops.get_setting)
     # -- accounts --
 
-    async def add_user(self, name: str, password_hash: str, now: int) -> int:
-        return await self._write(ops.insert_user, name, password_hash, now)
-
-    async def user_by_name(self, name: str) -> User | None:
-        return await self._read(ops.user_by_name, name)
-
-    async def user_by_id(self, user_id: int) -> User | None:
-        return await self._read(ops.user_by_id, user_id)
-
-    async def add_login_token(
-        self, token_hash: bytes, user_id: int, now: int, expires_at: int
-    ) -> None:
-        await self._write(ops.insert_login_token, token_hash, user_id, now, expires_at)
-
-    async def user_by_login_token(self, token_hash: bytes, now: int) -> User | None:
-        return await self._read(ops.user_by_login_token, token_hash, now)
-
-    async def users(
-        self, *, limit: int = -1, offset: int = 0, search: str | None = None
-    ) -> list[UserSummary]:
-        return await self._read(ops.list_users, limit=limit, offset=offset, search=search)
-
-    async def player_page(self, user_id: int, now: int) -> dict[str, Any]:
-        return await self._read(ops.player_page, user_id, now)
-
-    async def games_in_use(self) -> dict[str, dict[str, Any]]:
-        return await self._read(ops.games_in_use)
-
-    async def review_summary(self) -> dict[str, Any]:
-        return await self._read(ops.review_summary)
-
-    async def erase_own_account(self, user_id: int, now: int) -> None:
-        await self._write(ops.erase_own_account, user_id, now)
-
+    add_user = writes(ops.insert_user)
+    user_by_name = reads(ops.user_by_name)
+    user_by_id = reads(ops.user_by_id)
+    add_login_token = writes(ops.insert_login_token)
+    user_by_login_token = reads(ops.user_by_login_token)
+    users = reads(ops.list_users)
+    player_page = reads(ops.player_page)
+    games_in_use = reads(ops.games_in_use)
+    review_summary = reads(ops.review_summary)
+    erase_own_account = writes(ops.erase_own_account)
     # -- game sessions --
 
-    async def add_session(
-        self,
-        session_id: str,
-        game_id: str,
-        user_id: int | None,
-        guest_addr: str | None,
-        user_agent: str | None,
-        settings: GameSettings,
-        started_at: int,
-        client_start_ts: int,
-        start_token: str,
-        node_id: str | None = None,
-    ) -> None:
-        """ConflictError if the user already has a game of this kind running (on any node)."""
-        await self._write(
-            ops.insert_session,
-            session_id,
-            game_id,
-            user_id,
-            guest_addr,
-            user_agent,
-            settings,
-            started_at,
-            client_start_ts,
-            start_token,
-            node_id,
-        )
+    # ConflictError if the user already has a game of this kind running (on any node).
+    add_session = writes(ops.insert_session)
 
     def add_point_soon(
         self, session_id: str, seq: int, server_ts: int, client_ts: int, token: str
@@ -260,134 +181,28 @@ class Store(Transport):
         session was no longer running (voided by another node), and nothing changed."""
         return bool(await self._write(ops.end_session, session_id, end_token, ended_at, reason))
 
-    async def session(self, session_id: str) -> SessionRecord | None:
-        return await self._read(ops.load_session, session_id)
-
-    async def session_by_prefix(self, prefix: str) -> str:
-        return await self._read(ops.session_by_prefix, prefix)
-
-    async def save_result(
-        self, session_id: str, game_id: str, user_id: int | None, score: int, now: int
-    ) -> SavedResult:
-        return await self._write(ops.save_result, session_id, game_id, user_id, score, now)
-
-    async def my_results(self, user_id: int, now: int) -> list[MyResult]:
-        return await self._read(ops.my_results, user_id, now)
-
-    async def review_range(self, game_id: str, now: int) -> dict[str, object] | None:
-        return await self._read(ops.review_range, game_id, now)
-
+    session = reads(ops.load_session)
+    session_by_prefix = reads(ops.session_by_prefix)
+    save_result = writes(ops.save_result)
+    my_results = reads(ops.my_results)
+    review_range = reads(ops.review_range)
     # -- flags --
 
-    async def add_flag(self, reason: str, now: int, **fields: Any) -> int:
-        return await self._write(ops.insert_flag, reason, now, **fields)
-
-    async def flags(
-        self,
-        *,
-        open_only: bool = False,
-        game_id: str | None = None,
-        user_name: str | None = None,
-        limit: int = -1,
-        offset: int = 0,
-    ) -> list[Flag]:
-        return await self._read(
-            ops.list_flags,
-            open_only=open_only,
-            game_id=game_id,
-            user_name=user_name,
-            limit=limit,
-            offset=offset,
-        )
-
-    async def flag(self, flag_id: int) -> Flag:
-        return await self._read(ops.get_flag, flag_id)
-
+    add_flag = writes(ops.insert_flag)
+    flags = reads(ops.list_flags)
+    flag = reads(ops.get_flag)
     # -- boards and results --
 
-    async def leaderboard(
-        self,
-        game_id: str,
-        now: int,
-        *,
-        limit: int = 10,
-        offset: int = 0,
-        around: int | None = None,
-        since: int = 0,
-        with_sessions: bool = False,
-    ) -> list[BoardEntry]:
-        return await self._read(
-            ops.leaderboard,
-            game_id,
-            now,
-            limit=limit,
-            offset=offset,
-            around=around,
-            since=since,
-            with_sessions=with_sessions,
-        )
-
-    async def results(self, game_id: str, since: int = 0) -> list[Result]:
-        return await self._read(ops.list_results, game_id, since)
-
-    async def audit(
-        self, *, limit: int = -1, offset: int = 0, newest_first: bool = False
-    ) -> list[AuditEntry]:
-        return await self._read(
-            ops.list_audit, limit=limit, offset=offset, newest_first=newest_first
-        )
-
+    leaderboard = reads(ops.leaderboard)
+    results = reads(ops.list_results)
+    audit = reads(ops.list_audit)
     # -- decisions (each with its audit row, in one transaction) --
 
-    async def decide_flag(
-        self,
-        flag_id: int,
-        *,
-        ban_until: int | None,
-        note: str,
-        actor: str,
-        audit_note: str,
-        now: int,
-    ) -> Flag:
-        return await self._write(
-            ops.decide_flag,
-            flag_id,
-            ban_until=ban_until,
-            note=note,
-            actor=actor,
-            audit_note=audit_note,
-            now=now,
-        )
-
-    async def decide_ban(
-        self, name: str, *, ban_until: int | None, note: str, actor: str, audit_note: str, now: int
-    ) -> int:
-        return await self._write(
-            ops.decide_ban,
-            name,
-            ban_until=ban_until,
-            note=note,
-            actor=actor,
-            audit_note=audit_note,
-            now=now,
-        )
-
-    async def decide_delete(self, name: str, *, actor: str, note: str, now: int) -> int:
-        return await self._write(ops.decide_delete, name, actor=actor, note=note, now=now)
-
-    async def decide_hidden(
-        self, session_id: str, hidden: bool, *, actor: str, note: str, now: int
-    ) -> str:
-        return await self._write(
-            ops.decide_hidden, session_id, hidden, actor=actor, note=note, now=now
-        )
-
-    async def decide_new_game(
-        self, game_id: str, settings: GameSettings, *, actor: str, audit_note: str, now: int
-    ) -> None:
-        await self._write(
-            ops.decide_new_game, game_id, settings, actor=actor, audit_note=audit_note, now=now
-        )
+    decide_flag = writes(ops.decide_flag)
+    decide_ban = writes(ops.decide_ban)
+    decide_delete = writes(ops.decide_delete)
+    decide_hidden = writes(ops.decide_hidden)
+    decide_new_game = writes(ops.decide_new_game)
 
     async def decide_game_changes(
         self,
@@ -407,53 +222,22 @@ class Store(Transport):
             now=now,
         )
 
-    async def decide_archive_game(
-        self, game_id: str, archived: bool, *, actor: str, now: int
-    ) -> GameSettings:
-        return await self._write(ops.decide_archive_game, game_id, archived, actor=actor, now=now)
-
-    async def decide_remove_game(self, game_id: str, *, actor: str, now: int) -> None:
-        await self._write(ops.decide_remove_game, game_id, actor=actor, now=now)
-
-    async def decide_reset_code(
-        self, name: str, code_hash: bytes, expires_at: int, *, actor: str, now: int
-    ) -> int:
-        return await self._write(
-            ops.decide_reset_code, name, code_hash, expires_at, actor=actor, now=now
-        )
-
-    async def reset_code_holds(self, name: str, code_hash: bytes, now: int) -> bool:
-        return await self._read(ops.reset_code_holds, name, code_hash, now)
-
-    async def use_reset_code(
-        self, name: str, code_hash: bytes, password_hash: str, now: int
-    ) -> User | None:
-        return await self._write(ops.use_reset_code, name, code_hash, password_hash, now)
-
-    async def record_command(
-        self, actor: str, command: str, target: str | None, note: str | None, now: int
-    ) -> None:
-        await self._write(ops.record_command, actor, command, target, note, now)
-
+    decide_archive_game = writes(ops.decide_archive_game)
+    decide_remove_game = writes(ops.decide_remove_game)
+    decide_reset_code = writes(ops.decide_reset_code)
+    reset_code_holds = reads(ops.reset_code_holds)
+    use_reset_code = writes(ops.use_reset_code)
+    record_command = writes(ops.record_command)
     # -- the admin console --
 
-    async def set_admin_password(self, password_hash: str, actor: str, now: int) -> int:
-        return await self._write(ops.set_admin_password, password_hash, actor, now)
+    set_admin_password = writes(ops.set_admin_password)
 
     async def admin_password_hash(self) -> str | None:
         return await self._read(ops.get_setting, ops.ADMIN_PASSWORD_SETTING)
 
-    async def add_admin_session(
-        self, token_hash: bytes, now: int, expires_at: int, address: str | None
-    ) -> None:
-        await self._write(ops.insert_admin_session, token_hash, now, expires_at, address)
-
-    async def admin_state(self, token_hash: bytes, now: int) -> tuple[bool, bool]:
-        return await self._read(ops.admin_state, token_hash, now)
-
-    async def end_admin_sessions(self, token_hash: bytes | None = None) -> int:
-        return await self._write(ops.end_admin_sessions, token_hash)
-
+    add_admin_session = writes(ops.insert_admin_session)
+    admin_state = reads(ops.admin_state)
+    end_admin_sessions = writes(ops.end_admin_sessions)
     # -- files --
 
     async def backup(self, target: Path) -> str:

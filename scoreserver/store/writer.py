@@ -16,6 +16,10 @@ there for why and for its frames), a thread of this process, or inline on the ev
 thread: the autojump-clock tests and the command line use inline, because time would
 otherwise jump while a task waits on a thread or a pipe. All three run batches with
 `run_batch`, on either engine.
+
+Why one module of this size: the three writers (process, thread, inline) share the batch,
+the queue accounting and the failure rules, and the readers share the writer's life; split,
+each mode's half would have to be read beside the others'.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import trio
 
@@ -64,6 +68,8 @@ READER_POOL_SIZE = 8
 QUEUE_BOUND = 50_000
 
 T = TypeVar("T")
+P = ParamSpec("P")
+M = TypeVar("M", bound=Callable[..., Any])
 Op = Callable[..., T]
 
 
@@ -638,3 +644,34 @@ class Transport:
 def _set_all(events: Iterable[trio.Event]) -> None:
     for event in events:
         event.set()
+
+
+def writes(
+    op: Callable[Concatenate[Connection, P], T],
+) -> Callable[Concatenate[Transport, P], Coroutine[Any, Any, T]]:
+    """A `Store` method that runs `op` as one awaited unit of the writer (committed when it
+    returns), with `op`'s own signature and docstring: an operation is written once, in
+    `ops`, and named once, in `Store`."""
+
+    async def method(self: Transport, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._write(op, *args, **kwargs)
+
+    return _named(method, op)
+
+
+def reads(
+    op: Callable[Concatenate[Connection, P], T],
+) -> Callable[Concatenate[Transport, P], Coroutine[Any, Any, T]]:
+    """A `Store` method that runs the query `op` on a reader connection (see `writes`)."""
+
+    async def method(self: Transport, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._read(op, *args, **kwargs)
+
+    return _named(method, op)
+
+
+def _named(method: M, op: Callable[..., Any]) -> M:
+    method.__name__ = method.__qualname__ = op.__name__
+    method.__doc__ = op.__doc__
+    method.__wrapped__ = op  # type: ignore[attr-defined]
+    return method
