@@ -36,6 +36,9 @@ in its stamps can borrow at most `latency_ms` of them).
 
 The submission check (`check_submission`) is a pure function over a `SessionRecord`, the
 frozen facts the server kept about a session: the same code serves the socket and HTTP.
+
+Why one module of this size: its docstring's table is the contract of a session, and the
+submission check reads the same state; timing and review live in their own modules.
 """
 
 from __future__ import annotations

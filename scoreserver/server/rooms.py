@@ -13,6 +13,9 @@ A session task owns its session from `game_started` to `end_game`:
   ends a session; the server's shutdown asks the task to end (`request_shutdown`).
 
 The rules themselves are in `rules.py`; this module only carries out the actions they return.
+
+Why one module of this size: a room's nursery and its sessions' tasks share their life
+(start, end, shutdown, boards pushed to members); the rules they carry out are core/rules.py.
 """
 
 from __future__ import annotations

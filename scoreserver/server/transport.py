@@ -40,6 +40,10 @@ They are trio-websocket's private attributes: they are replaced only on the rele
 what that release made, so any other release keeps its own (slower, never wrong);
 `tests/trio/test_transport.py` says so when that happens, and serves a whole game on the
 plain path.
+
+Why one module of this size: everything below the WebSocket protocol (listeners, PROXY
+headers, direct reads and writes, trio-websocket's lock and hand-over) must agree on one
+stream object; the parts are in the order a byte meets them.
 """
 
 from __future__ import annotations

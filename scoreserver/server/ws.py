@@ -5,6 +5,10 @@ decodes them with `protocol.decode_client`, and answers directly; points are han
 running session's task through its inbox, and that task answers them. Decode failures and
 refused requests become `error` frames and the connection stays open; a bug in a handler is
 logged and closes that one connection (1011), never the server.
+
+Why one module of this size: a connection's admission, limits, strikes, hand-over and
+dispatch are one state (`Connection`) that every message touches; the work each message asks
+for lives elsewhere (service, rooms, submissions).
 """
 
 from __future__ import annotations
