@@ -2,7 +2,7 @@
 have shown is held until a reviewer clears it.
 
 Pure, like the rest of the core: the store hands in the best score of each trusted player
-(store/ops.py says who counts: no flagged, held or hidden result, no banned account, and an
+(store/ops/sessions.py says who counts: no flagged, held or hidden result, no banned account, and an
 account old enough or a result a reviewer cleared) and the game's settings; this module says
 where the range ends and whether a score lies above it.
 

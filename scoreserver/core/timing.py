@@ -35,7 +35,7 @@ clock rule refuses anything further), which bounds what lying buys it (see `Rate
     shorter), on the player's clock and on arrival alike. See `RateTracker`.
 
 Timing alone cannot see a patient bot that imitates a person's rhythm at a person's speed;
-the top of the board is held for review for that (store/ops.py `review_fence`), and
+the top of the board is held for review for that (store/ops/sessions.py, the review range), and
 docs/anti-cheat.md says what each rule sees and what it cannot.
 """
 

@@ -139,7 +139,7 @@ async def charge_shared(
 
     This process's budgets are charged first, before any await (requests sent together are
     counted together, and a flood stops here without a write); then the shared ones, in one
-    transaction counted one by one across nodes (store/ops.py `charge_attempts`)."""
+    transaction counted one by one across nodes (store/ops/budgets.py `charge_attempts`)."""
     charges = charge_all(budgets, now_s)
     try:
         ids = await store.charge_attempts(

@@ -4,7 +4,7 @@ A node is one `scoreserver serve` event loop (one worker of `--workers N` is one
 a random id, new at each start, and the URL of its game socket (`--node-url`); its sessions
 carry its id in the database. Every `heartbeat_s` it renews its lease (`lease_ms`); a node
 whose lease runs out is gone, and whichever node notices first voids its running sessions and
-retires its key (store/ops.py, `node_heartbeat`). A node that finds *itself* gone (its loop
+retires its key (store/ops/nodes.py, `node_heartbeat`). A node that finds *itself* gone (its loop
 stalled past the lease) ends its running games as void and comes back under the same id.
 
 Keys. Every node signs with the key in its key file (the workers of one machine share the
