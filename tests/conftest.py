@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -219,12 +220,23 @@ Clock = Callable[[], int]
 
 
 def child_processes(module: str) -> list[int]:
-    """Pids of this test process's children running `python -m <module>`."""
+    """Pids of this test process's children running `python -m <module>`. Found by their
+    parent pid in /proc/PID/stat, not through /proc/self/task/*/children: that lists a child
+    under the thread that started it (trio starts processes from worker threads), and a
+    child whose thread had exited was missed under load."""
+    me = os.getpid()
     pids = []
-    for children in Path("/proc/self/task").glob("*/children"):
-        for pid in children.read_text().split():
-            if module.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                pids.append(int(pid))
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            ppid = int(stat.rpartition(")")[2].split()[1])
+            if ppid == me and module.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
     return pids
 
 
