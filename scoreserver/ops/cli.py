@@ -343,22 +343,11 @@ def _game_changes(args: argparse.Namespace) -> dict[str, object]:
     changes: dict[str, object] = {}
     if args.duration is not None:
         changes["duration_ms"] = round(args.duration * 1000)
-    for name in (
-        "burst_window_ms",
-        "burst_threshold",
-        "burst_limit",
-        "burst_period_ms",
-        "latency_ms",
-        "human_floor_ms",
-        "min_rhythm_cv",
-        "max_score",
-        "hold_outliers",
-        "title",
-        "human_max_rate",
-        "review_above",
-        "review_min_players",
-        "review_account_age_h",
-    ):
+    # Every stored setting has a flag of its name, but these: given in seconds (above and
+    # below), or set by a command of its own (`games archive`).
+    for name in ops.GAME_FIELDS:
+        if name in ("duration_ms", "submission_window_ms", "archived_at"):
+            continue
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
