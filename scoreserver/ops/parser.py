@@ -1,24 +1,28 @@
-"""The `scoreserver` command line's parser: every command, flag and help text, and how help
-shows defaults. `cli.py` runs what it parses."""
+"""The `scoreserver` command line, declared: every command, flag and help text is a row of the
+tables below (`SERVE_FLAGS`, `GAME_OPTIONS`, `COMMANDS`), and one function, `_build`, makes
+argparse's parser from them. `cli.py` runs what it parses.
+
+To add a flag, add an `opt(...)` row where it belongs (its arguments are argparse's own); to add
+a command, add a `Cmd` to `COMMANDS` and a function to `cli.py`'s table of what each runs.
+
+Why one module of this size: it is the tables, a row per flag with its help text; split, the
+help of one command would live in several files.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from scoreserver.core.rules import GameSettings
-from scoreserver.server.accounts import (
-    BudgetSettings,
-)
-from scoreserver.store import (
-    STORE_WRITERS,
-)
+from scoreserver.server.accounts import BudgetSettings
+from scoreserver.store import STORE_WRITERS
 from scoreserver.wire.addresses import HEADERS
-
-# --- argument parsing -----------------------------------------------------------------------
 
 DEFAULT_DB = Path("scoreserver.db")
 WEBHOOK_ENV = "SCORESERVER_WEBHOOK"  # --webhook, kept out of `ps`
@@ -26,280 +30,551 @@ DEFAULT_KEY = Path("scoreserver.key")
 NOTE_HELP = "why: every decision is audited with its note (required)"
 
 
-def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for a LAN)"
-    )
-    parser.add_argument("--ws-port", type=int, default=8765, help="game socket port (0: any)")
-    parser.add_argument("--http-port", type=int, default=8080, help="HTTP port (0: any)")
-    parser.add_argument("--key", type=Path, default=DEFAULT_KEY, help="signing key file")
-    parser.add_argument(
+# --- the shapes of a declaration -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One argument or flag: `names` and `how` are what `add_argument` takes."""
+
+    names: tuple[str, ...]
+    how: Mapping[str, Any]
+
+
+def opt(*names: str, **how: Any) -> Opt:
+    return Opt(names, how)
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """Flags of which at most one (with `required`, exactly one) may be given."""
+
+    options: tuple[Opt, ...]
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Cmd:
+    """A command: its one-line help, its arguments, and a longer description if it needs one.
+    `common` gives it `--db`."""
+
+    help: str
+    args: tuple[Opt | OneOf, ...] = ()
+    description: str | None = None
+    common: bool = True
+
+
+@dataclass(frozen=True)
+class Group:
+    """A command of commands (`users add`, `users list`, ...)."""
+
+    help: str
+    commands: Mapping[str, Cmd] = field(default_factory=dict)
+
+
+# --- the server's flags --------------------------------------------------------------------
+
+_budgets = BudgetSettings()
+
+SERVE_FLAGS: tuple[Opt, ...] = (
+    opt("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for a LAN)"),
+    opt("--ws-port", type=int, default=8765, help="game socket port (0: any)"),
+    opt("--http-port", type=int, default=8080, help="HTTP port (0: any)"),
+    opt("--key", type=Path, default=DEFAULT_KEY, help="signing key file"),
+    opt(
         "--max-msg-rate",
         type=float,
         default=60.0,
         metavar="PER_S",
         help="game-socket messages a second per connection, sustained (default 60; 0: no limit)",
-    )
-    parser.add_argument(
+    ),
+    opt(
         "--max-conns-per-addr",
         type=int,
         default=256,
         metavar="N",
         help="game-socket connections per client address, per node (default 256; 0: no limit)",
-    )
-    parser.add_argument(
+    ),
+    opt(
         "--max-conns",
         type=int,
         default=20_000,
         metavar="N",
         help="game-socket connections in all, per node (default 20000; 0: no limit)",
-    )
-    budgets = BudgetSettings()
-    parser.add_argument(
+    ),
+    opt(
         "--login-attempts-per-addr",
         type=int,
-        default=budgets.login_attempts_per_addr,
+        default=_budgets.login_attempts_per_addr,
         metavar="N",
         help="logins, registrations and account deletions a minute per client address, on all"
-        f" nodes together (default {budgets.login_attempts_per_addr}; 0: no limit)",
-    )
-    parser.add_argument(
+        f" nodes together (default {_budgets.login_attempts_per_addr}; 0: no limit)",
+    ),
+    opt(
         "--failed-logins-per-account",
         type=int,
-        default=budgets.failed_logins_per_account,
+        default=_budgets.failed_logins_per_account,
         metavar="N",
         help="failed logins a minute per account, whatever the addresses"
-        f" (default {budgets.failed_logins_per_account}; at least 1)",
-    )
-    parser.add_argument(
+        f" (default {_budgets.failed_logins_per_account}; at least 1)",
+    ),
+    opt(
         "--failed-submissions-per-addr",
         type=int,
-        default=budgets.failed_submissions_per_addr,
+        default=_budgets.failed_submissions_per_addr,
         metavar="N",
         help="failed submissions (each one a flag) a minute per client address; past it they"
         " are refused, not flagged; honest ones are never refused"
-        f" (default {budgets.failed_submissions_per_addr}; 0: no limit)",
-    )
-    parser.add_argument(
+        f" (default {_budgets.failed_submissions_per_addr}; 0: no limit)",
+    ),
+    opt(
         "--admin-failures-per-addr",
         type=int,
-        default=budgets.admin_failures_per_addr,
+        default=_budgets.admin_failures_per_addr,
         metavar="N",
         help="failed /admin logins a minute per client address"
-        f" (default {budgets.admin_failures_per_addr}; at least 1)",
-    )
-    parser.add_argument(
+        f" (default {_budgets.admin_failures_per_addr}; at least 1)",
+    ),
+    opt(
         "--admin-failures",
         type=int,
-        default=budgets.admin_failures,
+        default=_budgets.admin_failures,
         metavar="N",
         help="failed /admin logins a minute, whatever the addresses"
-        f" (default {budgets.admin_failures}; at least 1)",
-    )
-    parser.add_argument(
+        f" (default {_budgets.admin_failures}; at least 1)",
+    ),
+    opt(
         "--flags-per-addr",
         type=int,
-        default=budgets.flags_per_addr,
+        default=_budgets.flags_per_addr,
         metavar="N",
         help="flags a minute per sender (a logged-in player's account, else the client address);"
         " past it, that sender's flags are not recorded; repeats of an open flag's cause count"
-        f" on it (default {budgets.flags_per_addr}; at least 1)",
-    )
-    parser.add_argument(
+        f" on it (default {_budgets.flags_per_addr}; at least 1)",
+    ),
+    opt(
         "--trusted-proxy",
         action="append",
         default=[],
         metavar="CIDR",
         help="a balancer or proxy whose connections may name the client: its PROXY header (v1,"
         " v2) or --forwarded-header is read (repeatable; default none: every peer is the client)",
-    )
-    parser.add_argument(
+    ),
+    opt(
         "--forwarded-header",
         choices=HEADERS,
         default="x-forwarded-for",
         help="the header the trusted proxies write (only that one is read; default"
         " x-forwarded-for)",
-    )
-    parser.add_argument(
+    ),
+    opt(
         "--allow-origin",
         action="append",
         default=[],
         metavar="ORIGIN",
         help="a web origin allowed besides same-host ones (repeatable; '*' for any)",
-    )
-    parser.add_argument("--tls-cert", type=Path, help="serve both ports over TLS with this cert")
-    parser.add_argument("--tls-key", type=Path, help="the TLS certificate's private key")
+    ),
+    opt("--tls-cert", type=Path, help="serve both ports over TLS with this cert"),
+    opt("--tls-key", type=Path, help="the TLS certificate's private key"),
     # Gone: point tokens are MACs made on the loop (tokens.py); accepted and ignored, so
     # that a command line written for an earlier version still starts.
-    parser.add_argument("--signer", help=argparse.SUPPRESS)
-    parser.add_argument(
+    opt("--signer", help=argparse.SUPPRESS),
+    opt(
         "--store-writer",
         choices=STORE_WRITERS,
         default="process",
         help="where the database writes run: a child process (default) or a thread",
-    )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
-    parser.add_argument(
+    ),
+    opt("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ..."),
+    opt(
         "--metrics-port",
         type=int,
         help="serve Prometheus metrics at /metrics on this port (default: off; 0: any free)",
-    )
-    parser.add_argument(
+    ),
+    opt(
         "--metrics-host",
         default="127.0.0.1",
         help="the address /metrics listens on (keep it private: it is not for players)",
-    )
-    parser.add_argument(
+    ),
+    opt(
         "--webhook",
         metavar="URL",
-        default=os.environ.get(WEBHOOK_ENV) or None,
+        default=None,  # SCORESERVER_WEBHOOK's value when the parser is built: `_build`
         help="POST a JSON notification here for every new first place and new flag (a Discord"
         " or Slack incoming-webhook URL works as it is; retried, never delays play). Such URLs"
         f" are secrets: {WEBHOOK_ENV}=URL keeps it out of `ps` (default: off)",
-    )
-    parser.add_argument(
+    ),
+    opt(
         "--node-url",
         help="this node's game-socket URL as players reach it, for other nodes of the database"
         " to send them here (default ws://HOST:PORT/ of its socket; docs/scaling.md)",
-    )
-    parser.add_argument(
+    ),
+    opt(
         "--node-lease",
         type=float,
         default=10.0,
         metavar="SECONDS",
         help="a node silent this long is gone: its running games are voided (default 10)",
-    )
-    parser.add_argument(
+    ),
+    opt(
         "--workers",
         type=int,
         default=1,
         help="event-loop processes of this node, sharing its ports (default 1; docs/scaling.md)",
-    )
+    ),
     # Internal: how `--workers N` starts each worker (its own game-socket port, shared ports).
-    parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--direct-ws-port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--writer-socket", help=argparse.SUPPRESS)
+    opt("--worker-of", type=int, help=argparse.SUPPRESS),
+    opt("--direct-ws-port", type=int, help=argparse.SUPPRESS),
+    opt("--writer-socket", help=argparse.SUPPRESS),
+)
 
 
-def _game_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    added: list[argparse.Action] = []
+# --- a game's settings (games add, games set) ----------------------------------------------
 
-    def option(*names: str, **how: Any) -> None:
-        added.append(parser.add_argument(*names, **how))
+_game = GameSettings(duration_ms=1)
 
-    option("--duration", type=float, required=required, help="seconds (fractions allowed)")
-    defaults = GameSettings(duration_ms=1)
-    option(
+GAME_OPTIONS: tuple[Opt | OneOf, ...] = (
+    opt("--duration", type=float, help="seconds (fractions allowed)"),
+    opt(
         "--burst-window-ms",
         type=int,
-        help=f"the window bursts are counted in (default {defaults.burst_window_ms})",
-    )
-    option(
+        help=f"the window bursts are counted in (default {_game.burst_window_ms})",
+    ),
+    opt(
         "--burst-threshold",
         type=int,
-        help=f"most points accepted in any burst window (default {defaults.burst_threshold})",
-    )
-    option(
+        help=f"most points accepted in any burst window (default {_game.burst_threshold})",
+    ),
+    opt(
         "--burst-limit",
         type=int,
         help=f"bursts allowed in a burst period; one more ends the game and flags it"
-        f" (default {defaults.burst_limit})",
-    )
-    option(
+        f" (default {_game.burst_limit})",
+    ),
+    opt(
         "--burst-period-ms",
         type=int,
-        help=f"the period bursts are counted in (default {defaults.burst_period_ms})",
-    )
-    option(
+        help=f"the period bursts are counted in (default {_game.burst_period_ms})",
+    ),
+    opt(
         "--latency-ms",
         type=int,
         help=f"how far a point's time may be from where the player's clock puts it"
-        f" (default {defaults.latency_ms})",
-    )
-    option(
+        f" (default {_game.latency_ms})",
+    ),
+    opt(
         "--submission-window-s",
         type=float,
         help=f"how long after its end a game may be submitted"
-        f" (default {defaults.submission_window_ms // 1000})",
-    )
-    option(
+        f" (default {_game.submission_window_ms // 1000})",
+    ),
+    opt(
         "--human-floor-ms",
         type=int,
         help="points repeatedly closer than this are flagged inhuman_timing (default 60; 0: off)",
-    )
-    option(
+    ),
+    opt(
         "--min-rhythm-cv",
         type=float,
         help="intervals (on the player's clock) more regular than this coefficient of"
-        f" variation are flagged robotic_rhythm (default {defaults.min_rhythm_cv:g}; 0: off)",
-    )
-    option(
+        f" variation are flagged robotic_rhythm (default {_game.min_rhythm_cv:g}; 0: off)",
+    ),
+    opt(
         "--human-max-rate",
         type=float,
         metavar="PER_S",
         help="more points a second than this, sustained over 10 s, are flagged"
-        f" superhuman_rate (default {defaults.human_max_rate:g}; 0: off, for games where a"
+        f" superhuman_rate (default {_game.human_max_rate:g}; 0: off, for games where a"
         " point is not a deliberate act)",
-    )
-    bound = parser.add_mutually_exclusive_group()
-    added.append(
-        bound.add_argument(
-            "--max-score",
-            type=int,
-            help="a result above N is refused as implausible_score and flagged (default: none)",
+    ),
+    OneOf(
+        (
+            opt(
+                "--max-score",
+                type=int,
+                help="a result above N is refused as implausible_score and flagged (default: none)",
+            ),
+            opt("--no-max-score", action="store_true", help="remove the game's --max-score bound"),
         )
-    )
-    bound.add_argument(
-        "--no-max-score", action="store_true", help="remove the game's --max-score bound"
-    )
-    option(
+    ),
+    opt(
         "--hold-outliers",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="hold a score above the range the game's trusted players have shown off boards"
         " until a reviewer clears it (default: hold; --no-hold-outliers flags it for review"
         " and still shows it)",
-    )
-    review_top = parser.add_mutually_exclusive_group()
-    added.append(
-        review_top.add_argument(
-            "--review-above",
-            type=int,
-            metavar="SCORE",
-            help="the top of the review range while the game has too few trusted players"
-            " (default: half of what --human-max-rate allows in a game)",
+    ),
+    OneOf(
+        (
+            opt(
+                "--review-above",
+                type=int,
+                metavar="SCORE",
+                help="the top of the review range while the game has too few trusted players"
+                " (default: half of what --human-max-rate allows in a game)",
+            ),
+            opt(
+                "--no-review-above",
+                action="store_true",
+                help="take the settings' top from --human-max-rate again",
+            ),
         )
-    )
-    review_top.add_argument(
-        "--no-review-above",
-        action="store_true",
-        help="take the settings' top from --human-max-rate again",
-    )
-    option(
+    ),
+    opt(
         "--review-min-players",
         type=int,
         metavar="N",
         help="trusted players needed before the range comes from their best scores"
-        f" (default {defaults.review_min_players})",
-    )
-    option(
+        f" (default {_game.review_min_players})",
+    ),
+    opt(
         "--review-account-age-h",
         type=float,
         metavar="HOURS",
         help="how old an account must be for its results to count as trusted, unless a"
-        f" reviewer cleared them (default {defaults.review_account_age_h:g}; 0 for an event"
+        f" reviewer cleared them (default {_game.review_account_age_h:g}; 0 for an event"
         " whose accounts are all new)",
-    )
-    option("--title", help="a display name for pages (default: the game id)")
-    if not required:  # `games set`: an option not given keeps its value; no defaults to show
-        for action in added:
-            if action.help:
-                text = _DEFAULT_IN_HELP.sub(lambda m: f" ({m[1]})" if m[1] else "", action.help)
-                action.help = text
-
+    ),
+    opt("--title", help="a display name for pages (default: the game id)"),
+)
 
 # "(default 60; 0: off)" -> " (0: off)"; "(default: none)" -> "".
 _DEFAULT_IN_HELP = re.compile(r" \(default:? [^;)]*(?:; ([^)]*))?\)")
+
+
+def _changed(option: Opt, **how: Any) -> Opt:
+    return Opt(option.names, {**option.how, **how})
+
+
+def _for_set(options: tuple[Opt | OneOf, ...]) -> tuple[Opt | OneOf, ...]:
+    """`games set`: an option not given keeps its value, so its help shows no default (the
+    help of a `--no-...` flag, which has none to show, stays as it is)."""
+
+    def one(option: Opt) -> Opt:
+        text = option.how.get("help")
+        if not text or option.names[0].startswith("--no-"):
+            return option
+        return _changed(
+            option, help=_DEFAULT_IN_HELP.sub(lambda m: f" ({m[1]})" if m[1] else "", text)
+        )
+
+    return tuple(
+        OneOf(tuple(one(o) for o in x.options), x.required) if isinstance(x, OneOf) else one(x)
+        for x in options
+    )
+
+
+def _required_duration(options: tuple[Opt | OneOf, ...]) -> tuple[Opt | OneOf, ...]:
+    return tuple(
+        _changed(x, required=True) if isinstance(x, Opt) and x.names == ("--duration",) else x
+        for x in options
+    )
+
+
+# --- every command -------------------------------------------------------------------------
+
+_NAME = opt("name", help="the player's name")
+_NOTE = opt("--note", required=True, help=NOTE_HELP)
+_JSON = opt("--json", action="store_true", help="print JSON, for scripts")
+_GAME = opt("game_id", help="the game")
+_FLAG_ID = opt("flag_id", type=int, help="the flag's number (flags list)")
+_SESSION = opt("session_id", help="the session (or an unambiguous prefix of its id)")
+
+COMMANDS: Mapping[str, Cmd | Group] = {
+    "serve": Cmd("run the server", SERVE_FLAGS),
+    "users": Group(
+        "accounts",
+        {
+            "add": Cmd(
+                "create an account",
+                (
+                    _NAME,
+                    opt(
+                        "--password-stdin",
+                        action="store_true",
+                        help="read the password from standard input (default: ask for it on"
+                        " the terminal)",
+                    ),
+                ),
+            ),
+            "list": Cmd("list accounts"),
+            "ban": Cmd(
+                "ban an account",
+                (
+                    _NAME,
+                    opt("--days", type=float, help="ban length (default: until unbanned)"),
+                    _NOTE,
+                ),
+            ),
+            "unban": Cmd("lift a ban", (_NAME, _NOTE)),
+            "delete": Cmd("erase an account's personal data (results are kept)", (_NAME, _NOTE)),
+            "reset-password": Cmd(
+                "print a one-time code (24 h) with which the player sets a new password on the"
+                " game's page",
+                (_NAME,),
+            ),
+        },
+    ),
+    "games": Group(
+        "games and their rules",
+        {
+            "add": Cmd(
+                "create a game",
+                (
+                    opt("game_id", help="the new game's id (in URLs: /board/GAME_ID)"),
+                    *_required_duration(GAME_OPTIONS),
+                ),
+            ),
+            "set": Cmd(
+                "change a game's rules",
+                (opt("game_id", help="the game to change"), *_for_set(GAME_OPTIONS)),
+                description="Change a game's rules: only the options given change; the others"
+                " keep their values (`games show GAME_ID`). New sessions use them; running ones"
+                " keep theirs.",
+            ),
+            "archive": Cmd(
+                "stop new games of GAME_ID; its board and results stay (--undo: playable again)",
+                (_GAME, opt("--undo", action="store_true", help="make the game playable again")),
+            ),
+            "remove": Cmd("delete a game nobody has played (else: archive it)", (_GAME,)),
+            "list": Cmd("list games"),
+            "show": Cmd(
+                "show a game's rules", (opt("game_id", nargs="?", help="one game (default: all)"),)
+            ),
+        },
+    ),
+    "flags": Group(
+        "accounts flagged for review",
+        {
+            "list": Cmd(
+                "list flags",
+                (
+                    opt("--open", action="store_true", help="only open flags"),
+                    opt("--game", help="only this game's flags"),
+                    opt("--user", help="only this player's flags"),
+                    _JSON,
+                ),
+            ),
+            "show": Cmd("a flag with its evidence", (_FLAG_ID, _JSON)),
+            "resolve": Cmd(
+                "decide a flag",
+                (
+                    _FLAG_ID,
+                    OneOf(
+                        (
+                            opt(
+                                "--clear",
+                                action="store_true",
+                                help="no cheating: restore the scores",
+                            ),
+                            opt("--ban", action="store_true", help="cheating: ban the account"),
+                        ),
+                        required=True,
+                    ),
+                    opt(
+                        "--days",
+                        type=float,
+                        help="with --ban: its length (default: until unbanned)",
+                    ),
+                    _NOTE,
+                ),
+            ),
+        },
+    ),
+    "scores": Group(
+        "single scores",
+        {
+            "hide": Cmd("hide a session's score", (_SESSION, _NOTE)),
+            "restore": Cmd("show it again", (_SESSION, _NOTE)),
+        },
+    ),
+    "keys": Group(
+        "signing keys",
+        {
+            "list": Cmd("list signing keys"),
+            "rotate": Cmd(
+                "make a new signing key",
+                (opt("--key", type=Path, default=DEFAULT_KEY, help="the server's key file"),),
+            ),
+        },
+    ),
+    "audit": Cmd("the admin actions taken"),
+    "export": Cmd(
+        "a game's board and results, for records",
+        (
+            _GAME,
+            opt("--format", choices=["csv", "json"], default="csv", help="the output's format"),
+            opt(
+                "--window",
+                choices=["day", "week", "all"],
+                default="all",
+                help="which results, by age",
+            ),
+            opt(
+                "--results",
+                action="store_true",
+                help="CSV: every result with its session id, instead of the board as shown"
+                " (JSON has both)",
+            ),
+        ),
+    ),
+    "backup": Cmd(
+        "a consistent copy of the live database",
+        (opt("file", type=Path, help="the new file to write (it must not exist)"),),
+    ),
+    "migrate": Cmd(
+        "copy the database (--db) into a new, empty one (--to), checked row for row",
+        (
+            opt(
+                "--while-running",
+                action="store_true",
+                help="copy although a server is using the database (what it writes meanwhile"
+                " is lost)",
+            ),
+            opt(
+                "--to",
+                required=True,
+                help="the new database: a PostgreSQL URL (postgresql://user@host/dbname) or a file",
+            ),
+        ),
+    ),
+    "leaderboard": Cmd(
+        "a game's leaderboard",
+        (_GAME, opt("--limit", type=int, default=10, help="how many places"), _JSON),
+    ),
+    "admin": Group(
+        "the admin page",
+        {
+            "set-password": Cmd(
+                "set the /admin password",
+                (
+                    opt(
+                        "--password-stdin",
+                        action="store_true",
+                        help="read the password from standard input (default: ask on the terminal)",
+                    ),
+                ),
+            ),
+            "login-link": Cmd(
+                "print a link that opens /admin without the password (for whoever can run this"
+                " on the server's machine: works while guessers hold the password login at its"
+                " limit)",
+                (
+                    opt(
+                        "--url",
+                        default="http://127.0.0.1:8080",
+                        help="the server's HTTP address as your browser reaches it (default"
+                        " http://127.0.0.1:8080)",
+                    ),
+                ),
+            ),
+        },
+    ),
+}
+
+
+# --- how help reads, and the one builder ---------------------------------------------------
 
 
 class _Help(argparse.HelpFormatter):
@@ -335,6 +610,40 @@ def _common() -> Parser:
     return common
 
 
+def _add(parser: argparse.ArgumentParser, args: tuple[Opt | OneOf, ...]) -> None:
+    for arg in args:
+        if isinstance(arg, OneOf):
+            group = parser.add_mutually_exclusive_group(required=arg.required)
+            for option in arg.options:
+                group.add_argument(*option.names, **option.how)
+            continue
+        how = dict(arg.how)
+        if arg.names == ("--webhook",):  # read when parsing, so a test's environment counts
+            how["default"] = os.environ.get(WEBHOOK_ENV) or None
+        parser.add_argument(*arg.names, **how)
+
+
+def _build(
+    sub: Any,  # what add_subparsers returns (argparse names its type privately)
+    commands: Mapping[str, Cmd | Group],
+    common: Parser,
+) -> None:
+    for name, command in commands.items():
+        if isinstance(command, Group):
+            inner = sub.add_parser(name, help=command.help).add_subparsers(
+                dest="action", required=True
+            )
+            _build(inner, command.commands, common)
+            continue
+        parser = sub.add_parser(
+            name,
+            parents=[common] if command.common else [],
+            help=command.help,
+            description=command.description,
+        )
+        _add(parser, command.args)
+
+
 def serve_parser(prog: str) -> argparse.ArgumentParser:
     """The parser of `python run.py`: serve's flags under the name it was started by."""
     parser = Parser(
@@ -342,163 +651,13 @@ def serve_parser(prog: str) -> argparse.ArgumentParser:
         parents=[_common()],
         description="Run scoreserver: the game socket, HTTP, and its helper processes.",
     )
-    _add_serve_flags(parser)
+    _add(parser, SERVE_FLAGS)
     parser.set_defaults(command="serve")
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _common()
+    """The parser of `scoreserver`, made from `COMMANDS`."""
     parser = Parser(prog="scoreserver", description="Server-authoritative scores for web games.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", parents=[common], help="run the server")
-    _add_serve_flags(serve)
-
-    users = sub.add_parser("users", help="accounts").add_subparsers(dest="action", required=True)
-    add = users.add_parser("add", parents=[common], help="create an account")
-    add.add_argument("name", help="the player's name")
-    add.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the password from standard input (default: ask for it on the terminal)",
-    )
-    users.add_parser("list", parents=[common], help="list accounts")
-    ban = users.add_parser("ban", parents=[common], help="ban an account")
-    ban.add_argument("name", help="the player's name")
-    ban.add_argument("--days", type=float, help="ban length (default: until unbanned)")
-    ban.add_argument("--note", required=True, help=NOTE_HELP)
-    unban = users.add_parser("unban", parents=[common], help="lift a ban")
-    unban.add_argument("name", help="the player's name")
-    unban.add_argument("--note", required=True, help=NOTE_HELP)
-    delete = users.add_parser(
-        "delete", parents=[common], help="erase an account's personal data (results are kept)"
-    )
-    delete.add_argument("name", help="the player's name")
-    delete.add_argument("--note", required=True, help=NOTE_HELP)
-    reset = users.add_parser(
-        "reset-password",
-        parents=[common],
-        help="print a one-time code (24 h) with which the player sets a new password on the"
-        " game's page",
-    )
-    reset.add_argument("name", help="the player's name")
-
-    games = sub.add_parser("games", help="games and their rules").add_subparsers(
-        dest="action", required=True
-    )
-    gadd = games.add_parser("add", parents=[common], help="create a game")
-    gadd.add_argument("game_id", help="the new game's id (in URLs: /board/GAME_ID)")
-    _game_options(gadd, required=True)
-    gset = games.add_parser(
-        "set",
-        parents=[common],
-        help="change a game's rules",
-        description="Change a game's rules: only the options given change; the others keep"
-        " their values (`games show GAME_ID`). New sessions use them; running ones keep theirs.",
-    )
-    gset.add_argument("game_id", help="the game to change")
-    _game_options(gset, required=False)
-    arch = games.add_parser(
-        "archive",
-        parents=[common],
-        help="stop new games of GAME_ID; its board and results stay (--undo: playable again)",
-    )
-    arch.add_argument("game_id", help="the game")
-    arch.add_argument("--undo", action="store_true", help="make the game playable again")
-    rm = games.add_parser(
-        "remove", parents=[common], help="delete a game nobody has played (else: archive it)"
-    )
-    rm.add_argument("game_id", help="the game")
-    games.add_parser("list", parents=[common], help="list games")
-    gshow = games.add_parser("show", parents=[common], help="show a game's rules")
-    gshow.add_argument("game_id", nargs="?", help="one game (default: all)")
-
-    flags = sub.add_parser("flags", help="accounts flagged for review").add_subparsers(
-        dest="action", required=True
-    )
-    flist = flags.add_parser("list", parents=[common], help="list flags")
-    flist.add_argument("--open", action="store_true", help="only open flags")
-    flist.add_argument("--game", help="only this game's flags")
-    flist.add_argument("--user", help="only this player's flags")
-    flist.add_argument("--json", action="store_true", help="print JSON, for scripts")
-    fshow = flags.add_parser("show", parents=[common], help="a flag with its evidence")
-    fshow.add_argument("flag_id", type=int, help="the flag's number (flags list)")
-    fshow.add_argument("--json", action="store_true", help="print JSON, for scripts")
-    fres = flags.add_parser("resolve", parents=[common], help="decide a flag")
-    fres.add_argument("flag_id", type=int, help="the flag's number (flags list)")
-    how = fres.add_mutually_exclusive_group(required=True)
-    how.add_argument("--clear", action="store_true", help="no cheating: restore the scores")
-    how.add_argument("--ban", action="store_true", help="cheating: ban the account")
-    fres.add_argument("--days", type=float, help="with --ban: its length (default: until unbanned)")
-    fres.add_argument("--note", required=True, help=NOTE_HELP)
-
-    scores = sub.add_parser("scores", help="single scores").add_subparsers(
-        dest="action", required=True
-    )
-    for name, text in (("hide", "hide a session's score"), ("restore", "show it again")):
-        p = scores.add_parser(name, parents=[common], help=text)
-        p.add_argument("session_id", help="the session (or an unambiguous prefix of its id)")
-        p.add_argument("--note", required=True, help=NOTE_HELP)
-
-    keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="action", required=True)
-    keys.add_parser("list", parents=[common], help="list signing keys")
-    rot = keys.add_parser("rotate", parents=[common], help="make a new signing key")
-    rot.add_argument("--key", type=Path, default=DEFAULT_KEY, help="the server's key file")
-
-    sub.add_parser("audit", parents=[common], help="the admin actions taken")
-    ex = sub.add_parser("export", parents=[common], help="a game's board and results, for records")
-    ex.add_argument("game_id", help="the game")
-    ex.add_argument("--format", choices=["csv", "json"], default="csv", help="the output's format")
-    ex.add_argument(
-        "--window", choices=["day", "week", "all"], default="all", help="which results, by age"
-    )
-    ex.add_argument(
-        "--results",
-        action="store_true",
-        help="CSV: every result with its session id, instead of the board as shown (JSON has both)",
-    )
-    bk = sub.add_parser("backup", parents=[common], help="a consistent copy of the live database")
-    bk.add_argument("file", type=Path, help="the new file to write (it must not exist)")
-    mg = sub.add_parser(
-        "migrate",
-        parents=[common],
-        help="copy the database (--db) into a new, empty one (--to), checked row for row",
-    )
-    mg.add_argument(
-        "--while-running",
-        action="store_true",
-        help="copy although a server is using the database (what it writes meanwhile is lost)",
-    )
-    mg.add_argument(
-        "--to",
-        required=True,
-        help="the new database: a PostgreSQL URL (postgresql://user@host/dbname) or a file",
-    )
-
-    board = sub.add_parser("leaderboard", parents=[common], help="a game's leaderboard")
-    board.add_argument("game_id", help="the game")
-    board.add_argument("--limit", type=int, default=10, help="how many places")
-    board.add_argument("--json", action="store_true", help="print JSON, for scripts")
-
-    admin = sub.add_parser("admin", help="the admin page").add_subparsers(
-        dest="action", required=True
-    )
-    setpw = admin.add_parser("set-password", parents=[common], help="set the /admin password")
-    setpw.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the password from standard input (default: ask on the terminal)",
-    )
-    link = admin.add_parser(
-        "login-link",
-        parents=[common],
-        help="print a link that opens /admin without the password (for whoever can run this on"
-        " the server's machine: works while guessers hold the password login at its limit)",
-    )
-    link.add_argument(
-        "--url",
-        default="http://127.0.0.1:8080",
-        help="the server's HTTP address as your browser reaches it (default http://127.0.0.1:8080)",
-    )
+    _build(parser.add_subparsers(dest="command", required=True), COMMANDS, _common())
     return parser
