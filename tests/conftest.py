@@ -59,6 +59,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only: in a module marked `engines`, a test of SQLite alone"
     )
+    config.addinivalue_line(
+        "markers",
+        "realtime: runs on the wall clock (real sockets, processes, a browser), not under"
+        " autojump_clock; `-m realtime` runs these alone, e.g. beside `bench/run.py --quick`",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `realtime` every test whose waits are real: outside tests/unit (pure, synchronous)
+    and not under pytest-trio's autojump_clock. A marker given by hand is kept as it is."""
+    unit = Path(__file__).parent / "unit"
+    for item in items:
+        if item.path.is_relative_to(unit) or "autojump_clock" in getattr(item, "fixturenames", ()):
+            continue
+        item.add_marker(pytest.mark.realtime)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
