@@ -330,3 +330,35 @@ async def test_a_login_budget_waits_only_for_charges_of_its_own_key(
             os.kill(writer, signal.SIGCONT)
         assert count(store, "attempts") == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_a_player_search_finds_any_case_and_any_look_alike_by_one_rule(
+    tmp_path: Path,
+) -> None:
+    """/admin's player search, on both engines: `zoë` finds `ZOË` and `STRASSE` finds
+    `Straße` (SQLite's lower() is ASCII-only, PostgreSQL's does not fold ß), a part of a name
+    finds it, Latin `alice` finds a Cyrillic `АLICE`, LIKE's wildcards are plain characters,
+    and a number also finds the account with that id."""
+    writer = Store(databases.location(tmp_path, "s.db"), writer="inline")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        ids = {
+            name: await writer.add_user(name, "hash", 1)
+            for name in ("ZOË", "Straße", "\u0410LICE", "bob", "50%_off", "carl")
+        }
+
+        async def found(search: str) -> set[str]:
+            return {u["name"] for u in await writer.users(search=search)}
+
+        assert await found("zoë") == {"ZOË"}
+        assert await found("STRASSE") == {"Straße"}
+        assert await found("trass") == {"Straße"}
+        assert await found("alice") == {"\u0410LICE"}
+        assert await found("lic") == {"\u0410LICE"}
+        assert await found("%") == {"50%_off"}
+        assert await found("_") == {"50%_off"}
+        assert await found("BO") == {"bob"}
+        assert await found("nobody") == set()
+        assert await found(str(ids["carl"])) == {"carl"}
+        assert len(await writer.users()) == 6
+        nursery.cancel_scope.cancel()

@@ -79,12 +79,23 @@ def user_by_login_token(conn: Connection, token_hash: bytes, now: int) -> User |
 def list_users(
     conn: Connection, *, limit: int = -1, offset: int = 0, search: str | None = None
 ) -> list[UserSummary]:
-    """Accounts by id; `search` keeps those whose name holds it (any case) or whose id it is."""
+    """Accounts by id; `search` keeps those whose name holds it, in any case and in any
+    look-alike spelling (by `names.skeleton`, which maps a name character by character, so
+    the key of a part of a name is a part of the name's key: one rule on both engines, and
+    `zoë` finds `ZOË`, `alice` finds `АLICE`), or whose id it is. Names kept from before
+    look-alike keys (no key) are matched by the engine's lower()."""
     where, params = "", list[object]()
     if search:
-        pattern = "%" + search.casefold().replace("!", "!!").replace("%", "!%").replace("_", "!_")
-        where = " WHERE lower(u.name) LIKE ? ESCAPE '!'"
-        params.append(pattern + "%")
+        holds = (
+            "instr(u.name_skeleton, ?)"
+            if conn.dialect == "sqlite"
+            else "strpos(u.name_skeleton, ?)"
+        )
+        escaped = search.casefold().replace("!", "!!").replace("%", "!%").replace("_", "!_")
+        where = (
+            f" WHERE {holds} > 0 OR (u.name_skeleton IS NULL AND lower(u.name) LIKE ? ESCAPE '!')"
+        )
+        params += [skeleton(search), f"%{escaped}%"]
         if search.isdigit() and int(search) < 2**63:
             where += " OR u.id = ?"
             params.append(int(search))
