@@ -1,107 +1,43 @@
 """The HTTP side: a Starlette app served by hypercorn's trio worker in the server's process.
 
-Routes: login and registration, result submission, leaderboards, the public keys, health,
-and the pages (the demo, the client module, the big-screen board, the admin console).
+Its routes are in `routes.py` (players, the public, pages) and `admin.py` (the console);
+here are the middleware every request passes (the client's address behind a trusted proxy,
+NUL refused, same-host CORS) and `create_app`, which puts them together.
 Every error is JSON: `{"error": CODE, "message": TEXT}`.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Annotated, Any
 
-import msgspec
-import segno
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scoreserver.codes import HttpCode
-from scoreserver.errors import AuthError, BusyError, ConflictError, RateLimitedError
-from scoreserver.server.accounts import PASSWORD_MAX
 from scoreserver.server.admin import AdminConsole
+from scoreserver.server.routes import (
+    Pages,
+    PlayerRoutes,
+    PublicRoutes,
+    method_not_allowed,
+    not_found,
+    page,
+    server_error,
+)
 from scoreserver.server.service import Service
-from scoreserver.server.sessions import Peer
 from scoreserver.server.transport import ClientAddresses, ClientStream
 from scoreserver.server.webio import (
     NUL_REFUSED,
-    HttpError,
-    bearer,
     error_response,
-    int_param,
-    read_json,
 )
 from scoreserver.server.ws import origin_allowed
-from scoreserver.store import User
-from scoreserver.wire import protocol as wire
 from scoreserver.wire.addresses import AddressError
-from scoreserver.wire.tokens import b64encode, raw_public
 
 logger = logging.getLogger(__name__)
-
-STATIC_DIR = Path(__file__).parent.parent / "static"
-WINDOWS_MS = {"day": 86_400_000, "week": 7 * 86_400_000}
-QR_TEXT_MAX = 512  # a URL; more would make a code no phone reads off a screen
-
-
-class ResultBody(msgspec.Struct, frozen=True):
-    start_token: wire.Token
-    end_token: wire.Token
-    points: list[wire.PointClaim]
-
-
-class Credentials(msgspec.Struct, frozen=True):
-    name: Annotated[str, msgspec.Meta(max_length=256)]
-    password: Annotated[str, msgspec.Meta(max_length=PASSWORD_MAX)]
-    # The `device` a previous login or registration of this account answered with: this
-    # device's logins are limited on their own (Service.login).
-    device: Annotated[str, msgspec.Meta(max_length=400)] | None = None
-
-
-# A login or registration body: a name and a password, with room for JSON's escapes.
-CREDENTIALS_BODY_BYTES = 16 * 1024
-
-
-def peer_of(request: Request) -> Peer:
-    client = request.client
-    return Peer(
-        address=client.host if client else None,
-        user_agent=request.headers.get("user-agent", "")[:200],
-    )
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _json_errors(handler: Handler) -> Handler:
-    """Errors as JSON, and the refusals every route shares: a spent budget is 429, a full
-    password queue 503."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            try:
-                return await handler(request)
-            except RateLimitedError as exc:
-                raise HttpError(429, HttpCode.RATE_LIMITED, str(exc)) from None
-            except BusyError as exc:
-                raise HttpError(503, HttpCode.BUSY, str(exc)) from None
-            except AuthError as exc:
-                raise HttpError(401, HttpCode.AUTH_FAILED, str(exc), exc.details()) from None
-        except HttpError as exc:
-            # A 413 (the rest of the body unread) closes its connection:
-            # ClientAddressMiddleware, for every route.
-            return error_response(exc.status, exc.code, exc.message, exc.extra)
-
-    wrapped.__name__ = handler.__name__
-    return wrapped
 
 
 class ClientAddressMiddleware:
@@ -168,219 +104,8 @@ def create_app(
     allowed_origins: tuple[str, ...] = (),
     addresses: ClientAddresses | None = None,
 ) -> Starlette:
-    """The HTTP application for `service`."""
-
-    @_json_errors
-    async def register(request: Request) -> Response:
-        body = await read_json(request, Credentials, CREDENTIALS_BODY_BYTES)
-        try:
-            token, user = await service.register(body.name, body.password, peer_of(request).address)
-        except ValueError as exc:
-            raise HttpError(400, HttpCode.BAD_REQUEST, str(exc)) from None
-        except ConflictError:
-            raise HttpError(409, HttpCode.NAME_TAKEN, "that name is taken") from None
-        device = service.device_token(user.id)
-        return JSONResponse(
-            {"token": token, "user_id": user.id, "name": user.name, "device": device}, 201
-        )
-
-    @_json_errors
-    async def login(request: Request) -> Response:
-        body = await read_json(request, Credentials, CREDENTIALS_BODY_BYTES)
-        token, user = await service.login(
-            body.name, body.password, peer_of(request).address, body.device
-        )
-        device = service.device_token(user.id)
-        return JSONResponse(
-            {"token": token, "user_id": user.id, "name": user.name, "device": device}
-        )
-
-    class ResetBody(msgspec.Struct, frozen=True):
-        name: Annotated[str, msgspec.Meta(max_length=256)]
-        code: Annotated[str, msgspec.Meta(max_length=64)]
-        password: Annotated[str, msgspec.Meta(max_length=PASSWORD_MAX)]
-
-    @_json_errors
-    async def reset_password(request: Request) -> Response:
-        body = await read_json(request, ResetBody, CREDENTIALS_BODY_BYTES)
-        try:
-            token, user = await service.reset_password(
-                body.name, body.code, body.password, peer_of(request).address
-            )
-        except ValueError as exc:
-            raise HttpError(400, HttpCode.BAD_REQUEST, str(exc)) from None
-        device = service.device_token(user.id)
-        return JSONResponse(
-            {"token": token, "user_id": user.id, "name": user.name, "device": device}
-        )
-
-    async def identified(request: Request) -> User:
-        """The account of the request's `Authorization: Bearer LOGIN_TOKEN` (401 without one)."""
-        token = bearer(request)
-        if token is None:
-            raise HttpError(401, HttpCode.AUTH_FAILED, "use `Authorization: Bearer LOGIN_TOKEN`")
-        return await service.identify(token)  # AuthError: 401 (_json_errors)
-
-    async def submitter(request: Request) -> Peer:
-        """Who submits: anyone may (the tokens authorize a submission), but a player who sends
-        their login token is known by it, so a failure is held against them, not an address."""
-        peer = peer_of(request)
-        if "authorization" not in request.headers:
-            return peer
-        user = await identified(request)
-        peer.user_id, peer.name = user.id, user.name
-        return peer
-
-    class Erasure(msgspec.Struct, frozen=True):
-        password: Annotated[str, msgspec.Meta(max_length=PASSWORD_MAX)]
-
-    @_json_errors
-    async def delete_me(request: Request) -> Response:
-        token = bearer(request)
-        if token is None:
-            raise HttpError(401, HttpCode.AUTH_FAILED, "send `Authorization: Bearer LOGIN_TOKEN`")
-        body = await read_json(request, Erasure, CREDENTIALS_BODY_BYTES)
-        user_id = await service.delete_account(token, body.password, peer_of(request).address)
-        return JSONResponse({"deleted": True, "user_id": user_id})
-
-    @_json_errors
-    async def me(request: Request) -> Response:
-        """The player's own account and results, each saying whether it is on the boards and,
-        if not, why (held for review, flagged, hidden, banned)."""
-        user = await identified(request)
-        results = await service.store.my_results(user.id, service.clock.now_ms())
-        return JSONResponse({"user_id": user.id, "name": user.name, "results": results})
-
-    @_json_errors
-    async def results(request: Request) -> Response:
-        body = await read_json(request, ResultBody)
-        outcome = await service.submit(
-            body.start_token, body.end_token, body.points, await submitter(request)
-        )
-        answer: dict[str, Any] = {"type": "result", "accepted": outcome.accepted}
-        if outcome.accepted:
-            answer.update(score=outcome.score, saved=outcome.saved, held=outcome.held)
-            if outcome.held_reason is not None:
-                answer["held_reason"] = outcome.held_reason
-        else:
-            answer["reason"] = outcome.reason
-        return JSONResponse(answer)
-
-    @_json_errors
-    async def leaderboard(request: Request) -> Response:
-        game_id = request.path_params["game_id"]
-        if game_id not in service.games:
-            raise HttpError(404, HttpCode.UNKNOWN_GAME, f"no game {game_id!r}")
-        limit = int_param(request, "limit", 10, 1, 100)
-        offset = int_param(request, "offset", 0, 0, 10**9)
-        around = int_param(request, "around", None, 0, 2**62)
-        window = request.query_params.get("window", "all")
-        if window not in ("day", "week", "all"):
-            raise HttpError(400, HttpCode.BAD_REQUEST, "`window` is day, week or all")
-        now = service.clock.now_ms()
-        since = now - WINDOWS_MS[window] if window in WINDOWS_MS else 0
-        entries = await service.store.leaderboard(
-            game_id, now, limit=limit, offset=offset, around=around, since=since
-        )
-        return JSONResponse({"game_id": game_id, "entries": entries})
-
-    async def keys(request: Request) -> Response:
-        return JSONResponse(
-            {
-                "keys": [
-                    {
-                        "kid": k.kid.hex(),
-                        "alg": "Ed25519",
-                        "public_key": b64encode(raw_public(k.public_key)),
-                    }
-                    for k in service.keys.verify_keys
-                ]
-            }
-        )
-
-    async def healthz(request: Request) -> Response:
-        # 200 while games can be played and saved (also when degraded); 503 when they cannot.
-        report = request.app.state.health()
-        return JSONResponse(report, status_code=503 if report["status"] == "failing" else 200)
-
-    async def stats(request: Request) -> Response:
-        # Operational counters: connections, sessions, commits, event-loop stalls.
-        return JSONResponse(request.app.state.stats())
-
-    async def config(request: Request) -> Response:
-        # Where the game socket listens: the client module asks, so pages need no settings.
-        # play_urls: where other machines reach this HTTP port (the big screen's "play at").
-        return JSONResponse(
-            {
-                "ws_port": request.app.state.ws_port,
-                "play_urls": getattr(request.app.state, "play_urls", []),
-            }
-        )
-
-    async def qr_code(request: Request) -> Response:
-        # A QR code of `text` (the big screen's play address), as SVG.
-        text = request.query_params.get("text", "")
-        if not 1 <= len(text) <= QR_TEXT_MAX:
-            return error_response(
-                400, HttpCode.BAD_REQUEST, f"`text` is 1 to {QR_TEXT_MAX} characters"
-            )
-        out = io.BytesIO()  # a standalone SVG (its namespace declared): an <img> shows it
-        segno.make(text, error="m").save(
-            out, kind="svg", scale=8, border=2, dark="#0b1020", xmldecl=False, svgns=True
-        )
-        return Response(
-            out.getvalue(), media_type="image/svg+xml", headers={"cache-control": "max-age=3600"}
-        )
-
-    async def games(request: Request) -> Response:
-        return JSONResponse(
-            {
-                "games": [
-                    {
-                        "game_id": game_id,
-                        "duration_ms": settings.duration_ms,
-                        "title": settings.title,
-                        "archived": settings.archived_at is not None,
-                    }
-                    for game_id, settings in sorted(service.games.items())
-                ]
-            }
-        )
-
-    def page(name: str) -> Handler:
-        async def serve_page(request: Request) -> Response:
-            path = STATIC_DIR / name
-            if not path.exists():
-                return error_response(404, HttpCode.NOT_FOUND, f"{name} is not installed")
-            return FileResponse(path, headers={"cache-control": "no-cache"})
-
-        return serve_page
-
-    async def board_page(request: Request) -> Response:
-        # A board of no game is a 404 (the list of boards, to pick the right one).
-        if request.path_params["game_id"] not in service.games:
-            return FileResponse(
-                STATIC_DIR / "games.html", status_code=404, headers={"cache-control": "no-cache"}
-            )
-        return FileResponse(STATIC_DIR / "board.html", headers={"cache-control": "no-cache"})
-
-    async def favicon(request: Request) -> Response:
-        return FileResponse(
-            STATIC_DIR / "favicon.svg",
-            media_type="image/svg+xml",
-            headers={"cache-control": "max-age=86400"},
-        )
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return error_response(404, HttpCode.NOT_FOUND, "no such resource")
-
-    async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        return error_response(405, HttpCode.METHOD_NOT_ALLOWED, "method not allowed")
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        logger.exception("HTTP handler failed", exc_info=exc)
-        return error_response(500, HttpCode.INTERNAL_ERROR, "internal error")
-
+    """The HTTP application for `service`: the routes of `routes.py` and the admin console's,
+    behind the client-address and same-host CORS middleware."""
     admin = AdminConsole(
         service.store,
         service.password_policy,
@@ -406,25 +131,9 @@ def create_app(
 
     routes = [
         *admin.routes(admin_page),
-        Route("/api/register", register, methods=["POST"]),
-        Route("/api/login", login, methods=["POST"]),
-        Route("/api/reset-password", reset_password, methods=["POST"]),
-        Route("/api/results", results, methods=["POST"]),
-        Route("/api/me", delete_me, methods=["DELETE"]),
-        Route("/api/me", me, methods=["GET"]),
-        Route("/api/games", games, methods=["GET"]),
-        Route("/api/games/{game_id}/leaderboard", leaderboard, methods=["GET"]),
-        Route("/api/keys", keys, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/api/config", config, methods=["GET"]),
-        Route("/api/qr.svg", qr_code, methods=["GET"]),
-        Route("/api/stats", stats, methods=["GET"]),
-        Route("/", page("index.html"), methods=["GET"]),
-        Route("/board/{game_id}", board_page, methods=["GET"]),
-        Route("/board/", page("games.html"), methods=["GET"]),
-        Route("/board", page("games.html"), methods=["GET"]),
-        Route("/favicon.ico", favicon, methods=["GET"]),
-        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+        *PlayerRoutes(service).routes(),
+        *PublicRoutes(service).routes(),
+        *Pages(service).routes(),
     ]
     middleware = [Middleware(SameHostCORS, allowed_origins=allowed_origins)]
     if addresses is not None:

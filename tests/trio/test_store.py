@@ -338,13 +338,14 @@ async def test_a_player_search_finds_any_case_and_any_look_alike_by_one_rule(
     """/admin's player search, on both engines: `zoë` finds `ZOË` and `STRASSE` finds
     `Straße` (SQLite's lower() is ASCII-only, PostgreSQL's does not fold ß), a part of a name
     finds it, Latin `alice` finds a Cyrillic `АLICE`, LIKE's wildcards are plain characters,
-    and a number also finds the account with that id."""
+    and a number finds the account with that id and names holding those digits as they are
+    (not `l` for `1`)."""
     writer = Store(databases.location(tmp_path, "s.db"), writer="inline")
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         ids = {
             name: await writer.add_user(name, "hash", 1)
-            for name in ("ZOË", "Straße", "\u0410LICE", "bob", "50%_off", "carl")
+            for name in ("ZOË", "Straße", "\u0410LICE", "bob", "50%_off", "carl", "Lil 7")
         }
 
         async def found(search: str) -> set[str]:
@@ -360,5 +361,8 @@ async def test_a_player_search_finds_any_case_and_any_look_alike_by_one_rule(
         assert await found("BO") == {"bob"}
         assert await found("nobody") == set()
         assert await found(str(ids["carl"])) == {"carl"}
-        assert len(await writer.users()) == 6
+        assert await found(str(ids["ZOË"])) == {"ZOË"}  # id 1: not Lil, as a look-alike would
+        assert ids["ZOË"] == 1 and ids["Lil 7"] == 7
+        assert await found("7") == {"Lil 7"}
+        assert len(await writer.users()) == 7
         nursery.cancel_scope.cancel()

@@ -82,23 +82,25 @@ def list_users(
     """Accounts by id; `search` keeps those whose name holds it, in any case and in any
     look-alike spelling (by `names.skeleton`, which maps a name character by character, so
     the key of a part of a name is a part of the name's key: one rule on both engines, and
-    `zoë` finds `ZOË`, `alice` finds `АLICE`), or whose id it is. Names kept from before
+    `zoë` finds `ZOË`, `alice` finds `АLICE`). Digits alone are an id, or digits in a name
+    as they are (as look-alikes, `1` would find every `l` and `i`). Names kept from before
     look-alike keys (no key) are matched by the engine's lower()."""
     where, params = "", list[object]()
     if search:
-        holds = (
-            "instr(u.name_skeleton, ?)"
-            if conn.dialect == "sqlite"
-            else "strpos(u.name_skeleton, ?)"
-        )
         escaped = search.casefold().replace("!", "!!").replace("%", "!%").replace("_", "!_")
-        where = (
-            f" WHERE {holds} > 0 OR (u.name_skeleton IS NULL AND lower(u.name) LIKE ? ESCAPE '!')"
-        )
-        params += [skeleton(search), f"%{escaped}%"]
-        if search.isdigit() and int(search) < 2**63:
-            where += " OR u.id = ?"
-            params.append(int(search))
+        plain = "lower(u.name) LIKE ? ESCAPE '!'"
+        if search.isdigit():
+            where = f" WHERE {plain}"
+            params.append(f"%{escaped}%")
+            if int(search) < 2**63:
+                where += " OR u.id = ?"
+                params.append(int(search))
+        else:
+            holds = "instr" if conn.dialect == "sqlite" else "strpos"
+            where = (
+                f" WHERE {holds}(u.name_skeleton, ?) > 0 OR (u.name_skeleton IS NULL AND {plain})"
+            )
+            params += [skeleton(search), f"%{escaped}%"]
     rows = conn.execute(
         "SELECT u.id, u.name, u.created_at, u.banned_until, u.ban_note,"
         " (SELECT COUNT(*) FROM flags f WHERE f.user_id = u.id AND f.status = 'open')"
