@@ -22,6 +22,7 @@ import httpx
 import pytest
 import trio
 from trio_websocket import wrap_client_stream
+from wsproto.utilities import LocalProtocolError
 
 from .test_nodes import eventually, free_port, node, rows, score, start
 from .test_process import call, cli
@@ -191,6 +192,7 @@ async def a_player(
         assert login.status_code == 200, (address, login.text)
         user = login.json()
         stream = await trio.open_tcp_stream("127.0.0.1", fronts["8765"], local_address=address)
+        end: dict[str, Any] | None = None
         try:
             async with trio.open_nursery() as nursery:
                 ws = await wrap_client_stream(nursery, stream, "127.0.0.1", "/")
@@ -210,8 +212,15 @@ async def a_player(
                     while (end := json.loads(await ws.get_message()))["type"] != "end_game":
                         pass
                 await ws.aclose()
+        except* LocalProtocolError:
+            # trio-websocket 0.12's reader answers a ping that crosses our close with a pong
+            # wsproto refuses in LOCAL_CLOSING (the client library's race, seen once under
+            # load): harmless once the game's end is in hand.
+            if end is None:
+                raise
         finally:
             await stream.aclose()
+        assert end is not None
         auth = {"Authorization": f"Bearer {user['token']}"}
         body = {
             "start_token": started["start_token"],
