@@ -135,7 +135,8 @@ CREATE TABLE scores (
     created_at INTEGER NOT NULL,
     hidden     INTEGER NOT NULL DEFAULT 0,  -- hidden by an admin (scores hide)
     held       INTEGER NOT NULL DEFAULT 0,  -- above the trusted range: off boards until cleared
-    reviewed_at INTEGER                     -- a reviewer cleared it: it counts as trusted
+    reviewed_at INTEGER,                    -- a reviewer cleared it: it counts as trusted
+    log_index  INTEGER                      -- its entry in the results log (log_entries.idx)
 );
 CREATE INDEX scores_board ON scores(game_id, score DESC, created_at);
 CREATE INDEX scores_user ON scores(user_id, game_id);
@@ -190,4 +191,26 @@ CREATE TABLE settings (
     value TEXT NOT NULL
 );
 
-PRAGMA user_version = 5;
+-- The results log (docs/verification.md): every change to what a board shows, appended in
+-- one order for the whole deployment; its Merkle tree's leaves are the entries' texts.
+CREATE TABLE log_entries (
+    idx        INTEGER PRIMARY KEY,         -- 0, 1, 2, ... with no gap
+    body       TEXT NOT NULL,               -- the entry as served and hashed (receipts.py)
+    created_at INTEGER NOT NULL
+);
+
+-- Signed tree heads, in the transparency-log checkpoint format.
+CREATE TABLE log_checkpoints (
+    size       INTEGER PRIMARY KEY,
+    root       BLOB NOT NULL,               -- 32 bytes
+    note       TEXT NOT NULL,               -- the signed note
+    created_at INTEGER NOT NULL
+);
+
+-- A player's salt: log entries name a player by a commitment to it. Erasure deletes it.
+CREATE TABLE player_salts (
+    user_id INTEGER PRIMARY KEY REFERENCES users(id),
+    salt    BLOB NOT NULL                   -- 16 random bytes
+);
+
+PRAGMA user_version = 6;

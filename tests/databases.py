@@ -130,3 +130,11 @@ def sql(where: str | Path, statement: str, params: Any = ()) -> list[Any]:
         return list(cursor.fetchall()) if cursor.description else []
     finally:
         conn.close()
+
+
+def undo_schema_6(conn: Any) -> None:
+    """Take schema 6's additions (the results log) out of a database, in a transaction the
+    caller holds: what a database of schema 5 lacked."""
+    for table in ("log_entries", "log_checkpoints", "player_salts"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("ALTER TABLE scores DROP COLUMN log_index")

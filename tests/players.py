@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from typing import Any
 
 import httpx
 
@@ -92,3 +93,18 @@ def honest_score(server_url: str, name: str, points: int) -> dict[str, object]:
         )
     assert result["saved"] is True, result
     return account  # type: ignore[no-any-return]
+
+
+def without_receipt(result: dict[str, Any]) -> dict[str, Any]:
+    """A `result` reply without its receipt and log index, which a kept result must carry
+    (checked here: a string and an index) and a result not kept must not."""
+    rest = dict(result)
+    receipt, index = rest.pop("receipt", None), rest.pop("log_index", None)
+    if result.get("saved"):
+        assert isinstance(receipt, str), result
+        assert isinstance(index, int), result
+        assert index >= 0
+    else:
+        assert receipt is None, result
+        assert index is None, result
+    return rest

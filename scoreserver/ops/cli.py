@@ -39,6 +39,7 @@ from scoreserver.errors import (
     ScoreServerError,
     StoreError,
 )
+from scoreserver.ops import verify
 from scoreserver.ops.parser import (
     WEBHOOK_ENV,
     build_parser,
@@ -730,6 +731,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "leaderboard": with_store(cmd_leaderboard),
     "admin": with_store(cmd_admin, create=True),
     "migrate": cmd_migrate,
+    "verify": verify.cmd_verify,
+    "log": lambda args: (
+        verify.cmd_log_watch(args)
+        if args.action == "watch"
+        else with_store(verify.cmd_log_verify)(args)
+    ),
+    "boards": with_store(verify.cmd_boards_snapshot),
 }
 
 

@@ -539,6 +539,66 @@ COMMANDS: Mapping[str, Cmd | Group] = {
             ),
         ),
     ),
+    "verify": Cmd(
+        "check a receipt, a checkpoint or a board snapshot (exit 0 if it verifies)",
+        (
+            opt("file", help="the file to check, or - for standard input"),
+            OneOf(
+                (
+                    opt("--keys", help="the server's keys, saved from GET /api/keys (offline)"),
+                    opt(
+                        "--server",
+                        metavar="URL",
+                        help="fetch the keys and the log's proofs from this server",
+                    ),
+                )
+            ),
+        ),
+        common=False,
+    ),
+    "log": Group(
+        "the results log",
+        {
+            "verify": Cmd(
+                "recompute the log from the database and check it against every checkpoint"
+                " and result (exit 1, naming what differs)"
+            ),
+            "watch": Cmd(
+                "follow a server's signed checkpoints: each must extend the last one seen",
+                (
+                    opt("url", help="the server's HTTP address, e.g. https://scores.example"),
+                    opt(
+                        "--state",
+                        default="scoreserver-watch.json",
+                        help="where the last checkpoint seen is kept between runs",
+                    ),
+                    opt("--interval", type=float, default=10.0, help="seconds between checks"),
+                    opt("--once", action="store_true", help="check once and exit"),
+                ),
+                common=False,
+            ),
+        },
+    ),
+    "boards": Group(
+        "signed copies of boards",
+        {
+            "snapshot": Cmd(
+                "freeze a board as a signed document naming a checkpoint (for a prize list)",
+                (
+                    _GAME,
+                    opt(
+                        "--window",
+                        choices=["day", "week", "all"],
+                        default="all",
+                        help="which results, by age",
+                    ),
+                    opt("--limit", type=int, default=100, help="how many places"),
+                    opt("--out", required=True, help="the file to write (it must not exist)"),
+                    opt("--key", type=Path, default=DEFAULT_KEY, help="the server's key file"),
+                ),
+            ),
+        },
+    ),
     "leaderboard": Cmd(
         "a game's leaderboard",
         (_GAME, opt("--limit", type=int, default=10, help="how many places"), _JSON),

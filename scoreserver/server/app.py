@@ -309,6 +309,7 @@ async def _serve(
                 if config.webhook:
                     service.webhooks = Webhooks(config.webhook)
                     servers.start_soon(service.webhooks.run)
+                servers.start_soon(service.results_log.run)
                 if store.threaded:
                     # (The autojump-clock tests' inline store is one node alone: no lease.)
                     servers.start_soon(heartbeat, service, rooms)

@@ -134,6 +134,7 @@ def create_app(
         *PlayerRoutes(service).routes(),
         *PublicRoutes(service).routes(),
         *Pages(service).routes(),
+        *service.results_log.routes(),
     ]
     middleware = [Middleware(SameHostCORS, allowed_origins=allowed_origins)]
     if addresses is not None:

@@ -24,15 +24,22 @@ from scoreserver.errors import AuthError, BusyError, ConflictError, RateLimitedE
 from scoreserver.server.accounts import PASSWORD_MAX
 from scoreserver.server.service import Service
 from scoreserver.server.sessions import Peer
-from scoreserver.server.webio import HttpError, bearer, error_response, int_param, read_json
+from scoreserver.server.webio import (
+    WINDOWS_MS,
+    HttpError,
+    bearer,
+    error_response,
+    int_param,
+    read_json,
+)
 from scoreserver.store import User
 from scoreserver.wire import protocol as wire
-from scoreserver.wire.tokens import b64encode, raw_public
+from scoreserver.wire.receipts import PublishedKey
+from scoreserver.wire.tokens import public_from_raw
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
-WINDOWS_MS = {"day": 86_400_000, "week": 7 * 86_400_000}
 QR_TEXT_MAX = 512  # a URL; more would make a code no phone reads off a screen
 
 
@@ -192,6 +199,8 @@ class PlayerRoutes:
             answer.update(score=outcome.score, saved=outcome.saved, held=outcome.held)
             if outcome.held_reason is not None:
                 answer["held_reason"] = outcome.held_reason
+            if outcome.receipt is not None:
+                answer.update(receipt=outcome.receipt, log_index=outcome.log_index)
         else:
             answer["reason"] = outcome.reason
         return JSONResponse(answer)
@@ -237,15 +246,24 @@ class PublicRoutes:
         return JSONResponse({"game_id": game_id, "entries": entries})
 
     async def keys(self, request: Request) -> Response:
+        """Every key the deployment ever signed with (a receipt may name any of them), with
+        when it began and stopped signing; `valid_until` while it still verifies game tokens."""
+        _, history = await self.service.store.key_history()
+        until = {k.kid.hex(): k.valid_until for k in self.service.keys.verify_keys}
         return JSONResponse(
             {
                 "keys": [
                     {
-                        "kid": k.kid.hex(),
-                        "alg": "Ed25519",
-                        "public_key": b64encode(raw_public(k.public_key)),
+                        **PublishedKey(
+                            bytes.fromhex(row["kid"]),
+                            public_from_raw(row["public_key"]),
+                            row["created_at"],
+                            row["retired_at"],
+                        ).to_json(),
+                        "valid_until": until.get(row["kid"]),
+                        "verifies_tokens": row["kid"] in until,
                     }
-                    for k in self.service.keys.verify_keys
+                    for row in history
                 ]
             }
         )
@@ -324,6 +342,7 @@ class Pages:
             Route("/board/{game_id}", self.board_page, methods=["GET"]),
             Route("/board/", page("games.html"), methods=["GET"]),
             Route("/board", page("games.html"), methods=["GET"]),
+            Route("/verify", page("verify.html"), methods=["GET"]),
             Route("/favicon.ico", self.favicon, methods=["GET"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
         ]

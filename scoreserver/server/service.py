@@ -44,6 +44,7 @@ from scoreserver.server.clock import ServerClock
 from scoreserver.server.metrics import Metrics
 from scoreserver.server.moderation import reset_code_hash
 from scoreserver.server.nodes import load_keys
+from scoreserver.server.results_log import ResultsLog
 from scoreserver.server.sessions import LiveSession, Peer
 from scoreserver.server.submissions import ResultOutcome, ScoreListener, SubmissionDesk
 from scoreserver.server.webhooks import Webhooks
@@ -89,11 +90,13 @@ class Service:
     # checked and saved by this process. The state is never stored: a crash leaves them ENDED.
     submitting: set[str] = field(default_factory=set)
     submissions: SubmissionDesk = field(init=False)
+    results_log: ResultsLog = field(init=False)
     # Notifications for organisers (--webhook), if any.
     webhooks: Webhooks | None = None
 
     def __post_init__(self) -> None:
         self.submissions = SubmissionDesk(self)
+        self.results_log = ResultsLog(self)
 
     # -- start-up and reload --
 

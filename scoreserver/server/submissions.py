@@ -30,7 +30,8 @@ from scoreserver.server.clock import ServerClock
 from scoreserver.server.metrics import Metrics
 from scoreserver.server.sessions import LiveSession, Peer
 from scoreserver.server.webhooks import Webhooks
-from scoreserver.store import Store
+from scoreserver.store import SavedResult, Store
+from scoreserver.wire.receipts import make_receipt, points_digest
 from scoreserver.wire.tokens import KeyRing, Purpose, peek_seq
 
 logger = logging.getLogger("scoreserver.server.service")
@@ -45,6 +46,9 @@ class ResultOutcome:
     flag_id: int | None = None
     held: bool | None = None  # an accepted result: on no board until reviewed
     held_reason: str | None = None
+    # A kept result's signed receipt and its entry in the results log (docs/verification.md).
+    receipt: str | None = None
+    log_index: int | None = None
 
 
 class ScoreListener(Protocol):
@@ -153,11 +157,17 @@ class SubmissionDesk:
             detail = {"points_submitted": len(points), **verdict.detail}
             return await self._reject(verdict.reason, submitter, record, detail)
         self.host.submitting.add(session_id)
+        digest = points_digest(p.token for p in points)
         try:
             # The ban check is inside the saving transaction: one trip to the writer, and no
             # gap between checking and saving.
             kept = await self.host.store.save_result(
-                session_id, record.game_id, record.user_id, verdict.score, now
+                session_id,
+                record.game_id,
+                record.user_id,
+                verdict.score,
+                now,
+                digest,
             )
         except ConflictError:
             return ResultOutcome(False, reason=ResultReason.ALREADY_SUBMITTED)
@@ -187,6 +197,36 @@ class SubmissionDesk:
             saved=kept.saved,
             held=kept.held,
             held_reason=kept.held_reason,
+            receipt=self._receipt(record, kept, verdict.score, digest, now),
+            log_index=kept.log_index,
+        )
+
+    def _receipt(
+        self,
+        record: SessionRecord,
+        kept: SavedResult,
+        score: int,
+        digest: bytes,
+        now: int,
+    ) -> str | None:
+        """The signed receipt of a kept result (None for a guest's, which is not kept)."""
+        if not kept.saved or kept.log_index is None or record.user_id is None:
+            return None
+        assert kept.salt is not None
+        assert kept.name is not None
+        return make_receipt(
+            self.host.keys,
+            session_id=bytes.fromhex(record.session_id),
+            user_id=record.user_id,
+            game_id=record.game_id,
+            saved_at=now,
+            score=score,
+            started_at=kept.started_at if kept.started_at is not None else record.started_at,
+            ended_at=kept.ended_at if kept.ended_at is not None else now,
+            log_index=kept.log_index,
+            points_digest=digest,
+            salt=kept.salt,
+            name=kept.name,
         )
 
     async def _tell(

@@ -12,6 +12,9 @@ from scoreserver.codes import HttpCode
 
 MAX_BODY_BYTES = 256 * 1024
 
+# The windows a board is read over: `?window=day|week|all`.
+WINDOWS_MS = {"day": 86_400_000, "week": 7 * 86_400_000}
+
 
 class HttpError(Exception):
     def __init__(
@@ -76,10 +79,11 @@ def int_param(request: Request, name: str, default: int | None, low: int, high: 
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise HttpError(400, HttpCode.BAD_REQUEST, f"`{name}` must be an integer") from None
+    # ASCII digits only: Python's int() also reads other scripts' digits and "1_000".
+    digits = raw[1:] if raw.startswith("-") else raw
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 20:
+        raise HttpError(400, HttpCode.BAD_REQUEST, f"`{name}` must be an integer")
+    value = int(raw)
     if not low <= value <= high:
         raise HttpError(400, HttpCode.BAD_REQUEST, f"`{name}` must be between {low} and {high}")
     return value

@@ -502,6 +502,8 @@ class GameSocket:
                     reason=outcome.reason,
                     held=outcome.held,
                     held_reason=outcome.held_reason,
+                    receipt=outcome.receipt,
+                    log_index=outcome.log_index,
                 )
             )
         )

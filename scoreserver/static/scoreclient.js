@@ -78,6 +78,12 @@ const WORDS = {
   too_large: "That was too much data for the server.",
   disconnected: "The connection to the server was lost.",
   timeout: "The server did not answer in time.",
+  // why a receipt does not verify (verifyReceipt)
+  not_a_receipt: "That is not a scoreserver receipt (it may be cut short: copy all of it).",
+  receipt_changed: "This receipt was changed after the server signed it: it proves nothing.",
+  unknown_key: "This receipt was signed by a key this server never published (another server's receipt?).",
+  key_retired: "This receipt is dated after its key was retired: no server signs with a retired key.",
+  no_ed25519: "This browser cannot check Ed25519 signatures: use a current Chrome, Firefox or Safari, or `scoreserver verify`.",
 };
 
 /** A code of the protocol in plain words (the code itself if it is new to this client).
@@ -105,6 +111,85 @@ export class ScoreError extends Error {
     /** The code in plain words, for players (`message` is the server's own, for developers). */
     this.words = explain(code, detail);
   }
+}
+
+// --- receipts --------------------------------------------------------------------------------
+
+function b64urlBytes(text) {
+  const s = String(text).trim();
+  if (!/^[A-Za-z0-9_-]*$/.test(s)) throw new ScoreError("not_a_receipt");
+  const b64 = s.replaceAll("-", "+").replaceAll("_", "/") + "===".slice((s.length + 3) % 4);
+  let raw;
+  try { raw = atob(b64); } catch { throw new ScoreError("not_a_receipt"); }
+  return Uint8Array.from(raw, (c) => c.charCodeAt(0));
+}
+
+const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+
+/** The claims of a receipt (`result.receipt`), unverified. Throws ScoreError("not_a_receipt"). */
+export function readReceipt(receipt) {
+  const raw = b64urlBytes(receipt);
+  const view = new DataView(raw.buffer);
+  const bad = () => new ScoreError("not_a_receipt");
+  if (raw.length < 49 || raw[0] !== 0x53 || raw[1] !== 0x53 || raw[2] !== 1 || raw[3] !== 0x52) throw bad();
+  const gameLen = raw[48];
+  const at = 49 + gameLen; // the receipt's own fields follow the game id
+  if (raw.length < at + 81 + 64) throw bad();
+  const nameLen = raw[at + 80];
+  const end = at + 81 + nameLen;
+  if (raw.length !== end + 64) throw bad();
+  const text = new TextDecoder("utf-8", { fatal: true });
+  let gameId, name;
+  try {
+    gameId = text.decode(raw.subarray(49, at));
+    name = text.decode(raw.subarray(at + 81, end));
+  } catch { throw bad(); }
+  const u64 = (offset) => Number(view.getBigUint64(offset));
+  return {
+    kid: hex(raw.subarray(4, 12)),
+    sessionId: hex(raw.subarray(12, 28)),
+    userId: Number(view.getBigInt64(28)),
+    savedAt: u64(40),
+    gameId,
+    score: Number(view.getBigInt64(at)),
+    startedAt: u64(at + 8),
+    endedAt: u64(at + 16),
+    logIndex: u64(at + 24),
+    pointsDigest: hex(raw.subarray(at + 32, at + 64)),
+    salt: raw.slice(at + 64, at + 80),
+    name,
+    body: raw.slice(0, end),
+    signature: raw.slice(end),
+  };
+}
+
+/** Check a receipt with the browser's own Ed25519 (WebCrypto), offline once the keys are in
+ * hand. `keys` is the server's `GET /api/keys` answer; without it they are fetched from the
+ * server this module came from. Resolves to the receipt's claims (with `player`, the name its
+ * log entry goes by); rejects with a ScoreError whose `words` say why it does not verify. */
+export async function verifyReceipt(receipt, keys) {
+  const claims = readReceipt(receipt);
+  if (!keys) {
+    const response = await fetch(`${serverOrigin()}/api/keys`);
+    keys = await response.json();
+  }
+  const key = (keys.keys || []).find((k) => k.kid === claims.kid);
+  if (!key) throw new ScoreError("unknown_key");
+  let publicKey;
+  try {
+    publicKey = await crypto.subtle.importKey("raw", b64urlBytes(key.public_key), { name: "Ed25519" }, false, ["verify"]);
+  } catch {
+    throw new ScoreError("no_ed25519");
+  }
+  const valid = await crypto.subtle.verify({ name: "Ed25519" }, publicKey, claims.signature, claims.body);
+  if (!valid) throw new ScoreError("receipt_changed");
+  if (typeof key.retired_at === "number" && claims.savedAt > key.retired_at) throw new ScoreError("key_retired");
+  const label = new TextEncoder().encode("scoreserver player v1\n");
+  const id = new Uint8Array(8);
+  new DataView(id.buffer).setBigUint64(0, BigInt(claims.userId));
+  const digest = await crypto.subtle.digest("SHA-256", new Uint8Array([...label, ...claims.salt, ...id]));
+  const { body, signature, salt, ...rest } = claims;
+  return { ...rest, player: hex(new Uint8Array(digest)), valid: true };
 }
 
 function serverOrigin() {

@@ -196,6 +196,16 @@ class Store(Transport):
     leaderboard = reads(ops.leaderboard)
     results = reads(ops.list_results)
     audit = reads(ops.list_audit)
+    # -- the results log (its entries are written with what they record) --
+
+    log_size = reads(ops.log_size)
+    log_entries = reads(ops.log_entries)
+    add_checkpoint = writes(ops.add_checkpoint)
+    latest_checkpoint = reads(ops.latest_checkpoint)
+    log_checkpoints = reads(ops.log_checkpoints)
+    log_audit_rows = reads(ops.log_audit_rows)
+    log_origin = writes(ops.log_origin)
+    log_indexes = reads(ops.log_indexes)
     # -- decisions (each with its audit row, in one transaction) --
 
     decide_flag = writes(ops.decide_flag)

@@ -32,13 +32,13 @@ import trio
 
 from ..errors import ConflictError, StoreError
 from .engine import redact
-from .sqlite import CONSOLE_SQL, REVIEW_SQL, rekey_names
+from .sqlite import CONSOLE_SQL, LOG_SQL, REVIEW_SQL, log_earlier_results, rekey_names
 
 logger = logging.getLogger("scoreserver.store")
 # How often the listening thread looks up from its wait (to notice it should stop).
 LISTEN_POLL_S = 0.5
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SCHEMA_PATH = Path(__file__).with_name("postgres.sql")
 CONNECT_TIMEOUT_S = 10
 SCHEMA_LOCK = 0x5C0E5E  # the advisory lock held while the schema is created or checked
@@ -161,6 +161,13 @@ UPGRADES: dict[int, tuple[str | Callable[[Any], None], ...]] = {
             for statement in CONSOLE_SQL
         ),
         rekey_names,
+    ),
+    5: (
+        *(
+            statement.replace(" BLOB", " BYTEA").replace(" INTEGER", " BIGINT")
+            for statement in LOG_SQL
+        ),
+        log_earlier_results,
     ),
 }
 

@@ -31,6 +31,12 @@ class SavedResult:
     saved: bool
     held_reason: str | None = None
     flag_id: int | None = None
+    # A kept score's entry in the results log, and what its receipt names.
+    log_index: int | None = None
+    salt: bytes | None = None
+    name: str | None = None
+    started_at: int | None = None
+    ended_at: int | None = None
 
     @property
     def held(self) -> bool:

@@ -22,7 +22,7 @@ from .engine import Connection, transaction
 
 logger = logging.getLogger("scoreserver.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SCHEMA_PATH = Path(__file__).with_name("sqlite.sql")
 
 
@@ -206,12 +206,56 @@ def rekey_names(conn: Connection) -> None:
             conn.execute("UPDATE users SET name_skeleton = ? WHERE id = ?", (key, user_id))
 
 
+def _migrate_5_to_6(conn: SqliteConnection) -> None:
+    """Schema 6: the results log; the results saved before it are its first entries."""
+    for statement in LOG_SQL:
+        conn.execute(statement)
+    log_earlier_results(conn)
+
+
+# Schema 6's additions, both engines (postgres.py spells the types its way).
+LOG_SQL = (
+    "ALTER TABLE scores ADD COLUMN log_index INTEGER",
+    "CREATE TABLE log_entries (idx INTEGER PRIMARY KEY, body TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL)",
+    "CREATE TABLE log_checkpoints (size INTEGER PRIMARY KEY, root BLOB NOT NULL,"
+    " note TEXT NOT NULL, created_at INTEGER NOT NULL)",
+    "CREATE TABLE player_salts (user_id INTEGER PRIMARY KEY REFERENCES users(id),"
+    " salt BLOB NOT NULL)",
+)
+
+
+def log_earlier_results(conn: Connection) -> None:
+    """Append every result already saved to the new log, oldest first (either engine)."""
+    from .ops.log import log_result  # noqa: PLC0415 (ops import this module's engine)
+
+    rows = conn.execute(
+        "SELECT s.session_id, s.game_id, s.user_id, s.score, s.created_at, s.held,"
+        " g.started_at, g.ended_at FROM scores s JOIN game_sessions g ON g.id = s.session_id"
+        " ORDER BY s.created_at, s.id"
+    ).fetchall()
+    for row in rows:
+        log_result(
+            conn,
+            session_id=row[0],
+            game_id=row[1],
+            user_id=row[2],
+            score=row[3],
+            started_at=row[6],
+            ended_at=row[7] or row[4],
+            points_digest=None,
+            held=bool(row[5]),
+            now=row[4],
+        )
+
+
 # From each older version to the next; `ensure_schema` runs them in one transaction.
 MIGRATIONS: dict[int, Callable[[SqliteConnection], None]] = {
     1: _migrate_1_to_2,
     2: _migrate_2_to_3,
     3: _migrate_3_to_4,
     4: _migrate_4_to_5,
+    5: _migrate_5_to_6,
 }
 
 

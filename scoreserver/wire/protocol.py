@@ -220,6 +220,9 @@ class Result(ServerMessage, tag="result", frozen=True):
     # review_top_score or flagged.
     held: bool | None = None
     held_reason: str | None = None
+    # A kept result's signed receipt and its index in the results log (contract 1.2).
+    receipt: str | None = None
+    log_index: int | None = None
 
 
 class LeaderboardEntry(Struct, frozen=True):

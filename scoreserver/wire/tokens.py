@@ -56,6 +56,7 @@ MAGIC = b"SS"
 VERSION = 1  # Ed25519-signed
 MAC_VERSION = 2  # point tokens: HMAC-SHA256, truncated
 _HEADER = struct.Struct(">2sBc8s16sqIQB")
+HEADER = _HEADER  # every token's first 49 bytes (receipts.py reads them too)
 SIGNATURE_SIZE = 64
 MAC_SIZE = 16  # 128 bits: a forger's chance per guess is 2**-128
 MAX_GAME_ID_BYTES = 64
@@ -69,6 +70,8 @@ class Purpose(enum.Enum):
     # A device that logged in to an account before (its user id; game_id "admin" for the
     # admin page): its logins are limited on their own, not with a stranger's guesses.
     DEVICE = b"D"
+    # A saved result's receipt: the header, then receipts.py's fields.
+    RECEIPT = b"R"
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,9 +169,28 @@ def test_a_player_registers_plays_and_the_board_updates_live(
     page.locator("#start").click()  # type: ignore[attr-defined]
     hit_targets(page, 7)
     sync_api.expect(page.locator("#result")).to_have_text(  # type: ignore[attr-defined]
-        "Accepted: 7 points, saved.", timeout=15_000
+        "Accepted: 7 points, saved. Your receipt: check it", timeout=15_000
     )
     shot(page, "demo-saved")
+    # The receipt's link opens /verify, which checks it in this browser and finds it in the log.
+    href = page.locator("#receipt-link").get_attribute("href")  # type: ignore[attr-defined]
+    verify = board_context.new_page()
+    verify.goto(server_url + href)
+    sync_api.expect(verify.locator("#verdict")).to_have_text(
+        "Genuine: Rosa scored 7 in demo.", timeout=10_000
+    )
+    sync_api.expect(verify.locator("#facts")).to_contain_text("In the results log: entry")
+    shot(verify, "verify-receipt")
+    # One character of the receipt changed: refused, in words.
+    receipt = href.split("#", 1)[1]
+    middle = len(receipt) // 2
+    changed = receipt[:middle] + ("A" if receipt[middle] != "A" else "B") + receipt[middle + 1 :]
+    verify.fill("#receipt", changed)
+    verify.locator("#check").click()
+    sync_api.expect(verify.locator("#verdict")).to_have_text(
+        re.compile(r"^Not verified: (This receipt was changed|That is not a scoreserver receipt)")
+    )
+    verify.close()
     # The board, another browser page, shows the score arrive without a reload.
     row = board.locator("#rows-all tr", has_text="Rosa")
     sync_api.expect(row).to_contain_text("7", timeout=10_000)
@@ -240,7 +259,7 @@ def test_the_client_resumes_by_itself_when_its_socket_drops(server_url: str, pag
     sync_api.expect(page.locator("#log")).to_contain_text("reconnected; the game goes on")  # type: ignore[attr-defined]
     hit_targets(page, 2)
     sync_api.expect(page.locator("#result")).to_have_text(  # type: ignore[attr-defined]
-        "Accepted: 4 points, saved.", timeout=15_000
+        "Accepted: 4 points, saved. Your receipt: check it", timeout=15_000
     )
     assert "connection lost" in page.locator("#log").inner_text()  # type: ignore[attr-defined]
 
@@ -585,7 +604,7 @@ def test_the_client_follows_session_elsewhere_to_the_worker_that_has_its_game(
     assert page.evaluate("window.movedTo") == owner  # type: ignore[attr-defined]
     hit_targets(page, 1)
     sync_api.expect(page.locator("#result")).to_have_text(  # type: ignore[attr-defined]
-        "Accepted: 3 points, saved.", timeout=15_000
+        "Accepted: 3 points, saved. Your receipt: check it", timeout=15_000
     )
 
 

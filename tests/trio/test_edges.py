@@ -38,6 +38,7 @@ from ..conftest import (
     register,
     running_server,
 )
+from ..players import without_receipt
 from .test_end_to_end import new_player, play_quick, submit_http, wall_ms
 
 pytestmark = pytest.mark.engines
@@ -184,6 +185,7 @@ def test_schema_4_is_upgraded_with_look_alike_keys_of_any_case(tmp_path: Path) -
                 " VALUES (?, ?, 'x', 0)",
                 (name, old_key),
             )
+        databases.undo_schema_6(conn)
         conn.execute("ALTER TABLE games DROP COLUMN archived_at")
         conn.execute("ALTER TABLE users DROP COLUMN reset_expires_at")
         conn.execute("ALTER TABLE users DROP COLUMN reset_hash")
@@ -952,7 +954,7 @@ async def test_hostile_submissions_at_once_against_the_default_configuration(
         async with connect(server) as client:
             await client.login(owner)
             result = await client.call(type="submit_result", **real, points=points)
-        assert result == {
+        assert without_receipt(result) == {
             "type": "result",
             "accepted": True,
             "score": 3,

@@ -88,6 +88,17 @@ from .keys import (
     settings_fingerprint,
     use_signing_key,
 )
+from .log import (
+    ENTRIES_PAGE,
+    add_checkpoint,
+    latest_checkpoint,
+    log_audit_rows,
+    log_checkpoints,
+    log_entries,
+    log_indexes,
+    log_origin,
+    log_size,
+)
 from .nodes import (
     _insert_node,
     _remove_nodes,
@@ -217,6 +228,15 @@ __all__ = [
     "rhythm_population",
     "row_insert",
     "save_result",
+    "ENTRIES_PAGE",
+    "add_checkpoint",
+    "latest_checkpoint",
+    "log_audit_rows",
+    "log_checkpoints",
+    "log_entries",
+    "log_size",
+    "log_origin",
+    "log_indexes",
     "session_by_prefix",
     "session_evidence",
     "session_node",

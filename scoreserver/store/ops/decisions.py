@@ -13,11 +13,17 @@ from ..records import (
 )
 from .audit import insert_audit
 from .boards import session_by_prefix
-from .common import notify
+from .common import FOREVER, notify
 from .flags import resolve_flag
 from .games import get_game, insert_game, update_game
+from .log import log_player_change, log_score_change
 from .sessions import set_score_hidden
 from .users import erase_user, set_ban, user_by_name
+
+
+def _until(ban_until: int) -> int | None:
+    """A ban's end as the log says it: None for a ban with no end."""
+    return None if ban_until >= FOREVER else ban_until
 
 
 def erase_own_account(conn: Connection, user_id: int, now: int) -> None:
@@ -40,15 +46,20 @@ def decide_flag(
     flag = resolve_flag(conn, flag_id, "banned" if ban_until is not None else "cleared", note, now)
     if ban_until is None and flag["session_id"] is not None:
         # Cleared: a score it held shows again, and it counts as trusted from now on.
-        conn.execute(
+        cur = conn.execute(
             "UPDATE scores SET held = 0, reviewed_at = ? WHERE session_id = ?",
             (now, flag["session_id"]),
         )
         notify(conn, "boards")
+        if cur.rowcount:
+            log_score_change(conn, "cleared", flag["session_id"], now)
+    if ban_until is None and flag["holds"] and flag["user_id"] is not None:
+        log_player_change(conn, "released", flag["user_id"], now, flag=flag_id)
     if ban_until is not None:
         if flag["user_id"] is None or flag["user_name"] is None:
             raise ConflictError("a guest's flag has no account to ban; clear it instead")
-        set_ban(conn, flag["user_name"], ban_until, note)
+        user_id = set_ban(conn, flag["user_name"], ban_until, note)
+        log_player_change(conn, "banned", user_id, now, until=_until(ban_until))
     insert_audit(conn, actor, "flags resolve", f"flag {flag_id}", audit_note, now)
     return flag
 
@@ -65,6 +76,10 @@ def decide_ban(
 ) -> int:
     """Ban an account until `ban_until`, or (None) lift its ban. Returns the user's id."""
     user_id = set_ban(conn, name, ban_until, note if ban_until is not None else None)
+    if ban_until is not None:
+        log_player_change(conn, "banned", user_id, now, until=_until(ban_until))
+    else:
+        log_player_change(conn, "unbanned", user_id, now)
     command = "users ban" if ban_until is not None else "users unban"
     insert_audit(conn, actor, command, name, audit_note, now)  # erase_user renames it
     return user_id
@@ -86,6 +101,7 @@ def decide_hidden(
     """Hide or restore a session's score (its id or an unambiguous prefix). Returns the id."""
     session_id = session_by_prefix(conn, session_id)
     set_score_hidden(conn, session_id, hidden)
+    log_score_change(conn, "hidden" if hidden else "restored", session_id, now)
     command = "scores hide" if hidden else "scores restore"
     insert_audit(conn, actor, command, session_id, note, now)
     return session_id

@@ -18,6 +18,7 @@ from ..records import (
     SessionPoint,
 )
 from .common import notify
+from .log import log_player_change
 from .users import user_by_name
 
 
@@ -72,6 +73,8 @@ def insert_flag(
         ),
     ).fetchone()
     notify(conn, "boards")  # an open flag holds its player's scores off the boards
+    if holds and user_id is not None:
+        log_player_change(conn, "held", user_id, now, flag=int(row[0]))
     return int(row[0])
 
 

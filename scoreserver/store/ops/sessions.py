@@ -19,6 +19,7 @@ from ..records import (
 from .common import notify
 from .flags import insert_flag
 from .games import get_game
+from .log import log_result
 from .users import user_by_id
 
 
@@ -165,10 +166,14 @@ def save_result(
     user_id: int | None,
     score: int,
     now: int,
+    points_digest: bytes | None = None,
 ) -> SavedResult:
     """Close the session with its accepted result; keep the score of a logged-in player, held
     off boards when it is above the game's trusted range (core/review.py) or an open flag
     holds the player.
+
+    The result is appended to the results log in the same transaction (`log_index`, and the
+    player's salt and name for the receipt).
 
     Raises ConflictError if the session was closed, and BannedError (changing nothing) if the
     player is banned at `now`.
@@ -210,11 +215,40 @@ def save_result(
             detail={**evidence, "held": holds_score},
             holds=False,  # the score is held (scores.held), not the player's other results
         )
-    if _player_held(conn, user_id):
-        return SavedResult(True, review.HELD_FLAGGED, flag_id)
-    if holds_score:
-        return SavedResult(True, review.REVIEW_TOP_SCORE, flag_id)
-    return SavedResult(True, None, flag_id)
+    held_reason = (
+        review.HELD_FLAGGED
+        if _player_held(conn, user_id)
+        else review.REVIEW_TOP_SCORE
+        if holds_score
+        else None
+    )
+    started_at, ended_at = conn.execute(
+        "SELECT started_at, ended_at FROM game_sessions WHERE id = ?", (session_id,)
+    ).fetchone()
+    ended_at = now if ended_at is None else ended_at
+    log_index, salt = log_result(
+        conn,
+        session_id=session_id,
+        game_id=game_id,
+        user_id=user_id,
+        score=score,
+        started_at=int(started_at),
+        ended_at=int(ended_at),
+        points_digest=points_digest,
+        held=held_reason is not None,
+        now=now,
+    )
+    assert owner is not None
+    return SavedResult(
+        True,
+        held_reason,
+        flag_id,
+        log_index=log_index,
+        salt=salt,
+        name=owner.name,
+        started_at=int(started_at),
+        ended_at=int(ended_at),
+    )
 
 
 def _review_evidence(

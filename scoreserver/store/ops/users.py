@@ -12,6 +12,7 @@ from ..records import (
     User,
     UserSummary,
 )
+from .log import forget_salt, log_player_change
 
 
 def _user(row: Any | None) -> User | None:
@@ -191,4 +192,7 @@ def erase_user(conn: Connection, user_id: int, now: int) -> str:
     )
     for key in {user.name.casefold(), *addresses}:
         conn.execute("DELETE FROM attempts WHERE key = ?", (key,))
+    # The log keeps its entries; without the salt, nobody can tie them to this account.
+    log_player_change(conn, "erased", user_id, now)
+    forget_salt(conn, user_id)
     return user.name
