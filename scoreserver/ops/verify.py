@@ -31,6 +31,10 @@ from scoreserver.wire.tokens import KeyRing, load_or_create_key, public_from_raw
 HTTP_TIMEOUT_S = 10.0
 
 
+def n_entries(n: int) -> str:
+    return f"{n} entry" if n == 1 else f"{n} entries"
+
+
 def unb64(text: str) -> bytes:
     return base64.b64decode(text, validate=True)
 
@@ -163,7 +167,7 @@ def _verify_receipt(
     server.included(receipts.entry_leaf(text), receipt.log_index, checkpoint)
     say(
         f"  in the log: entry {receipt.log_index} matches, included in the signed checkpoint"
-        f" of {checkpoint.size} entries ({checkpoint.origin})"
+        f" of {n_entries(checkpoint.size)} ({checkpoint.origin})"
     )
     later = [
         json.loads(e["entry"])
@@ -184,12 +188,12 @@ def _verify_checkpoint(
     note: str, keys: list[PublishedKey], server: Server | None, say: Callable[[str], None]
 ) -> None:
     checkpoint = receipts.verify_checkpoint(note, keys)
-    say(f"checkpoint: {checkpoint.origin}, {checkpoint.size} entries, signed by this deployment")
+    say(f"checkpoint: {checkpoint.origin}, {n_entries(checkpoint.size)}, signed by this deployment")
     say(f"  root {checkpoint.root.hex()}")
     if server is not None:
         latest = server.checkpoint(keys)
         server.consistent(checkpoint, latest)
-        say(f"  the server's log of {latest.size} entries extends it (consistency proof)")
+        say(f"  the server's log of {n_entries(latest.size)} extends it (consistency proof)")
 
 
 def _verify_snapshot(
@@ -244,7 +248,7 @@ async def cmd_log_verify(args: argparse.Namespace, store: Store) -> int:
         return 1
     size = await store.log_size()
     checkpoints = await store.log_checkpoints()
-    print(f"ok: {size} entries, {len(checkpoints)} checkpoints, every result as the log says")
+    print(f"ok: {n_entries(size)}, {len(checkpoints)} checkpoints, every result as the log says")
     return 0
 
 
@@ -358,7 +362,7 @@ def _watch(args: argparse.Namespace, server: Server) -> int:
                 server.consistent(last, latest)
             state = {"url": args.url, "note": latest.note}
             state_path.write_text(json.dumps(state))
-            print(f"ok: {latest.origin}, {latest.size} entries, consistent with the last seen")
+            print(f"ok: {latest.origin}, {n_entries(latest.size)}, consistent with the last seen")
         except VerifyError as exc:
             print(f"scoreserver: log watch: {exc}", file=sys.stderr)
             return 1
