@@ -8,9 +8,11 @@
 
 RUNNING, ENDED, VOIDED and SUBMITTED are what the database's `game_sessions.state` holds;
 SUBMITTING lives only in the memory of the process checking a submission (a crash there
-leaves the session ENDED, and it may be submitted again). The rules (`rules.GameSession`) move
-a running session to its end; the store writes the state the table gives; the service moves
-an ended one through its submission. Nothing else decides a session's state.
+leaves the session ENDED, and it may be submitted again): on the live session's one state
+field (`rules.GameSession.state`) when that process runs the game, and in the service's
+`submitting` set for any session. The rules move a running session to its end; the
+submission desk moves an ended one through `GameSession.submission`; the store writes the
+state the table gives. Nothing else decides a session's state.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from scoreserver.core.lifecycle import SessionState, after
+from scoreserver.core.lifecycle import Move, SessionState, after
 from scoreserver.core.timing import (
     ASSESS_EVERY,
     SUPERHUMAN_RATE,
@@ -350,6 +350,11 @@ class GameSession:
         if self.state is not SessionState.RUNNING:
             return ()
         return self._end(EndReason.SERVER_SHUTDOWN, now)
+
+    def submission(self, move: Move) -> None:
+        """An ended session through its submission (core/lifecycle.py): `SUBMIT` when one is
+        being checked, then `SAVED`, or `REFUSED` (ended again, to be submitted anew)."""
+        self.state = after(self.state, move)
 
     def _end(self, reason: EndReason, now: int) -> tuple[Action, ...]:
         self.state = after(self.state, reason)  # ENDED if time is up, else VOIDED

@@ -62,7 +62,6 @@ class LiveSession:
     request_id: str | int | None = None
     end_token: str | None = None
     points: dict[int, IssuedPoint] = field(default_factory=dict)
-    submitted: bool = False
     inbox_send: trio.MemorySendChannel[PointIn] | None = None
     inbox_receive: trio.MemoryReceiveChannel[PointIn] | None = None
     deadline: float = math.inf  # trio time when the session's timer wakes it (rooms.py)
@@ -77,6 +76,10 @@ class LiveSession:
     @property
     def running(self) -> bool:
         return self.rules.state is SessionState.RUNNING
+
+    @property
+    def submitted(self) -> bool:
+        return self.rules.state is SessionState.SUBMITTED
 
     def record(self) -> SessionRecord:
         return SessionRecord(

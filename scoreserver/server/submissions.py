@@ -15,6 +15,7 @@ from typing import Protocol
 
 import trio
 
+from scoreserver.core.lifecycle import Move, SessionState
 from scoreserver.core.rules import (
     GameSettings,
     PointLike,
@@ -156,8 +157,16 @@ class SubmissionDesk:
         if not isinstance(verdict, SubmissionAccepted):
             detail = {"points_submitted": len(points), **verdict.detail}
             return await self._reject(verdict.reason, submitter, record, detail)
+        # SUBMITTING (core/lifecycle.py): in this set for any session, and on the live
+        # session's own state when this process runs it.
         self.host.submitting.add(session_id)
+        live = self.host.sessions.get(session_id)
+        if live is not None and live.rules.state is not SessionState.ENDED:
+            live = None  # not this process's to move (check_submission judged it ended)
+        if live is not None:
+            live.rules.submission(Move.SUBMIT)
         digest = points_digest(p.token for p in points)
+        saved = False
         try:
             # The ban check is inside the saving transaction: one trip to the writer, and no
             # gap between checking and saving.
@@ -169,15 +178,16 @@ class SubmissionDesk:
                 now,
                 digest,
             )
+            saved = True
         except ConflictError:
             return ResultOutcome(False, reason=ResultReason.ALREADY_SUBMITTED)
         except BannedError:
             return ResultOutcome(False, reason=ResultReason.ACCOUNT_BANNED)
         finally:
             self.host.submitting.discard(session_id)
-        live = self.host.sessions.pop(session_id, None)
-        if live is not None:
-            live.submitted = True
+            if live is not None:
+                live.rules.submission(Move.SAVED if saved else Move.REFUSED)
+        self.host.sessions.pop(session_id, None)
         logger.info(
             "session %s submitted: score %d, saved %s, held %s",
             session_id,

@@ -385,3 +385,23 @@ class TestSubmission:
             ResultReason.SESSION_VOIDED,
         )
         assert all(r.flags_account for r in ResultReason if r not in quiet)
+
+
+def test_a_session_is_submitted_only_through_the_table() -> None:
+    """The live session's one state field moves through core/lifecycle.py for a submission
+    too: running sessions cannot be submitted, a refused one may be again, a saved one not."""
+    from scoreserver.core.lifecycle import InvalidMove, Move, SessionState
+
+    session = make()
+    with pytest.raises(InvalidMove):
+        session.submission(Move.SUBMIT)
+    session.expire(T0 + 30_000)
+    assert session.state is SessionState.ENDED
+    session.submission(Move.SUBMIT)
+    session.submission(Move.REFUSED)
+    assert session.state is SessionState.ENDED
+    session.submission(Move.SUBMIT)
+    session.submission(Move.SAVED)
+    assert session.state is SessionState.SUBMITTED
+    with pytest.raises(InvalidMove):
+        session.submission(Move.SUBMIT)
