@@ -37,6 +37,7 @@ from scoreserver.core.rules import GameSettings
 from scoreserver.errors import BusyError, ConflictError, NotFoundError, RateLimitedError
 from scoreserver.server import moderation
 from scoreserver.server.accounts import BudgetSettings, PasswordWork, charge_shared
+from scoreserver.server.results_log import ResultsLog
 from scoreserver.server.webio import HttpError, bearer, int_param, read_json
 from scoreserver.store import Store
 
@@ -149,8 +150,10 @@ class AdminConsole:
         password_work: PasswordWork,
         budgets: BudgetSettings | None = None,
         devices: Devices | None = None,
+        results_log: ResultsLog | None = None,
     ):
         self.store = store
+        self.results_log = results_log
         self.devices = devices
         self.password_policy = password_policy
         self.password_work = password_work
@@ -439,6 +442,25 @@ class AdminConsole:
             headers={"content-disposition": f'attachment; filename="{name}"'},
         )
 
+    async def snapshot(self, request: Request) -> Any:
+        """A game's board as a signed snapshot naming a checkpoint (docs/verification.md)."""
+        game_id = request.path_params["game_id"]
+        window = request.query_params.get("window", "all")
+        if window not in ("day", "week", "all"):
+            raise ValueError("window is day, week or all")
+        game = await self.store.game(game_id)
+        if game is None or self.results_log is None:
+            raise NotFoundError(f"no game {game_id!r}")
+        document = await self.results_log.snapshot(game_id, window=window, title=game.title)
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in game_id)
+        return Response(
+            json.dumps(document, indent=2, ensure_ascii=False),
+            media_type="application/json",
+            headers={
+                "content-disposition": f'attachment; filename="{safe}-snapshot-{window}.json"'
+            },
+        )
+
     async def audit(self, request: Request) -> Any:
         limit, offset = _page(request)
         rows = await self.store.audit(limit=limit + 1, offset=offset, newest_first=True)
@@ -473,6 +495,7 @@ class AdminConsole:
             Route("/api/admin/scores/{session_id}/restore", g(self.restore), methods=["POST"]),
             Route("/api/admin/audit", g(self.audit), methods=["GET"]),
             Route("/api/admin/export/{game_id}", g(self.export), methods=["GET"]),
+            Route("/api/admin/snapshot/{game_id}", g(self.snapshot), methods=["GET"]),
             Route("/api/admin/games/{game_id}/scores", g(self.scores), methods=["GET"]),
         ]
 

@@ -112,6 +112,7 @@ def create_app(
         service.password_work,
         service.limits.settings,
         service,
+        service.results_log,
     )
 
     async def admin_page(request: Request) -> Response:

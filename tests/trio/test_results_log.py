@@ -27,7 +27,8 @@ from scoreserver.wire.receipts import PublishedKey, VerifyError
 from scoreserver.wire.tokens import KeyRing, b64decode, b64encode, key_id
 
 from .. import databases
-from ..conftest import connect, http
+from ..conftest import add_game, connect, http, make_config, running_server
+from .test_consoles import admin as admin_login
 from .test_end_to_end import new_player, play_quick, submit_http
 from .test_moderation import run_cli
 
@@ -438,3 +439,46 @@ async def test_results_saved_before_the_log_become_its_first_entries_on_upgrade(
     assert [json.loads(body)["score"] for _, body in rows] == [2, 3]
     code, out, err = run_cli(server, "log", "verify", monkeypatch=monkeypatch)
     assert code == 0, err
+
+
+async def test_admin_downloads_a_signed_snapshot_and_strangers_cannot(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(90):
+        await kept_result(server, "Olga", 4)
+        async with http(server) as api:
+            auth = await admin_login(server, api, monkeypatch)
+            refused = await api.get("/api/admin/snapshot/quick")
+            assert refused.status_code == 401
+            reply = await api.get(
+                "/api/admin/snapshot/quick", headers=auth, params={"window": "day"}
+            )
+            assert reply.status_code == 200, reply.text
+            assert "attachment" in reply.headers["content-disposition"]
+            keys = await keys_of(api)
+            for bad in ({"window": "year"},):
+                wrong = await api.get("/api/admin/snapshot/quick", headers=auth, params=bad)
+                assert wrong.status_code == 400, wrong.text
+            missing = await api.get("/api/admin/snapshot/nope", headers=auth)
+            assert missing.status_code == 404, missing.text
+        document = reply.json()
+        assert document["window"] == "day"
+        assert [(e["name"], e["score"]) for e in document["entries"]] == [("Olga", 4)]
+        receipts.verify_snapshot(document, keys)
+
+
+async def test_a_receipt_verifies_with_no_server_running(tmp_path: Path) -> None:
+    """Saved with the server up, checked after it stopped: the keys file is all it needs."""
+    add_game(tmp_path / "test.db", "quick", duration_ms=1000, submission_window_ms=60_000)
+    config = make_config(tmp_path)
+    with trio.fail_after(90):
+        async with running_server(config) as server:
+            kept = await kept_result(server, "Pavo", 2)
+            async with http(server) as api:
+                (tmp_path / "keys.json").write_text((await api.get("/api/keys")).text)
+    (tmp_path / "receipt.txt").write_text(kept["receipt"])
+    code, out, err = await cli(
+        "verify", str(tmp_path / "receipt.txt"), "--keys", str(tmp_path / "keys.json")
+    )
+    assert code == 0, err
+    assert "Pavo (player" in out and "scored 2 in quick" in out
