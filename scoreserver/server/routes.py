@@ -344,6 +344,8 @@ class Pages:
             Route("/board", page("games.html"), methods=["GET"]),
             Route("/verify", page("verify.html"), methods=["GET"]),
             Route("/favicon.ico", self.favicon, methods=["GET"]),
+            # The types as text (by its extension alone, .ts would be served as MPEG video).
+            Route("/static/scoreclient.d.ts", self.types, methods=["GET"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
         ]
 
@@ -354,6 +356,13 @@ class Pages:
                 STATIC_DIR / "games.html", status_code=404, headers={"cache-control": "no-cache"}
             )
         return FileResponse(STATIC_DIR / "board.html", headers={"cache-control": "no-cache"})
+
+    async def types(self, request: Request) -> Response:
+        return FileResponse(
+            STATIC_DIR / "scoreclient.d.ts",
+            media_type="text/plain; charset=utf-8",
+            headers={"cache-control": "no-cache"},
+        )
 
     async def favicon(self, request: Request) -> Response:
         return FileResponse(

@@ -86,6 +86,14 @@ const WORDS = {
   no_ed25519: "This browser cannot check Ed25519 signatures: use a current Chrome, Firefox or Safari, or `scoreserver verify`.",
 };
 
+/** Words a game supplies for codes (its own language or voice), replacing the English above
+ * for those codes wherever words are given: `explain`, events, results, errors. */
+export function setWords(words) {
+  for (const [code, text] of Object.entries(words || {})) {
+    if (typeof text === "string") WORDS[code] = text;
+  }
+}
+
 /** A code of the protocol in plain words (the code itself if it is new to this client).
  * `detail` is the rest of an error reply: `auth_failed` says why in `reason` (wrong_password,
  * expired, banned) and until when a ban lasts in `banned_until`. */

@@ -783,3 +783,38 @@ def test_the_big_screen_says_in_words_when_it_cannot_reach_the_server(
     assert "Failed to fetch" not in status.inner_text()
     page.unroute("**/leaderboard*")  # type: ignore[attr-defined]
     sync_api.expect(status).to_have_text("live", timeout=20_000)
+
+
+def test_the_classic_script_build_plays_and_saves_a_game(server_url: str, page: object) -> None:
+    """`<script src=".../scoreclient.global.js">` (engines that cannot import modules):
+    window.ScoreClient plays the demo, saves it, and its receipt verifies in the browser."""
+    page.goto(server_url + "/board/")  # type: ignore[attr-defined]
+    page.add_script_tag(url="/static/scoreclient.global.js")  # type: ignore[attr-defined]
+    outcome = page.evaluate(  # type: ignore[attr-defined]
+        """async () => {
+            const S = window.ScoreClient;
+            const scores = new S({ gameId: "demo" });
+            await scores.register("Classic", "correct horse battery");
+            const game = await scores.start();
+            for (let i = 0; i < 3; i++) {
+                await new Promise((resolve) => setTimeout(resolve, 300));
+                await game.point();
+            }
+            const result = await game.result;
+            const claims = await S.verifyReceipt(result.receipt);
+            S.setWords({ time_up: "Fin !" });
+            return { accepted: result.accepted, saved: result.saved, score: result.score,
+                     name: claims.name, index: claims.logIndex === result.log_index,
+                     words: S.explain("time_up"),
+                     isError: new S.ScoreError("busy") instanceof Error };
+        }"""
+    )
+    assert outcome == {
+        "accepted": True,
+        "saved": True,
+        "score": 3,
+        "name": "Classic",
+        "index": True,
+        "words": "Fin !",
+        "isError": True,
+    }
