@@ -112,8 +112,11 @@ export interface Leaderboard {
 
 export interface EndDetail {
   type: "end_game";
+  /** time_up, burst_limit, server_shutdown, crashed, or disconnected (the client gave up
+   * reaching the game's server). */
   reason: string;
-  server_ts: number;
+  /** The server's time of the end; null for an end the client decided (disconnected). */
+  server_ts: number | null;
   end_token?: string | null;
   words: string;
   remaining_ms: number;

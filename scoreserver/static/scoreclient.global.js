@@ -244,6 +244,7 @@ class ScoreClient extends EventTarget {
     this._nextId = 1;
     this._pending = new Map();
     this._closedByUs = false;
+    this._roomWs = null; // the connection the room was entered on
   }
 
   get loggedIn() {
@@ -458,6 +459,7 @@ class ScoreClient extends EventTarget {
     if (this._closedByUs) return;
     this._emit("disconnect", { code: event.code, reason: event.reason });
     if (this.game && this.game.running) this._reconnect();
+    else if (this._roomWs) this._rejoin();
   }
 
   async _reconnect() {
@@ -474,6 +476,25 @@ class ScoreClient extends EventTarget {
         return;
       } catch (error) {
         if (error.code === "unknown_session") break;
+      }
+    }
+    // The game cannot be had again (its server lost it, or stayed away): it ends here, in
+    // words, and the next start() begins a new one.
+    if (game.running) game._ended({ type: "end_game", reason: "disconnected", server_ts: null });
+  }
+
+  /** Between games: connect again with back-off, log in, and re-enter the room, so the board
+   * keeps coming and start() is ready (a server restart, a dropped network). */
+  async _rejoin() {
+    for (let attempt = 0; attempt < 30 && !this._ws && !this._closedByUs; attempt++) {
+      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** attempt)));
+      if (this._ws || this._closedByUs || (this.game && this.game.running)) return;
+      try {
+        await this.enter();
+        this._emit("reconnect", { attempt: attempt + 1 });
+        return;
+      } catch {
+        // not yet: try again
       }
     }
   }
@@ -517,14 +538,16 @@ class ScoreClient extends EventTarget {
       user_id: this.identity.user_id,
     });
     this.durationMs = room.duration_ms;
+    this._roomWs = this._ws; // the room is this connection's: a new one enters again
     this._emit("room", room);
     return room;
   }
 
-  /** Start a game: resolves to a Game once the server's timer runs. */
+  /** Start a game: resolves to a Game once the server's timer runs. Works after any drop,
+   * a server restart included: a new connection logs in again and re-enters the room. */
   async start() {
     await this.connect();
-    if (this.durationMs === null) await this.enter();
+    if (this.durationMs === null || this._roomWs !== this._ws) await this.enter();
     const clientTs = now();
     const started = await this._request({ type: "game_start", client_ts: clientTs });
     this.game = new Game(this, started);
@@ -630,11 +653,13 @@ class Game {
 
   _ended(end) {
     if (!this.running) return;
+    const left = this.remainingMs; // by this page's clock, for an end the server did not date
     this.running = false;
     this.endToken = end.end_token || null;
     this.endReason = end.reason;
     // The time left when it ended (a game stopped early keeps what was left on its clock).
-    this.stoppedWithMs = Math.max(0, this.durationMs - (end.server_ts - this.serverStart));
+    this.stoppedWithMs =
+      typeof end.server_ts === "number" ? Math.max(0, this.durationMs - (end.server_ts - this.serverStart)) : left;
     this.client._emit("end", { ...end, words: explain(end.reason), remaining_ms: this.stoppedWithMs });
     this._resolveEnded(end);
   }

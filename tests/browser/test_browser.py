@@ -818,3 +818,80 @@ def test_the_classic_script_build_plays_and_saves_a_game(server_url: str, page: 
         "words": "Fin !",
         "isError": True,
     }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_after_a_server_restart_play_starts_again_without_a_reload(
+    tmp_path: Path, browser: object
+) -> None:
+    """Play, restart the server between games, press play again: the demo (the module) and a
+    page using the classic-script build both start a game without a reload."""
+    db = tmp_path / "r.db"
+    subprocess.run(
+        [sys.executable, "-m", "scoreserver.ops.cli", "games", "add", "demo", "--duration", "2"]
+        + ["--db", str(db)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    ports = ["--ws-port", str(free_port()), "--http-port", str(free_port())]
+
+    def launch() -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            serve_command(db, tmp_path / "r.key", *ports), stdout=subprocess.PIPE, text=True
+        )
+        assert process.stdout is not None
+        assert parse_banner(process.stdout.readline()), "no banner"
+        return process
+
+    server = launch()
+    url = f"http://127.0.0.1:{ports[3]}"
+    context = browser.new_context(viewport={"width": 1280, "height": 720})  # type: ignore[attr-defined]
+    page = context.new_page()
+    try:
+        page.goto(url + "/")
+        page.locator("#start").click()
+        hit_targets(page, 2)
+        sync_api.expect(page.locator("#result")).to_contain_text(
+            "Accepted: 2 points", timeout=15_000
+        )
+        page.add_script_tag(url="/static/scoreclient.global.js")
+        room = page.evaluate(
+            "async () => { window.classic = new window.ScoreClient({ gameId: 'demo' });"
+            " return (await window.classic.enter()).duration_ms; }"
+        )
+        assert room == 2000
+
+        server.terminate()
+        server.wait(timeout=15)
+        assert server.stdout is not None
+        server.stdout.close()
+        server = launch()
+
+        page.locator("#start").click()
+        hit_targets(page, 3)
+        sync_api.expect(page.locator("#result")).to_contain_text(
+            "Accepted: 3 points", timeout=20_000
+        )
+        outcome = page.evaluate(
+            """async () => {
+                const game = await window.classic.start();
+                await game.point();
+                const result = await game.result;
+                return [result.accepted, result.score];
+            }"""
+        )
+        assert outcome == [True, 1]
+    finally:
+        context.close()
+        server.terminate()
+        server.wait(timeout=15)
+        if server.stdout:
+            server.stdout.close()
