@@ -77,6 +77,7 @@ const WORDS = {
   name_taken: "That name (or one that looks just like it) is taken.",
   too_large: "That was too much data for the server.",
   disconnected: "The connection to the server was lost.",
+  guest: "Playing as a guest: scores are not saved unless you log in.",
   timeout: "The server did not answer in time.",
   // why a receipt does not verify (verifyReceipt)
   not_a_receipt: "That is not a scoreserver receipt (it may be cut short: copy all of it).",
