@@ -134,6 +134,8 @@ export interface GameStarted {
 export interface ScoreClientEvents {
   identity: Identity;
   room: Room;
+  /** Entered as a guest: scores are not saved unless logged in (in words). */
+  guest: { words: string };
   start: GameStarted;
   point: { accepted: true; seq: number; score: number };
   reject: { accepted: false; reason: string; words: string };

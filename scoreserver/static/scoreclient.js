@@ -236,6 +236,7 @@ export class ScoreClient extends EventTarget {
     this._pending = new Map();
     this._closedByUs = false;
     this._roomWs = null; // the connection the room was entered on
+    this._token = null; // the login token of this client's login, if any
   }
 
   get loggedIn() {
@@ -278,7 +279,18 @@ export class ScoreClient extends EventTarget {
     return this._useLogin(await this._post("/api/login", { name, password, device }));
   }
 
+  /** The login token: this client's, or the one kept in `storage` by an earlier page. */
+  _loginToken() {
+    return this._token || (this.storage ? this.storage.getItem(TOKEN_KEY) : null);
+  }
+
+  _forgetLogin() {
+    this._token = null;
+    if (this.storage) this.storage.removeItem(TOKEN_KEY);
+  }
+
   async _useLogin(data) {
+    this._token = data.token; // kept in memory too: with `storage: null` the login still holds
     if (this.storage) this.storage.setItem(TOKEN_KEY, data.token);
     if (this.storage && data.device) this.storage.setItem(deviceKey(data.name), data.device);
     if (this._ws) await this._auth(data.token);
@@ -287,7 +299,7 @@ export class ScoreClient extends EventTarget {
 
   /** Erase this player's account (their password confirms it); results stay, nameless. */
   async deleteAccount(password) {
-    const token = this.storage ? this.storage.getItem(TOKEN_KEY) : null;
+    const token = this._loginToken();
     if (!token) throw new ScoreError("auth_failed", "not logged in");
     const response = await fetch(`${this.httpBase}/api/me`, {
       method: "DELETE",
@@ -308,7 +320,7 @@ export class ScoreClient extends EventTarget {
   /** This player's own results, newest first: [{game_id, session_id, score, created_at,
    * held, held_reason, words}]; `words` says why a result is off the boards, if it is. */
   async myResults() {
-    const token = this.storage ? this.storage.getItem(TOKEN_KEY) : null;
+    const token = this._loginToken();
     if (!token) throw new ScoreError("auth_failed", "not logged in");
     const response = await fetch(`${this.httpBase}/api/me`, { headers: { authorization: `Bearer ${token}` } });
     const data = await response.json();
@@ -324,7 +336,7 @@ export class ScoreClient extends EventTarget {
 
   /** Forget the login; the connection continues as a guest. */
   async logout() {
-    if (this.storage) this.storage.removeItem(TOKEN_KEY);
+    this._forgetLogin();
     this._closeSocket();
     this.identity = { user_id: null, name: null };
     return this.whoami();
@@ -366,13 +378,13 @@ export class ScoreClient extends EventTarget {
     ws.onmessage = (event) => this._onMessage(event.data);
     ws.onclose = (event) => this._onClose(ws, event);
     ws.onerror = null;
-    const token = this.storage ? this.storage.getItem(TOKEN_KEY) : null;
+    const token = this._loginToken();
     if (token) {
       try {
         await this._auth(token);
       } catch (error) {
         if (error.code !== "auth_failed") throw error;
-        this.storage.removeItem(TOKEN_KEY); // expired or banned: play as a guest, and say why
+        this._forgetLogin(); // expired or banned: play as a guest, and say why
         this._emit("logged_out", { reason: error.reason, banned_until: error.bannedUntil, words: error.words });
       }
     }
@@ -531,6 +543,8 @@ export class ScoreClient extends EventTarget {
     this.durationMs = room.duration_ms;
     this._roomWs = this._ws; // the room is this connection's: a new one enters again
     this._emit("room", room);
+    // A guest is told before playing that scores are not saved unless logged in.
+    if (this.identity.user_id === null) this._emit("guest", { words: explain("guest") });
     return room;
   }
 
@@ -558,7 +572,7 @@ export class ScoreClient extends EventTarget {
       if (error instanceof ScoreError && error.code.startsWith("bad_")) throw error;
       // Known by the login token, a player's own failed submission is held against them,
       // not against whoever shares their address.
-      const token = this.loggedIn && this.storage ? this.storage.getItem(TOKEN_KEY) : null;
+      const token = this.loggedIn ? this._loginToken() : null;
       result = await this._post("/api/results", body, token);
     }
     if (!result.accepted) result = { ...result, words: explain(result.reason) };
@@ -597,7 +611,9 @@ export class Game {
     this.result = this.ended.then((end) =>
       end.reason === "time_up" && client.autoSubmit
         ? client.submit(this)
-        : { type: "result", accepted: false, reason: end.reason === "time_up" ? "not_submitted" : "session_voided" },
+        : ((reason) => ({ type: "result", accepted: false, reason, words: explain(reason) }))(
+            end.reason === "time_up" ? "not_submitted" : "session_voided",
+          ),
     );
     this.result.catch(() => {}); // a page that never awaits it must not see an unhandled rejection
   }
