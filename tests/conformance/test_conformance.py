@@ -301,3 +301,70 @@ def test_the_javascript_client_conforms_in_chromium(server: Server, engine: str)
             browser.close()
     print("\n".join(report))
     assert sum(line.startswith("PASS") for line in report) == len(SCENARIOS) - len(SKIPS["js"])
+
+
+BRIDGES = ROOT / "clients" / "js" / "bridges"
+UNITY_STUBS = """
+window.LibraryManager = { library: {} };
+window.mergeInto = (library, functions) => Object.assign(library, functions);
+window.UTF8ToString = (text) => text;  // Unity passes pointers; the stub passes the strings
+window.unityMessages = [];
+window.SendMessage = (target, method, json) =>
+  window.unityMessages.push([target, method, JSON.parse(json)]);
+"""
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_the_engine_bridges_play_a_game_in_chromium(server: Server, engine: str) -> None:
+    """The JavaScript each engine's bridge runs (clients/js/bridges): Unity's .jslib with
+    Unity's helpers stubbed, and the Godot glue, each plays a game through the classic build."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from ..browser.test_browser import CHROMIUM
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/board/")
+            page.add_script_tag(url="/static/scoreclient.global.js")
+            page.add_script_tag(content=UNITY_STUBS)
+            page.add_script_tag(content=(BRIDGES / "scoreserver.jslib").read_text())
+            page.evaluate("LibraryManager.library.ScoreServerStart('conf', 'Scores')")
+            page.wait_for_function(
+                "unityMessages.some(([, m]) => m === 'OnScoreStarted')", timeout=10_000
+            )
+            for _ in range(2):
+                page.evaluate("LibraryManager.library.ScoreServerPoint()")
+                page.wait_for_timeout(150)
+            page.wait_for_function(
+                "unityMessages.some(([, m]) => m === 'OnScoreResult')", timeout=15_000
+            )
+            unity = page.evaluate("unityMessages")
+            methods = [m for _, m, _ in unity]
+            assert methods.count("OnScorePoint") == 2 and "OnScoreEnded" in methods, methods
+            result = next(v for _, m, v in unity if m == "OnScoreResult")
+            assert (result["accepted"], result["score"], result["saved"]) == (True, 2, False)
+            assert {target for target, _, _ in unity} == {"Scores"}
+
+            page.add_script_tag(content=(BRIDGES / "godot_glue.js").read_text())
+            page.evaluate("godotScore.start('conf')")
+            taken: list[dict[str, Any]] = []
+            for _ in range(100):
+                taken += json.loads(page.evaluate("godotScore.take()"))
+                if any(e["kind"] == "started" for e in taken):
+                    break
+                page.wait_for_timeout(50)
+            for _ in range(3):
+                page.evaluate("godotScore.point()")
+                page.wait_for_timeout(150)
+            for _ in range(300):
+                taken += json.loads(page.evaluate("godotScore.take()"))
+                if any(e["kind"] == "result" for e in taken):
+                    break
+                page.wait_for_timeout(50)
+            kinds = [e["kind"] for e in taken]
+            assert kinds.count("point") == 3 and "end" in kinds, kinds
+            result = next(e["detail"] for e in taken if e["kind"] == "result")
+            assert (result["accepted"], result["score"]) == (True, 3)
+        finally:
+            browser.close()
