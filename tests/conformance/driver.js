@@ -2,9 +2,11 @@
 // into a page of the server as a module.
 import * as S from "/static/scoreclient.js";
 let client = null, game = null, seen = [];
-const on = (c) => { for (const t of ["guest", "point", "reject", "end", "result", "disconnect", "reconnect", "room"]) c.addEventListener(t, (e) => seen.push([t, e.detail])); };
+const on = (c) => { for (const t of ["guest", "point", "reject", "end", "result", "disconnect", "reconnect", "room", "moved"]) c.addEventListener(t, (e) => seen.push([t, e.detail])); };
 window.__op = async (op) => {
-  if (op.do === "new") { if (client) client.close(); client = new S.ScoreClient({ gameId: op.game || "conf", storage: null }); seen = []; on(client); return {}; }
+  if (op.do === "new") { if (client) client.close(); client = new S.ScoreClient({ gameId: op.game || "conf", storage: null, socketUrl: op.url || null }); seen = []; on(client); return {}; }
+  if (op.do === "move") { client.socketUrl = op.url; client._ws.close(4000, "network gone"); return {}; }
+  if (op.do === "seen") { return { seen: seen.some(([t]) => t === op.kind) }; }
   if (op.do === "register" || op.do === "login") {
     try { await client[op.do](op.name, op.password); return { ok: true }; }
     catch (e) { return { ok: false, code: e.code, words: e.words }; } }

@@ -1,7 +1,8 @@
 """One conformance suite for every client (issue 30): the scenarios in scenarios.json, kept as
 data, run step by step against a real server process (restarted, and its accounts banned,
 by this harness) for the JavaScript client in real Chromium and for the Python client in
-this process, on SQLite and on PostgreSQL. A client that skips a scenario says so, with why:
+this process, on SQLite and on PostgreSQL. A scenario may ask for a server of its own (two
+workers, for session_elsewhere). A client that skips a scenario says so, with why:
 the skips are part of each client's entry below and are printed with the results."""
 
 from __future__ import annotations
@@ -28,16 +29,7 @@ from scoreclient import ScoreClient, ScoreError  # noqa: E402
 
 SCENARIOS = json.loads((Path(__file__).with_name("scenarios.json")).read_text())["scenarios"]
 PASSWORD = "correct horse battery"
-SKIPS = {
-    "js": {
-        "session_elsewhere_across_two_workers": "needs `--workers 2`; the JS client's move is"
-        " tested in tests/browser (test_the_client_follows_session_elsewhere...)",
-    },
-    "python": {
-        "session_elsewhere_across_two_workers": "needs `--workers 2`; the Python client follows"
-        " session_elsewhere in code, not yet under a test with two workers",
-    },
-}
+SKIPS: dict[str, dict[str, str]] = {"js": {}, "python": {}}  # scenario: why, per client
 JS_WORDS = {
     m[0].strip('"'): json.loads(f'"{m[1]}"')
     for m in re.findall(
@@ -56,7 +48,8 @@ pytestmark = [pytest.mark.slow]
 class Server:
     """A server process on fixed ports, restartable between steps."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, workers: int = 1):
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.db = databases.location(tmp_path, "c.db")
         self.key = tmp_path / "c.key"
         for game, flags in (
@@ -72,7 +65,7 @@ class Server:
                 timeout=60,
             )
             assert made.returncode == 0, made.stderr
-        self.flags = ["--login-attempts-per-addr", "0"]
+        self.flags = ["--login-attempts-per-addr", "0", "--workers", str(workers)]
         self.process = self._launch(["--ws-port", "0", "--http-port", "0"])
 
     def _launch(self, ports: list[str]) -> subprocess.Popen[str]:
@@ -80,8 +73,11 @@ class Server:
             serve_command(self.db, self.key, *self.flags, *ports), stdout=subprocess.PIPE, text=True
         )
         assert process.stdout is not None
-        found = parse_banner(process.stdout.readline())
+        line = process.stdout.readline()
+        found = parse_banner(line)
         assert found, "no banner"
+        # The shared game socket, then (with --workers) each worker's own.
+        self.urls = [word for word in line.split() if word.startswith("ws://")]
         self.ws_port, self.http_port = found
         return process
 
@@ -122,10 +118,10 @@ class PythonClient:
         self.game: Any = None
         self.seen: list[tuple[str, dict[str, Any]]] = []
 
-    def new(self, game: str = "conf") -> None:
+    def new(self, game: str = "conf", url: str | None = None) -> None:
         if self.client is not None:
             self.client.close()
-        self.client = ScoreClient(self.server.url, game)
+        self.client = ScoreClient(self.server.url, game, socket_url=url)
         self.seen = []
 
     def _events(self) -> list[tuple[str, dict[str, Any]]]:
@@ -167,9 +163,14 @@ class PythonClient:
         end = self.game._game.end or {}
         return {**result, "receipt": "receipt" in result, "end": end.get("reason")}
 
-    def drop(self) -> None:
+    def drop(self, url: str | None = None) -> None:
         assert self.client is not None
+        if url is not None:  # the network sends the next connection to another worker
+            self.client._async.socket_url = url
         self.client._call(self.client._async._ws.close())
+
+    def seen_kind(self, kind: str) -> dict[str, Any]:
+        return {"seen": any(k == kind for k, _ in self._events())}
 
     def words(self, codes: list[str]) -> dict[str, str]:
         from scoreclient import explain
@@ -198,7 +199,7 @@ class JsClient:
         return self.page.evaluate("(op) => window.__op(op)", op)  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        pass
+        self.page.close()
 
 
 # --- the harness ----------------------------------------------------------------------------
@@ -208,18 +209,38 @@ def matches(got: dict[str, Any], expected: dict[str, Any]) -> bool:
     return all(got.get(k) == v for k, v in expected.items())
 
 
-def run_scenarios(client_name: str, server: Server, client: Any, engine: str) -> list[str]:
+def run_scenarios(
+    client_name: str, server: Server, make: Any, engine: str, tmp_path: Path
+) -> list[str]:
     report = []
     for scenario in SCENARIOS:
         name = scenario["name"]
         if name in SKIPS[client_name]:
             report.append(f"SKIP {client_name} {name}: {SKIPS[client_name][name]}")
             continue
+        workers = scenario.get("server", {}).get("workers", 1)
+        own = Server(tmp_path / name, workers) if workers > 1 else None
+        try:
+            run_scenario(client_name, own or server, make(own or server), engine, scenario)
+        finally:
+            if own is not None:
+                own.stop()
+        report.append(f"PASS {client_name} {name}")
+    return report
+
+
+def run_scenario(
+    client_name: str, server: Server, client: Any, engine: str, scenario: dict[str, Any]
+) -> None:
+    name = scenario["name"]
+    try:
         for step in scenario["steps"]:
             step = {
                 k: (v.format(client=client_name, engine=engine) if isinstance(v, str) else v)
                 for k, v in step.items()
             }
+            if "worker" in step:  # a worker's own game socket (with --workers)
+                step["url"] = server.urls[1 + step["worker"]]
             do, expected = step["do"], step.get("expect", {})
             if do == "restart":
                 server.restart()
@@ -237,14 +258,14 @@ def run_scenarios(client_name: str, server: Server, client: Any, engine: str) ->
             if do == "words":
                 expected = {code: JS_WORDS[code] for code in step["codes"]}
             assert matches(got, expected), f"{client_name} {name}: {do} gave {got}, not {expected}"
-        report.append(f"PASS {client_name} {name}")
-    return report
+    finally:
+        client.close()
 
 
 def python_step(client: PythonClient, step: dict[str, Any]) -> dict[str, Any]:
     do = step["do"]
     if do == "new":
-        client.new(step.get("game", "conf"))
+        client.new(step.get("game", "conf"), step.get("url"))
         return {}
     if do in ("register", "login"):
         return client.account(do, step["name"], step.get("password", PASSWORD))
@@ -257,9 +278,11 @@ def python_step(client: PythonClient, step: dict[str, Any]) -> dict[str, Any]:
         return client.points(step["n"], step.get("spacing", 0.12))
     if do == "result":
         return client.result()
-    if do == "drop":
-        client.drop()
+    if do in ("drop", "move"):
+        client.drop(step.get("url"))
         return {}
+    if do == "seen":
+        return client.seen_kind(step["kind"])
     if do == "words":
         return client.words(step["codes"])
     raise AssertionError(f"unknown step {do}")
@@ -275,28 +298,29 @@ def server(tmp_path: Path, engine: str) -> Iterator[Server]:
 
 
 @pytest.mark.parametrize("engine", databases.ENGINES, indirect=True)
-def test_the_python_client_conforms(server: Server, engine: str) -> None:
-    client = PythonClient(server)
-    try:
-        report = run_scenarios("python", server, client, engine)
-    finally:
-        client.close()
+def test_the_python_client_conforms(server: Server, engine: str, tmp_path: Path) -> None:
+    report = run_scenarios("python", server, PythonClient, engine, tmp_path)
     print("\n".join(report))
     assert sum(line.startswith("PASS") for line in report) == len(SCENARIOS) - len(SKIPS["python"])
 
 
 @pytest.mark.parametrize("engine", databases.ENGINES, indirect=True)
-def test_the_javascript_client_conforms_in_chromium(server: Server, engine: str) -> None:
+def test_the_javascript_client_conforms_in_chromium(
+    server: Server, engine: str, tmp_path: Path
+) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     from ..browser.test_browser import CHROMIUM  # the browser the browser tests use
 
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            page = browser.new_page()
-            client = JsClient(server, page)
+
+        def make(where: Server) -> JsClient:
+            client = JsClient(where, browser.new_page())
             client.load()
-            report = run_scenarios("js", server, client, engine)
+            return client
+
+        try:
+            report = run_scenarios("js", server, make, engine, tmp_path)
         finally:
             browser.close()
     print("\n".join(report))
