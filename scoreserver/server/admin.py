@@ -12,6 +12,10 @@ addresses (`--admin-failures`), on every node together. Password checks run in
 the server's own small pool (`PasswordWork`), never in the threads that serve reads. Users are
 addressed by id. Lists are paged. Every decision goes through `moderation.py`, the same code as
 the command line, and is audited as "admin page".
+
+Why one module of this size: one short method per route of the console (login, flags,
+players, games, scores, exports, snapshots, audit), each reading like the API's manual; the
+decisions themselves are in `moderation.py`.
 """
 
 from __future__ import annotations
