@@ -97,10 +97,15 @@ async def test_ten_thousand_results_on_three_nodes_are_proven_by_every_checkpoin
 
             async def follow_checkpoints(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
                 task_status.started()
-                async with httpx.AsyncClient(timeout=30) as api:
+                # A new connection each sample: a kept-alive one left idle while the other
+                # nodes are asked can be closed by its server just as a request goes out.
+                no_keepalive = httpx.Limits(max_keepalive_connections=0)
+                async with httpx.AsyncClient(timeout=30, limits=no_keepalive) as api:
                     while True:
                         where = random.choice(nodes).http
                         notes.append((await api.get(f"{where}/api/log/checkpoint")).text)
+                        # Real time, on purpose: a sample a second of what other processes
+                        # sign while they play (nothing here waits for a condition).
                         await trio.sleep(1.0)
 
             async with trio.open_nursery() as watchers:

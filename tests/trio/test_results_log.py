@@ -482,3 +482,51 @@ async def test_a_receipt_verifies_with_no_server_running(tmp_path: Path) -> None
     )
     assert code == 0, err
     assert "Pavo (player" in out and "scored 2 in quick" in out
+
+
+async def test_hostile_log_queries_sent_at_once_get_400_and_the_log_still_proves(
+    server: Server,
+) -> None:
+    """Every /api/log route's parameters with hostile values (2**63, -1, huge, empty, binary,
+    deep), all sent at once: 400 (or 200 for an empty value, which means the default), never
+    a 500; then a real proof still verifies (default configuration, both engines)."""
+    with trio.fail_after(90):
+        kept = await kept_result(server, "Rafa", 2)
+        hostile = [str(2**63), "-1", "9" * 5000, "", "\x01\x02", "[" * 300, "1e3", "0x10", " 1"]
+        requests = [
+            (path, {name: value})
+            for path, name in (
+                ("/api/log/proof", "index"),
+                ("/api/log/proof", "size"),
+                ("/api/log/consistency", "from"),
+                ("/api/log/consistency", "to"),
+                ("/api/log/entries", "start"),
+                ("/api/log/entries", "end"),
+            )
+            for value in hostile
+        ]
+        answers: list[httpx.Response] = []
+        async with http(server) as api:
+
+            async def ask(path: str, params: dict[str, str]) -> None:
+                answers.append(await api.get(path, params=params))
+
+            async with trio.open_nursery() as nursery:
+                for path, params in requests:
+                    nursery.start_soon(ask, path, params)
+            assert len(answers) == len(requests)
+            assert {r.status_code for r in answers} <= {200, 400}, {r.status_code for r in answers}
+            assert all(
+                r.json().get("error") == "bad_request" for r in answers if r.status_code == 400
+            )
+            keys = await keys_of(api)
+            note = (await api.get("/api/log/checkpoint")).text
+            checkpoint = receipts.verify_checkpoint(note, keys)
+            proof = (await api.get("/api/log/proof", params={"index": kept["log_index"]})).json()
+        assert merkle.verify_inclusion(
+            server.service.results_log.tree.leaf(kept["log_index"]),
+            kept["log_index"],
+            checkpoint.size,
+            [unb64(p) for p in proof["proof"]],
+            checkpoint.root,
+        )
