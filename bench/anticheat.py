@@ -86,6 +86,7 @@ def people_rows(people: list[Judged]) -> tuple[list[str], bool]:
     for item in people:
         groups["all people"].append(item)
         groups[f"network: {item.session.network}"].append(item)
+        groups[f"page: {item.session.page}"].append(item)
         groups[f"skill: {item.session.kind}"].append(item)
     lines = []
     for name in sorted(groups, key=lambda n: (n != "all people", n)):

@@ -49,6 +49,7 @@ DETAIL_LABELS = {
     "human_floor_ms": "human floor",
     "intervals": "intervals",
     "below_floor_player_clock": "under the floor (player)",
+    "below_floor_bunched": "under the floor, a busy page's (not counted)",
     "below_floor_on_arrival": "under the floor (arrival)",
     "below_floor_needed": "flags at (player)",
     "points_in_window": "points in one window",
@@ -200,10 +201,13 @@ def timing_words(timing: dict[str, Any], flagged_at: object = None) -> list[str]
     if floor:
         needed = timing.get("below_floor_needed")
         at = f"; flags at {needed} or more" if needed else "; too few intervals to judge"
+        bunched = timing.get("below_floor_bunched") or 0
+        forgiven = f"; {bunched} more after a pause a busy page explains (not counted)"
         lines.append(
             f"    closer than the {floor} ms human floor: {timing['below_floor_player_clock']}"
             f" of {len(player_gaps)} intervals on the player's clock{at};"
             f" {timing['below_floor_on_arrival']} on arrival (context)"
+            + (forgiven if bunched else "")
         )
     else:
         lines.append("    human floor: off for this game")

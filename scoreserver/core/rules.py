@@ -32,7 +32,11 @@ server time, as the contract says) and by when the points were scored, that is t
 rule refuses that). Points a network stall delivered together
 keep the spacing the player gave them, so they make no burst; a player's clock stepped back
 crowds only its own stamps; a bot that sends in clumps shows them on both (and one that lies
-in its stamps can borrow at most `latency_ms` of them).
+in its stamps can borrow at most `latency_ms` of them). A page busy with a long task stamps
+the taps that queued behind it together, and sends them together: on the player's clock such
+a bunch counts spread across the pause before it, where its taps were made, when that pause
+could have held them a human floor apart (`timing.Bunch`); spread, a bunch keeps its average,
+so clumps faster than the threshold still fill a window.
 
 The submission check (`check_submission`) is a pure function over a `SessionRecord`, the
 frozen facts the server kept about a session: the same code serves the socket and HTTP.
@@ -57,6 +61,7 @@ from scoreserver.core.lifecycle import Move, SessionState, after
 from scoreserver.core.timing import (
     ASSESS_EVERY,
     SUPERHUMAN_RATE,
+    Bunch,
     RateTracker,
     TimingTracker,
     rate_window_ms,
@@ -224,6 +229,8 @@ class GameSession:
     # ... and when those that may still share a window with a new one were scored (server
     # time, see the module docstring), in order.
     _window: list[int] = field(default_factory=list)
+    # ... where a busy page's bunch among them counts.
+    bunch: Bunch | None = None
     # Server times of bursts still inside the burst period.
     _bursts: deque[int] = field(default_factory=deque)
     burst_times: list[int] = field(default_factory=list)
@@ -239,6 +246,8 @@ class GameSession:
             self.timing = TimingTracker(settings.human_floor_ms, settings.min_rhythm_cv)
         if self.rate is None:
             self.rate = RateTracker(settings.human_max_rate, rate_window_ms(settings.duration_ms))
+        if self.bunch is None:
+            self.bunch = Bunch(settings.human_floor_ms)
 
     @property
     def offset_ms(self) -> int:
@@ -294,10 +303,30 @@ class GameSession:
         reach = window_start - settings.latency_ms
         while window and window[0] <= reach:
             del window[0]
+        # A busy page's bunch counts spread across the pause before it (timing.Bunch).
+        bunch = self.bunch
+        assert bunch is not None
+        placed = bunch.placing(scored)
+        trial = window
+        if placed is not None:
+            now_at = bunch.current()
+            tail = len(now_at)
+            if (
+                0 < tail <= len(window)
+                and window[-tail:] == now_at
+                and (tail == len(window) or window[-tail - 1] <= placed[0])
+            ):
+                if placed != now_at:
+                    trial = [*window[:-tail], *placed]
+            else:  # its points are not the window's tail (pruned, or stamps out of order)
+                placed = None
         threshold = settings.burst_threshold
-        if len(arrivals) >= threshold and _crowded(window, scored, width, threshold):
+        if len(arrivals) >= threshold and _crowded(trial, scored, width, threshold):
             return self._burst(now, client_ts)
         arrivals.append(now)
+        if trial is not window:
+            window[:] = trial
+        bunch.accept(scored, placed)
         if not window or scored >= window[-1]:
             window.append(scored)
         else:

@@ -132,15 +132,38 @@ class ClockTrack:
 
     A gap may be left out of the rhythm sums (`counted=False`): on arrival, a gap the network
     compressed (see `TimingTracker.add`); it is context for a reviewer only.
+
+    Gaps under the floor come in runs; a run a busy page explains (see `BUNCH_MOST_GAPS`) is
+    counted in `bunched` as well as in `below`, and `unexplained` is what `inhuman_timing`
+    judges.
     """
 
-    __slots__ = ("below", "count", "floor_ms", "gaps", "last", "shortest", "total", "total_sq")
+    __slots__ = (
+        "below",
+        "bunched",
+        "count",
+        "floor_ms",
+        "gaps",
+        "last",
+        "last_gap",
+        "run_before",
+        "run_gaps",
+        "run_span",
+        "shortest",
+        "total",
+        "total_sq",
+    )
 
     def __init__(self, floor_ms: int) -> None:
         self.floor_ms = floor_ms
         self.count = 0  # points seen
         self.last = 0
         self.below = 0  # gaps under the floor (all of them, counted or not)
+        self.bunched = 0  # ... of which in runs that closed explained by a busy page
+        self.last_gap = 0  # the gap before the one being added (0: none yet)
+        self.run_before = 0  # the open run of gaps under the floor: the gap before it,
+        self.run_gaps = 0  # how many gaps it holds,
+        self.run_span = 0  # and their sum
         self.shortest: int | None = None
         self.gaps = 0  # gaps counted for the rhythm
         self.total = 0  # their sum
@@ -151,14 +174,37 @@ class ClockTrack:
             gap = time - self.last
             if gap < self.floor_ms:
                 self.below += 1
+                if not self.run_gaps:
+                    self.run_before = self.last_gap
+                self.run_gaps += 1
+                self.run_span += gap
+            elif self.run_gaps:
+                if self._run_explained():
+                    self.bunched += self.run_gaps
+                self.run_gaps = self.run_span = 0
             if self.shortest is None or gap < self.shortest:
                 self.shortest = gap
             if counted:
                 self.gaps += 1
                 self.total += gap
                 self.total_sq += gap * gap
+            self.last_gap = gap
         self.last = time
         self.count += 1
+
+    def _run_explained(self) -> bool:
+        """Whether the open run of gaps under the floor is what a busy page makes of points
+        scored at a person's pace: no more gaps than one long task holds, and the gap before
+        the run long enough to have held every point of it at least a floor apart."""
+        k = self.run_gaps
+        return k <= BUNCH_MOST_GAPS and self.run_before + self.run_span >= (k + 1) * self.floor_ms
+
+    @property
+    def unexplained(self) -> int:
+        """The gaps under the floor that no busy page explains (the open run counted as it
+        stands: it may yet grow past what one long task holds)."""
+        open_run = self.run_gaps if self.run_gaps and self._run_explained() else 0
+        return self.below - self.bunched - open_run
 
     def rhythm(self) -> float | None:
         """The coefficient of variation of the counted gaps, or None with fewer than three."""
@@ -173,6 +219,67 @@ class ClockTrack:
 
     def mean_gap(self) -> float | None:
         return self.total / self.gaps if self.gaps else None
+
+
+# A run of at most this many gaps under the floor may be a busy page's: see the module
+# docstring (a 900 ms long task while a player scores 9 points a second).
+BUNCH_MOST_GAPS = 8
+
+
+class Bunch:
+    """Where a busy page's bunch counts on the player's clock, for the burst window
+    (rules.py): the open run of accepted points under the floor, as `ClockTrack` forgives one,
+    counts spread evenly across the gap before it, where the taps it holds were made; a run
+    the gap cannot explain (or longer than `BUNCH_MOST_GAPS`) counts as stamped. Spreading
+    keeps a bunch's average: a bot that bunches faster than the burst threshold on average
+    still fills the window.
+    """
+
+    __slots__ = ("anchor", "before", "floor_ms", "last", "placed", "run", "spent")
+
+    def __init__(self, floor_ms: int) -> None:
+        self.floor_ms = floor_ms
+        self.last: int | None = None  # the last accepted point, as stamped
+        self.before: int | None = None  # the one before it
+        self.anchor: int | None = None  # the point before the open run
+        self.run: list[int] = []  # the open run's points, as stamped (empty: none open)
+        self.placed: list[int] = []  # ... and where they count now (the window's tail)
+        self.spent = False  # the open run grew past one long task: it counts as stamped
+
+    def placing(self, scored: int) -> list[int] | None:
+        """Where the open run's points count if `scored` is accepted next (it keeps its own
+        place), or None when nothing moves."""
+        last, floor = self.last, self.floor_ms
+        if not floor or last is None or self.spent or not 0 <= scored - last < floor:
+            return None
+        run = self.run or [last]
+        anchor = self.anchor if self.run else self.before
+        gaps = len(run)
+        if anchor is None or gaps > BUNCH_MOST_GAPS or scored - anchor < (gaps + 1) * floor:
+            return list(run)
+        step = (scored - anchor) / (gaps + 1)
+        return [anchor + round(step * (n + 1)) for n in range(gaps)]
+
+    def current(self) -> list[int]:
+        """Where the open run's points count now (the last point alone when none is open)."""
+        return self.placed or ([] if self.last is None else [self.last])
+
+    def accept(self, scored: int, placed: list[int] | None) -> None:
+        """`scored` was accepted with the run's points where `placing` put them (None: the
+        run, if any, is closed, or was left where it was)."""
+        last = self.last
+        if last is None or not 0 <= scored - last < self.floor_ms:
+            self.spent = False
+        if placed is None:
+            self.run, self.placed = [], []
+        else:
+            if not self.run:
+                self.anchor, self.run = self.before, [last] if last is not None else []
+            self.run.append(scored)
+            self.placed = [*placed, scored]
+            if len(self.run) > BUNCH_MOST_GAPS + 1:
+                self.spent, self.run, self.placed = True, [], []
+        self.before, self.last = last, scored
 
 
 # An arrival gap under 1/NETWORK_COMPRESSION of the player's gap was squeezed by the network.
@@ -211,22 +318,20 @@ class TimingTracker:
         arrival, player = self.arrival, self.player
         floor = self.human_floor_ms
         judged = player.count - 1
+        unexplained = player.unexplained
         # The threshold always lies above the mean count (a person's share of n): below it,
         # nothing is computed at all.
-        if (
-            floor > 0
-            and judged >= FLOOR_MIN_INTERVALS
-            and player.below > judged * FLOOR_HUMAN_SHARE
-        ):
+        if floor > 0 and judged >= FLOOR_MIN_INTERVALS and unexplained > judged * FLOOR_HUMAN_SHARE:
             needed = floor_threshold(judged)
-            if player.below >= needed:
+            if unexplained >= needed:
                 found.append(
                     Finding(
                         INHUMAN_TIMING,
                         {
                             "human_floor_ms": floor,
                             "intervals": judged,
-                            "below_floor_player_clock": player.below,
+                            "below_floor_player_clock": unexplained,
+                            "below_floor_bunched": player.below - unexplained,
                             "below_floor_needed": needed,
                             "below_floor_on_arrival": arrival.below,
                             "shortest_ms_player_clock": player.shortest,
@@ -352,7 +457,8 @@ def profile(
         "rhythm_figure": _rounded(tracker.player.rhythm()),
         "rhythm_on_arrival": _rounded(tracker.arrival.rhythm()),
         "rhythm_judged": tracker.points >= RHYTHM_MIN_POINTS,
-        "below_floor_player_clock": tracker.player.below,
+        "below_floor_player_clock": tracker.player.unexplained,
+        "below_floor_bunched": tracker.player.below - tracker.player.unexplained,
         "below_floor_needed": floor_threshold(judged) if judged >= FLOOR_MIN_INTERVALS else None,
         "below_floor_on_arrival": tracker.arrival.below,
         "intervals_player_clock": intervals(client_times),

@@ -132,13 +132,57 @@ class TestBursts:
         assert session.burst_times == [T0 + 110, T0 + 120, T0 + 130]
 
     def test_bursts_spread_beyond_the_period_do_not_end_the_game(self) -> None:
-        session = make(burst_threshold=1, burst_window_ms=100, burst_limit=1, burst_period_ms=1000)
+        # No human floor: a pair after a long pause would otherwise be a busy page's bunch
+        # (test_timing.py), spread across the pause on the player's clock.
+        session = make(
+            burst_threshold=1,
+            burst_window_ms=100,
+            burst_limit=1,
+            burst_period_ms=1000,
+            human_floor_ms=0,
+        )
         for second in range(5):
             base = T0 + second * 1500
             point_at(session, base)
             assert len(point_at(session, base + 10)) == 2  # one burst each 1.5 s
         assert session.state is SessionState.RUNNING
         assert len(session.burst_times) == 5
+
+    @staticmethod
+    def _play(session: GameSession, stamps: list[int], delay: int = 50) -> list[object]:
+        """Each point stamped at `stamps[n]` (server time) and arriving `delay` ms later."""
+        actions: list[object] = []
+        for at in stamps:
+            actions.extend(session.receive_point(at - session.offset_ms, at + delay))
+        return actions
+
+    def test_a_busy_pages_bunch_makes_no_burst(self) -> None:
+        """A player 100 ms apart whose page is busy from +1,000 to +1,800 ms: the 8 taps
+        made meanwhile are stamped and sent together when it ends, a millisecond apart. As
+        stamped, the second after holds 8 + 10 points; spread across the pause (where they
+        were made), no second holds more than 10. Default settings."""
+        taps = [T0 + 100 * n for n in range(1, 50)]
+        stamps, last = [], 0
+        for tap in taps:
+            at = T0 + 1_800 if T0 + 1_000 <= tap < T0 + 1_800 else tap
+            last = max(at, last + 1)
+            stamps.append(last)
+        assert sum(1 for t in stamps if T0 + 1_800 <= t < T0 + 2_800) == 8 + 10
+        actions = self._play(make(), stamps)
+        assert not [a for a in actions if not isinstance(a, PointAccepted)]
+
+    def test_a_bunch_no_pause_explains_still_bursts(self) -> None:
+        """13 points a millisecond apart after a 2 s pause (more than one long task holds), and
+        bunches of 9 after pauses that explain each but average 16 a second: bursts."""
+        session = make()
+        clump = [T0 + 2_000 + n for n in range(13)]
+        assert any(isinstance(a, BurstRecorded) for a in self._play(session, clump))
+        session, stamps, at = make(), [], T0
+        for _ in range(6):
+            at += 9 * 60 + 5
+            stamps.extend(at + n for n in range(9))
+            at += 9
+        assert any(isinstance(a, BurstRecorded) for a in self._play(session, stamps))
 
     def test_burst_limit_zero_ends_the_game_on_the_first_burst(self) -> None:
         session = make(burst_threshold=1, burst_limit=0)

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from scoreserver.core import review
+from scoreserver.core import review, timing
 from scoreserver.core.rules import (
     AccountFlagged,
     BurstRecorded,
@@ -33,6 +33,7 @@ from scoreserver.core.rules import (
 )
 from scoreserver.core.timing import (
     ASSESS_EVERY,
+    BUNCH_MOST_GAPS,
     FLOOR_ALPHA,
     FLOOR_HUMAN_SHARE,
     FLOOR_MIN_INTERVALS,
@@ -178,14 +179,85 @@ def test_the_floor_threshold_sums_only_the_tail_that_counts() -> None:
 
 
 def test_a_few_accidental_double_hits_are_not_enough() -> None:
-    base = [n * 250 + random.Random(n).randint(0, 40) for n in range(60)]  # a human wobble
-    five = sorted([*base, *(base[4 * n] + 20 for n in range(1, 6))])
+    # A fast hand (75-95 ms apart): a second hit 15 ms after one cannot be a busy page's
+    # bunch, since the gap before it could not have held both hits a floor apart.
+    base = [n * 85 + random.Random(n).randint(0, 10) for n in range(60)]
+    five = sorted([*base, *(base[4 * n] + 15 for n in range(1, 6))])
     assert [f.reason for f in assess(five, five, FLOOR_MS, 0)] == []
-    many = sorted([*base, *(base[4 * n] + 20 for n in range(1, 13))])
+    many = sorted([*base, *(base[4 * n] + 15 for n in range(1, 13))])
     findings = assess(many, many, FLOOR_MS, 0)
     assert [f.reason for f in findings] == [INHUMAN_TIMING]
     assert findings[0].evidence["below_floor_player_clock"] == 12
+    assert findings[0].evidence["below_floor_bunched"] == 0
     assert findings[0].evidence["below_floor_needed"] == floor_threshold(71)
+
+
+def _bunched_play(bunch: int, pause: int, rounds: int) -> list[int]:
+    """A player 111 ms apart whose page, every round, stamps `bunch` taps 1 ms apart after a
+    pause of `pause` ms (a long task they queued behind)."""
+    times, now = [], 0
+    for _ in range(rounds):
+        for _ in range(6):
+            now += 111
+            times.append(now)
+        now += pause
+        for n in range(bunch):
+            times.append(now + n)
+        now += bunch
+    return times
+
+
+def test_a_busy_pages_bunches_are_not_counted_under_the_floor() -> None:
+    """A long task holds the taps behind it and their handlers run together, a millisecond
+    apart: the player's own stamps squeezed by their own page, not by a bot. A run of gaps
+    under the floor is forgiven when the gap before it could have held every point of it a
+    floor apart, and it is no longer than one long task holds (BUNCH_MOST_GAPS)."""
+    # Bunches of 4 (3 gaps under the floor) after a 350 ms task: 20 of them in 200 gaps.
+    times = _bunched_play(4, 350, 20)
+    tracker = TimingTracker(FLOOR_MS, 0)
+    for t in times:
+        tracker.add(t, t)
+    assert tracker.player.below == 60
+    assert tracker.player.unexplained == 0
+    assert assess(times, times, FLOOR_MS, 0) == []
+    profile = timing.profile(times, times, FLOOR_MS, 0)
+    assert profile["below_floor_player_clock"] == 0 and profile["below_floor_bunched"] == 60
+
+
+def test_a_bunch_too_long_or_too_soon_is_counted() -> None:
+    """What a busy page cannot explain still counts: a run of more gaps than one long task
+    holds, and a run after a gap too short to have held its points a floor apart."""
+    long_run = _bunched_play(BUNCH_MOST_GAPS + 2, 2_000, 10)  # 9 gaps under the floor a run
+    found = assess(long_run, long_run, FLOOR_MS, 0)
+    assert [f.reason for f in found] == [INHUMAN_TIMING]
+    assert found[0].evidence["below_floor_player_clock"] == 10 * (BUNCH_MOST_GAPS + 1)
+    assert found[0].evidence["below_floor_bunched"] == 0
+    # 4 points 1 ms apart after 150 ms: they could not have been 60 ms apart before it.
+    too_soon = _bunched_play(4, 150, 20)
+    found = assess(too_soon, too_soon, FLOOR_MS, 0)
+    assert [f.reason for f in found] == [INHUMAN_TIMING]
+    assert found[0].evidence["below_floor_player_clock"] == 60
+    # The open run at the end is judged as it stands, then counted once it grows too long.
+    tracker = TimingTracker(FLOOR_MS, 0)
+    for t in [*range(0, 40 * 111, 111), *range(5_000, 5_000 + BUNCH_MOST_GAPS + 1)]:
+        tracker.add(t, t)
+    assert tracker.player.unexplained == 0
+    tracker.add(5_000 + BUNCH_MOST_GAPS + 1, 5_000 + BUNCH_MOST_GAPS + 1)
+    assert tracker.player.unexplained == BUNCH_MOST_GAPS + 1
+
+
+@pytest.mark.parametrize("page", [timing_sim.BUSY, timing_sim.OVERLOADED], ids=lambda p: p.name)
+def test_experts_on_busy_pages_are_people(page: timing_sim.Page) -> None:
+    """Experts whose page is in long tasks 2-20 % of the time, on every kind of network: the
+    taps that queued behind a task are stamped together. Not one flagged."""
+    rng = random.Random(page.name)
+    sessions = [person(rng, "expert", page=page) for _ in range(300)]
+    squeezed = 0
+    for session in sessions:
+        gaps = [b - a for a, b in zip(session.client_times, session.client_times[1:], strict=False)]
+        squeezed += sum(1 for g in gaps if g < FLOOR_MS)
+    assert squeezed > 300 * 5  # the page did squeeze their own stamps
+    assert [(s.network, v.reasons) for s in sessions if (v := judge(s)).flagged] == []
 
 
 def test_bunching_on_arrival_never_trips_a_rule_when_the_players_clock_disagrees() -> None:
