@@ -27,6 +27,7 @@ async function play(): Promise<void> {
   console.log(`${room.game_id} lasts ${room.duration_ms} ms`);
   const game: Game = await scores.start();
   const outcome = await game.point();
+  document.addEventListener("pointerdown", (event) => void game.point(event)); // stamped at the tap
   if (!outcome.accepted) console.log(explain(outcome.reason));
   console.log(game.remainingMs, game.submission().points.length);
   const result: Result = await game.result;

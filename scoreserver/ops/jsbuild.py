@@ -53,7 +53,7 @@ def build(module: str) -> str:
         "// The module's other exports are on it: ScoreClient.explain, ScoreClient.Game, ...\n"
         "(function () {\n"
         '  "use strict";\n'
-        "  const SCRIPT_URL = (typeof document !== \"undefined\" && document.currentScript"
+        '  const SCRIPT_URL = (typeof document !== "undefined" && document.currentScript'
         " && document.currentScript.src) || null;\n"
         f"{body}\n"
         f"{attach}\n"

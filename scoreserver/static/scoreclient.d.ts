@@ -201,8 +201,9 @@ export class Game {
   readonly result: Promise<Result>;
   /** Milliseconds left by the server's clock, as far as this page can tell. */
   readonly remainingMs: number;
-  /** Send a point the player scored. */
-  point(): Promise<PointOutcome>;
+  /** Send a point the player scored. Pass the input event that scored it (or its
+   * `timeStamp`) to stamp it when the player acted, not when a busy page ran the handler. */
+  point(at?: Event | number): Promise<PointOutcome>;
   /** The body of submit_result / POST /api/results. */
   submission(): Submission;
 }

@@ -27,6 +27,19 @@ const REQUEST_TIMEOUT_MS = 15000;
 // wall clock is corrected mid-game, as Date.now() does), on the epoch like Date.now().
 const now = () => Math.round(performance.timeOrigin + performance.now());
 
+// The stamp of a point scored at `at`: an input event (its `timeStamp`, when the player acted)
+// or such a time, on the page's clock as performance.now() is. A page busy with a long task
+// runs the handlers of the taps that queued behind it one after another; stamped when the
+// handler runs, they look a millisecond apart, so the event's own time is the truer one.
+// Anything else, in the future or over a second old, is not such a time: now instead.
+const stampAt = (at) => {
+  const current = now();
+  const time = typeof at === "number" ? at : at && typeof at.timeStamp === "number" ? at.timeStamp : NaN;
+  if (!Number.isFinite(time)) return current;
+  const stamp = Math.round(performance.timeOrigin + time);
+  return stamp <= current && stamp >= current - 1000 ? stamp : current;
+};
+
 const WORDS = {
   // why a point counted for nothing
   no_session: "No game is running: start one first.",
@@ -624,9 +637,13 @@ export class Game {
     return Math.max(0, this.durationMs - (now() - this.clientStart));
   }
 
-  /** Send a point. Resolves to {accepted: true, seq} or {accepted: false, reason}. */
-  async point() {
-    const clientTs = now();
+  /** Send a point. Resolves to {accepted: true, seq} or {accepted: false, reason}.
+   * `at`: the input event that scored it (or its `timeStamp`), so that the point is stamped
+   * when the player acted, not when a busy page got round to it. */
+  async point(at) {
+    // Never before the last stamp: stamps go forward, whichever way each was taken.
+    const clientTs = Math.max(stampAt(at), this._lastStamp || 0);
+    this._lastStamp = clientTs;
     let reply;
     try {
       reply = await this.client._request({ type: "point", client_ts: clientTs });

@@ -234,6 +234,50 @@ def test_a_scripted_cheat_is_stopped_and_the_page_says_why(server_url: str, page
     shot(page, "demo-cheat-stopped")
 
 
+def test_a_point_is_stamped_when_the_player_acted_however_busy_the_page(
+    server_url: str, page: object
+) -> None:
+    """Three taps 150 ms apart whose handlers a long task held back and then ran together: the
+    events' own times stamp them 150 ms apart, not a millisecond; a time in the future or over
+    a second old is not taken, and stamps never go back."""
+    page.goto(server_url + "/")  # type: ignore[attr-defined]
+    page.locator("#start").click()  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("#target")).to_be_visible()  # type: ignore[attr-defined]
+    stamps = page.evaluate(  # type: ignore[attr-defined]
+        """async () => {
+            const game = window.scoreClient.game;
+            const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+            const taps = [];
+            for (let n = 0; n < 3; n++) {
+                taps.push(new PointerEvent("pointerdown"));
+                await sleep(150);
+            }
+            const busyUntil = performance.now() + 400;  // a long task
+            while (performance.now() < busyUntil) {}
+            const replies = [];
+            for (const tap of taps) replies.push(await game.point(tap));
+            const before = Math.round(performance.timeOrigin + performance.now());
+            replies.push(await game.point(performance.now() + 5000));  // the future
+            replies.push(await game.point(performance.now() - 5000));  // too old
+            replies.push(await game.point(taps[0]));  // earlier than the last stamp
+            return {
+                accepted: replies.map((r) => r.accepted),
+                events: taps.map((t) => Math.round(performance.timeOrigin + t.timeStamp)),
+                sent: game.points.map((p) => p.client_ts),
+                before,
+            };
+        }"""
+    )
+    assert stamps["accepted"] == [True] * 6
+    sent, events = stamps["sent"], stamps["events"]
+    assert sent[:3] == events
+    gaps = [b - a for a, b in zip(sent, sent[1:3], strict=False)]
+    assert all(140 <= gap <= 400 for gap in gaps), gaps
+    assert sent[3] >= stamps["before"] and sent[4] >= sent[3]  # now, not the given time
+    assert sent[3] < events[2] + 5000
+    assert sent[5] == sent[4]  # not back to the first tap's time
+
+
 def test_the_client_module_is_served_as_javascript(server_url: str) -> None:
     reply = httpx.get(server_url + "/static/scoreclient.js")
     assert reply.status_code == 200

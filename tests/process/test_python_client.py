@@ -24,6 +24,7 @@ CLIENT = ROOT / "clients" / "python"
 sys.path.insert(0, str(CLIENT))
 
 from scoreclient import AsyncScoreClient, ScoreClient, ScoreError, explain  # noqa: E402
+from scoreclient.aio import now_ms  # noqa: E402
 from scoreclient.words import WORDS  # noqa: E402
 
 pytestmark = [pytest.mark.slow]
@@ -117,6 +118,51 @@ def test_asyncio_a_guest_is_warned_and_a_dropped_socket_is_resumed(server: str) 
     assert "guest" in kinds and "disconnect" in kinds and "reconnect" in kinds, kinds
     assert result["accepted"] and result["score"] == 2 and not result["saved"]
     assert WORDS["guest"] == "Playing as a guest: scores are not saved unless you log in."
+
+
+def test_a_point_is_stamped_when_the_game_called_it(server: str) -> None:
+    """`point(at)` stamps the time given (a game's loop that got round to sending late); a
+    time in the future or over a second old is not taken; stamps never go back. The
+    synchronous client stamps at the call, not when its thread sends."""
+
+    async def play() -> list[int]:
+        async with AsyncScoreClient(server, "dash") as scores:
+            await scores.enter()
+            game = await scores.start()
+            earlier = now_ms() - 300
+            assert (await game.point(earlier))["accepted"]
+            before = now_ms()
+            assert (await game.point(before + 5_000))["accepted"]  # the future: now
+            assert (await game.point(before - 5_000))["accepted"]  # too old: now
+            assert (await game.point(earlier))["accepted"]  # before the last: the last
+            stamps = [p["client_ts"] for p in game.points]
+            assert stamps[0] == earlier
+            assert before <= stamps[1] < before + 1_000 and stamps[2] >= stamps[1]
+            assert stamps[3] == stamps[2]
+            return stamps
+
+    asyncio.run(play())
+    scores = ScoreClient(server, "dash")
+    try:
+        scores.enter()
+        game = scores.start()
+        called = []
+        # The client's thread is busy for 400 ms (as a long task holds a page) while the
+        # game scores three points 50 ms apart: they are sent together, stamped apart.
+        scores._loop.call_soon_threadsafe(time.sleep, 0.4)
+        for _ in range(3):
+            called.append(now_ms())
+            game.point()
+            time.sleep(0.05)  # a frame of the game's loop (the stamps are what is checked)
+        deadline = time.monotonic() + 10
+        while len(game._game.points) < 3:
+            scores.poll()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        stamps = [p["client_ts"] for p in game._game.points]
+        assert stamps == called
+    finally:
+        scores.close()
 
 
 def test_a_wrong_password_is_refused_in_words(server: str) -> None:

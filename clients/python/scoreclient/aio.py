@@ -57,8 +57,14 @@ class ScoreError(Exception):
         self.words = explain(code, detail)
 
 
+# The epoch's time at the monotonic clock's zero: stamps never step when the system's wall
+# clock is corrected mid-game (as scoreclient.js uses performance.now()).
+_EPOCH = time.time() - time.monotonic()
+
+
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    """Milliseconds on the epoch, by the monotonic clock."""
+    return int((_EPOCH + time.monotonic()) * 1000)
 
 
 class AsyncGame:
@@ -72,15 +78,20 @@ class AsyncGame:
         self.points: list[dict[str, Any]] = []
         self.end: dict[str, Any] | None = None
         self._ended = asyncio.Event()
+        self._last_stamp = 0
 
     @property
     def running(self) -> bool:
         return self.end is None
 
-    async def point(self) -> dict[str, Any]:
+    async def point(self, at: int | None = None) -> dict[str, Any]:
         """Send a point: {"accepted": True, "seq", "score"} or {"accepted": False, "reason",
-        "words"}."""
-        client_ts = now_ms()
+        "words"}. `at`: when the player scored it (`now_ms()` then), if that was earlier;
+        anything in the future or over a second old is taken as now."""
+        current = now_ms()
+        stamp = at if at is not None and current - 1000 <= at <= current else current
+        client_ts = max(stamp, self._last_stamp)  # stamps go forward
+        self._last_stamp = client_ts
         try:
             reply = await self.client._request({"type": "point", "client_ts": client_ts})
         except ScoreError as error:

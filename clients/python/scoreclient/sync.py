@@ -25,7 +25,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from .aio import AsyncGame, AsyncScoreClient
+from .aio import AsyncGame, AsyncScoreClient, now_ms
 
 T = TypeVar("T")
 SETUP_TIMEOUT_S = 30.0
@@ -47,7 +47,9 @@ class Game:
         return len(self._game.points)
 
     def point(self) -> None:
-        """Send a point; its answer comes through `poll()` as "point" or "reject"."""
+        """Send a point; its answer comes through `poll()` as "point" or "reject". Stamped
+        now, when the game calls it, not when the client's thread gets round to sending it."""
+        at = now_ms()
 
         def judged(future: Any) -> None:
             if future.cancelled() or future.exception() is not None:
@@ -55,7 +57,7 @@ class Game:
             outcome = future.result()
             self._client._events.put(("point" if outcome["accepted"] else "reject", outcome))
 
-        self._client._soon(self._game.point()).add_done_callback(judged)
+        self._client._soon(self._game.point(at)).add_done_callback(judged)
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for the game's result (for a tool; a game loop reads it from `poll()`)."""
