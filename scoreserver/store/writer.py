@@ -49,8 +49,12 @@ logger = logging.getLogger("scoreserver.store")
 
 BATCH_LIMIT = 1000
 # How long the writer may hold a batch of queued rows open for more. A unit someone awaits
-# (an end, a result, a flag) closes the batch at once.
-LINGER_S = 0.005
+# (an end, a result, a flag) closes the batch at once. A commit writes every page its rows
+# touched, and a game's points land on its own pages: a longer batch writes each page once
+# for more rows. At 50 players sending back to back, 50 ms instead of 5 halved the writer's
+# CPU a point (docs/performance-notes.md); nobody waits on these rows, and a session's end
+# (awaited) commits them before it.
+LINGER_S = 0.05
 STOP_TIMEOUT_S = 15.0
 # SQLite's busy timeout (10 s: the CLI may hold the write lock that long) plus room to commit.
 ANSWER_TIMEOUT_S = 15.0
