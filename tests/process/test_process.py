@@ -76,12 +76,18 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+async def receive(ws: Any) -> dict[str, Any]:
+    """The next message that is not a leaderboard push (a save pushes the room's board
+    whenever it lands, before or after whatever the test waits for)."""
+    while (message := json.loads(await ws.get_message()))["type"] == "leaderboard":
+        pass
+    return message  # type: ignore[no-any-return]
+
+
 async def call(ws: Any, **message: Any) -> dict[str, Any]:
     """Send, and return the reply (skipping leaderboard pushes)."""
     await ws.send_message(json.dumps(message))
-    while (reply := json.loads(await ws.get_message()))["type"] == "leaderboard":
-        pass
-    return reply  # type: ignore[no-any-return]
+    return await receive(ws)
 
 
 async def play(
@@ -132,7 +138,7 @@ async def test_acknowledged_results_survive_sigkill(tmp_path: Path) -> None:
             user = await register_at(proc.http, "kim")
             async with open_client(proc.ws) as ws:
                 game = await play(ws, user["token"], user["user_id"], 4)
-                end = json.loads(await ws.get_message())
+                end = await receive(ws)
                 assert end["type"] == "end_game" and end["reason"] == "time_up"
                 result = await call(
                     ws,
@@ -144,7 +150,7 @@ async def test_acknowledged_results_survive_sigkill(tmp_path: Path) -> None:
                 assert result["accepted"] and result["saved"]
                 # A second game ends but is not submitted before the crash.
                 pending = await play(ws, user["token"], user["user_id"], 2)
-                pending_end = json.loads(await ws.get_message())
+                pending_end = await receive(ws)
                 assert pending_end["type"] == "end_game"
                 # A third is cut off mid-game by the crash.
                 cut = await play(ws, user["token"], user["user_id"], 1, game="long")
@@ -194,7 +200,7 @@ async def test_sigterm_ends_running_games_and_exits(tmp_path: Path) -> None:
             async with open_client(proc.ws) as ws:
                 await play(ws, user["token"], user["user_id"], 1, game="demo")
                 proc.process.send_signal(signal.SIGTERM)
-                end = json.loads(await ws.get_message())
+                end = await receive(ws)
                 assert end["type"] == "end_game" and end["reason"] == "server_shutdown"
                 assert "end_token" not in end
                 with pytest.raises(ConnectionClosed) as closed:
@@ -237,7 +243,7 @@ async def test_twenty_sigkills_under_load_lose_no_acknowledged_result(tmp_path: 
                     )
                     end = game.get("end")
                     while end is None or end["type"] != "end_game":
-                        end = json.loads(await ws.get_message())
+                        end = await receive(ws)
                     result = await call(
                         ws,
                         type="submit_result",
