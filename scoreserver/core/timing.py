@@ -196,8 +196,7 @@ class ClockTrack:
         """Whether the open run of gaps under the floor is what a busy page makes of points
         scored at a person's pace: no more gaps than one long task holds, and the gap before
         the run long enough to have held every point of it at least a floor apart."""
-        k = self.run_gaps
-        return k <= BUNCH_MOST_GAPS and self.run_before + self.run_span >= (k + 1) * self.floor_ms
+        return explains_bunch(self.run_gaps, self.run_before + self.run_span, self.floor_ms)
 
     @property
     def unexplained(self) -> int:
@@ -224,6 +223,14 @@ class ClockTrack:
 # A run of at most this many gaps under the floor may be a busy page's: see the module
 # docstring (a 900 ms long task while a player scores 9 points a second).
 BUNCH_MOST_GAPS = 8
+
+
+def explains_bunch(gaps: int, since_ms: int, floor_ms: int) -> bool:
+    """Whether a run of `gaps` gaps under the floor, ending `since_ms` after the point before
+    it, is what a busy page makes of points scored at a person's pace: no more gaps than one
+    long task holds, and time enough for every point of the run a floor apart. The one rule
+    behind both `ClockTrack` (the floor rule) and `Bunch` (the burst window)."""
+    return gaps <= BUNCH_MOST_GAPS and since_ms >= (gaps + 1) * floor_ms
 
 
 class Bunch:
@@ -255,7 +262,7 @@ class Bunch:
         run = self.run or [last]
         anchor = self.anchor if self.run else self.before
         gaps = len(run)
-        if anchor is None or gaps > BUNCH_MOST_GAPS or scored - anchor < (gaps + 1) * floor:
+        if anchor is None or not explains_bunch(gaps, scored - anchor, floor):
             return list(run)
         step = (scored - anchor) / (gaps + 1)
         return [anchor + round(step * (n + 1)) for n in range(gaps)]
