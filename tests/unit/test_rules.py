@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -183,6 +184,24 @@ class TestBursts:
             stamps.extend(at + n for n in range(9))
             at += 9
         assert any(isinstance(a, BurstRecorded) for a in self._play(session, stamps))
+
+    def test_hostile_stamps_keep_the_burst_window_in_order(self) -> None:
+        """Stamps at the bounds a point may carry (the whole latency allowance either side of
+        arrival), backwards, repeated, bunched and spread, 3,000 random games on the default
+        settings: no exception, and the burst window (with bunches spread) always in order,
+        which the window's bisections depend on."""
+        rng = random.Random(63)
+        for _ in range(3_000):
+            session = make()
+            latency = session.settings.latency_ms
+            now = T0
+            for _ in range(rng.randint(1, 60)):
+                now += rng.choice((0, 1, 2, 59, 60, 61, 500, 1_000, rng.randint(0, 3_000)))
+                skew = rng.choice((-latency, latency, 0, -1, 1, rng.randint(-latency, latency)))
+                session.receive_point(now - session.offset_ms + skew, now)
+                window = session._window
+                assert window == sorted(window)
+            assert session.state in (SessionState.RUNNING, SessionState.ENDED, SessionState.VOIDED)
 
     def test_burst_limit_zero_ends_the_game_on_the_first_burst(self) -> None:
         session = make(burst_threshold=1, burst_limit=0)
