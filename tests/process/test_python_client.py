@@ -160,7 +160,9 @@ def test_a_point_is_stamped_when_the_game_called_it(server: str) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         stamps = [p["client_ts"] for p in game._game.points]
-        assert stamps == called
+        # Each stamped at its call (the clock may tick a millisecond between the test's reading
+        # and the client's), not 400 ms later when the busy thread sent them all together.
+        assert all(0 <= s - c <= 5 for s, c in zip(stamps, called, strict=True)), (stamps, called)
     finally:
         scores.close()
 
