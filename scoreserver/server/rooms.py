@@ -36,7 +36,6 @@ from scoreserver.core.rules import (
     GameEnded,
     GameSession,
     GameSettings,
-    IssuedPoint,
     PointAccepted,
     PointRejected,
     RejectReason,
@@ -327,7 +326,7 @@ class Rooms:
                 count_point("accepted")
                 assert tokens is not None, "accepted points come through _carry_out_run"
                 token = next(tokens)
-                session.points[action.seq] = IssuedPoint(action.seq, action.server_ts, token)
+                session.points.add(action.seq, action.server_ts, token)
                 store.add_point_soon(
                     session.session_id,
                     action.seq,

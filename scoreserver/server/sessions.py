@@ -15,7 +15,7 @@ from typing import Protocol
 import trio
 
 from scoreserver.core.lifecycle import SessionState
-from scoreserver.core.rules import GameSession, IssuedPoint, SessionRecord
+from scoreserver.core.rules import GameSession, IssuedPoints, SessionRecord
 from scoreserver.wire import protocol as wire
 
 
@@ -61,7 +61,7 @@ class LiveSession:
     player: Player | None
     request_id: str | int | None = None
     end_token: str | None = None
-    points: dict[int, IssuedPoint] = field(default_factory=dict)
+    points: IssuedPoints = field(default_factory=IssuedPoints)
     inbox_send: trio.MemorySendChannel[PointIn] | None = None
     inbox_receive: trio.MemoryReceiveChannel[PointIn] | None = None
     deadline: float = math.inf  # trio time when the session's timer wakes it (rooms.py)

@@ -16,6 +16,7 @@ from scoreserver.core.rules import (
     GameSession,
     GameSettings,
     IssuedPoint,
+    IssuedPoints,
     PointAccepted,
     PointRejected,
     RejectReason,
@@ -242,7 +243,7 @@ OFFSET = 10_000
 
 
 def record(**overrides: object) -> SessionRecord:
-    points = {seq: IssuedPoint(seq, T0 + seq * 1000, f"point-{seq}") for seq in range(1, 6)}
+    points = IssuedPoints(IssuedPoint(seq, T0 + seq * 1000, f"point-{seq}") for seq in range(1, 6))
     values: dict[str, object] = {
         "session_id": "s1",
         "game_id": "demo",
@@ -289,7 +290,7 @@ class TestSubmission:
         assert judge(record(), honest(range(1, 3))) == SubmissionAccepted(2)
 
     def test_an_empty_game_scores_zero(self) -> None:
-        assert judge(record(points={}), []) == SubmissionAccepted(0)
+        assert judge(record(points=IssuedPoints()), []) == SubmissionAccepted(0)
 
     def test_order_of_points_does_not_matter(self) -> None:
         assert judge(record(), list(reversed(honest()))) == SubmissionAccepted(5)
@@ -374,7 +375,9 @@ class TestSubmission:
     ) -> None:
         """Every kind of submission, in the issued order: the one-comparison path gives the
         verdict the point-by-point check gives."""
-        ten = record(points={s: IssuedPoint(s, T0 + s * 1000, f"point-{s}") for s in range(1, 10)})
+        ten = record(
+            points=IssuedPoints(IssuedPoint(s, T0 + s * 1000, f"point-{s}") for s in range(1, 10))
+        )
         base = honest(range(1, 10))
         cases: list[list[SubmittedPoint]] = [
             base,
@@ -429,7 +432,7 @@ class TestSubmission:
     def test_tokens_that_join_into_the_issued_text_are_not_the_issued_tokens(self) -> None:
         """The in-order check compares one joined text: tokens cut at other places (same
         text, same count) must not pass for the issued ones."""
-        issued = {1: IssuedPoint(1, T0 + 1000, "ab"), 2: IssuedPoint(2, T0 + 2000, "cd")}
+        issued = IssuedPoints([IssuedPoint(1, T0 + 1000, "ab"), IssuedPoint(2, T0 + 2000, "cd")])
         recut = [SubmittedPoint("a", T0 + 1000 - OFFSET), SubmittedPoint("bcd", T0 + 2000 - OFFSET)]
         verdict = judge(record(points=issued), recut)
         assert isinstance(verdict, SubmissionRejected)

@@ -21,6 +21,7 @@ from scoreserver.core.rules import (
     GameSession,
     GameSettings,
     IssuedPoint,
+    IssuedPoints,
     PointAccepted,
     PointRejected,
     RejectReason,
@@ -499,7 +500,9 @@ def test_the_evidence_draws_the_score_against_the_trusted_population() -> None:
 
 def record(max_score: int | None, points: int) -> SessionRecord:
     settings = GameSettings(duration_ms=30_000, max_score=max_score)
-    issued = {n: IssuedPoint(n, T0 + 100 * n, f"{n:08d}" * 10) for n in range(1, points + 1)}
+    issued = IssuedPoints(
+        IssuedPoint(n, T0 + 100 * n, f"{n:08d}" * 10) for n in range(1, points + 1)
+    )
     return SessionRecord(
         session_id="s",
         game_id="g",

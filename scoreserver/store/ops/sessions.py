@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from ...core import review
 from ...core.lifecycle import Move, SessionState, after
-from ...core.rules import EndReason, GameSettings, IssuedPoint, SessionRecord
+from ...core.rules import EndReason, GameSettings, IssuedPoints, SessionRecord
 from ...errors import BannedError, ConflictError, NotFoundError
 from ..engine import INTEGRITY_ERRORS, Connection, is_unique_violation
 from ..records import (
@@ -131,13 +131,11 @@ def load_session(conn: Connection, session_id: str) -> SessionRecord | None:
     row = conn.execute("SELECT * FROM game_sessions WHERE id = ?", (session_id,)).fetchone()
     if row is None:
         return None
-    points = {
-        p["seq"]: IssuedPoint(p["seq"], p["server_ts"], p["token"])
-        for p in conn.execute(
-            "SELECT seq, server_ts, token FROM issued_points WHERE session_id = ?",
-            (session_id,),
-        )
-    }
+    points = IssuedPoints()
+    for p in conn.execute(
+        "SELECT seq, server_ts, token FROM issued_points WHERE session_id = ?", (session_id,)
+    ):
+        points.add(p["seq"], p["server_ts"], p["token"])
     reason = row["end_reason"]
     end_reason = EndReason(reason) if reason in EndReason.__members__.values() else None
     if reason == "crashed":
