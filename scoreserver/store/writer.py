@@ -55,6 +55,10 @@ BATCH_LIMIT = 1000
 # CPU a point (docs/performance-notes.md); nobody waits on these rows, and a session's end
 # (awaited) commits them before it.
 LINGER_S = 0.05
+# The writer process runs a batch's rows this many at a time and lets whatever waits for its
+# core run in between (`run_batch`'s `pause`): at 50 players a batch of 50 ms was up to 8 ms of
+# CPU in one go, and the server's loop or the players' side waited that long for that core.
+ROWS_A_SLICE = 100
 STOP_TIMEOUT_S = 15.0
 # SQLite's busy timeout (10 s: the CLI may hold the write lock that long) plus room to commit.
 ANSWER_TIMEOUT_S = 15.0
@@ -107,9 +111,13 @@ class Job:
 _STOP = object()
 
 
-def run_batch(conn: Connection, batch: list[Job]) -> bool:
+def run_batch(conn: Connection, batch: list[Job], pause: Callable[[], None] | None = None) -> bool:
     """Run `batch` in one transaction, each unit in a savepoint; set each job's result or
-    error. Returns whether it committed (False: every job carries a StoreError)."""
+    error. Returns whether it committed (False: every job carries a StoreError).
+
+    `pause`, if given, is called between slices of `ROWS_A_SLICE` rows and before the commit
+    (the writer process gives its core away there: `os.sched_yield`): the same work, in
+    pieces of about a millisecond, so that nothing waits for the core behind a whole batch."""
     try:
         conn.execute("BEGIN IMMEDIATE" if conn.dialect == "sqlite" else "BEGIN")
         index = 0
@@ -124,8 +132,10 @@ def run_batch(conn: Connection, batch: list[Job]) -> bool:
             end = index + 1
             while end < len(batch) and batch[end].op is job.op and not batch[end].waited:
                 end += 1
-            _run_rows(conn, sql, batch[index:end])
+            _run_rows(conn, sql, batch[index:end], pause)
             index = end
+        if pause is not None:
+            pause()
         conn.execute("COMMIT")
     except Exception as exc:  # the transaction itself failed (BEGIN, COMMIT, disk): none is in
         logger.exception("write transaction failed")
@@ -152,10 +162,18 @@ def _run_unit(conn: Connection, job: Job) -> None:
     conn.execute("RELEASE unit")
 
 
-def _run_rows(conn: Connection, sql: str, jobs: list[Job]) -> None:
+def _run_rows(
+    conn: Connection, sql: str, jobs: list[Job], pause: Callable[[], None] | None
+) -> None:
     conn.execute("SAVEPOINT rows")
     try:
-        conn.executemany(sql, [job.args for job in jobs])
+        if pause is None:
+            conn.executemany(sql, [job.args for job in jobs])
+        else:
+            for start in range(0, len(jobs), ROWS_A_SLICE):
+                if start:
+                    pause()
+                conn.executemany(sql, [job.args for job in jobs[start : start + ROWS_A_SLICE]])
     except Exception:  # a database error, or OverflowError/TypeError for a value it can't hold
         # Find the bad row: the others still go in, one by one.
         conn.execute("ROLLBACK TO rows")

@@ -19,8 +19,9 @@ from scoreserver.core.rules import GameSettings
 from scoreserver.errors import ConflictError, StoreError
 from scoreserver.store import Store, ops, postgres, sqlite
 from scoreserver.store import writer_child as _writer_child
-from scoreserver.store.engine import DATABASE_ERRORS
-from scoreserver.store.writer import FRAME_LENGTH
+from scoreserver.store.connect import connect
+from scoreserver.store.engine import DATABASE_ERRORS, Location
+from scoreserver.store.writer import FRAME_LENGTH, ROWS_A_SLICE, Job, run_batch
 
 from .. import databases
 from ..conftest import child_processes
@@ -180,6 +181,50 @@ def test_the_writer_child_commits_whole_batches_and_drops_a_cut_one(tmp_path: Pa
     assert len(results) == 1 and results[0][0] > 0 and results[0][1] is None
     assert len(reply) == FRAME_LENGTH.size + length  # one reply: the cut batch had none
     assert count(path, "users") == 1
+
+
+def test_the_writer_process_gives_its_core_away_between_slices_of_a_batch(
+    tmp_path: Path,
+) -> None:
+    """The writer process runs a batch's rows in slices and calls its pause between them and
+    before the commit (the process passes os.sched_yield): still one transaction, every good
+    row in, a bad row in a later slice refused alone."""
+    path = databases.location(tmp_path, "p.db")
+    databases.create(path)
+    conn = connect(Location.of(path))
+    try:
+        settings = GameSettings(duration_ms=1000)
+        session = ("s1", "g", None, "1.2.3.4", None, settings, 0, 0, "start")
+        assert run_batch(
+            conn,
+            [
+                Job(ops.insert_game, ("g", settings, 0), None, True),
+                Job(ops.insert_session, session, None, True),
+            ],
+        )
+        rows = ROWS_A_SLICE * 3 + 50
+        jobs = [
+            Job(ops.insert_point, ("s1", seq, seq, seq, f"token-{seq}"), None)
+            for seq in range(1, rows + 1)
+        ]
+        pauses: list[int] = []
+        assert run_batch(conn, jobs, lambda: pauses.append(count(path, "issued_points")))
+        # Four slices: three pauses between them and one before the commit, and nothing was
+        # visible to another connection at any of them (one transaction).
+        assert pauses == [0] * 4
+        assert count(path, "issued_points") == rows
+        # A bad row in a later slice: the rows go in one by one instead, the bad one refused.
+        more = [
+            Job(ops.insert_point, ("s1", seq, seq, seq, f"token-{seq}"), None)
+            for seq in range(rows + 1, 2 * rows + 1)
+        ]
+        more.insert(ROWS_A_SLICE * 2 + 10, Job(ops.insert_point, ("s1", 5, 5, 5, "dup"), None))
+        assert run_batch(conn, more, lambda: None)
+        assert count(path, "issued_points") == 2 * rows
+        assert [job.error is None for job in more].count(False) == 1
+    finally:
+        conn.close()
+    assert _writer_child.PAUSE is os.sched_yield
 
 
 def explode(conn: Any) -> None:
