@@ -16,6 +16,7 @@ loop.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -24,6 +25,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("bench_run", HERE / "run.py")
+assert _spec and _spec.loader
+bench_run = importlib.util.module_from_spec(_spec)
+sys.modules["bench_run"] = bench_run  # dataclasses look their module up while it loads
+_spec.loader.exec_module(bench_run)
 
 
 def burn(busy_s: float, every_s: float, seconds: float) -> None:
@@ -38,13 +44,10 @@ def burn(busy_s: float, every_s: float, seconds: float) -> None:
 
 
 def echo_run(seconds: float, busy_ms: float, every_ms: float) -> dict[str, float]:
-    server = subprocess.Popen(
-        [sys.executable, str(HERE / "echo_server.py")], stdout=subprocess.PIPE, text=True
-    )
+    server = bench_run.start_server(HERE, "", echo=True)
     burner = None
     try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline().strip().rsplit(":", 1)[1].rstrip("/"))
+        port = server.ws_port
         if busy_ms > 0:
             burner = subprocess.Popen(
                 [sys.executable, __file__, "--burn", str(busy_ms), str(every_ms), str(seconds + 3)]
@@ -72,8 +75,8 @@ def echo_run(seconds: float, busy_ms: float, every_ms: float) -> dict[str, float
         if burner is not None:
             burner.kill()
             burner.wait()
-        server.terminate()
-        server.wait(timeout=10)
+        server.process.terminate()
+        server.process.wait(timeout=10)
 
 
 def main() -> None:

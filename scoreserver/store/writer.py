@@ -167,13 +167,10 @@ def _run_rows(
 ) -> None:
     conn.execute("SAVEPOINT rows")
     try:
-        if pause is None:
-            conn.executemany(sql, [job.args for job in jobs])
-        else:
-            for start in range(0, len(jobs), ROWS_A_SLICE):
-                if start:
-                    pause()
-                conn.executemany(sql, [job.args for job in jobs[start : start + ROWS_A_SLICE]])
+        for start in range(0, len(jobs), ROWS_A_SLICE):
+            if start and pause is not None:
+                pause()
+            conn.executemany(sql, [job.args for job in jobs[start : start + ROWS_A_SLICE]])
     except Exception:  # a database error, or OverflowError/TypeError for a value it can't hold
         # Find the bad row: the others still go in, one by one.
         conn.execute("ROLLBACK TO rows")
