@@ -454,6 +454,21 @@ class TestSubmission:
         assert list(issued)[:3] == [1, 2, 3]
         assert IssuedPoints(issued.values()) == issued
 
+    def test_tokens_claiming_seqs_never_issued_are_bad_tokens(self) -> None:
+        """Hostile claims at the bounds reach the issued points' lookup: a seq of 0, -1,
+        2**63, 10**30, one past the last, or none at all, alone or among honest points, is a
+        bad point token at its index; more points than were issued are too."""
+        ts = T0 + 1000 - OFFSET
+        for claim in ("point-0", "point-6", f"point-{2**63}", f"point-{10**30}", "", "\x00"):
+            alone = judge(record(), [SubmittedPoint(claim, ts)])
+            assert alone == SubmissionRejected(ResultReason.BAD_POINT_TOKEN, {"index": 0})
+            among = judge(record(), [*honest(range(1, 3)), SubmittedPoint(claim, ts)])
+            assert among == SubmissionRejected(ResultReason.BAD_POINT_TOKEN, {"index": 2})
+        minus = judge(record(), [SubmittedPoint("point-1", ts), SubmittedPoint("point--1", ts)])
+        assert minus == SubmissionRejected(ResultReason.BAD_POINT_TOKEN, {"index": 1})
+        too_many = judge(record(), [*honest(), SubmittedPoint("point-6", T0 + 6000 - OFFSET)])
+        assert too_many == SubmissionRejected(ResultReason.BAD_POINT_TOKEN, {"index": 5})
+
     def test_flagging_reasons(self) -> None:
         assert not ResultReason.ALREADY_SUBMITTED.flags_account
         assert not ResultReason.EXPIRED.flags_account
